@@ -1,0 +1,51 @@
+# choreo-streams — the two commands a new user needs: `make demo` and `make test`.
+# Everything the project needs is installed from here (pip into .venv, Kafka jars via Maven).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv install broker-jars broker-start broker-stop test test-unit test-soak demo bench bench-quick clean
+
+help:
+	@echo "make demo        run the commerce flow on the embedded local Kafka broker"
+	@echo "make test        install everything and run the default test suite"
+	@echo "make test-soak   long fault and soak runs (marker: soak)"
+	@echo "make bench       benchmarks against the local broker (bench-quick: the short variant)"
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required, found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+venv install: $(STAMP)
+
+broker-jars: $(STAMP)
+	$(BIN)/choreo broker jars
+
+broker-start: broker-jars
+	$(BIN)/choreo broker start
+
+broker-stop: $(STAMP)
+	$(BIN)/choreo broker stop
+
+test: broker-jars
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-soak: broker-jars
+	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)
+
+demo: broker-jars
+	$(BIN)/choreo demo
+
+clean:
+	rm -rf $(VENV) .choreo .state .pytest_cache .hypothesis

@@ -1,0 +1,49 @@
+"""Topic and header names shared by the engine and the operator tooling (DLQ, replay, tail).
+
+Kept in one place so a dead-lettered record written by a worker is read the same way by
+`choreo dlq` and redriven without guessing.
+"""
+
+from __future__ import annotations
+
+AUDIT_TOPIC = "choreo.audit"
+DLQ_SUFFIX = ".dlq"
+
+# Headers the engine adds to a dead-lettered record; the original key, value and headers are
+# kept untouched beside them.
+DLQ_REASON = "choreo_dlq_reason"  # short machine code: undecodable, contract_violation, missing_header, handler_error, retries_exhausted, loop, invalid_transition, ...
+DLQ_ERROR_CLASS = "choreo_dlq_error_class"
+DLQ_ERROR_MESSAGE = "choreo_dlq_error_message"
+DLQ_ATTEMPTS = "choreo_dlq_attempts"
+DLQ_AGENT = "choreo_dlq_agent"
+DLQ_FIRST_FAILURE = "choreo_dlq_first_failure"  # RFC 3339, UTC, milliseconds
+DLQ_LAST_FAILURE = "choreo_dlq_last_failure"
+DLQ_ORIGINAL_TOPIC = "choreo_dlq_original_topic"
+DLQ_ORIGINAL_PARTITION = "choreo_dlq_original_partition"
+DLQ_ORIGINAL_OFFSET = "choreo_dlq_original_offset"
+DLQ_HEADERS = (
+    DLQ_REASON, DLQ_ERROR_CLASS, DLQ_ERROR_MESSAGE, DLQ_ATTEMPTS, DLQ_AGENT, DLQ_FIRST_FAILURE,
+    DLQ_LAST_FAILURE, DLQ_ORIGINAL_TOPIC, DLQ_ORIGINAL_PARTITION, DLQ_ORIGINAL_OFFSET,
+)
+
+# Set by `choreo dlq redrive`: how many times this record has been sent back to its topic.
+REDRIVE_COUNT = "choreo_redrive_count"
+
+
+def dlq_topic(topic: str) -> str:
+    """The dead-letter topic of an input topic: `<input topic>.dlq`."""
+    return topic + DLQ_SUFFIX
+
+
+def is_dlq_topic(topic: str) -> bool:
+    return topic.endswith(DLQ_SUFFIX)
+
+
+def original_topic_of(dlq: str) -> str:
+    return dlq[: -len(DLQ_SUFFIX)] if is_dlq_topic(dlq) else dlq
+
+
+def changelog_topic(app_id: str, agent: str, store: str) -> str:
+    """Compacted changelog of one agent's state store; partition N backs the store of input
+    partition N, so state moves with partitions."""
+    return f"{app_id}.{agent}.{store}.changelog"

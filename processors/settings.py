@@ -1,0 +1,143 @@
+"""One settings object for every command and worker.
+
+Sources, later ones winning: built-in defaults, a TOML file (``--config``, ``CHOREO_CONFIG`` or
+``./choreo.toml``), then environment variables. Kafka client properties are passed through to
+confluent-kafka untouched, so SASL, TLS and any librdkafka tuning work without code changes:
+
+* in the file, every key of the ``[kafka]`` table, e.g. ``"security.protocol" = "SASL_SSL"``;
+* in the environment, ``CHOREO_KAFKA_<PROPERTY>`` with dots written as underscores,
+  e.g. ``CHOREO_KAFKA_SASL_MECHANISM=PLAIN`` becomes ``sasl.mechanism``.
+
+Secrets are never printed: :meth:`Settings.redacted` masks any property whose name suggests one.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_SECRET_MARKERS = ("password", "secret", "token", "key.pem", "private", "credentials", "sasl.jaas")
+_KAFKA_ENV_PREFIX = "CHOREO_KAFKA_"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the source and the key."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    kafka: Mapping[str, str] = field(default_factory=dict)
+    schema_registry_url: str | None = None
+    contracts_dir: Path = REPO_ROOT / "contracts"
+    schemas_dir: Path = REPO_ROOT / "schemas"
+    state_dir: Path = Path(".state")
+    processing_guarantee: str = "at_least_once"
+    metrics_port: int | None = None
+    log_level: str = "INFO"
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        config_file: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> "Settings":
+        """Build settings from defaults, the config file, the environment and explicit overrides
+        (``None`` overrides are ignored, so CLI options that were not given do not mask the env)."""
+        env = os.environ if env is None else env
+        settings = cls()
+        path = config_file or env.get("CHOREO_CONFIG")
+        if path is None and Path("choreo.toml").is_file():
+            path = "choreo.toml"
+        if path is not None:
+            settings = settings._merge_file(Path(path))
+        settings = settings._merge_env(env)
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        if clean:
+            settings = replace(settings, **clean)
+        settings._validate()
+        return settings
+
+    def _merge_file(self, path: Path) -> "Settings":
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise SettingsError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path}: {exc}") from exc
+        kafka = {str(k): str(v) for k, v in data.pop("kafka", {}).items()}
+        known = {f for f in self.__dataclass_fields__ if f != "kafka"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SettingsError(f"config file {path}: unknown key(s) {', '.join(unknown)}")
+        values: dict[str, Any] = {k: _coerce(k, v, str(path)) for k, v in data.items()}
+        return replace(self, kafka={**self.kafka, **kafka}, **values)
+
+    def _merge_env(self, env: Mapping[str, str]) -> "Settings":
+        values: dict[str, Any] = {}
+        if env.get("KAFKA_BOOTSTRAP_SERVERS"):
+            values["bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
+        for name in self.__dataclass_fields__:
+            key = f"CHOREO_{name.upper()}"
+            if name != "kafka" and env.get(key):
+                values[name] = _coerce(name, env[key], f"environment {key}")
+        kafka = dict(self.kafka)
+        for key, value in env.items():
+            if key.startswith(_KAFKA_ENV_PREFIX) and len(key) > len(_KAFKA_ENV_PREFIX):
+                kafka[key[len(_KAFKA_ENV_PREFIX):].lower().replace("_", ".")] = value
+        return replace(self, kafka=kafka, **values)
+
+    def _validate(self) -> None:
+        if self.processing_guarantee not in ("at_least_once", "exactly_once"):
+            raise SettingsError(
+                f"processing_guarantee: expected at_least_once or exactly_once, got {self.processing_guarantee!r}"
+            )
+        if not self.bootstrap_servers:
+            raise SettingsError("bootstrap_servers: must not be empty")
+
+    # ------------------------------------------------------------------ use
+    def kafka_config(self, **overrides: Any) -> dict[str, Any]:
+        """Client configuration for confluent-kafka: pass-through properties, the bootstrap
+        servers, then per-client overrides (group id, transactional id, ...)."""
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        config.update(self.kafka)
+        config.update(overrides)
+        return config
+
+    def producer_config(self, **overrides: Any) -> dict[str, Any]:
+        """Producer defaults every choreo producer shares: keys land where Java clients put them
+        (murmur2_random), and the idempotent producer so retries never reorder or duplicate."""
+        base = {"partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": 5}
+        return self.kafka_config(**{**base, **overrides})
+
+    def redacted(self) -> dict[str, Any]:
+        """A printable view: secret-looking Kafka properties are masked."""
+        kafka = {k: ("***" if _is_secret(k) else v) for k, v in self.kafka.items()}
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            out[name] = kafka if name == "kafka" else (str(value) if isinstance(value, Path) else value)
+        return out
+
+
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return any(marker in lowered for marker in _SECRET_MARKERS)
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    if name in ("contracts_dir", "schemas_dir", "state_dir"):
+        return Path(value)
+    if name == "metrics_port":
+        try:
+            return int(value)
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"{source}: metrics_port must be an integer, got {value!r}") from exc
+    return value
