@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from processors.cli import broker as broker_cli
+from processors.cli.roundtrip import roundtrip
 
 app = typer.Typer(
     name="choreo",
@@ -14,6 +15,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(broker_cli.app, name="broker")
+app.command(name="roundtrip")(roundtrip)
 
 
 def main() -> None:
