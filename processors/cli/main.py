@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from processors.cli import broker as broker_cli
+from processors.cli import contracts as contracts_cli
 from processors.cli.roundtrip import roundtrip
 
 app = typer.Typer(
@@ -15,6 +16,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(broker_cli.app, name="broker")
+app.add_typer(contracts_cli.app, name="contracts")
 app.command(name="roundtrip")(roundtrip)
 
 

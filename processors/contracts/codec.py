@@ -1,0 +1,224 @@
+"""Avro payloads in standard framings, so consumers in any language can read them.
+
+* **Single-object encoding** (default, registry-free): ``C3 01``, the 8-byte little-endian
+  CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, then the binary body.
+* **Confluent wire format** (when a Schema Registry is configured): ``00``, the 4-byte big-endian
+  schema id, then the body. Schemas are registered under ``<topic>-value`` (TopicNameStrategy).
+
+Decoding recognises both by their first byte, finds the writer schema by fingerprint or id, and
+resolves it against the contract's current schema, so an old writer's event reads with the new
+fields' defaults. Every schema is parsed once; per event there is one dict lookup, the validator
+and fastavro.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from processors.contracts.errors import ContractError, DecodeError
+from processors.contracts.registry import Contract, ContractRegistry
+from processors.contracts.validation import Validator
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = 0
+_SINGLE_OBJECT_HEADER = 10
+_CONFLUENT_HEADER = 5
+_SCHEMA_ID = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class WriterSchema:
+    """One writer schema as it appears on the wire.
+
+    ``version`` is the contract version, or 0 for a schema found only in the Schema Registry (say a
+    newer version registered by another service), which still resolves against our current one.
+    """
+
+    event_type: str
+    version: int
+    parsed: dict[str, Any]
+    fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO of the Parsing Canonical Form
+    header: bytes  # single-object header: magic + fingerprint
+
+
+def schema_fingerprint(raw_schema: dict[str, Any]) -> bytes:
+    """The CRC-64-AVRO (Rabin) fingerprint of the schema's Parsing Canonical Form, as written on the wire."""
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(raw_schema), "CRC-64-AVRO"))
+
+
+class AvroCodec:
+    """Encode and decode contract events; one instance per process, shared by all agents.
+
+    Not a lock holder: all caches are filled at construction except Confluent schema ids, which are
+    written idempotently, so concurrent use from threads is safe.
+    """
+
+    def __init__(
+        self,
+        registry: ContractRegistry,
+        schema_registry_url: str | None = None,
+        schema_registry_client: Any = None,
+    ) -> None:
+        self.registry = registry
+        self._client = schema_registry_client or _registry_client(schema_registry_url)
+        self._writers: dict[tuple[str, int], WriterSchema] = {}
+        self._by_fingerprint: dict[bytes, WriterSchema] = {}
+        self._current: dict[str, WriterSchema] = {}
+        self._validators: dict[tuple[str, int], Validator] = {}
+        self._ids: dict[tuple[str, int], int] = {}
+        self._by_id: dict[int, WriterSchema] = {}
+        for contract in registry.all():
+            self._index(contract)
+
+    def _index(self, contract: Contract) -> None:
+        for version in contract.versions:
+            raw = contract.raw_schema(version)
+            fp = schema_fingerprint(raw)
+            writer = WriterSchema(contract.event_type, version, contract.schema(version), fp, SINGLE_OBJECT_MAGIC + fp)
+            self._writers[(contract.event_type, version)] = writer
+            self._by_fingerprint.setdefault(fp, writer)
+            self._validators[(contract.event_type, version)] = Validator(raw, f"{contract.event_type} v{version}")
+        self._current[contract.event_type] = self._writers[(contract.event_type, contract.current_version)]
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, event_type: str, value: dict[str, Any], version: int | None = None, validate: bool = True) -> bytes:
+        """Serialise ``value`` with the current (or given) schema version.
+
+        With ``validate`` the value is checked first and refused with a :class:`ContractViolation`
+        naming every bad field: fastavro alone would silently truncate, coerce or drop data.
+        """
+        writer = self._writer(event_type, version)
+        if validate:
+            self._validators[(event_type, writer.version)].validate(value)
+        out = BytesIO()
+        if self._client is None:
+            out.write(writer.header)
+        else:
+            out.write(b"\x00" + _SCHEMA_ID.pack(self._schema_id(writer)))
+        try:
+            fastavro.schemaless_writer(out, writer.parsed, value)
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
+            # Only reachable with validate=False: report it in the same terms as the validator.
+            self._validators[(event_type, writer.version)].validate(value)
+            raise ContractError(f"{event_type} v{writer.version}: cannot encode value: {exc}") from exc
+        return out.getvalue()
+
+    def validate(self, event_type: str, value: dict[str, Any], version: int | None = None) -> None:
+        """Raise :class:`ContractViolation` if ``value`` does not fit the (current) schema."""
+        writer = self._writer(event_type, version)
+        self._validators[(event_type, writer.version)].validate(value)
+
+    def fingerprint(self, event_type: str, version: int | None = None) -> bytes:
+        return self._writer(event_type, version).fingerprint
+
+    def _writer(self, event_type: str, version: int | None) -> WriterSchema:
+        writer = self._current.get(event_type) if version is None else self._writers.get((event_type, version))
+        if writer is None:
+            # Let the registry raise: its errors name the known event types and versions.
+            self.registry.get(event_type).schema(version)
+            raise ContractError(f"{event_type}: no schema version {version}")
+        return writer
+
+    # ------------------------------------------------------------------ decoding
+    def decode(self, event_type: str, data: bytes) -> dict[str, Any]:
+        """Deserialise bytes written with any known version of ``event_type`` into the current one."""
+        writer, offset = self._writer_of(data)
+        if writer.event_type != event_type:
+            raise DecodeError(
+                f"expected a {event_type} event, but the bytes were written with {writer.event_type} v{writer.version}"
+            )
+        return self._read(writer, self._current[event_type], data, offset)
+
+    def decode_any(self, data: bytes) -> tuple[str, dict[str, Any]]:
+        """Identify the event type from the framing and decode with that type's current schema."""
+        writer, offset = self._writer_of(data)
+        return writer.event_type, self._read(writer, self._current[writer.event_type], data, offset)
+
+    def _writer_of(self, data: bytes) -> tuple[WriterSchema, int]:
+        if data[:2] == SINGLE_OBJECT_MAGIC:
+            if len(data) < _SINGLE_OBJECT_HEADER:
+                raise DecodeError(f"truncated single-object header: {len(data)} bytes, need {_SINGLE_OBJECT_HEADER}")
+            writer = self._by_fingerprint.get(bytes(data[2:_SINGLE_OBJECT_HEADER]))
+            if writer is None:
+                raise DecodeError(f"unknown schema fingerprint {bytes(data[2:10]).hex()}: not a version of any contract")
+            return writer, _SINGLE_OBJECT_HEADER
+        if data[:1] == b"\x00":
+            if len(data) < _CONFLUENT_HEADER:
+                raise DecodeError(f"truncated Confluent header: {len(data)} bytes, need {_CONFLUENT_HEADER}")
+            return self._writer_for_id(_SCHEMA_ID.unpack_from(data, 1)[0]), _CONFLUENT_HEADER
+        raise DecodeError(f"unknown magic bytes {bytes(data[:2]).hex() or '(empty)'}: expected c301 (Avro single-object) or 00 (Confluent)")
+
+    def _read(self, writer: WriterSchema, reader: WriterSchema, data: bytes, offset: int) -> dict[str, Any]:
+        stream = BytesIO(data)
+        stream.seek(offset)
+        try:
+            value = fastavro.schemaless_reader(stream, writer.parsed, None if writer is reader else reader.parsed)
+        except (EOFError, ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError, struct.error) as exc:
+            raise DecodeError(f"truncated or corrupt body for {writer.event_type} v{writer.version}: {exc!r}") from exc
+        if stream.tell() != len(data):
+            raise DecodeError(
+                f"{len(data) - stream.tell()} trailing byte(s) after a {writer.event_type} v{writer.version} body: corrupt or wrong schema"
+            )
+        return value
+
+    # ------------------------------------------------------------------ Confluent Schema Registry
+    def _schema_id(self, writer: WriterSchema) -> int:
+        key = (writer.event_type, writer.version)
+        schema_id = self._ids.get(key)
+        if schema_id is None:
+            from confluent_kafka.schema_registry import Schema
+
+            contract = self.registry.get(writer.event_type)
+            schema_str = json.dumps(contract.raw_schema(writer.version))
+            schema_id = self._client.register_schema(f"{contract.topic}-value", Schema(schema_str, "AVRO"))
+            self._ids[key] = schema_id
+            self._by_id[schema_id] = writer
+        return schema_id
+
+    def _writer_for_id(self, schema_id: int) -> WriterSchema:
+        writer = self._by_id.get(schema_id)
+        if writer is not None:
+            return writer
+        if self._client is None:
+            raise DecodeError(f"Confluent-framed bytes (schema id {schema_id}) but no Schema Registry is configured")
+        try:
+            schema = self._client.get_schema(schema_id)
+        except Exception as exc:  # the client raises its own error types and transport errors
+            raise DecodeError(f"schema id {schema_id}: not found in the Schema Registry: {exc}") from exc
+        writer = self._writer_from_registry(schema_id, schema.schema_str)
+        self._by_id[schema_id] = writer
+        return writer
+
+    def _writer_from_registry(self, schema_id: int, schema_str: str) -> WriterSchema:
+        """A registry schema is ours when its fingerprint matches a contract version; else, by the
+        record's full name, an unknown (e.g. newer) version of a known event, resolved like any other."""
+        raw = json.loads(schema_str)
+        fp = schema_fingerprint(raw)
+        known = self._by_fingerprint.get(fp)
+        if known is not None:
+            return known
+        fullname = _fullname(raw)
+        for event_type, current in self._current.items():
+            if _fullname(self.registry.get(event_type).raw_schema(current.version)) == fullname:
+                return WriterSchema(event_type, 0, fastavro.parse_schema(raw), fp, SINGLE_OBJECT_MAGIC + fp)
+        raise DecodeError(f"schema id {schema_id} ({fullname}) is not the schema of any contract")
+
+
+def _fullname(schema: dict[str, Any]) -> str:
+    name = schema.get("name", "")
+    return name if "." in name or not schema.get("namespace") else f"{schema['namespace']}.{name}"
+
+
+def _registry_client(url: str | None) -> Any:
+    if url is None:
+        return None
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    return SchemaRegistryClient({"url": url})

@@ -1,0 +1,203 @@
+"""Event metadata as CloudEvents Kafka-binding headers, so any consumer can route and trace an event
+without decoding its payload.
+
+Binary content mode: the payload is the Avro value, the attributes travel as ``ce_*`` headers
+(UTF-8 strings), plus our extensions (idempotency key, correlation and causation ids, tenant, hop
+count) and W3C trace context. :meth:`Envelope.from_headers` runs for every consumed event, so it is
+one pass over the header list with no regular expressions on the required attributes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+from processors.contracts.errors import EnvelopeError
+
+CE_ID = "ce_id"
+CE_TYPE = "ce_type"
+CE_SOURCE = "ce_source"
+CE_TIME = "ce_time"
+CE_SPECVERSION = "ce_specversion"
+CONTENT_TYPE = "content-type"
+CE_IDEMPOTENCYKEY = "ce_idempotencykey"
+CE_CORRELATIONID = "ce_correlationid"
+CE_CAUSATIONID = "ce_causationid"
+CE_TENANT = "ce_tenant"
+CE_HOPCOUNT = "ce_hopcount"
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+
+SPEC_VERSION = "1.0"
+AVRO_CONTENT_TYPE = "application/avro"
+REQUIRED_HEADERS = (CE_ID, CE_TYPE, CE_SOURCE, CE_SPECVERSION, CE_TIME, CE_IDEMPOTENCYKEY)
+_KNOWN = frozenset(
+    REQUIRED_HEADERS
+    + (CONTENT_TYPE, CE_CORRELATIONID, CE_CAUSATIONID, CE_TENANT, CE_HOPCOUNT, TRACEPARENT, TRACESTATE)
+)
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
+# Derived idempotency keys: deterministic, fixed length however long the causal chain grows.
+_KEY_NAMESPACE = uuid.UUID("5b0c4a9e-3f57-4c0e-9d4b-2f4d7c1e8a61")
+
+Headers = Sequence[tuple[str, bytes | str | None]] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The CloudEvents attributes and choreography extensions of one event."""
+
+    id: str
+    type: str
+    source: str
+    time: dt.datetime
+    idempotency_key: str
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    tenant: str | None = None
+    hop_count: int = 0
+    traceparent: str | None = None
+    tracestate: str | None = None
+    content_type: str = AVRO_CONTENT_TYPE
+    specversion: str = SPEC_VERSION
+
+    @classmethod
+    def new(
+        cls,
+        event_type: str,
+        source: str,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        tenant: str | None = None,
+        hop_count: int = 0,
+        traceparent: str | None = None,
+    ) -> "Envelope":
+        """A fresh envelope; a root event is its own idempotency key and correlation id by default."""
+        event_id = str(uuid.uuid4())
+        return cls(
+            id=event_id,
+            type=event_type,
+            source=source,
+            time=dt.datetime.now(dt.timezone.utc),
+            idempotency_key=idempotency_key or event_id,
+            correlation_id=correlation_id or event_id,
+            causation_id=causation_id,
+            tenant=tenant,
+            hop_count=hop_count,
+            traceparent=traceparent,
+        )
+
+    def child(self, event_type: str, source: str, idempotency_key: str | None = None) -> "Envelope":
+        """The envelope of an event emitted because of this one.
+
+        Same flow (correlation id, tenant, trace), caused by this event, one hop further. The
+        idempotency key is derived from this event's key and the new type, so a retried or replayed
+        step emits the same key and downstream deduplication collapses it.
+        """
+        return replace(
+            self,
+            id=str(uuid.uuid4()),
+            type=event_type,
+            source=source,
+            time=dt.datetime.now(dt.timezone.utc),
+            idempotency_key=idempotency_key or derive_key(self.idempotency_key, event_type),
+            correlation_id=self.correlation_id or self.id,
+            causation_id=self.id,
+            hop_count=self.hop_count + 1,
+            content_type=AVRO_CONTENT_TYPE,
+        )
+
+    def to_headers(self) -> list[tuple[str, bytes]]:
+        headers = [
+            (CE_ID, self.id.encode()),
+            (CE_TYPE, self.type.encode()),
+            (CE_SOURCE, self.source.encode()),
+            (CE_SPECVERSION, self.specversion.encode()),
+            (CE_TIME, format_time(self.time).encode()),
+            (CONTENT_TYPE, self.content_type.encode()),
+            (CE_IDEMPOTENCYKEY, self.idempotency_key.encode()),
+            (CE_HOPCOUNT, str(self.hop_count).encode()),
+        ]
+        for name, value in (
+            (CE_CORRELATIONID, self.correlation_id),
+            (CE_CAUSATIONID, self.causation_id),
+            (CE_TENANT, self.tenant),
+            (TRACEPARENT, self.traceparent),
+            (TRACESTATE, self.tracestate),
+        ):
+            if value is not None:
+                headers.append((name, value.encode()))
+        return headers
+
+    @classmethod
+    def from_headers(cls, headers: Headers) -> "Envelope":
+        """Read the envelope of a consumed message; :class:`EnvelopeError` names the bad header.
+
+        An invalid ``traceparent`` is dropped rather than refused: W3C trace context says a
+        receiver restarts the trace, and an event must not be dead-lettered for its tracing.
+        """
+        values: dict[str, str] = {}
+        for name, raw in headers or ():
+            if name in _KNOWN and raw is not None:
+                try:
+                    values[name] = raw if raw.__class__ is str else raw.decode()
+                except UnicodeDecodeError:
+                    raise EnvelopeError(name, f"not UTF-8 text: {raw[:40]!r}") from None
+        for name in REQUIRED_HEADERS:
+            if not values.get(name):
+                raise EnvelopeError(name, "missing" if name not in values else "empty")
+        if values[CE_SPECVERSION] != SPEC_VERSION:
+            raise EnvelopeError(CE_SPECVERSION, f"unsupported CloudEvents version {values[CE_SPECVERSION]!r}, expected '1.0'")
+        traceparent = values.get(TRACEPARENT)
+        if traceparent is not None and not _TRACEPARENT.match(traceparent):
+            traceparent = None
+        return cls(
+            id=values[CE_ID],
+            type=values[CE_TYPE],
+            source=values[CE_SOURCE],
+            time=parse_time(values[CE_TIME]),
+            idempotency_key=values[CE_IDEMPOTENCYKEY],
+            correlation_id=values.get(CE_CORRELATIONID),
+            causation_id=values.get(CE_CAUSATIONID),
+            tenant=values.get(CE_TENANT),
+            hop_count=_hop_count(values.get(CE_HOPCOUNT)),
+            traceparent=traceparent,
+            tracestate=values.get(TRACESTATE) if traceparent is not None else None,
+            content_type=values.get(CONTENT_TYPE, AVRO_CONTENT_TYPE),
+        )
+
+
+def derive_key(cause_key: str, event_type: str) -> str:
+    """Deterministic idempotency key of the ``event_type`` event caused by an event keyed ``cause_key``."""
+    return str(uuid.uuid5(_KEY_NAMESPACE, f"{cause_key}\x1f{event_type}"))
+
+
+def format_time(value: dt.datetime) -> str:
+    """RFC 3339 in UTC with a ``Z``; milliseconds unless the value carries microseconds."""
+    if value.tzinfo is None:
+        raise ValueError("envelope time must be timezone-aware")
+    utc = value.astimezone(dt.timezone.utc)
+    spec = "milliseconds" if utc.microsecond % 1000 == 0 else "microseconds"
+    return utc.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+def parse_time(text: str) -> dt.datetime:
+    """Parse an RFC 3339 timestamp (``Z`` or offset required, as RFC 3339 demands)."""
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise EnvelopeError(CE_TIME, f"not an RFC 3339 timestamp: {text!r}") from None
+    if value.tzinfo is None or "T" not in text.upper():
+        raise EnvelopeError(CE_TIME, f"not an RFC 3339 timestamp (needs a date, 'T', a time and an offset): {text!r}")
+    return value
+
+
+def _hop_count(text: str | None) -> int:
+    if text is None:
+        return 0
+    if not text.isdigit() or not text.isascii():
+        raise EnvelopeError(CE_HOPCOUNT, f"expected a non-negative decimal integer, got {text!r}")
+    return int(text)

@@ -1,0 +1,333 @@
+"""Check a Python value against an Avro schema and say exactly what is wrong, and where.
+
+fastavro's writer is lenient where a contract must not be: it truncates ``3.5`` into an int field,
+turns ``"1"`` into a double, writes ints beyond 32 bits into int fields (unreadable by Java readers),
+drops unknown keys silently, and otherwise fails with a bare ``TypeError`` and no path. So every
+value is checked here before it is written.
+
+The schema is compiled once into a tree of small functions. A check returns ``None`` when the value
+fits, so the happy path builds no strings and no lists; paths (``items[2].qty``) are assembled only
+on the way back up from a problem. Every problem is reported, not just the first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from processors.contracts.errors import MISSING, UNKNOWN_FIELD, ContractViolation, Problem
+
+Problems = list[Problem] | None
+Check = Callable[[Any], Problems]
+Guard = Callable[[Any], bool]
+
+INT_RANGE = (-(2**31), 2**31 - 1)
+LONG_RANGE = (-(2**63), 2**63 - 1)
+_PRIMITIVES = ("null", "boolean", "int", "long", "float", "double", "bytes", "string")
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class _Node:
+    """A compiled schema node: the check, a cheap type guard (to pick union branches) and a label."""
+
+    check: Check
+    guard: Guard
+    label: str
+
+
+class Validator:
+    """A compiled validator for one schema (raw Avro JSON)."""
+
+    def __init__(self, schema: Any, name: str = "value") -> None:
+        self.name = name
+        self._named: dict[str, _Node] = {}
+        self._check = self._compile(schema, namespace="").check
+
+    def problems(self, value: Any) -> list[Problem]:
+        return self._check(value) or []
+
+    def validate(self, value: Any) -> None:
+        """Raise :class:`ContractViolation` listing every problem, or return quietly."""
+        problems = self._check(value)
+        if problems:
+            raise ContractViolation(self.name, problems)
+
+    # ------------------------------------------------------------------ compilation
+    def _compile(self, schema: Any, namespace: str) -> _Node:
+        if isinstance(schema, list):
+            return self._union([self._compile(b, namespace) for b in schema])
+        if isinstance(schema, str):
+            if schema in _PRIMITIVES:
+                return _PRIMITIVE_NODES[schema]
+            return self._reference(_fullname(schema, namespace))
+        kind = schema["type"]
+        logical = schema.get("logicalType")
+        if logical in _LOGICAL_NODES and _logical_applies(logical, kind):
+            return _LOGICAL_NODES[logical](schema)
+        if kind in ("record", "error"):
+            return self._record(schema, namespace)
+        if kind == "enum":
+            return self._define(schema, namespace, _enum(schema))
+        if kind == "fixed":
+            return self._define(schema, namespace, _fixed(schema))
+        if kind == "array":
+            return _array(self._compile(schema["items"], namespace))
+        if kind == "map":
+            return _map(self._compile(schema["values"], namespace))
+        return self._compile(kind, namespace)
+
+    def _reference(self, fullname: str) -> _Node:
+        """Look the named node up at call time: a record may refer to itself before it is compiled."""
+        named = self._named
+        node = named[fullname]
+        return _Node(lambda value: named[fullname].check(value), node.guard, node.label)
+
+    def _define(self, schema: dict[str, Any], namespace: str, node: _Node) -> _Node:
+        self._named[_fullname(schema["name"], schema.get("namespace", namespace))] = node
+        return node
+
+    def _record(self, schema: dict[str, Any], namespace: str) -> _Node:
+        label = f"record {schema['name']}"
+        fields: list[tuple[str, Check, str, bool]] = []
+        names = frozenset(f["name"] for f in schema["fields"])
+
+        def check(value: Any) -> Problems:
+            if value.__class__ is not dict and not isinstance(value, dict):
+                return [Problem("", label, describe(value))]
+            bad: list[Problem] | None = None
+            for name, field_check, field_label, has_default in fields:
+                item = value.get(name, _ABSENT)
+                if item is _ABSENT:
+                    if not has_default:
+                        bad = (bad or []) + [Problem(name, field_label, MISSING)]
+                    continue
+                problems = field_check(item)
+                if problems:
+                    bad = (bad or []) + [_under(name, p) for p in problems]
+            if not value.keys() <= names:
+                extra = sorted((str(k) for k in value.keys() - names))
+                bad = (bad or []) + [Problem(k, label, UNKNOWN_FIELD) for k in extra]
+            return bad
+
+        fullname = _fullname(schema["name"], schema.get("namespace", namespace))
+        self._define(schema, namespace, _Node(check, _is_dict, label))
+        inner = fullname.rpartition(".")[0]
+        for f in schema["fields"]:
+            node = self._compile(f["type"], inner)
+            fields.append((f["name"], node.check, node.label, "default" in f))
+        return self._named[fullname]
+
+    @staticmethod
+    def _union(branches: list[_Node]) -> _Node:
+        label = " or ".join(b.label for b in branches)
+
+        def check(value: Any) -> Problems:
+            candidates = [b for b in branches if b.guard(value)]
+            if not candidates:
+                return [Problem("", label, describe(value))]
+            first = candidates[0].check(value)
+            if not first:
+                return None
+            for branch in candidates[1:]:
+                if not branch.check(value):
+                    return None
+            # A single branch of the value's own type: its nested problems say more than the union.
+            return first if len(candidates) == 1 else [Problem("", label, describe(value))]
+
+        return _Node(check, lambda value: any(b.guard(value) for b in branches), label)
+
+
+# ---------------------------------------------------------------------- leaf nodes
+def describe(value: Any) -> str:
+    """A short, unambiguous rendering of a wrong value: its Avro-ish type and the value itself."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"int {value}" if INT_RANGE[0] <= value <= INT_RANGE[1] else f"long {value}"
+    if isinstance(value, float):
+        return f"float {value!r}"
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+        return f"string {text if len(text) <= 42 else text[:40] + '…'}"
+    if isinstance(value, (bytes, bytearray)):
+        return f"bytes of length {len(value)}"
+    if isinstance(value, dict):
+        keys = sorted(map(str, value))
+        return f"map with keys {', '.join(keys[:5])}{', …' if len(keys) > 5 else ''}" if keys else "empty map"
+    if isinstance(value, (list, tuple)):
+        return f"array of length {len(value)}"
+    return f"{type(value).__name__} {value!r}"[:60]
+
+
+def _is_dict(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(label: str, bounds: tuple[int, int]) -> _Node:
+    low, high = bounds
+
+    def check(value: Any) -> Problems:
+        if value.__class__ is not int and not _is_integer(value):
+            return [Problem("", label, describe(value))]
+        if not low <= value <= high:
+            return [Problem("", f"{label} in [{low}, {high}]", describe(value))]
+        return None
+
+    return _Node(check, _is_integer, label)
+
+
+def _typed(label: str, guard: Guard) -> _Node:
+    def check(value: Any) -> Problems:
+        return None if guard(value) else [Problem("", label, describe(value))]
+
+    return _Node(check, guard, label)
+
+
+_PRIMITIVE_NODES: dict[str, _Node] = {
+    "null": _typed("null", lambda v: v is None),
+    "boolean": _typed("boolean", lambda v: isinstance(v, bool)),
+    "int": _integer("int", INT_RANGE),
+    "long": _integer("long", LONG_RANGE),
+    "float": _typed("float", _is_number),
+    "double": _typed("double", _is_number),
+    "bytes": _typed("bytes", lambda v: isinstance(v, (bytes, bytearray))),
+    "string": _typed("string", lambda v: isinstance(v, str)),
+}
+
+
+def _enum(schema: dict[str, Any]) -> _Node:
+    symbols = frozenset(schema["symbols"])
+    return _typed(f"one of {schema['name']} ({', '.join(schema['symbols'])})", lambda v: isinstance(v, str) and v in symbols)
+
+
+def _fixed(schema: dict[str, Any]) -> _Node:
+    size = schema["size"]
+    return _typed(f"fixed {schema['name']} ({size} bytes)", lambda v: isinstance(v, (bytes, bytearray)) and len(v) == size)
+
+
+def _array(items: _Node) -> _Node:
+    label = f"array of {items.label}"
+    item_check = items.check
+
+    def check(value: Any) -> Problems:
+        if not isinstance(value, (list, tuple)):
+            return [Problem("", label, describe(value))]
+        bad: list[Problem] | None = None
+        for index, item in enumerate(value):
+            problems = item_check(item)
+            if problems:
+                bad = (bad or []) + [_under(f"[{index}]", p) for p in problems]
+        return bad
+
+    return _Node(check, lambda v: isinstance(v, (list, tuple)), label)
+
+
+def _map(values: _Node) -> _Node:
+    label = f"map of {values.label}"
+    value_check = values.check
+
+    def check(value: Any) -> Problems:
+        if not isinstance(value, dict):
+            return [Problem("", label, describe(value))]
+        bad: list[Problem] | None = None
+        for key, item in value.items():
+            step = f"[{json.dumps(key, ensure_ascii=False) if isinstance(key, str) else repr(key)}]"
+            problems = [Problem("", "string map key", describe(key))] if not isinstance(key, str) else value_check(item)
+            if problems:
+                bad = (bad or []) + [_under(step, p) for p in problems]
+        return bad
+
+    return _Node(check, _is_dict, label)
+
+
+# ---------------------------------------------------------------------- logical types
+def _temporal(label: str, python_type: type, bounds: tuple[int, int]) -> Callable[[dict[str, Any]], _Node]:
+    """fastavro accepts the Python type or the raw integer, so both are valid inputs."""
+    integer = _integer(label, bounds)
+
+    def is_temporal(value: Any) -> bool:
+        return isinstance(value, python_type) and not (python_type is dt.date and isinstance(value, dt.datetime))
+
+    def check(value: Any) -> Problems:
+        return None if is_temporal(value) else integer.check(value)
+
+    node = _Node(check, lambda v: is_temporal(v) or _is_integer(v), label)
+    return lambda _schema: node
+
+
+def _decimal(schema: dict[str, Any]) -> _Node:
+    precision, scale = schema["precision"], schema.get("scale", 0)
+    label = f"decimal({precision},{scale})"
+
+    def check(value: Any) -> Problems:
+        if not isinstance(value, decimal.Decimal) or not value.is_finite():
+            return [Problem("", label, describe(value))]
+        _, digits, exponent = value.as_tuple()
+        exponent = int(exponent)
+        if -exponent > scale or len(digits) + exponent + scale > precision:
+            return [Problem("", label, f"decimal {value} (too many digits)")]
+        return None
+
+    return _Node(check, lambda v: isinstance(v, decimal.Decimal), label)
+
+
+def _uuid_text(value: Any) -> bool:
+    if isinstance(value, uuid.UUID):
+        return True
+    try:
+        uuid.UUID(value)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return True
+
+
+_LOGICAL_NODES: dict[str, Callable[[dict[str, Any]], _Node]] = {
+    "timestamp-millis": _temporal("timestamp-millis (datetime or int)", dt.datetime, LONG_RANGE),
+    "timestamp-micros": _temporal("timestamp-micros (datetime or int)", dt.datetime, LONG_RANGE),
+    "local-timestamp-millis": _temporal("local-timestamp-millis (datetime or int)", dt.datetime, LONG_RANGE),
+    "local-timestamp-micros": _temporal("local-timestamp-micros (datetime or int)", dt.datetime, LONG_RANGE),
+    "date": _temporal("date (date or int)", dt.date, INT_RANGE),
+    "time-millis": _temporal("time-millis (time or int)", dt.time, INT_RANGE),
+    "time-micros": _temporal("time-micros (time or int)", dt.time, LONG_RANGE),
+    "decimal": _decimal,
+    "uuid": lambda _schema: _typed("uuid string", _uuid_text),
+}
+_LOGICAL_BASE: dict[str, tuple[str, ...]] = {
+    "date": ("int",),
+    "time-millis": ("int",),
+    "uuid": ("string",),
+    "decimal": ("bytes", "fixed"),
+}
+
+
+def _logical_applies(logical: str, kind: str) -> bool:
+    """A logical type on the wrong base type is ignored, as the Avro spec tells readers to do."""
+    return kind in _LOGICAL_BASE.get(logical, ("long",))
+
+
+# ---------------------------------------------------------------------- helpers
+def _fullname(name: str, namespace: str) -> str:
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+def _under(step: str, problem: Problem) -> Problem:
+    """Prefix a child's problem path with the field name or index it was found under."""
+    if not problem.path:
+        return replace(problem, path=step)
+    joiner = "" if problem.path.startswith("[") else "."
+    return replace(problem, path=f"{step}{joiner}{problem.path}")

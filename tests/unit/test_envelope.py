@@ -1,0 +1,130 @@
+"""The CloudEvents envelope: header names and encodings, derivation, and typed input errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from processors.contracts import ContractError, Envelope, EnvelopeError
+from processors.contracts.envelope import derive_key
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+HEADERS = [
+    ("ce_id", b"evt-1"),
+    ("ce_type", b"order.created"),
+    ("ce_source", b"/shop/checkout"),
+    ("ce_specversion", b"1.0"),
+    ("ce_time", b"2024-05-01T12:30:15.123Z"),
+    ("content-type", b"application/avro"),
+    ("ce_idempotencykey", b"checkout-42"),
+    ("ce_hopcount", b"0"),
+    ("ce_correlationid", b"flow-7"),
+    ("ce_tenant", b"acme"),
+    ("traceparent", TRACEPARENT.encode()),
+]
+
+
+def test_from_headers_reads_every_attribute() -> None:
+    env = Envelope.from_headers(HEADERS + [("x-other", b"ignored"), ("ce_causationid", None)])
+    assert env == Envelope(
+        id="evt-1",
+        type="order.created",
+        source="/shop/checkout",
+        time=dt.datetime(2024, 5, 1, 12, 30, 15, 123000, tzinfo=dt.timezone.utc),
+        idempotency_key="checkout-42",
+        correlation_id="flow-7",
+        causation_id=None,
+        tenant="acme",
+        hop_count=0,
+        traceparent=TRACEPARENT,
+    )
+
+
+def test_to_headers_round_trips_and_uses_binding_names() -> None:
+    env = Envelope.from_headers(HEADERS)
+    headers = env.to_headers()
+    assert headers == [
+        ("ce_id", b"evt-1"),
+        ("ce_type", b"order.created"),
+        ("ce_source", b"/shop/checkout"),
+        ("ce_specversion", b"1.0"),
+        ("ce_time", b"2024-05-01T12:30:15.123Z"),
+        ("content-type", b"application/avro"),
+        ("ce_idempotencykey", b"checkout-42"),
+        ("ce_hopcount", b"0"),
+        ("ce_correlationid", b"flow-7"),
+        ("ce_tenant", b"acme"),
+        ("traceparent", TRACEPARENT.encode()),
+    ]
+    assert Envelope.from_headers(headers) == env
+
+
+def test_new_generates_id_time_and_defaults_keys_to_the_id() -> None:
+    before = dt.datetime.now(dt.timezone.utc)
+    env = Envelope.new("order.created", "/shop")
+    assert len(env.id) == 36 and env.idempotency_key == env.id and env.correlation_id == env.id
+    assert before <= env.time <= dt.datetime.now(dt.timezone.utc)
+    assert (env.specversion, env.content_type, env.hop_count, env.causation_id) == ("1.0", "application/avro", 0, None)
+    assert Envelope.new("order.created", "/shop").id != env.id
+
+
+def test_child_continues_the_flow() -> None:
+    cause = Envelope.from_headers(HEADERS)
+    child = cause.child("payment.authorized", "/payments")
+    assert child.type == "payment.authorized" and child.source == "/payments" and child.id != cause.id
+    assert child.correlation_id == "flow-7"
+    assert child.causation_id == "evt-1"
+    assert child.hop_count == 1
+    assert child.traceparent == TRACEPARENT and child.tenant == "acme"
+    # Deterministic: a retried step derives the same key, so downstream dedupe collapses it.
+    assert child.idempotency_key == cause.child("payment.authorized", "/payments").idempotency_key
+    assert child.idempotency_key == derive_key("checkout-42", "payment.authorized")
+    assert child.idempotency_key != cause.child("payment.declined", "/payments").idempotency_key
+    assert cause.child("x", "/y", idempotency_key="explicit").idempotency_key == "explicit"
+
+
+@pytest.mark.parametrize("header", ["ce_id", "ce_type", "ce_source", "ce_specversion", "ce_time", "ce_idempotencykey"])
+def test_missing_required_header_is_named(header: str) -> None:
+    with pytest.raises(EnvelopeError) as info:
+        Envelope.from_headers([h for h in HEADERS if h[0] != header])
+    assert info.value.header == header
+    assert str(info.value) == f"header {header}: missing"
+    assert isinstance(info.value, ContractError)
+
+
+@pytest.mark.parametrize(
+    "header,value,message",
+    [
+        ("ce_hopcount", b"-1", "header ce_hopcount: expected a non-negative decimal integer, got '-1'"),
+        ("ce_hopcount", b"two", "header ce_hopcount: expected a non-negative decimal integer, got 'two'"),
+        ("ce_time", b"yesterday", "header ce_time: not an RFC 3339 timestamp: 'yesterday'"),
+        ("ce_time", b"2024-05-01T12:30:15", "header ce_time: not an RFC 3339 timestamp (needs a date, 'T', a time and an offset): '2024-05-01T12:30:15'"),
+        ("ce_specversion", b"0.3", "header ce_specversion: unsupported CloudEvents version '0.3', expected '1.0'"),
+        ("ce_id", b"", "header ce_id: empty"),
+        ("ce_type", b"\xff\xfe", "header ce_type: not UTF-8 text: b'\\xff\\xfe'"),
+    ],
+)
+def test_malformed_header_is_named(header: str, value: bytes, message: str) -> None:
+    headers = [(name, value if name == header else raw) for name, raw in HEADERS]
+    with pytest.raises(EnvelopeError) as info:
+        Envelope.from_headers(headers)
+    assert (info.value.header, str(info.value)) == (header, message)
+
+
+def test_no_headers_at_all() -> None:
+    with pytest.raises(EnvelopeError, match="header ce_id: missing"):
+        Envelope.from_headers(None)
+
+
+def test_optional_headers_default_and_bad_traceparent_is_dropped() -> None:
+    required = [h for h in HEADERS if h[0] in ("ce_id", "ce_type", "ce_source", "ce_specversion", "ce_time", "ce_idempotencykey")]
+    env = Envelope.from_headers(required + [("traceparent", b"garbage"), ("tracestate", b"a=b")])
+    assert (env.hop_count, env.correlation_id, env.tenant, env.traceparent, env.tracestate) == (0, None, None, None, None)
+    assert env.content_type == "application/avro"
+
+
+def test_time_with_offset_and_microseconds_is_normalised_to_utc() -> None:
+    headers = [(n, b"2024-05-01T14:30:15.123456+02:00" if n == "ce_time" else v) for n, v in HEADERS]
+    env = Envelope.from_headers(headers)
+    assert dict(env.to_headers())["ce_time"] == b"2024-05-01T12:30:15.123456Z"
