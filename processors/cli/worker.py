@@ -1,0 +1,91 @@
+"""`choreo worker --app MODULE:APP [--agents a,b] [--metrics-port N]`: run agents until SIGTERM/SIGINT.
+
+On a signal the worker finishes its current batch, commits it, closes its stores and exits 0; it
+exits 1 when an agent stopped on an error (fenced producer, fatal client error), 2 on a usage error
+(bad --app, unknown agent, refused topology).
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from processors.settings import Settings, SettingsError
+
+
+def load_app(spec: str):  # -> processors.runtime.App
+    """Import ``MODULE:ATTR`` (the current directory is importable, like ``python -m``)."""
+    from processors.runtime import App
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise typer.BadParameter(f"expected MODULE:APP, got {spec!r}", param_hint="--app")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise typer.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="--app") from exc
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise typer.BadParameter(f"{spec!r} is not a processors.runtime.App (got {type(app).__name__})", param_hint="--app")
+    return app
+
+
+def worker(
+    app: str = typer.Option(..., "--app", help="The App to run, as MODULE:ATTR (e.g. processors.agents.commerce:app)."),
+    agents: Optional[str] = typer.Option(None, "--agents", help="Comma-separated agent names (default: all)."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus /metrics on this port."),
+    worker_id: Optional[str] = typer.Option(
+        None, "--worker-id", envvar="CHOREO_WORKER_ID",
+        help="Stable id of this worker (pod name): names its transactional ids, so a restarted worker fences "
+             "its predecessor at once (default: host-pid).",
+    ),
+    guarantee: Optional[str] = typer.Option(None, "--guarantee", help="exactly_once or at_least_once (default: settings)."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Local state directory (default: settings)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="choreo.toml settings file."),
+    log_level: Optional[str] = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING ... (default: settings)."),
+) -> None:
+    """Run agents: one consumer group per agent; start more workers to share the partitions."""
+    from processors.runtime import AppError, TopologyError, Worker, WorkerError
+    from processors.runtime.logs import configure_logging
+    from processors.runtime.metrics import serve
+
+    try:
+        settings = Settings.load(config, metrics_port=metrics_port, state_dir=state_dir,
+                                 processing_guarantee=guarantee, log_level=log_level)
+    except SettingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    configure_logging(settings.log_level)
+    the_app = load_app(app)
+    names = [a.strip() for a in agents.split(",") if a.strip()] if agents else None
+    try:
+        w = Worker(the_app, settings, agents=names, worker_id=worker_id)
+    except (AppError, WorkerError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+    def on_signal(signum: int, frame: object) -> None:
+        w.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if settings.metrics_port:
+        serve(settings.metrics_port)
+    try:
+        code = w.run()
+    except (AppError, TopologyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except WorkerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    for error in w.errors:
+        typer.echo(f"error: agent stopped: {error}", err=True)
+    raise typer.Exit(code)

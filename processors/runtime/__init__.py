@@ -1,0 +1,44 @@
+"""The choreo-streams engine: agents over Kafka with RocksDB state, contracts, exactly-once or
+at-least-once processing, dedupe, DLQ, audit, timers and a loop guard.
+
+Public API (everything an agent author needs)::
+
+    from processors.runtime import App, Context, Event, Timer, RetryPolicy, BreakerPolicy
+
+Running: ``choreo worker --app MODULE:APP`` or :class:`Worker`; testing:
+:mod:`processors.runtime.testing` (``AgentDriver``, ``run_agents``).
+"""
+
+from processors.runtime.agent import AgentSpec, Event, Timer
+from processors.runtime.app import App, AppError
+from processors.runtime.context import Context, Emitted, EmitError, InvalidStateError, TimerError
+from processors.runtime.reject import Reject
+from processors.runtime.retry import BreakerPolicy, CircuitBreaker, CircuitOpenError, RetryPolicy
+from processors.runtime.topology import Topology, TopologyError, check_copartitioned
+from processors.runtime.worker import AT_LEAST_ONCE, EXACTLY_ONCE, Worker, WorkerError, WorkerOptions
+
+__all__ = [
+    "AT_LEAST_ONCE",
+    "EXACTLY_ONCE",
+    "AgentSpec",
+    "App",
+    "AppError",
+    "BreakerPolicy",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "Context",
+    "EmitError",
+    "Emitted",
+    "Event",
+    "InvalidStateError",
+    "Reject",
+    "RetryPolicy",
+    "Timer",
+    "TimerError",
+    "Topology",
+    "TopologyError",
+    "Worker",
+    "WorkerError",
+    "WorkerOptions",
+    "check_copartitioned",
+]

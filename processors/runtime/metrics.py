@@ -1,0 +1,128 @@
+"""Prometheus metrics of the engine (prometheus-client), served on the worker's metrics port.
+
+Per agent and event type: events in, out, dead-lettered, duplicate; handler latency; batch size;
+retries; circuit state per dependency; consumer lag per partition; restore progress; transaction
+(or offset) commit latency. Label children are cached so the hot path pays one method call.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from processors.runtime.retry import CIRCUIT_STATES
+
+EVENTS_IN = Counter("choreo_events_in_total", "Input events read by an agent", ["agent", "event_type"])
+EVENTS_OUT = Counter("choreo_events_out_total", "Follow-up events emitted by an agent", ["agent", "event_type"])
+DEAD_LETTERED = Counter(
+    "choreo_events_dead_lettered_total", "Inputs sent to a DLQ", ["agent", "event_type", "reason"]
+)
+DUPLICATES = Counter("choreo_events_duplicate_total", "Inputs dropped as duplicates", ["agent", "event_type"])
+IGNORED = Counter("choreo_events_ignored_total", "Inputs of a type the agent does not consume", ["agent", "event_type"])
+AUDIT_RECORDS = Counter("choreo_audit_records_total", "Audit records written", ["agent", "outcome"])
+HANDLER_SECONDS = Histogram(
+    "choreo_handler_seconds", "Handler latency (one successful attempt)", ["agent"],
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
+BATCH_SIZE = Histogram(
+    "choreo_batch_size", "Records per consumed batch", ["agent"], buckets=(1, 10, 50, 100, 250, 500, 1000, 2000)
+)
+RETRIES = Counter("choreo_retries_total", "Handler retries after a transient error", ["agent"])
+CIRCUIT_STATE = Gauge(
+    "choreo_circuit_state", "Circuit breaker state (0 closed, 1 open, 2 half-open)", ["agent", "dependency"]
+)
+CONSUMER_LAG = Gauge("choreo_consumer_lag", "High watermark minus position", ["agent", "topic", "partition"])
+RESTORE_REMAINING = Gauge(
+    "choreo_restore_remaining_records", "Changelog records left to restore (0 when ready)", ["agent", "partition"]
+)
+RESTORED = Counter("choreo_restored_records_total", "Changelog records applied on restore", ["agent"])
+COMMIT_SECONDS = Histogram(
+    "choreo_commit_seconds", "Batch commit latency: transaction commit (exactly_once) or flush+commit (at_least_once)",
+    ["agent", "guarantee"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+)
+ABORTS = Counter("choreo_batch_aborts_total", "Batches aborted and rewound", ["agent"])
+TIMERS_FIRED = Counter("choreo_timers_fired_total", "Timers fired", ["agent"])
+ASSIGNED = Gauge("choreo_assigned_partitions", "Partitions (stores) owned", ["agent"])
+
+
+class AgentMetrics:
+    """The metrics of one agent, label children cached."""
+
+    def __init__(self, agent: str, guarantee: str = "at_least_once") -> None:
+        self.agent = agent
+        self._in: dict[str, object] = {}
+        self._out: dict[str, object] = {}
+        self._dup: dict[str, object] = {}
+        self._handler = HANDLER_SECONDS.labels(agent)
+        self._batch = BATCH_SIZE.labels(agent)
+        self._retries = RETRIES.labels(agent)
+        self._commit = COMMIT_SECONDS.labels(agent, guarantee)
+        self._aborts = ABORTS.labels(agent)
+        self._timers = TIMERS_FIRED.labels(agent)
+        self._restored = RESTORED.labels(agent)
+        self._assigned = ASSIGNED.labels(agent)
+        self._audit = {o: AUDIT_RECORDS.labels(agent, o) for o in ("PROCESSED", "DUPLICATE", "DEAD_LETTERED")}
+
+    def event_in(self, event_type: str) -> None:
+        c = self._in.get(event_type)
+        if c is None:
+            c = self._in[event_type] = EVENTS_IN.labels(self.agent, event_type)
+        c.inc()  # type: ignore[attr-defined]
+
+    def event_out(self, event_type: str) -> None:
+        c = self._out.get(event_type)
+        if c is None:
+            c = self._out[event_type] = EVENTS_OUT.labels(self.agent, event_type)
+        c.inc()  # type: ignore[attr-defined]
+
+    def duplicate(self, event_type: str) -> None:
+        c = self._dup.get(event_type)
+        if c is None:
+            c = self._dup[event_type] = DUPLICATES.labels(self.agent, event_type)
+        c.inc()  # type: ignore[attr-defined]
+
+    def ignored(self, event_type: str) -> None:
+        IGNORED.labels(self.agent, event_type).inc()
+
+    def dead_lettered(self, event_type: str | None, reason: str) -> None:
+        DEAD_LETTERED.labels(self.agent, event_type or "unknown", reason).inc()
+
+    def audit(self, outcome: str) -> None:
+        self._audit[outcome].inc()
+
+    def handler_latency(self, seconds: float) -> None:
+        self._handler.observe(seconds)
+
+    def batch(self, size: int) -> None:
+        self._batch.observe(size)
+
+    def retry(self) -> None:
+        self._retries.inc()
+
+    def circuit_state(self, dependency: str, state: str) -> None:
+        CIRCUIT_STATE.labels(self.agent, dependency).set(CIRCUIT_STATES[state])
+
+    def lag(self, topic: str, partition: int, lag: int) -> None:
+        CONSUMER_LAG.labels(self.agent, topic, str(partition)).set(lag)
+
+    def restore_remaining(self, partition: int, remaining: int) -> None:
+        RESTORE_REMAINING.labels(self.agent, str(partition)).set(remaining)
+
+    def restored(self, n: int) -> None:
+        self._restored.inc(n)
+
+    def commit_latency(self, seconds: float) -> None:
+        self._commit.observe(seconds)
+
+    def abort(self) -> None:
+        self._aborts.inc()
+
+    def timer_fired(self) -> None:
+        self._timers.inc()
+
+    def assigned(self, n: int) -> None:
+        self._assigned.set(n)
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> None:
+    """Expose /metrics on ``port`` (a daemon thread of prometheus-client)."""
+    start_http_server(port, addr=addr)

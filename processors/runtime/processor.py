@@ -1,0 +1,418 @@
+"""Handling one input (or one due timer) of one agent, independent of Kafka.
+
+:meth:`Processor.handle` turns a consumed record into a :class:`HandleResult`: the records to
+produce (follow-ups, dead letter, audit) and the store writes, staged in a batch view. The worker
+feeds it Kafka messages and makes the result durable; the test driver feeds it events directly.
+Every failure of the input (bytes, headers, contract, handler) becomes a dead letter here: nothing
+raised by a handler escapes to the worker loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from processors.contracts import ContractError, DecodeError, Envelope, EnvelopeError
+from processors.runtime import audit as A
+from processors.runtime import dlq as D
+from processors.runtime.agent import AgentSpec, Event, Timer
+from processors.runtime.context import Context, Emitted, EmitError, InvalidStateError, TimerError, derived_id
+from processors.runtime.conventions import dlq_topic
+from processors.runtime.reject import Reject
+from processors.runtime.retry import CircuitBreaker, CircuitOpenError
+from processors.runtime.state import keys as K
+
+if TYPE_CHECKING:  # pragma: no cover
+    from processors.runtime.app import App
+    from processors.runtime.metrics import AgentMetrics
+
+log = logging.getLogger("choreo.runtime")
+
+IGNORED = "IGNORED"
+_KEY_NS = uuid.UUID("2f1d9a8e-6c1b-4f4e-9a57-0c3b7d8e5a10")
+
+
+@dataclass(slots=True)
+class OutRecord:
+    """One record to produce. ``kind`` is ``output``, ``dlq`` or ``audit``."""
+
+    kind: str
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]
+    event_type: str | None = None
+    partition: int | None = None
+
+
+@dataclass(slots=True)
+class HandleResult:
+    outcome: str
+    event_type: str | None
+    records: list[OutRecord] = field(default_factory=list)
+    emitted: list[Emitted] = field(default_factory=list)
+    failure: D.Failure | None = None
+    audit: dict[str, Any] | None = None
+    key: bytes | None = None
+
+    @property
+    def reason(self) -> str | None:
+        return self.failure.reason if self.failure else None
+
+
+class _Dead(Exception):
+    def __init__(self, failure: D.Failure) -> None:
+        self.failure = failure
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Processor:
+    """Handles inputs of one agent. One per agent per worker (per driver in tests)."""
+
+    def __init__(
+        self,
+        app: "App",
+        spec: AgentSpec,
+        worker_id: str,
+        metrics: "AgentMetrics | None" = None,
+        clock_ms: Callable[[], int] = _now_ms,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: Callable[[float, float], float] = random.uniform,
+        breaker_clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.app = app
+        self.spec = spec
+        self.worker_id = worker_id
+        self.registry = app.registry
+        self.codec = app.codec
+        self.metrics = metrics
+        self.clock_ms = clock_ms
+        self.sleep = sleep
+        self.monotonic = monotonic
+        self.rng = rng
+        self.source = f"/choreo/{app.app_id}/{spec.name}"
+        self.produces = frozenset(spec.produces)
+        self.consumes = frozenset(spec.consumes)
+        self.max_hops = spec.max_hops if spec.max_hops is not None else app.max_hops
+        ttl = spec.dedupe_ttl_s if spec.dedupe_ttl_s is not None else app.dedupe_ttl_s
+        self.dedupe_ttl_ms = int(ttl * 1000)
+        self.transient = tuple(spec.transient) + (CircuitOpenError,)
+        self.breakers: dict[str, CircuitBreaker] = {}
+        for name, policy in spec.dependencies.items():
+            on_change = None
+            if metrics is not None:
+                on_change = (lambda dep: (lambda old, new: metrics.circuit_state(dep, new)))(name)
+            self.breakers[name] = CircuitBreaker(
+                name, policy, clock=breaker_clock or monotonic, on_state_change=on_change
+            )
+            if metrics is not None:
+                metrics.circuit_state(name, "closed")
+        # Topics whose contracts this agent reads: an event of a type it does not consume on one of
+        # them is ignored, anything else is a contract violation.
+        self.topic_types: dict[str, frozenset[str]] = {}
+        for et in spec.consumes:
+            c = self.registry.get(et)
+            self.topic_types[c.topic] = frozenset(x.event_type for x in self.registry.for_topic(c.topic))
+        pii = [p for et in (*spec.consumes, *spec.produces) for p in self.registry.get(et).pii_fields]
+        self.redactor = A.Redactor(pii)
+        self.audit_type = app.audit_event_type
+        self.audit_topic = app.audit_topic
+        self.audit_avro = app.audit_event_type in set(self.registry.event_types())
+        self.timer_dlq_topic = dlq_topic(app.timers_topic_name(spec.name))
+
+    # ---------------------------------------------------------------- keys
+    def derive_key(self, cause_key: str, event_type: str, ordinal: int) -> str:
+        """Idempotency key of the ``ordinal``-th ``event_type`` event this agent emits for a cause."""
+        name = f"{cause_key}\x1f{self.spec.name}\x1f{event_type}\x1f{ordinal}"
+        return str(uuid.uuid5(_KEY_NS, name))
+
+    # ---------------------------------------------------------------- inputs
+    def handle(
+        self,
+        view: Any,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes | None]] | None,
+        timestamp_ms: int = 0,
+    ) -> HandleResult:
+        received = self.clock_ms()
+        envelope: Envelope | None = None
+        event_type: str | None = None
+        decoded: dict[str, Any] | None = None
+        try:
+            try:
+                envelope = Envelope.from_headers(headers)
+            except EnvelopeError as exc:
+                raise _Dead(self._failure(D.MISSING_HEADER, exc, 1, received)) from None
+            event_type = envelope.type
+            if event_type not in self.consumes:
+                if event_type in self.topic_types.get(topic, ()):
+                    return HandleResult(IGNORED, event_type)
+                raise _Dead(self._failure(
+                    D.CONTRACT_VIOLATION,
+                    ContractError(f"event type {event_type!r} is not a type agent {self.spec.name!r} reads on topic {topic!r}"),
+                    1, received,
+                ))
+            if envelope.hop_count > self.max_hops:
+                raise _Dead(self._failure(
+                    D.LOOP,
+                    LoopError(f"hop count {envelope.hop_count} is past the bound {self.max_hops} of agent {self.spec.name!r}: "
+                              "the event chain loops"),
+                    1, received,
+                ))
+            if value is None:
+                raise _Dead(self._failure(D.UNDECODABLE, DecodeError("record has no value (tombstone)"), 1, received))
+            try:
+                decoded = self.codec.decode(event_type, value)
+            except DecodeError as exc:
+                raise _Dead(self._failure(D.UNDECODABLE, exc, 1, received)) from None
+            except ContractError as exc:
+                raise _Dead(self._failure(D.CONTRACT_VIOLATION, exc, 1, received)) from None
+            except Exception as exc:  # noqa: BLE001 - a codec bug on odd bytes must not kill the worker
+                raise _Dead(self._failure(D.UNDECODABLE, exc, 1, received)) from None
+
+            idem = envelope.idempotency_key
+            seen = K.seen_key(idem)
+            raw_seen = view.get(seen)
+            if raw_seen is not None and K.unpack_u64(raw_seen) > received:
+                result = HandleResult(A.DUPLICATE, event_type, key=key)
+                result.audit = self._audit_record(envelope, event_type, topic, partition, offset, A.DUPLICATE,
+                                                  None, None, [], received, None, key)
+                result.records.append(self._audit_out(result.audit, envelope, key))
+                return result
+
+            if key is None:
+                key_value = decoded.get(self.registry.get(event_type).key_field)
+                state_key = b"" if key_value is None else str(key_value).encode()
+            else:
+                state_key = key
+            event = Event(
+                type=event_type,
+                key=state_key.decode("utf-8", "backslashreplace"),
+                value=decoded,
+                envelope=envelope,
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                timestamp_ms=timestamp_ms,
+            )
+            ctx = self._run(lambda c: self.spec.handler(event, c), view, state_key, envelope, event, None,
+                            partition, received, decoded)
+            view.put(seen, K.pack_u64(received + self.dedupe_ttl_ms))
+            return self._success(ctx, view, state_key, envelope, event_type, topic, partition, offset, received, key)
+        except _Dead as dead:
+            return self._dead(dead.failure, envelope, event_type, topic, partition, offset, key, value, headers,
+                              received, headers_raw=True)
+
+    # ---------------------------------------------------------------- timers
+    def fire_timer(self, view: Any, timer_store_key: bytes, partition: int) -> HandleResult | None:
+        """Fire one due timer (the caller found it in the store's due index). Deletes it first: it
+        fires once. Returns None when the batch already cancelled or moved it."""
+        now = self.clock_ms()
+        raw = view.get(timer_store_key)
+        if raw is None or K.unpack_u64(raw) > now:
+            return None
+        due = K.unpack_u64(raw)
+        record = orjson.loads(raw[8:])
+        state_key, name = K.split_timer_suffix(timer_store_key[2:])
+        view.put(timer_store_key, None)
+        key_text = state_key.decode("utf-8", "backslashreplace")
+        timer_id = derived_id(f"timer\x1f{self.spec.name}\x1f{key_text}\x1f{name}\x1f{due}")
+        timer = Timer(
+            name=name, key=key_text, due_ms=due, payload=record.get("payload"), id=timer_id,
+            correlation_id=record.get("correlation_id"), hop_count=int(record.get("hop_count") or 0),
+            tenant=record.get("tenant"),
+        )
+        envelope = Envelope(
+            id=timer_id, type=f"timer:{name}", source=self.source,
+            time=Envelope.new("x", "x").time, idempotency_key=timer_id,
+            correlation_id=timer.correlation_id, causation_id=record.get("scheduled_by"),
+            tenant=timer.tenant, hop_count=timer.hop_count,
+        )
+        # The timer's own follow-ups are one hop further, like any follow-up.
+        topic = f"timer:{name}"
+        on_timer = self.spec.on_timer
+        assert on_timer is not None
+        try:
+            ctx = self._run(lambda c: on_timer(timer, c), view, state_key, envelope, None, timer, partition, now, None)
+        except _Dead as dead:
+            value = orjson.dumps({"timer": name, "key": key_text, "due_ms": due, **record})
+            failure = dead.failure
+            failure = D.Failure(D.TIMER_ERROR if failure.reason == D.HANDLER_ERROR else failure.reason,
+                                failure.error_class, failure.message, failure.attempts,
+                                failure.first_failure_ms, failure.last_failure_ms)
+            result = self._dead(failure, envelope, envelope.type, topic, partition, -1, state_key, value,
+                                envelope.to_headers(), now, headers_raw=False, dlq_to=self.timer_dlq_topic)
+            return result
+        return self._success(ctx, view, state_key, envelope, envelope.type, topic, partition, -1, now, state_key)
+
+    # ---------------------------------------------------------------- internals
+    def _run(self, call: Callable[[Context], None], view: Any, state_key: bytes, envelope: Envelope,
+             event: Event | None, timer: Timer | None, partition: int, received: int,
+             decoded: dict[str, Any] | None) -> Context:
+        attempts = 0
+        first_failure = 0
+        start = self.monotonic()
+        policy = self.spec.retry
+        metrics = self.metrics
+        while True:
+            attempts += 1
+            ctx = Context(self, view, state_key, envelope, event, timer, partition, received)
+            t0 = time.perf_counter()
+            try:
+                call(ctx)
+                ctx.state_change()  # surfaces unserialisable state as InvalidStateError now
+                if metrics is not None:
+                    metrics.handler_latency(time.perf_counter() - t0)
+                return ctx
+            except self.transient as exc:
+                now = self.clock_ms()
+                first_failure = first_failure or now
+                delay = policy.backoff(attempts, self.rng)
+                elapsed = self.monotonic() - start
+                if attempts >= policy.max_attempts or elapsed + delay > policy.max_elapsed_s:
+                    raise _Dead(self._failure(D.RETRIES_EXHAUSTED, exc, attempts, first_failure, now, decoded)) from None
+                if metrics is not None:
+                    metrics.retry()
+                log.info("transient failure, retrying", extra={
+                    "agent": self.spec.name, "partition": partition, "event_id": envelope.id,
+                    "correlation_id": envelope.correlation_id, "attempt": attempts, "delay_s": round(delay, 3),
+                    "error_class": type(exc).__name__})
+                self.sleep(delay)
+            except InvalidStateError as exc:
+                now = self.clock_ms()
+                raise _Dead(self._failure(D.INVALID_STATE, exc, attempts, first_failure or now, now, decoded)) from None
+            except (ContractError, EmitError, TimerError) as exc:
+                now = self.clock_ms()
+                raise _Dead(self._failure(D.INVALID_OUTPUT, exc, attempts, first_failure or now, now, decoded)) from None
+            except Reject as exc:
+                now = self.clock_ms()
+                raise _Dead(self._failure(exc.reason, exc, attempts, first_failure or now, now, decoded)) from None
+            except Exception as exc:  # noqa: BLE001 - a handler bug is the event's problem, not the worker's
+                now = self.clock_ms()
+                raise _Dead(self._failure(D.HANDLER_ERROR, exc, attempts, first_failure or now, now, decoded)) from None
+
+    def _success(self, ctx: Context, view: Any, state_key: bytes, envelope: Envelope, event_type: str,
+                 topic: str, partition: int, offset: int, received: int, key: bytes | None) -> HandleResult:
+        changed, new_raw = ctx.state_change()
+        before = after = None
+        if changed:
+            view.put(K.state_key(state_key), new_raw)
+            before, after = A.state_diff(ctx.state_before(), None if new_raw is None else ctx.state)
+        for tk, tv in ctx.timer_writes.items():
+            view.put(tk, tv)
+        result = HandleResult(A.PROCESSED, event_type, emitted=ctx.emitted, key=key)
+        records = result.records
+        for em in ctx.emitted:
+            records.append(OutRecord("output", em.topic, None if em.key is None else em.key.encode(), em.data,
+                                     em.envelope.to_headers(), em.event_type))
+        result.audit = self._audit_record(envelope, event_type, topic, partition, offset, A.PROCESSED,
+                                          before, after, [em.id for em in ctx.emitted], received, None, key)
+        records.append(self._audit_out(result.audit, envelope, key))
+        return result
+
+    def _dead(self, failure: D.Failure, envelope: Envelope | None, event_type: str | None, topic: str,
+              partition: int, offset: int, key: bytes | None, value: bytes | None,
+              headers: list[tuple[str, bytes | None]] | None, received: int, headers_raw: bool,
+              dlq_to: str | None = None) -> HandleResult:
+        result = HandleResult(A.DEAD_LETTERED, event_type, failure=failure, key=key)
+        result.records.append(OutRecord(
+            "dlq", dlq_to or dlq_topic(topic), key, value,
+            D.dlq_headers(headers, failure, self.spec.name, topic, partition, offset), event_type,
+        ))
+        if envelope is None:
+            envelope = _fallback_envelope(headers, topic, partition, offset, self.source)
+        result.audit = self._audit_record(envelope, event_type or envelope.type, topic, partition, offset,
+                                          A.DEAD_LETTERED, None, None, [], received,
+                                          f"{failure.reason}: {failure.error_class}: {failure.message}", key)
+        result.records.append(self._audit_out(result.audit, envelope, key))
+        log.warning("dead-lettered", extra={
+            "agent": self.spec.name, "topic": topic, "partition": partition, "offset": offset,
+            "event_id": envelope.id, "correlation_id": envelope.correlation_id, "reason": failure.reason,
+            "error_class": failure.error_class, "error": failure.message[:500], "attempts": failure.attempts})
+        return result
+
+    def _failure(self, reason: str, exc: BaseException, attempts: int, first_ms: int, last_ms: int | None = None,
+                 decoded: dict[str, Any] | None = None) -> D.Failure:
+        message = str(exc) or type(exc).__name__
+        if decoded is not None and self.redactor:
+            message = self.redactor.scrub(message, self.redactor.secrets_in(decoded))
+        return D.Failure(reason, type(exc).__name__, message, attempts, first_ms, last_ms or first_ms)
+
+    def _audit_record(self, envelope: Envelope, event_type: str, topic: str, partition: int, offset: int,
+                      outcome: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
+                      emitted: list[str], received: int, error: str | None, key: bytes | None) -> dict[str, Any]:
+        return {
+            "agent_name": self.spec.name,
+            "agent_version": self.spec.version,
+            "worker_id": self.worker_id,
+            "input_event_id": envelope.id,
+            "input_event_type": event_type,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "outcome": outcome,
+            "state_before": A.state_json(before, self.redactor),
+            "state_after": A.state_json(after, self.redactor),
+            "emitted_event_ids": emitted,
+            "correlation_id": envelope.correlation_id,
+            "received_at": received,
+            "handled_at": self.clock_ms(),
+            "error": error,
+        }
+
+    def _audit_out(self, record: dict[str, Any], envelope: Envelope, key: bytes | None) -> OutRecord:
+        idem = f"audit\x1f{self.spec.name}\x1f{envelope.idempotency_key}\x1f{record['outcome']}"
+        audit_id = derived_id(idem)
+        env = Envelope(
+            id=audit_id, type=self.audit_type, source=self.source, time=envelope.time,
+            idempotency_key=audit_id, correlation_id=envelope.correlation_id, causation_id=envelope.id,
+            tenant=envelope.tenant, hop_count=0,
+            content_type="application/avro" if self.audit_avro else "application/json",
+        )
+        if self.audit_avro:
+            data = self.codec.encode(self.audit_type, record, validate=False)
+        else:
+            data = orjson.dumps(record)
+        return OutRecord("audit", self.audit_topic, record["input_event_id"].encode(), data, env.to_headers(),
+                         self.audit_type)
+
+
+class LoopError(Exception):
+    """An event came past the hop-count bound: the chain of agents loops."""
+
+
+def _fallback_envelope(headers: list[tuple[str, bytes | None]] | None, topic: str, partition: int, offset: int,
+                       source: str) -> Envelope:
+    """An envelope for audit/log lines of a record whose headers could not be read."""
+    values = {}
+    for name, raw in headers or ():
+        if raw is not None:
+            values[name] = raw.decode("utf-8", "replace")
+    coords = f"{topic}/{partition}/{offset}"
+    event_id = values.get("ce_id") or derived_id(f"coords\x1f{coords}")
+    idem = values.get("ce_idempotencykey") or event_id
+    env = Envelope.new(values.get("ce_type") or "unknown", source, idempotency_key=idem,
+                       correlation_id=values.get("ce_correlationid"))
+    from dataclasses import replace
+
+    return replace(env, id=event_id, correlation_id=values.get("ce_correlationid") or event_id)
+
+
+def stable_hash(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()

@@ -1,0 +1,244 @@
+"""Partition stores and the per-batch overlay.
+
+Writes of a batch never touch the store while the batch is in flight: handlers write into a
+:class:`BatchView` (reads see the batch's own writes first), the worker sends the batch's final
+records to the changelog with the outputs, and only once Kafka has accepted them (transaction
+committed, or flushed under at-least-once) are they applied to the store, in one atomic RocksDB
+write that also records the changelog offset they reached. An aborted batch is simply dropped.
+"""
+
+from __future__ import annotations
+
+import bisect
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+
+from processors.runtime.state import keys as K
+
+_OFFSET = K.meta_key("changelog_offset")
+_CLOSED_AT = K.meta_key("closed_at")
+_RESTORING = K.meta_key("restoring")
+
+
+class StoreLockedError(RuntimeError):
+    """Another process holds the RocksDB lock of this store directory."""
+
+
+class KeyValueStore:
+    """Primary records plus derived indexes; subclasses give get/range/write primitives."""
+
+    # primitives ---------------------------------------------------------------------------
+    def get(self, key: bytes) -> bytes | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def range(self, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _write(self, puts: dict[bytes, bytes], deletes: set[bytes]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def changelog_offset(self) -> int | None:
+        raw = self.get(_OFFSET)
+        return None if raw is None else K.unpack_u64(raw)
+
+    # applying ------------------------------------------------------------------------------
+    def apply(self, writes: Mapping[bytes, bytes | None], changelog_offset: int | None = None) -> None:
+        """Apply primary records (``None`` deletes) and their index entries atomically, and remember
+        the highest changelog offset they came from."""
+        puts: dict[bytes, bytes] = {}
+        deletes: set[bytes] = set()
+        for key, value in writes.items():
+            prefix = key[:2]
+            if prefix == K.SEEN:
+                old = self.get(key)
+                if old is not None:
+                    idx = K.SEEN_EXPIRY + old[:8] + key[2:]
+                    deletes.add(idx)
+                    puts.pop(idx, None)
+                if value is not None:
+                    idx = K.SEEN_EXPIRY + value[:8] + key[2:]
+                    puts[idx] = b""
+                    deletes.discard(idx)
+            elif prefix == K.TIMER:
+                old = self.get(key)
+                if old is not None:
+                    idx = K.TIMER_DUE + old[:8] + key[2:]
+                    deletes.add(idx)
+                    puts.pop(idx, None)
+                if value is not None:
+                    idx = K.TIMER_DUE + value[:8] + key[2:]
+                    puts[idx] = b""
+                    deletes.discard(idx)
+            if value is None:
+                deletes.add(key)
+                puts.pop(key, None)
+            else:
+                puts[key] = value
+                deletes.discard(key)
+        if changelog_offset is not None:
+            puts[_OFFSET] = K.pack_u64(changelog_offset)
+        self._write(puts, deletes)
+
+    # queries -------------------------------------------------------------------------------
+    def due_timers(self, now_ms: int, limit: int) -> list[tuple[int, bytes]]:
+        """(due ms, timer store key) of timers due at ``now_ms``, earliest first."""
+        out = []
+        hi = K.TIMER_DUE + K.pack_u64(now_ms + 1)
+        for idx, _ in self.range(K.TIMER_DUE, hi):
+            out.append((K.unpack_u64(idx, 2), K.TIMER + idx[10:]))
+            if len(out) >= limit:
+                break
+        return out
+
+    def expired_seen_keys(self, now_ms: int, limit: int) -> list[bytes]:
+        """Seen-key store keys whose TTL ran out at ``now_ms``."""
+        out = []
+        hi = K.SEEN_EXPIRY + K.pack_u64(now_ms + 1)
+        for idx, _ in self.range(K.SEEN_EXPIRY, hi):
+            out.append(K.SEEN + idx[10:])
+            if len(out) >= limit:
+                break
+        return out
+
+    def timers_of(self, key: bytes) -> Iterator[tuple[bytes, bytes]]:
+        prefix = K.TIMER + key + b"\x00"
+        return self.range(prefix, K.prefix_end(prefix))
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryStore(KeyValueStore):
+    """Dict-backed store for the pure test driver (same layout and semantics as RocksDB)."""
+
+    def __init__(self) -> None:
+        self._data: dict[bytes, bytes] = {}
+        self._sorted: list[bytes] | None = None
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._data.get(key)
+
+    def range(self, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:
+        if self._sorted is None:
+            self._sorted = sorted(self._data)
+        keys = self._sorted
+        i = bisect.bisect_left(keys, lo)
+        snapshot = []
+        while i < len(keys) and keys[i] < hi:
+            snapshot.append((keys[i], self._data[keys[i]]))
+            i += 1
+        return iter(snapshot)
+
+    def _write(self, puts: dict[bytes, bytes], deletes: set[bytes]) -> None:
+        for key in deletes:
+            self._data.pop(key, None)
+        self._data.update(puts)
+        self._sorted = None
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        return sorted(self._data.items())
+
+
+class RocksStore(KeyValueStore):
+    """One RocksDB per (agent, partition). The write-ahead log is off: the changelog is the log,
+    and every write carries the changelog offset it reached, so a crash loses at most a suffix that
+    the next restore replays."""
+
+    def __init__(self, path: Path, max_age_ms: int | None = None, lock_wait_s: float = 20.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._options = Options(raw_mode=True)
+        self._options.create_if_missing(True)
+        self._write_opts = WriteOptions()
+        self._write_opts.disable_wal = True
+        self._db = self._open(lock_wait_s)
+        self.wiped_reason: str | None = None
+        if self._db.get(_RESTORING) is not None:
+            # A restore was interrupted: records past the last marker may have been applied.
+            self.wipe()
+            self.wiped_reason = "interrupted restore"
+        if max_age_ms is not None:
+            closed_at = self._db.get(_CLOSED_AT)
+            if closed_at is not None and int(time.time() * 1000) - K.unpack_u64(closed_at) > max_age_ms:
+                # Tombstones older than the changelog's delete.retention.ms may be compacted away: a
+                # store this old could keep keys that were deleted meanwhile. Start over.
+                self.wipe()
+                self.wiped_reason = "older than max_age_ms"
+
+    def _open(self, lock_wait_s: float) -> Rdict:
+        deadline = time.monotonic() + lock_wait_s
+        while True:
+            try:
+                return Rdict(str(self.path), options=self._options)
+            except Exception as exc:  # rocksdict raises a plain Exception for "lock held"
+                if "lock" not in str(exc).lower():
+                    raise
+                if time.monotonic() >= deadline:
+                    raise StoreLockedError(f"{self.path}: locked by another process: {exc}") from exc
+                time.sleep(0.2)
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._db.get(key)
+
+    def range(self, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self._db.items(from_key=lo):
+            if key >= hi:
+                return
+            yield key, value
+
+    def _write(self, puts: dict[bytes, bytes], deletes: set[bytes]) -> None:
+        batch = WriteBatch(raw_mode=True)
+        for key in deletes:
+            batch.delete(key)
+        for key, value in puts.items():
+            batch.put(key, value)
+        self._db.write(batch, self._write_opts)
+
+    def set_restoring(self, restoring: bool) -> None:
+        """Mark the store as being restored (a store found marked at open is wiped)."""
+        if restoring:
+            self._db.put(_RESTORING, b"1", self._write_opts)
+        else:
+            self._db.delete(_RESTORING, self._write_opts)
+            self._db.flush(True)
+
+    def wipe(self) -> None:
+        self._db.close()
+        Rdict.destroy(str(self.path), self._options)
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._db = Rdict(str(self.path), options=self._options)
+
+    def close(self) -> None:
+        if self._db is None:
+            return
+        try:
+            self._db.put(_CLOSED_AT, K.pack_u64(int(time.time() * 1000)), self._write_opts)
+            self._db.flush(True)
+        finally:
+            self._db.close()
+            self._db = None  # type: ignore[assignment]
+
+
+class BatchView:
+    """A batch's writes over a store: reads see them first; nothing reaches the store until
+    :meth:`KeyValueStore.apply` is called with :attr:`writes` after the batch is durable."""
+
+    __slots__ = ("store", "writes")
+
+    def __init__(self, store: KeyValueStore) -> None:
+        self.store = store
+        self.writes: dict[bytes, bytes | None] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        writes = self.writes
+        if key in writes:
+            return writes[key]
+        return self.store.get(key)
+
+    def put(self, key: bytes, value: bytes | None) -> None:
+        self.writes[key] = value
