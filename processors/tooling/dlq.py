@@ -1,0 +1,322 @@
+"""Dead-letter inspection and redrive, reading the headers the engine writes
+(`processors.runtime.conventions`).
+
+A redrive sends the original key, value and headers back to the original topic with
+`choreo_redrive_count` incremented and the `choreo_dlq_*` headers stripped. It is safe to repeat:
+the event keeps its idempotency key, so an agent that handled it since drops the repeat, and within
+one redrive several dead letters of the same event (it failed, was redriven, failed again) are sent
+once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+
+from processors.runtime import conventions as conv
+from processors.settings import Settings
+from processors.tooling.kafka_io import (
+    Headers, PartitionRange, ProgressReporter, RateLimiter, ToolingError, existing_topics, header_value,
+    headers_dict, plan_ranges, read_ranges, reader_config, topic_partitions,
+)
+from processors.tooling.timeparse import format_ms
+
+IDEMPOTENCY_HEADER = "ce_idempotencykey"  # processors.contracts.envelope.CE_IDEMPOTENCYKEY
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One record of a DLQ topic with its error headers read out."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+    @classmethod
+    def from_message(cls, msg: Message) -> "DeadLetter":
+        ts_type, ts = msg.timestamp()
+        return cls(msg.topic(), msg.partition(), msg.offset(), ts if ts_type else None, msg.key(), msg.value(),
+                   list(msg.headers() or []))
+
+    def header(self, name: str) -> str | None:
+        return header_value(self.headers, name)
+
+    @property
+    def reason(self) -> str:
+        return self.header(conv.DLQ_REASON) or UNKNOWN
+
+    @property
+    def error_class(self) -> str:
+        return self.header(conv.DLQ_ERROR_CLASS) or UNKNOWN
+
+    @property
+    def agent(self) -> str:
+        return self.header(conv.DLQ_AGENT) or UNKNOWN
+
+    @property
+    def original_topic(self) -> str:
+        return self.header(conv.DLQ_ORIGINAL_TOPIC) or conv.original_topic_of(self.topic)
+
+    @property
+    def redrive_count(self) -> int:
+        text = self.header(conv.REDRIVE_COUNT)
+        try:
+            return int(text) if text is not None else 0
+        except ValueError:
+            return 0
+
+    @property
+    def idempotency_key(self) -> str | None:
+        return self.header(IDEMPOTENCY_HEADER)
+
+    def original_headers(self) -> Headers:
+        """The headers the event had before it was dead-lettered (the DLQ ones and our counter removed)."""
+        drop = set(conv.DLQ_HEADERS) | {conv.REDRIVE_COUNT}
+        return [(k, v) for k, v in self.headers if k not in drop and not k.startswith("choreo_dlq_")]
+
+    def redrive_headers(self) -> Headers:
+        return self.original_headers() + [(conv.REDRIVE_COUNT, str(self.redrive_count + 1).encode())]
+
+    def summary(self) -> dict[str, Any]:
+        """The error metadata, for tables and JSON."""
+        return {
+            "topic": self.topic, "partition": self.partition, "offset": self.offset,
+            "timestamp": format_ms(self.timestamp),
+            "key": None if self.key is None else self.key.decode("utf-8", "backslashreplace"),
+            "reason": self.reason, "error_class": self.error_class, "agent": self.agent,
+            "error_message": self.header(conv.DLQ_ERROR_MESSAGE),
+            "attempts": self.header(conv.DLQ_ATTEMPTS),
+            "first_failure": self.header(conv.DLQ_FIRST_FAILURE),
+            "last_failure": self.header(conv.DLQ_LAST_FAILURE),
+            "original": {
+                "topic": self.original_topic,
+                "partition": self.header(conv.DLQ_ORIGINAL_PARTITION),
+                "offset": self.header(conv.DLQ_ORIGINAL_OFFSET),
+            },
+            "redrive_count": self.redrive_count,
+            "headers": headers_dict(self.headers),
+        }
+
+
+@dataclass
+class DlqFilter:
+    """Which dead letters to show or redrive; empty sets mean "any". Offsets are DLQ offsets,
+    optionally with their partition (`(None, 42)` matches offset 42 of any partition)."""
+
+    reasons: frozenset[str] = frozenset()
+    agents: frozenset[str] = frozenset()
+    error_classes: frozenset[str] = frozenset()
+    offsets: frozenset[tuple[int | None, int]] = frozenset()
+    partition: int | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    @property
+    def selects_all(self) -> bool:
+        return not (self.reasons or self.agents or self.error_classes or self.offsets or self.partition is not None
+                    or self.since_ms is not None or self.until_ms is not None)
+
+    def matches(self, rec: DeadLetter) -> bool:
+        if self.reasons and rec.reason not in self.reasons:
+            return False
+        if self.agents and rec.agent not in self.agents:
+            return False
+        if self.error_classes and rec.error_class not in self.error_classes:
+            return False
+        if self.offsets and (rec.partition, rec.offset) not in self.offsets and (None, rec.offset) not in self.offsets:
+            return False
+        return True
+
+
+def parse_offset(text: str) -> tuple[int | None, int]:
+    """`42` or `2:42` (partition:offset)."""
+    part, _, off = text.rpartition(":")
+    try:
+        return (int(part) if part else None, int(off))
+    except ValueError:
+        raise ToolingError(f"--offset {text!r}: expected OFFSET or PARTITION:OFFSET, e.g. 42 or 2:42") from None
+
+
+@dataclass
+class DlqSummary:
+    topic: str
+    original_topic: str
+    total: int
+    by_error_class: Counter[str] = field(default_factory=Counter)
+    by_reason: Counter[str] = field(default_factory=Counter)
+    oldest: int | None = None
+    newest: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic, "original_topic": self.original_topic, "total": self.total,
+            "by_error_class": dict(self.by_error_class.most_common()), "by_reason": dict(self.by_reason.most_common()),
+            "oldest": format_ms(self.oldest), "newest": format_ms(self.newest),
+        }
+
+
+@dataclass
+class RedriveResult:
+    topic: str
+    dry_run: bool
+    selected: int = 0
+    redriven: int = 0
+    failed: int = 0
+    skipped_duplicates: int = 0
+    skipped_max_redrives: int = 0
+    errors: list[str] = field(default_factory=list)
+    by_destination: Counter[str] = field(default_factory=Counter)
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic, "dry_run": self.dry_run, "selected": self.selected, "redriven": self.redriven,
+            "failed": self.failed, "skipped_duplicates": self.skipped_duplicates,
+            "skipped_max_redrives": self.skipped_max_redrives, "errors": self.errors,
+            "by_destination": dict(self.by_destination), "items": self.items,
+        }
+
+
+class DlqInspector:
+    """List, show and redrive dead letters with a non-member, non-committing reader."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._consumer = Consumer(reader_config(settings))
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> "DlqInspector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ discovery
+    def topics(self) -> list[str]:
+        return sorted(t for t in existing_topics(self._consumer) if conv.is_dlq_topic(t))
+
+    def resolve(self, topic: str) -> str:
+        """Accept the DLQ topic or the topic it belongs to (`order.created` means `order.created.dlq`)."""
+        names = existing_topics(self._consumer)
+        if conv.is_dlq_topic(topic) and topic in names:
+            return topic
+        if conv.dlq_topic(topic) in names:
+            return conv.dlq_topic(topic)
+        known = ", ".join(sorted(t for t in names if conv.is_dlq_topic(t))) or "none"
+        raise ToolingError(f"no DLQ topic {topic!r} or {conv.dlq_topic(topic)!r} (DLQ topics: {known})")
+
+    # ------------------------------------------------------------------ reading
+    def records(self, topic: str, filt: DlqFilter | None = None, stop: Callable[[], bool] | None = None) -> Iterator[DeadLetter]:
+        """Matching dead letters of one DLQ topic, up to its end at the time of the call."""
+        filt = filt or DlqFilter()
+        ranges = plan_ranges(self._consumer, topic, filt.partition, since_ms=filt.since_ms, until_ms=filt.until_ms)
+        for msg in read_ranges(self._consumer, ranges, stop=stop):
+            rec = DeadLetter.from_message(msg)
+            if filt.matches(rec):
+                yield rec
+
+    def summarize(self, topics: Iterable[str] | None = None) -> list[DlqSummary]:
+        """Counts by error class and reason per DLQ topic (each topic is read to its end)."""
+        out = []
+        for topic in sorted(topics if topics is not None else self.topics()):
+            summary = DlqSummary(topic, conv.original_topic_of(topic), 0)
+            for rec in self.records(topic):
+                summary.total += 1
+                summary.by_error_class[rec.error_class] += 1
+                summary.by_reason[rec.reason] += 1
+                if rec.timestamp is not None:
+                    summary.oldest = rec.timestamp if summary.oldest is None else min(summary.oldest, rec.timestamp)
+                    summary.newest = rec.timestamp if summary.newest is None else max(summary.newest, rec.timestamp)
+            out.append(summary)
+        return out
+
+    # ------------------------------------------------------------------ redrive
+    def select_for_redrive(self, topic: str, filt: DlqFilter, max_redrives: int | None) -> tuple[list[DeadLetter], RedriveResult]:
+        """The dead letters to send back: one per idempotency key (the latest, which carries the
+        highest redrive count), none that has been redriven `max_redrives` times already."""
+        result = RedriveResult(topic, dry_run=False)
+        latest: dict[str, DeadLetter] = {}
+        chosen: list[DeadLetter] = []
+        for rec in self.records(topic, filt):
+            result.selected += 1
+            if max_redrives is not None and rec.redrive_count >= max_redrives:
+                result.skipped_max_redrives += 1
+                continue
+            key = rec.idempotency_key
+            if key is None:
+                chosen.append(rec)
+                continue
+            if key in latest:
+                result.skipped_duplicates += 1
+            latest[key] = rec
+        chosen.extend(latest.values())
+        chosen.sort(key=lambda r: (r.partition, r.offset))
+        return chosen, result
+
+    def redrive(
+        self,
+        topic: str,
+        filt: DlqFilter,
+        rate: float | None = None,
+        dry_run: bool = False,
+        max_redrives: int | None = None,
+        progress: bool = True,
+        stop: Callable[[], bool] | None = None,
+    ) -> RedriveResult:
+        """Send the selected dead letters back to their original topics (see the module doc)."""
+        chosen, result = self.select_for_redrive(topic, filt, max_redrives)
+        result.dry_run = dry_run
+        destinations = sorted({rec.original_topic for rec in chosen})
+        for dest in destinations:
+            topic_partitions(self._consumer, dest)
+        result.items = [_item(rec) for rec in chosen]
+        if dry_run:
+            result.by_destination.update(rec.original_topic for rec in chosen)
+            return result
+        self._send(chosen, result, RateLimiter(rate), progress, stop or (lambda: False))
+        return result
+
+    def _send(self, chosen: list[DeadLetter], result: RedriveResult, limiter: RateLimiter, progress: bool,
+              stop: Callable[[], bool]) -> None:
+        producer = Producer(self.settings.producer_config())
+
+        def report(rec: DeadLetter, err: KafkaError | None, _msg: Message) -> None:
+            if err is None:
+                result.redriven += 1
+                result.by_destination[rec.original_topic] += 1
+            else:
+                result.failed += 1
+                result.errors.append(f"{rec.topic}[{rec.partition}]@{rec.offset} -> {rec.original_topic}: {err.str()}")
+
+        with ProgressReporter(f"redrive {result.topic}", len(chosen), progress) as bar:
+            for rec in chosen:
+                if stop():
+                    break
+                limiter.acquire()
+                while True:
+                    try:
+                        producer.produce(rec.original_topic, key=rec.key, value=rec.value, headers=rec.redrive_headers(),
+                                         on_delivery=lambda err, msg, rec=rec: report(rec, err, msg))
+                        break
+                    except BufferError:
+                        producer.poll(0.2)
+                producer.poll(0)
+                bar.advance()
+            while producer.flush(1.0) > 0:  # every message gets a report within message.timeout.ms
+                pass
+
+
+def _item(rec: DeadLetter) -> dict[str, Any]:
+    return {"partition": rec.partition, "offset": rec.offset, "to": rec.original_topic, "reason": rec.reason,
+            "idempotency_key": rec.idempotency_key, "redrive_count": rec.redrive_count + 1}
