@@ -23,7 +23,7 @@ from processors.contracts.errors import ContractError
 from processors.settings import REPO_ROOT
 
 _REQUIRED = ("event_type", "topic", "key_field", "versions", "compatibility", "owner", "partitions", "retention", "description")
-_OPTIONAL = ("pii_fields",)
+_OPTIONAL = ("pii_fields", "external_producers", "external_consumers")
 _DURATION = re.compile(r"^(\d+)\s*(ms|s|m|h|d|w)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _SCHEMA_FILE = re.compile(r"^v(\d+)\.avsc$")
@@ -43,6 +43,10 @@ class Contract:
     partitions: int
     retention_ms: int
     description: str
+    # Systems outside the agent graph that publish or subscribe to this event type (a storefront,
+    # an e-mail gateway); `choreo topology --check` counts them as producers and consumers.
+    external_producers: tuple[str, ...] = ()
+    external_consumers: tuple[str, ...] = ()
     raw_schemas: Mapping[int, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
     parsed_schemas: Mapping[int, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -147,6 +151,8 @@ def load_contract(path: Path, schemas_dir: Path) -> Contract:
         partitions=_partitions(where, data["partitions"]),
         retention_ms=parse_retention(where, data["retention"]),
         description=_text(where, data, "description"),
+        external_producers=_names(where, data, "external_producers"),
+        external_consumers=_names(where, data, "external_consumers"),
         raw_schemas=raw,
         parsed_schemas=parsed,
     )
@@ -166,6 +172,13 @@ def _text(where: str, data: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ContractError(f"{where}: {key}: expected a non-empty string, got {value!r}")
     return value
+
+
+def _names(where: str, data: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = data.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ContractError(f"{where}: {key}: expected a list of system names, got {value!r}")
+    return tuple(value)
 
 
 def _versions(where: str, value: Any) -> tuple[int, ...]:

@@ -52,6 +52,13 @@ def test_every_commerce_event_is_keyed_by_order_id_and_documented() -> None:
                 assert field.get("doc"), f"{event_type} v{version} {field['name']} has no doc"
 
 
+def test_external_producers_and_consumers_are_declared_in_contracts() -> None:
+    registry = ContractRegistry.load()
+    assert registry.get("order.created").external_producers == ("storefront",)
+    assert registry.get("notification.sent").external_consumers == ("email-gateway", "crm")
+    assert registry.get("order.confirmed").external_producers == ()
+
+
 def test_unknown_event_type() -> None:
     with pytest.raises(ContractError, match=r"unknown event type 'nope' \(known: audit.record, inventory.rejected"):
         ContractRegistry.load().get("nope")
@@ -97,6 +104,7 @@ def test_copied_tree_loads(tree: Path) -> None:
         ("event_type: order.created", "event_type: order.placed", "order.created.yaml: event_type: 'order.placed' does not match the file name 'order.created'"),
         ("owner: team-orders\n", "", "order.created.yaml: owner: required field missing"),
         ("owner: team-orders", "owner: team-orders\nownr: typo", "order.created.yaml: ownr: unknown field"),
+        ("external_producers: [storefront]", "external_producers: storefront", "order.created.yaml: external_producers: expected a list of system names, got 'storefront'"),
     ],
 )
 def test_mistakes_name_the_file_and_field(tree: Path, old: str, new: str, message: str) -> None:

@@ -1,0 +1,222 @@
+"""The commerce demo: publish generated orders into the running choreography and judge the outcome.
+
+Separated from the CLI so tests can drive it: :func:`run_demo` starts worker processes
+(`choreo worker --app processors.agents.app:app`), publishes orders — some declined, some out of
+stock, some timing out, some invalid, plus undecodable payloads and exact duplicates — waits until
+every order is terminal, then reads the topics back and checks the invariants.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from processors.agents.loadgen import Expected, GeneratedOrder, OrderGenerator, OrderMix
+from processors.agents.verify import collect, end_offsets, wait_settled, watched_topics
+from processors.contracts import Envelope
+from processors.runtime import App, Worker
+from processors.settings import Settings
+from processors.tooling.kafka_io import reader_config
+
+APP_REF = "processors.agents.app:app"
+SOURCE = "urn:choreo:demo:storefront"
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    orders: int = 300
+    bad_ratio: float = 0.03
+    duplicate_ratio: float = 0.05
+    workers: int = 2
+    timeout_s: float = 8.0
+    mix: OrderMix = field(default_factory=lambda: OrderMix(declined=0.1, out_of_stock=0.1, timeout=0.03, invalid=0.02))
+    seed: int | None = None
+    work_dir: Path = Path(".choreo/demo")
+    max_wait_s: float | None = None
+
+
+@dataclass
+class Published:
+    orders: list[GeneratedOrder]
+    bad: int
+    duplicates: int
+    first_ms: int
+    last_ms: int
+
+
+Progress = Callable[[str, int, int], None]
+
+
+def run_demo(app: App, settings: Settings, options: DemoOptions, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the whole demo and return its summary (the `--json` object)."""
+    progress = progress or (lambda stage, done, total: None)
+    Worker(app, settings).prepare()  # refuses a bad topology and creates the topics from contracts
+    since = end_offsets(settings, watched_topics(app))
+    run_id = uuid.uuid4().hex[:6]
+    workers = start_workers(settings, options, run_id)
+    try:
+        wait_for_members(settings, app, options.workers, timeout=90)
+        published = publish_orders(app, settings, options, run_id, progress)
+        terminal_at = wait_terminal(settings, published.orders, since, options, progress)
+        settled = wait_settled(settings, app, timeout=60)
+    finally:
+        stop_workers(workers)
+    ledger = collect(settings, app, since, order_prefix=f"ord-{run_id}")
+    summary = ledger.summary()
+    summary["invariant_violations"] += outcome_mismatches(ledger, published.orders)
+    if not settled:
+        summary["invariant_violations"].append("the agents did not catch up with their inputs within 60s")
+    elapsed_s = max(1e-3, (terminal_at - published.first_ms) / 1000)
+    summary.update(
+        run_id=run_id, published={"orders": len(published.orders), "undecodable": published.bad,
+                                  "duplicates": published.duplicates},
+        orders_per_s=round(summary["orders"] / elapsed_s, 1), bootstrap=settings.bootstrap_servers,
+    )
+    return summary
+
+
+def start_workers(settings: Settings, options: DemoOptions, run_id: str) -> list[subprocess.Popen]:
+    options.work_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for index in range(options.workers):
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+               "CHOREO_COMMERCE_TIMEOUT_S": str(options.timeout_s),
+               "CHOREO_STATE_DIR": str(options.work_dir / "state" / f"worker-{index}")}
+        log = open(options.work_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 - owned by the child
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "processors.cli.main", "worker", "--app", APP_REF,
+             "--worker-id", f"demo-{index}"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        log.close()
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen], timeout: float = 60) -> None:
+    """SIGTERM: each worker finishes its batch, commits and closes its stores."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for_members(settings: Settings, app: App, members: int, timeout: float) -> None:
+    """Publish only once every agent's group is stable with every worker in it, so flow times
+    measure the flow, not the workers' start-up."""
+    admin = AdminClient(settings.kafka_config())
+    groups = [app.group_id(name) for name in app.agents]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        described = admin.describe_consumer_groups(groups)
+        ready = 0
+        for future in described.values():
+            try:
+                group = future.result(timeout=10)
+            except Exception:  # noqa: BLE001 - a group that does not exist yet is simply not ready
+                continue
+            if str(group.state).endswith("STABLE") and len(group.members) >= members:
+                ready += 1
+        if ready == len(groups):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"the workers did not join all {len(groups)} agent groups within {timeout:.0f}s; "
+                       "see .choreo/demo/worker-*.log")
+
+
+def publish_orders(app: App, settings: Settings, options: DemoOptions, run_id: str, progress: Progress) -> Published:
+    rng = random.Random(options.seed)
+    generator = OrderGenerator(seed=options.seed if options.seed is not None else rng.randrange(1 << 30),
+                               mix=options.mix, run_id=f"{run_id}-")
+    contract = app.registry.get("order.created")
+    producer = Producer(settings.producer_config())
+    orders, bad, duplicates = [], 0, 0
+    first_ms = int(time.time() * 1000)
+    for index in range(options.orders):
+        generated = generator.next()
+        orders.append(generated)
+        env = Envelope.new("order.created", SOURCE, idempotency_key=f"order-created-{generated.order_id}")
+        value = app.codec.encode("order.created", generated.value)
+        producer.produce(contract.topic, value, generated.order_id.encode(), headers=env.to_headers())
+        if rng.random() < options.duplicate_ratio:
+            producer.produce(contract.topic, value, generated.order_id.encode(), headers=env.to_headers())
+            duplicates += 1
+        if rng.random() < options.bad_ratio:
+            producer.produce(contract.topic, _poison(rng, generated.order_id), generated.order_id.encode(),
+                             headers=Envelope.new("order.created", SOURCE).to_headers())
+            bad += 1
+        producer.poll(0)
+        progress("published", index + 1, options.orders)
+    if producer.flush(60):
+        raise RuntimeError("the broker did not confirm every published order within 60s")
+    return Published(orders, bad, duplicates, first_ms, int(time.time() * 1000))
+
+
+def _poison(rng: random.Random, order_id: str) -> bytes:
+    """Bytes a careless producer might send: JSON instead of Avro, or a truncated Avro frame."""
+    if rng.random() < 0.5:
+        return b'{"order_id": "' + order_id.encode() + b'", "note": "json, not avro"}'
+    return b"\xc3\x01" + os.urandom(5)
+
+
+def wait_terminal(settings: Settings, orders: list[GeneratedOrder], since, options: DemoOptions,
+                  progress: Progress) -> int:
+    """Follow the terminal topics until every order has its terminal event; returns the time of
+    the last one (ms). Raises TimeoutError naming how many are still open."""
+    wanted = {o.order_id for o in orders}
+    done: set[str] = set()
+    last_ms = int(time.time() * 1000)
+    budget = options.max_wait_s or (60 + options.timeout_s * 3 + len(orders) / 20)
+    consumer = Consumer(reader_config(settings, **{"enable.partition.eof": False}))
+    assignment = []
+    for topic in ("order.confirmed", "order.cancelled"):
+        for partition in consumer.list_topics(topic, timeout=15).topics[topic].partitions:
+            assignment.append(TopicPartition(topic, partition, since.get((topic, partition), 0)))
+    consumer.assign(assignment)
+    deadline = time.monotonic() + budget
+    try:
+        while len(done) < len(wanted) and time.monotonic() < deadline:
+            for msg in consumer.consume(500, 0.5):
+                if msg.error() is not None:
+                    continue
+                order_id = (msg.key() or b"").decode()
+                if order_id in wanted and order_id not in done:
+                    done.add(order_id)
+                    last_ms = max(last_ms, msg.timestamp()[1])
+            progress("terminal", len(done), len(wanted))
+    finally:
+        consumer.close()
+    return last_ms
+
+
+def outcome_mismatches(ledger, orders: list[GeneratedOrder]) -> list[str]:
+    """Each generated order knows what should become of it; say where the flow disagreed."""
+    expected_state = {Expected.CONFIRMED: "confirmed", Expected.PAYMENT_DECLINED: "cancelled_payment_declined",
+                      Expected.OUT_OF_STOCK: "cancelled_out_of_stock", Expected.TIMEOUT: "cancelled_timeout",
+                      Expected.INVALID: "cancelled_invalid"}
+    out = []
+    for order in orders:
+        events = ledger.terminal.get(order.order_id)
+        if not events:
+            continue  # reported as non-terminal already
+        kind, reason, _ = events[0]
+        actual = "confirmed" if kind == "order.confirmed" else f"cancelled_{(reason or '').lower()}"
+        if actual != expected_state[order.expected]:
+            out.append(f"order {order.order_id}: expected {expected_state[order.expected]}, got {actual}")
+    return out

@@ -1,0 +1,149 @@
+"""Read what the commerce flow left on Kafka and judge it: `choreo verify` and the demo's summary.
+
+Reads the business topics, the audit topic and the DLQs from given start offsets (the beginning by
+default) up to their current end, with read_committed, never joining a consumer group — so it
+sees what downstream consumers see, independent of any worker's state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from processors.agents.ledger import FlowLedger
+from processors.contracts import ContractError
+from processors.runtime import App
+from processors.runtime.conventions import DLQ_ORIGINAL_OFFSET, DLQ_ORIGINAL_PARTITION, DLQ_ORIGINAL_TOPIC, DLQ_REASON, dlq_topic
+from processors.settings import Settings
+from processors.tooling.kafka_io import PartitionRange, header_value, read_ranges, reader_config, watermarks
+
+Offsets = Mapping[tuple[str, int], int]
+
+
+def business_topics(app: App) -> list[str]:
+    types = {et for spec in app.agents.values() for et in (*spec.consumes, *spec.produces)}
+    return sorted({app.registry.get(et).topic for et in types})
+
+
+def watched_topics(app: App) -> list[str]:
+    """Every topic verify reads: business events, their DLQs and the audit topic."""
+    topics = business_topics(app)
+    return topics + [dlq_topic(t) for t in topics] + [app.audit_topic]
+
+
+def _high(consumer: Consumer, topic: str, partition: int, attempts: int = 40) -> tuple[int, int]:
+    """Watermarks, waiting out the moments after topic creation when no leader is known yet."""
+    for attempt in range(attempts):
+        try:
+            return watermarks(consumer, topic, partition)
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or attempt == attempts - 1:
+                raise
+            time.sleep(0.25)
+    raise AssertionError("unreachable")
+
+
+def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[tuple[str, int], int]:
+    """Current end of every partition of `topics` that exists: the start of a later verification."""
+    consumer = Consumer(reader_config(settings))
+    try:
+        metadata = consumer.list_topics(timeout=15)
+        out = {}
+        for topic in topics:
+            info = metadata.topics.get(topic)
+            if info is None or info.error is not None:
+                continue
+            for partition in info.partitions:
+                out[(topic, partition)] = _high(consumer, topic, partition)[1]
+        return out
+    finally:
+        consumer.close()
+
+
+def collect(settings: Settings, app: App, since: Offsets | None = None, order_prefix: str = "") -> FlowLedger:
+    """A ledger of everything on the watched topics after `since` (default: from the beginning)."""
+    ledger = FlowLedger(order_prefix=order_prefix)
+    consumers_of: dict[str, list[str]] = {}
+    for spec in app.agents.values():
+        for topic in app.input_topics(spec):
+            consumers_of.setdefault(topic, []).append(spec.name)
+    consumer = Consumer(reader_config(settings))
+    try:
+        ranges = _ranges(consumer, watched_topics(app), since or {})
+        for msg in read_ranges(consumer, ranges):
+            _ingest(ledger, app, consumers_of, msg)
+    finally:
+        consumer.close()
+    return ledger
+
+
+def _ranges(consumer: Consumer, topics: list[str], since: Offsets) -> list[PartitionRange]:
+    metadata = consumer.list_topics(timeout=15)
+    ranges = []
+    for topic in topics:
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None:
+            continue
+        for partition in info.partitions:
+            low, high = _high(consumer, topic, partition)
+            start = max(low, since.get((topic, partition), low))
+            ranges.append(PartitionRange(topic, partition, start, high))
+    return ranges
+
+
+def _ingest(ledger: FlowLedger, app: App, consumers_of: dict[str, list[str]], msg) -> None:
+    topic, headers = msg.topic(), msg.headers()
+    if topic == app.audit_topic:
+        ledger.add_audit(app.codec.decode(app.audit_event_type, msg.value()))
+        return
+    if topic.endswith(".dlq"):
+        coordinates = tuple(header_value(headers, h) for h in (DLQ_ORIGINAL_TOPIC, DLQ_ORIGINAL_PARTITION, DLQ_ORIGINAL_OFFSET))
+        ledger.add_dead_letter(header_value(headers, DLQ_REASON) or "unknown", coordinates)
+        return
+    for agent in consumers_of.get(topic, ()):
+        ledger.add_input(agent, topic, msg.partition(), msg.offset())
+    event_type = header_value(headers, "ce_type")
+    try:
+        value = app.codec.decode(event_type, msg.value()) if event_type else None
+    except ContractError:
+        value = None
+    if value is None:
+        ledger.undecodable.append(f"{topic}[{msg.partition()}]@{msg.offset()}")
+        return
+    ledger.add_event(event_type, value, msg.timestamp()[1])
+
+
+def wait_settled(settings: Settings, app: App, timeout: float) -> bool:
+    """True once every agent's consumer group has committed up to the end of its inputs (no lag),
+    i.e. nothing is left in flight; False if that did not happen within `timeout`."""
+    admin = AdminClient(settings.kafka_config())
+    consumer = Consumer(reader_config(settings))
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if _no_lag(admin, consumer, app):
+                return True
+            time.sleep(1.0)
+        return False
+    finally:
+        consumer.close()
+
+
+def _no_lag(admin: AdminClient, consumer: Consumer, app: App) -> bool:
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    for spec in app.agents.values():
+        partitions = []
+        for topic in app.input_topics(spec):
+            info = consumer.list_topics(topic, timeout=15).topics[topic]
+            partitions += [TopicPartition(topic, p) for p in info.partitions]
+        request = ConsumerGroupTopicPartitions(app.group_id(spec.name), partitions)
+        committed = admin.list_consumer_group_offsets([request])[app.group_id(spec.name)].result(timeout=15)
+        for tp in committed.topic_partitions:
+            high = _high(consumer, tp.topic, tp.partition)[1]
+            if high > 0 and tp.offset < high:
+                return False
+    return True

@@ -1,0 +1,114 @@
+"""`choreo demo` and `choreo verify`: the commerce choreography end to end, and its invariants."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from processors.localbroker import BrokerError, ToolchainError
+from processors.localbroker.embedded import ensure_broker
+from processors.settings import Settings
+
+err = Console(stderr=True)
+BootstrapOption = typer.Option(None, "--bootstrap", help="HOST:PORT [default: KAFKA_BOOTSTRAP_SERVERS or the embedded local broker]")
+
+
+def _commerce_app(settings: Settings):
+    from processors.agents.app import app
+
+    app.configure(settings)
+    return app
+
+
+def _settings(bootstrap: Optional[str]) -> Settings:
+    try:
+        return Settings.load(bootstrap_servers=ensure_broker(bootstrap))
+    except (BrokerError, ToolchainError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1)
+
+
+def demo(
+    orders: int = typer.Option(300, "--orders", min=1, help="How many orders to place."),
+    bad_ratio: float = typer.Option(0.03, "--bad-ratio", min=0.0, max=1.0, help="Share of extra undecodable payloads."),
+    duplicate_ratio: float = typer.Option(0.05, "--duplicate-ratio", min=0.0, max=1.0, help="Share of orders published twice."),
+    workers: int = typer.Option(2, "--workers", min=1, max=8, help="Worker processes sharing the partitions."),
+    timeout_s: float = typer.Option(8.0, "--timeout", min=1.0, help="Seconds before an unanswered order is cancelled."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Make the generated orders repeatable."),
+    bootstrap: Optional[str] = BootstrapOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on the last line."),
+) -> None:
+    """Run the commerce flow: start workers, publish orders, wait until every order is terminal, check invariants."""
+    from processors.agents.demo import DemoOptions, run_demo
+
+    settings = _settings(bootstrap)
+    options = DemoOptions(orders=orders, bad_ratio=bad_ratio, duplicate_ratio=duplicate_ratio, workers=workers,
+                          timeout_s=timeout_s, seed=seed)
+    err.print(f"broker {settings.bootstrap_servers}: starting {workers} workers, then publishing {orders} orders")
+    with _progress() as bar:
+        tasks: dict[str, Any] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        summary = run_demo(_commerce_app(settings), settings, options, report)
+    _print_summary(summary, as_json, title="commerce demo")
+    if summary["non_terminal"] or summary["invariant_violations"]:
+        raise typer.Exit(1)
+
+
+def verify(
+    bootstrap: Optional[str] = BootstrapOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Read the outcome and audit topics from the start and check the business invariants (exit 1 on a violation)."""
+    from processors.agents.verify import collect
+
+    settings = _settings(bootstrap)
+    ledger = collect(settings, _commerce_app(settings))
+    summary = ledger.summary()
+    summary["bootstrap"] = settings.bootstrap_servers
+    _print_summary(summary, as_json, title="verify")
+    if summary["invariant_violations"]:
+        raise typer.Exit(1)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=False, disable=not err.is_terminal)
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool, title: str) -> None:
+    if as_json:
+        typer.echo(orjson.dumps(summary).decode())
+        return
+    console = Console()
+    table = Table(title=title, show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("orders", str(summary["orders"]))
+    for state, count in summary["terminal"].items():
+        table.add_row(f"  {state.replace('_', ' ')}", str(count))
+    table.add_row("  shipped", str(summary.get("shipped", 0)))
+    table.add_row("not terminal", str(summary["non_terminal"]))
+    for reason, count in summary["dead_lettered"].items():
+        table.add_row(f"dead-lettered: {reason}", str(count))
+    table.add_row("duplicates dropped", str(summary["duplicates_dropped"]))
+    table.add_row("audit completeness", f"{summary['audit_completeness']:.2%} of {summary['handled_inputs']} inputs")
+    flow = summary["flow_time_ms"]
+    if flow["p50"] is not None:
+        table.add_row("flow time p50 / p95 / p99", f"{flow['p50']:.0f} / {flow['p95']:.0f} / {flow['p99']:.0f} ms")
+    if "orders_per_s" in summary:
+        table.add_row("throughput", f"{summary['orders_per_s']} orders/s")
+    table.add_row("invariants", "all hold" if not summary["invariant_violations"] else
+                  f"[red]{len(summary['invariant_violations'])} violated[/red]")
+    console.print(table)
+    for line in summary["invariant_violations"][:20]:
+        console.print(f"[red]violation:[/red] {line}", highlight=False)

@@ -1,0 +1,175 @@
+"""The commerce choreography end to end without Kafka: happy path, each compensation path, the
+timeout path, invalid orders and transitions, and once-only effects under redelivery."""
+
+from __future__ import annotations
+
+import pytest
+
+from processors.agents.catalog import PLENTY
+from processors.agents.gateway import GatewayRules, SimulatedPaymentGateway
+from tests.unit.commerce_flow import CommerceFlow, order
+
+
+def test_happy_path_confirms_ships_and_notifies_once():
+    flow = CommerceFlow()
+    flow.place(order())
+    assert flow.of("order.confirmed") == [{"order_id": "ord-1", "total_minor": 5000, "currency": "EUR",
+                                          "confirmed_at": flow.of("order.confirmed")[0]["confirmed_at"]}]
+    assert flow.of("order.cancelled") == []
+    assert [s["shipment_id"] for s in flow.of("shipment.requested")] == ["shp_ord-1"]
+    assert sorted(n["kind"] for n in flow.of("notification.sent")) == ["ORDER_CONFIRMED", "ORDER_SHIPPED"]
+    assert flow.drivers["orders"].state("ord-1")["status"] == "SHIPPED"
+    assert flow.drivers["stock"].state("SKU-0001") == {"available": PLENTY - 2}
+    assert flow.gateway.charges == {"ord-1": 1} and flow.gateway.refunds == {}
+    assert flow.drivers["orders"].timers("ord-1") == {}
+    assert flow.dead_letters() == []
+
+
+def test_declined_payment_with_stock_reserved_releases_the_stock():
+    flow = CommerceFlow()
+    flow.place(order(card="tok_flagged_1"))
+    [cancelled] = flow.of("order.cancelled")
+    assert cancelled["reason"] == "PAYMENT_DECLINED"
+    assert flow.of("payment.declined")[0]["reason"] == "FRAUD_SUSPECTED"
+    assert [r["items"] for r in flow.of("inventory.released")] == [[{"sku": "SKU-0001", "qty": 2}, {"sku": "SKU-0002", "qty": 2}]]
+    assert flow.drivers["stock"].state("SKU-0001") == {"available": PLENTY}
+    assert flow.of("payment.refunded") == [] and flow.gateway.charges == {}
+    assert [n["kind"] for n in flow.of("notification.sent")] == ["ORDER_CANCELLED"]
+
+
+def test_out_of_stock_with_payment_authorized_refunds_and_releases_held_lines():
+    flow = CommerceFlow()
+    flow.place(order(skus=("SKU-0001", "OOS-01")))
+    [cancelled] = flow.of("order.cancelled")
+    assert cancelled["reason"] == "OUT_OF_STOCK"
+    assert flow.of("inventory.rejected")[0]["items"] == [{"sku": "OOS-01", "qty": 2}]
+    assert [r["reason"] for r in flow.of("payment.refunded")] == ["OUT_OF_STOCK"]
+    assert flow.gateway.charges == {"ord-1": 1} and flow.gateway.refunds == {"ord-1": 1}
+    released = flow.of("stock.line.released")
+    assert [(r["sku"], r["qty"], r["available_after"]) for r in released] == [("SKU-0001", 2, PLENTY)]
+    assert flow.drivers["stock"].state("OOS-01") is None  # a refused line changes nothing
+
+
+def test_silent_payment_times_out_cancels_and_compensates():
+    flow = CommerceFlow(timeout_s=60)
+    flow.place(order(card="tok_silent_1"))
+    assert flow.of("order.cancelled") == []
+    assert flow.drivers["orders"].state("ord-1")["status"] == "AWAITING"
+    flow.advance(59)
+    assert flow.of("order.cancelled") == []
+    flow.advance(2)
+    [cancelled] = flow.of("order.cancelled")
+    assert cancelled["reason"] == "TIMEOUT" and "payment: none, stock: reserved" in cancelled["detail"]
+    assert len(flow.of("inventory.released")) == 1
+    assert flow.drivers["stock"].state("SKU-0001") == {"available": PLENTY}
+    flow.advance(3600)
+    assert len(flow.of("order.cancelled")) == 1  # the timer fired once
+
+
+def test_timeout_while_stock_answers_are_in_flight_releases_them_when_they_arrive():
+    flow = CommerceFlow(timeout_s=5, hold={"stock.line.reserved"})
+    flow.place(order(card="tok_silent_1"))
+    flow.advance(6)
+    assert [c["reason"] for c in flow.of("order.cancelled")] == ["TIMEOUT"]
+    assert flow.of("stock.release.requested") == []
+    flow.release_parked()
+    assert sorted(r["sku"] for r in flow.of("stock.release.requested")) == ["SKU-0001", "SKU-0002"]
+    assert flow.drivers["stock"].state("SKU-0002") == {"available": PLENTY}
+    assert flow.drivers["inventory"].state("ord-1")["status"] == "RELEASED"
+
+
+def test_timeout_after_authorization_refunds():
+    flow = CommerceFlow(timeout_s=5, hold={"stock.line.reserved", "stock.line.rejected"})
+    flow.place(order())
+    assert len(flow.of("payment.authorized")) == 1
+    flow.advance(6)
+    assert [c["reason"] for c in flow.of("order.cancelled")] == ["TIMEOUT"]
+    assert [r["reason"] for r in flow.of("payment.refunded")] == ["TIMEOUT"]
+    flow.release_parked()
+    assert flow.of("order.confirmed") == []
+    assert flow.drivers["orders"].state("ord-1")["status"] == "CANCELLED"
+
+
+def test_invalid_order_is_cancelled_and_never_charged_or_reserved():
+    flow = CommerceFlow()
+    flow.place(order(total_delta=1))
+    [cancelled] = flow.of("order.cancelled")
+    assert cancelled["reason"] == "INVALID"
+    assert "total_minor: lines add up to 5000, order says 5001" in cancelled["detail"]
+    assert flow.gateway.calls == 0 and flow.of("stock.reserve.requested") == []
+
+
+def test_a_second_different_order_created_is_dead_lettered_as_invalid_transition():
+    flow = CommerceFlow()
+    flow.place(order())
+    again = flow.drivers["orders"].send("order.created", order(), idempotency_key="another-key")
+    assert again.outcome == "DEAD_LETTERED" and again.reason == "invalid_transition"
+    assert "already created" in again.dlq_headers["choreo_dlq_error_message"]
+    assert flow.drivers["orders"].state("ord-1")["status"] == "SHIPPED"
+
+
+def test_shipment_for_an_unconfirmed_order_is_dead_lettered():
+    flow = CommerceFlow()
+    result = flow.drivers["orders"].send("shipment.requested", {
+        "order_id": "ord-9", "shipment_id": "shp_ord-9", "items": [], "address": None, "requested_at": 0})
+    assert result.outcome == "DEAD_LETTERED" and result.reason == "invalid_transition"
+    assert result.emitted == [] and flow.drivers["orders"].state("ord-9") is None
+
+
+def test_redelivered_events_have_no_second_effect():
+    flow = CommerceFlow()
+    flow.place(order())
+    delivered_once = list(flow.log)
+    handled_before = len(flow.results)
+    flow.deliver(delivered_once)
+    redelivery = [r for _, r in flow.results[handled_before:]]
+    assert redelivery and all(r.outcome == "DUPLICATE" and r.emitted == [] for r in redelivery)
+    assert flow.gateway.charges == {"ord-1": 1}
+    assert flow.drivers["stock"].state("SKU-0001") == {"available": PLENTY - 2}
+    assert flow.drivers["notifications"].state("ord-1")["sent"] == ["ORDER_CONFIRMED", "ORDER_SHIPPED"]
+
+
+def test_cancellation_overtaking_its_order_means_no_charge_and_no_reservation():
+    flow = CommerceFlow()
+    flow.deliver([])
+    payments, inventory = flow.drivers["payments"], flow.drivers["inventory"]
+    cancel = {"order_id": "ord-1", "reason": "CUSTOMER_REQUEST", "detail": None, "cancelled_at": 0}
+    assert payments.send("order.cancelled", cancel).outcome == "PROCESSED"
+    assert inventory.send("order.cancelled", cancel).outcome == "PROCESSED"
+    assert payments.send("order.created", order()).emitted == []
+    assert inventory.send("order.created", order()).emitted == []
+    assert flow.gateway.calls == 0
+
+
+def test_transient_gateway_failures_are_retried_then_dead_lettered_when_exhausted():
+    flaky = SimulatedPaymentGateway(GatewayRules(transient_failure_rate=1.0, seed=1))
+    flow = CommerceFlow(gateway=flaky)
+    result = flow.drivers["payments"].send("order.created", order())
+    assert result.outcome == "DEAD_LETTERED" and result.reason == "retries_exhausted"
+    assert int(result.dlq_headers["choreo_dlq_attempts"]) > 1
+    assert flow.drivers["payments"].sleeps, "no backoff between attempts"
+    assert flaky.charges == {}
+
+
+@pytest.mark.parametrize("card,reason", [("tok_flagged_x", "FRAUD_SUSPECTED"), ("tok_expired_x", "CARD_EXPIRED")])
+def test_gateway_decline_rules(card: str, reason: str):
+    flow = CommerceFlow()
+    flow.place(order(card=card))
+    assert [d["reason"] for d in flow.of("payment.declined")] == [reason]
+
+
+def test_amount_above_the_limit_is_declined_for_insufficient_funds():
+    flow = CommerceFlow(gateway=SimulatedPaymentGateway(GatewayRules(decline_above_minor=4999)))
+    flow.place(order())
+    assert [d["reason"] for d in flow.of("payment.declined")] == ["INSUFFICIENT_FUNDS"]
+
+
+def test_stock_never_goes_negative_and_refuses_unknown_skus():
+    flow = CommerceFlow()
+    stock = flow.drivers["stock"]
+    ask = {"order_id": "o", "sku": "NOPE-1", "qty": 1, "line_index": 0, "line_count": 1, "requested_at": 0}
+    [rejected] = stock.send("stock.reserve.requested", ask, key="NOPE-1").emitted
+    assert rejected.value["reason"] == "UNKNOWN_SKU"
+    [rejected] = stock.send("stock.reserve.requested", {**ask, "sku": "OOS-02"}, key="OOS-02").emitted
+    assert rejected.value["reason"] == "OUT_OF_STOCK" and rejected.value["available"] == 0
+    assert stock.state("OOS-02") is None
