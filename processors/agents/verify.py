@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from processors.agents.ledger import FlowLedger
@@ -40,7 +40,10 @@ def _high(consumer: Consumer, topic: str, partition: int, attempts: int = 40) ->
         try:
             return watermarks(consumer, topic, partition)
         except KafkaException as exc:
-            if not exc.args[0].retriable() or attempt == attempts - 1:
+            error = exc.args[0]
+            settling = error.code() in (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                                        KafkaError.UNKNOWN_TOPIC_OR_PART)
+            if not (settling or error.retriable()) or attempt == attempts - 1:
                 raise
             time.sleep(0.25)
     raise AssertionError("unreachable")

@@ -66,13 +66,14 @@ def demo(
 
 def verify(
     bootstrap: Optional[str] = BootstrapOption,
+    order_prefix: str = typer.Option("", "--order-prefix", help="Only orders whose id starts with this (one run among others)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Read the outcome and audit topics from the start and check the business invariants (exit 1 on a violation)."""
     from processors.agents.verify import collect
 
     settings = _settings(bootstrap)
-    ledger = collect(settings, _commerce_app(settings))
+    ledger = collect(settings, _commerce_app(settings), order_prefix=order_prefix)
     summary = ledger.summary()
     summary["bootstrap"] = settings.bootstrap_servers
     _print_summary(summary, as_json, title="verify")
