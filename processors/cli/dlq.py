@@ -55,8 +55,10 @@ def list_(
         print_json([s.to_json() for s in summaries])
         return
     table = Table(title="dead-letter topics")
-    for column in ("topic", "records", "by error class", "by reason", "oldest", "newest"):
-        table.add_column(column, overflow="fold")  # a topic name cut with "..." cannot be copied
+    table.add_column("topic", no_wrap=True)  # a topic name cut or folded cannot be copied
+    table.add_column("records", justify="right")
+    for column in ("by error class", "by reason", "oldest", "newest"):
+        table.add_column(column, overflow="fold")
     for s in summaries:
         table.add_row(s.topic, str(s.total), _counts(s.by_error_class), _counts(s.by_reason), _ms(s.oldest), _ms(s.newest))
     out.print(table if summaries else "no DLQ topics")

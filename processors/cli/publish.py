@@ -25,10 +25,20 @@ MAX_SHOWN = 50
 def publish(
     event_type: str = typer.Argument(..., help="Event type of the contract, e.g. order.created."),
     file: str = typer.Option("-", "--file", "-f", help="JSON array, NDJSON or concatenated JSON objects; - for stdin."),
-    key: Optional[str] = typer.Option(None, "--key", help="Field (dotted path) whose value is the idempotency key [default: derived from the event's content, so a rerun is deduplicated]. The Kafka key is always the contract's key field."),
+    key: Optional[str] = typer.Option(
+        None, "--key",
+        help="Field (dotted path) whose value is the idempotency key [default: derived from the event's content, "
+        "so a rerun is deduplicated]. The Kafka key is always the contract's key field.",
+    ),
     rate: Optional[float] = typer.Option(None, "--rate", help="At most N events per second."),
-    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Send the valid events and write the invalid ones to --rejects (default: send nothing if any is invalid)."),
-    rejects: Optional[Path] = typer.Option(None, "--rejects", help="NDJSON file for refused records with their problems [default with --skip-invalid: <event_type>.rejects.ndjson]."),
+    skip_invalid: bool = typer.Option(
+        False, "--skip-invalid",
+        help="Send the valid events and write the invalid ones to --rejects (default: send nothing if any is invalid).",
+    ),
+    rejects: Optional[Path] = typer.Option(
+        None, "--rejects",
+        help="NDJSON file for refused records with their problems [default with --skip-invalid: <event_type>.rejects.ndjson].",
+    ),
     correlation_id: Optional[str] = typer.Option(None, "--correlation-id", help="Correlation id for every event [default: each event starts its own flow]."),
     tenant: Optional[str] = typer.Option(None, "--tenant", help="ce_tenant header for every event."),
     source: str = typer.Option(DEFAULT_SOURCE, "--source", help="CloudEvents source (ce_source)."),

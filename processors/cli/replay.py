@@ -21,7 +21,10 @@ from processors.tooling.replay import Replayer, ReplayResult, ReplaySource, Topi
 
 def replay(
     from_topic: Optional[str] = typer.Option(None, "--from", help="Source topic."),
-    file: Optional[Path] = typer.Option(None, "--file", help="Source file instead: NDJSON (events, or `choreo tail --format json --show-pii` output) or an Avro container file."),
+    file: Optional[Path] = typer.Option(
+        None, "--file",
+        help="Source file instead: NDJSON (events, or `choreo tail --format json --show-pii` output) or an Avro container file.",
+    ),
     to: str = typer.Option(..., "--to", help="Destination topic (must exist)."),
     partition: Optional[int] = typer.Option(None, "--partition", min=0, help="Only this source partition."),
     since: Optional[str] = typer.Option(None, "--since", help="From the first record at or after this time (ISO-8601 or 10m, 2h, 1d ago)."),

@@ -20,7 +20,7 @@ from processors.tooling.timeparse import format_ms
 
 TABLE_CHUNK = 50
 TABLE_FLUSH_S = 1.0
-SHOWN_HEADERS = ("ce_type", "ce_idempotencykey", "ce_correlationid", "ce_causationid", "ce_hopcount", "ce_tenant")
+HIDDEN_HEADERS = ("ce_specversion", "content-type")  # constant for our events; --format json has them all
 
 
 class Format(str, Enum):
@@ -34,7 +34,10 @@ def tail(
     since: Optional[str] = typer.Option(None, "--since", help="Start at this time: ISO-8601 or a duration ago (10m, 2h, 1d)."),
     last: Optional[int] = typer.Option(None, "--last", "-n", min=0, help="Start N records before the end of each partition [default: 10 unless --from-beginning/--since]."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep waiting for new events (Ctrl-C to stop)."),
-    filters: list[str] = typer.Option([], "--filter", help="FIELD=VALUE (repeatable): a value path like customer_id or items[0].sku, headers.NAME, @key or @type."),
+    filters: list[str] = typer.Option(
+        [], "--filter",
+        help="FIELD=VALUE (repeatable): a value path like customer_id or items[0].sku, headers.NAME, @key or @type.",
+    ),
     fmt: Format = typer.Option(Format.table, "--format", help="table for people, json for NDJSON (one event per line)."),
     json_output: bool = typer.Option(False, "--json", help="Same as --format json."),
     show_pii: bool = typer.Option(False, "--show-pii", help="Print fields the contract marks as PII (redacted as *** by default)."),
@@ -48,7 +51,7 @@ def tail(
     if last is None and not from_beginning and since_ms is None:
         last = 10
     as_json = json_output or fmt is Format.json
-    with operator_errors(), StopFlag() as stop:
+    with operator_errors(), StopFlag(notice=None) as stop:  # Ctrl-C ends a --follow quietly
         parsed = [FieldFilter.parse(f) for f in filters]
         with Subscriber(topics, settings, from_beginning=from_beginning, since_ms=since_ms, last=last, follow=follow,
                         filters=parsed, stop=stop) as subscriber:
@@ -91,9 +94,10 @@ class _TablePrinter:
         self.last_flush = time.monotonic()
         if not self.rows:
             return
-        table = Table(show_lines=True, expand=False)
-        for column in ("topic[p]@offset", "time", "key", "type", "headers", "value"):
-            table.add_column(column, overflow="fold")
+        table = Table(show_lines=True, expand=True)
+        table.add_column("event", overflow="fold", ratio=2)
+        table.add_column("headers", overflow="fold", ratio=2)
+        table.add_column("value", overflow="fold", ratio=4)
         for event in self.rows:
             table.add_row(*(Text(cell) for cell in self._cells(event)))  # data, never markup
         self.rows = []
@@ -101,7 +105,7 @@ class _TablePrinter:
 
     def _cells(self, event: ReceivedEvent) -> tuple[str, ...]:
         headers = event.header_dict()
-        shown = "\n".join(f"{name}={headers[name]}" for name in SHOWN_HEADERS if name in headers)
+        shown = "\n".join(f"{name}={value}" for name, value in headers.items() if name not in HIDDEN_HEADERS)
         if event.envelope_error:
             shown += f"\n[envelope: {event.envelope_error}]"
         if event.decoded:
@@ -110,5 +114,6 @@ class _TablePrinter:
         else:
             value = f"[{event.error}]"
         key = "-" if event.key is None else event.key.decode("utf-8", "backslashreplace")
-        kind = event.event_type or "UNDECODABLE"
-        return (f"{event.topic}[{event.partition}]@{event.offset}", format_ms(event.timestamp), key, kind, shown, value)
+        where = f"{event.topic}[{event.partition}]@{event.offset}\n{format_ms(event.timestamp)}\nkey={key}\n" \
+                f"{event.event_type or 'UNDECODABLE'}"
+        return (where, shown, value)

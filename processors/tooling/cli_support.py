@@ -68,8 +68,9 @@ class StopFlag:
     """Ctrl-C (or SIGTERM) asks a long run to stop at the next record and checkpoint; a second
     Ctrl-C aborts at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, notice: str | None = "stopping after the records in flight are confirmed (Ctrl-C again to abort)") -> None:
         self.requested = False
+        self.notice = notice
         self._previous: dict[int, Any] = {}
 
     def __call__(self) -> bool:
@@ -79,8 +80,8 @@ class StopFlag:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        err.print(f"\n{signal.Signals(signum).name}: stopping after the records in flight are confirmed "
-                  "(Ctrl-C again to abort)")
+        if self.notice:
+            err.print(f"\n{signal.Signals(signum).name}: {self.notice}")
 
     def __enter__(self) -> "StopFlag":
         for sig in (signal.SIGINT, signal.SIGTERM):

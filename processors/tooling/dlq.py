@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 from processors.runtime import conventions as conv
 from processors.settings import Settings
 from processors.tooling.kafka_io import (
-    Headers, PartitionRange, ProgressReporter, RateLimiter, ToolingError, existing_topics, header_value,
+    Headers, ProgressReporter, RateLimiter, ToolingError, existing_topics, header_value,
     headers_dict, plan_ranges, read_ranges, reader_config, topic_partitions,
 )
 from processors.tooling.timeparse import format_ms

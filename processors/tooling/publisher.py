@@ -156,6 +156,7 @@ class Publisher:
     def publish(self, event_type: str, value: dict[str, Any], timeout: float = 30.0, **options: Any) -> Delivery:
         """Publish one event and wait for the broker's acknowledgement."""
         event = self.prepare(event_type, value, **options)
+        self._ensure_topic(self.registry.get(event_type))
         outcome: list[Delivery | KafkaError] = []
         self._send([event], RateLimiter(None), None,
                    lambda ev, err, msg: outcome.append(err if err else _delivery(ev, msg)))

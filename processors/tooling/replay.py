@@ -66,7 +66,15 @@ class TopicSource:
         self.topic = topic
         self.partition = partition
         self._bounds = dict(since_ms=since_ms, until_ms=until_ms, from_offset=from_offset, to_offset=to_offset)
-        self._consumer = Consumer(reader_config(settings))
+        self._settings = settings
+        self._reader: Consumer | None = None
+
+    @property
+    def _consumer(self) -> Consumer:
+        """Created on first use, so a source built for a replay that is refused holds no client."""
+        if self._reader is None:
+            self._reader = Consumer(reader_config(self._settings))
+        return self._reader
 
     def identity(self) -> dict[str, Any]:
         return {"kind": "topic", "topic": self.topic, "partition": self.partition}
@@ -84,7 +92,9 @@ class TopicSource:
             yield SourceRecord(msg.partition(), msg.offset(), msg.key(), msg.value(), list(msg.headers() or []))
 
     def close(self) -> None:
-        self._consumer.close()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
 def file_sha256(path: Path) -> str:
@@ -296,7 +306,7 @@ class Replayer:
         if failures:
             self._record_failure(state, handled, delivered, failures, result)
             return False
-        for rec, (key, value) in zip(handled, delivered[:sent]):  # type: ignore[misc]
+        for rec, (key, value) in zip(handled, delivered[:sent], strict=True):  # type: ignore[misc]
             state.read.add(rec.partition, rec.key, rec.value)
             state.written.add(rec.partition, key, value)
             state.next[rec.partition] = rec.position + 1
@@ -308,7 +318,7 @@ class Replayer:
         result: ReplayResult,
     ) -> None:
         read, written = state.read.copy(), state.written.copy()
-        for rec, outcome in zip(handled, delivered):
+        for rec, outcome in zip(handled, delivered[: len(handled)], strict=True):
             read.add(rec.partition, rec.key, rec.value)
             if outcome is not None:
                 written.add(rec.partition, outcome[0], outcome[1])

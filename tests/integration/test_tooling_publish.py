@@ -131,3 +131,17 @@ def test_publisher_api_single_event_and_stdin(iso: Isolated) -> None:
     [msg] = read_all(iso.settings(), iso.topics["order.created"])
     envelope = Envelope.from_headers(msg.headers())
     assert (envelope.idempotency_key, envelope.source) == ("fixed-key", "urn:test")
+
+
+def test_failed_deliveries_are_counted_and_exit_1(tmp_path: Path, kafka_bootstrap: str, create_topics) -> None:
+    iso = isolate_contracts(tmp_path, uuid.uuid4().hex[:10], kafka_bootstrap)
+    create_topics([iso.topics["order.created"]], config={"max.message.bytes": "1000"})
+    source = _ndjson(tmp_path / "orders.ndjson", [order(1), order(2, customer_email="x" * 3000 + "@example.com")])
+
+    result = runner.invoke(app, iso.cli("publish", "order.created", "-f", str(source), "--json"))
+
+    assert result.exit_code == 1, result.stderr
+    summary = json.loads(result.stdout)
+    # records in the same produce request as the big one are refused with it: 1 or 2 failures
+    assert summary["failed"] >= 1 and summary["sent"] + summary["failed"] == 2
+    assert any(e.startswith("line 2: delivery failed") for e in summary["errors"])

@@ -257,3 +257,32 @@ def test_avro_container_backfill_of_an_old_schema_version_resumes(iso: Isolated,
     records = read_all(iso.settings(), topic)
     assert sorted(codec.decode("order.created", m.value())["order_id"] for m in records) == sorted(f"o-{n}" for n in range(30))
     assert all(codec.decode("order.created", m.value())["shipping_address"] is None for m in records)
+
+
+def test_a_failed_delivery_exits_1_and_keeps_the_checkpoint_at_the_last_complete_batch(
+    kafka_bootstrap: str, create_topics, unique_name, tmp_path: Path
+) -> None:
+    source, dest = unique_name("replay.src"), unique_name("replay.small")
+    create_topics([source])
+    create_topics([dest], config={"max.message.bytes": "2000"})  # the broker refuses bigger records
+    producer = Producer(Settings.load(bootstrap_servers=kafka_bootstrap).producer_config())
+    for n in range(10):
+        producer.produce(source, key=f"k{n}".encode(), value=(b"x" * 5000 if n == 6 else b"small"))
+    assert producer.flush(30) == 0
+    checkpoint = tmp_path / "cp.json"
+
+    # --batch 1: each record is flushed alone, so the broker refuses exactly the big one (in one
+    # produce request with neighbours, they would all be refused with it)
+    result = runner.invoke(app, ["replay", "--from", source, "--to", dest, "--batch", "1", "--checkpoint",
+                                 str(checkpoint), "--json", "--bootstrap", kafka_bootstrap])
+
+    assert result.exit_code == 1, result.stderr
+    summary = _json(result)
+    assert summary["failed"] == 1 and not summary["match"] and not summary["completed"]
+    assert "source partition 0 offset 6" in summary["errors"][0]
+    assert summary["read"]["count"] == 7 and summary["written"]["count"] == 6
+    saved = Checkpoint.load(checkpoint)
+    assert saved.next == {0: 6} and saved.written.count == 6  # the last confirmed batch
+    resumed = runner.invoke(app, ["replay", "--from", source, "--to", dest, "--checkpoint", str(checkpoint),
+                                  "--resume", "--json", "--bootstrap", kafka_bootstrap])
+    assert resumed.exit_code == 1 and "offset 6" in _json(resumed)["errors"][0]  # still refused, never skipped
