@@ -44,6 +44,19 @@ test-unit: $(STAMP)
 test-soak: broker-jars
 	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)
 
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?=
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test,faust,registry,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: broker-jars $(BENCH_STAMP)
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+bench-quick: broker-jars $(BENCH_STAMP)
+	$(BIN)/python benchmarks/run.py --quick $(BENCH_ARGS)
+
 demo: broker-jars
 	$(BIN)/choreo demo
 

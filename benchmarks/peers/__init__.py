@@ -1,0 +1,1 @@
+"""Peer frameworks on the benchmark workload, each in its own virtualenv (see `setup.py`)."""

@@ -1,0 +1,221 @@
+"""Pure parts of the load benchmarks: medians and ratios, the markdown table and the RESULTS.md
+section, parsing a runner's result line. No Kafka, no plotting: unit-tested."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+SECTION = "## Load benchmarks (make bench)"
+RESULT_PREFIX = "BENCH_RESULT "
+
+# Display order and labels of the comparison rows.
+CASES: list[tuple[str, str]] = [
+    ("raw/at_least_once", "raw confluent-kafka loop, at_least_once"),
+    ("raw/exactly_once", "raw confluent-kafka loop, exactly_once"),
+    ("ours/at_least_once", "choreo-streams agent, at_least_once"),
+    ("ours/exactly_once", "choreo-streams agent, exactly_once"),
+    ("quix/at_least_once", "Quix Streams, at-least-once"),
+    ("quix/exactly_once", "Quix Streams, exactly-once"),
+    ("faust/at_least_once", "faust-streaming, at_least_once"),
+]
+
+# (name, numerator case, denominator case, target or None, "min" / "max-deviation")
+RATIOS: list[tuple[str, str, str, float | None]] = [
+    ("ours/raw (at_least_once)", "ours/at_least_once", "raw/at_least_once", 0.6),
+    ("ours/raw (exactly_once)", "ours/exactly_once", "raw/exactly_once", None),
+    ("ours/Quix (at_least_once)", "ours/at_least_once", "quix/at_least_once", 2.0),
+    ("ours/Quix (exactly_once)", "ours/exactly_once", "quix/exactly_once", None),
+    ("ours/faust (at_least_once)", "ours/at_least_once", "faust/at_least_once", 10.0),
+    ("ours exactly_once / at_least_once", "ours/exactly_once", "ours/at_least_once", 0.85),
+]
+
+
+def parse_result(stdout: str) -> dict[str, Any]:
+    """The last ``BENCH_RESULT {json}`` line of a runner's output."""
+    for line in reversed(stdout.splitlines()):
+        start = line.find(RESULT_PREFIX)
+        if start >= 0:
+            return json.loads(line[start + len(RESULT_PREFIX):])
+    raise ValueError("no BENCH_RESULT line in the runner's output")
+
+
+def case_name(system: str, guarantee: str) -> str:
+    return f"{system}/{guarantee.replace('-', '_')}"
+
+
+def median_or_none(values: Iterable[float | None]) -> float | None:
+    clean = [v for v in values if v is not None]
+    return statistics.median(clean) if clean else None
+
+
+def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per case: the median events/s (and peak RSS) over the runs, with every run's figure kept."""
+    by_case: dict[str, list[Mapping[str, Any]]] = {}
+    for run in runs:
+        by_case.setdefault(case_name(run["system"], run["guarantee"]), []).append(run)
+    out: dict[str, dict[str, Any]] = {}
+    for case, items in by_case.items():
+        ok = [r for r in items if r.get("events_per_s") is not None and not r.get("error")]
+        rates = [r["events_per_s"] for r in ok]
+        out[case] = {
+            "events_per_s": median_or_none(rates),
+            "runs_events_per_s": rates,
+            "min_events_per_s": min(rates) if rates else None,
+            "max_events_per_s": max(rates) if rates else None,
+            "peak_rss_mb": median_or_none(r.get("peak_rss_mb") for r in ok),
+            "events": ok[0]["events"] if ok else None,
+            "failures": [r.get("error") for r in items if r.get("error")],
+        }
+    return out
+
+
+def ratios(summary: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Within-run ratios of the medians, each with its target and whether it is met."""
+    out = []
+    for name, num, den, target in RATIOS:
+        a = (summary.get(num) or {}).get("events_per_s")
+        b = (summary.get(den) or {}).get("events_per_s")
+        value = a / b if a is not None and b else None
+        out.append({"ratio": name, "value": value, "target": target,
+                    "met": None if value is None or target is None else value >= target})
+    return out
+
+
+def rss_spread(points: Sequence[Mapping[str, Any]], key: str = "peak_rss_mb") -> float | None:
+    """Largest relative deviation of peak RSS from the first point (the smallest configuration):
+    the "within ±10% from 1k to 1M keys" figure."""
+    values = [p[key] for p in points if p.get(key) is not None]
+    if len(values) < 2 or not values[0]:
+        return None
+    base = values[0]
+    return max(abs(v - base) / base for v in values[1:])
+
+
+def _fmt_rate(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def comparison_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = ["| system | events/s (median) | runs | peak RSS MiB | events |",
+             "|---|---:|---|---:|---:|"]
+    for case, label in CASES:
+        row = summary.get(case)
+        if row is None:
+            continue
+        runs = ", ".join(f"{r:,.0f}" for r in row["runs_events_per_s"]) or "failed"
+        rss = "—" if row.get("peak_rss_mb") is None else f"{row['peak_rss_mb']:.0f}"
+        events = "—" if row.get("events") is None else f"{row['events']:,}"
+        lines.append(f"| {label} | {_fmt_rate(row['events_per_s'])} | {runs} | {rss} | {events} |")
+    return "\n".join(lines)
+
+
+def ratio_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    lines = ["| ratio | value | target | met |", "|---|---:|---:|---|"]
+    for r in rows:
+        target = "—" if r["target"] is None else f"≥ {r['target']:g}×"
+        met = {True: "yes", False: "**no**", None: "—"}[r["met"]]
+        lines.append(f"| {r['ratio']} | {_fmt_ratio(r['value'])} | {target} | {met} |")
+    return "\n".join(lines)
+
+
+def growth_table(points: Sequence[Mapping[str, Any]], axis: str) -> str:
+    lines = [f"| {axis} | events | distinct keys | events/s | peak RSS MiB |", "|---:|---:|---:|---:|---:|"]
+    for p in points:
+        distinct = "—" if p.get("distinct_keys") is None else f"{p['distinct_keys']:,}"
+        rss = "—" if p.get("peak_rss_mb") is None else f"{p['peak_rss_mb']:.0f}"
+        lines.append(f"| {p[axis]:,} | {p['events']:,} | {distinct} | {_fmt_rate(p.get('events_per_s'))} | {rss} |")
+    return "\n".join(lines)
+
+
+def flow_table(points: Sequence[Mapping[str, Any]]) -> str:
+    lines = ["| offered load | orders/s offered | orders/s completed | p50 ms | p95 ms | p99 ms |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for p in points:
+        def ms(key: str) -> str:
+            return "—" if p.get(key) is None else f"{p[key]:,.0f}"
+        lines.append(f"| {p['load_pct']:.0f}% | {_fmt_rate(p.get('offered_per_s'))} | "
+                     f"{_fmt_rate(p.get('completed_per_s'))} | {ms('p50_ms')} | {ms('p95_ms')} | {ms('p99_ms')} |")
+    return "\n".join(lines)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of already sorted values."""
+    if not sorted_values:
+        return None
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within 0..100, got {q}")
+    rank = max(1, -(-len(sorted_values) * q // 100))  # ceil(n*q/100), at least 1
+    return sorted_values[int(rank) - 1]
+
+
+def replace_section(document: str, section_text: str, heading: str = SECTION) -> str:
+    """``document`` with the section under ``heading`` (up to the next ``## `` heading) replaced by
+    ``section_text``, or with it appended when absent. Other sections stay byte for byte."""
+    section_text = section_text.rstrip("\n") + "\n"
+    if not section_text.startswith(heading):
+        raise ValueError(f"the section must start with its heading {heading!r}")
+    lines = document.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == heading), None)
+    if start is None:
+        sep = "" if not document or document.endswith("\n\n") else ("\n" if document.endswith("\n") else "\n\n")
+        return document + sep + section_text
+    end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+    tail = "".join(lines[end:])
+    return "".join(lines[:start]) + section_text + ("\n" + tail if tail else "")
+
+
+def collapse_profile(raw: str, top: int = 15, ours: str = "(processors/") -> dict[str, Any]:
+    """Aggregate py-spy's collapsed stacks (``frame;frame;... count`` lines, frames
+    ``function (file:line)``) into the top functions by self time, and by inclusive time among
+    ``ours`` (the engine's own code), as shares of all samples."""
+    self_t: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_frame_name(f) for f in stack.split(";") if f]
+        if not frames:
+            continue
+        self_t[frames[-1]] = self_t.get(frames[-1], 0) + count
+        for name in set(frames):
+            if ours in name:
+                incl[name] = incl.get(name, 0) + count
+
+    def ranked(table: dict[str, int]) -> list[dict[str, Any]]:
+        rows = sorted(table.items(), key=lambda kv: kv[1], reverse=True)[:top]
+        return [{"function": name, "share": round(count / total, 4)} for name, count in rows]
+
+    return {"samples": total, "self": ranked(self_t), "inclusive_ours": ranked(incl)}
+
+
+def _frame_name(frame: str) -> str:
+    """``handle (/x/processors/runtime/processor.py:190)`` → ``handle (processors/runtime/processor.py)``."""
+    frame = frame.strip()
+    name, sep, where = frame.partition(" (")
+    if not sep:
+        return frame
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("/processors/", "/benchmarks/", "/site-packages/", "/lib/python3"):
+        i = path.find(marker)
+        if i >= 0:
+            path = path[i + 1:] if marker != "/lib/python3" else "stdlib/" + path.rsplit("/", 1)[-1]
+            break
+    return f"{name} ({path})"
+
+
+def profile_table(profile: Mapping[str, Any], key: str) -> str:
+    lines = ["| function | share of samples |", "|---|---:|"]
+    for row in profile.get(key, []):
+        lines.append(f"| `{row['function']}` | {row['share'] * 100:.1f}% |")
+    return "\n".join(lines)
