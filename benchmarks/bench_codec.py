@@ -1,5 +1,6 @@
 """Codec speed for order.created: encode (with and without validation), validation alone, decode
-(same version, and a v1 writer resolved against the v2 reader).
+(same version, and a v1 writer resolved against the v2 reader), and the per-event envelope work
+(CloudEvents headers read and written, a child envelope derived).
 
     .venv/bin/python benchmarks/bench_codec.py [--events 20000] [--runs 7] [--json PATH]
 
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from processors.contracts import AvroCodec, ContractRegistry  # noqa: E402
+from processors.contracts import AvroCodec, ContractRegistry, Envelope  # noqa: E402
 
 ORDER = {
     "order_id": "ord-7f3a9c1e-0001",
@@ -68,12 +69,20 @@ def run(events: int, runs: int) -> dict[str, Any]:
     codec = AvroCodec(ContractRegistry.load())
     v2_bytes = codec.encode("order.created", ORDER)
     v1_bytes = codec.encode("order.created", ORDER_V1, version=1)
+    envelope = Envelope.new(
+        "order.created", "/shop/checkout", tenant="acme", traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    ).child("payment.authorized", "/payments")
+    headers = envelope.to_headers()
+    header_bytes = sum(len(k) + len(v) for k, v in headers)
     cases: list[tuple[str, Callable[[], Any], int]] = [
         ("encode v2, validated", lambda: codec.encode("order.created", ORDER), len(v2_bytes)),
         ("encode v2, validate=False", lambda: codec.encode("order.created", ORDER, validate=False), len(v2_bytes)),
         ("validate only", lambda: codec.validate("order.created", ORDER), len(v2_bytes)),
         ("decode v2 -> v2", lambda: codec.decode("order.created", v2_bytes), len(v2_bytes)),
         ("decode v1 -> v2 (resolution)", lambda: codec.decode("order.created", v1_bytes), len(v1_bytes)),
+        ("envelope from_headers", lambda: Envelope.from_headers(headers), header_bytes),
+        ("envelope to_headers", envelope.to_headers, header_bytes),
+        ("envelope child", lambda: envelope.child("payment.captured", "/payments"), header_bytes),
     ]
     results = [{"case": name, "payload_bytes": size, **measure(fn, events, runs)} for name, fn, size in cases]
     return {

@@ -7,8 +7,9 @@
 
 Decoding recognises both by their first byte, finds the writer schema by fingerprint or id, and
 resolves it against the contract's current schema, so an old writer's event reads with the new
-fields' defaults. Every schema is parsed once; per event there is one dict lookup, the validator
-and fastavro.
+fields' defaults. Every schema is parsed once; per event there is one dict lookup, the validator's
+quick check and a generated encoder or decoder (:mod:`processors.contracts.codegen`). fastavro is
+the fallback for whatever the generated code leaves to it, and it alone says how a failure reads.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from processors.contracts.codegen import Decoder, Encoder, compile_decoder, compile_encoder
 from processors.contracts.errors import ContractError, DecodeError
 from processors.contracts.registry import Contract, ContractRegistry
-from processors.contracts.validation import Validator
+from processors.contracts.validation import Guard, Validator
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
@@ -46,6 +48,18 @@ class WriterSchema:
     parsed: dict[str, Any]
     fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO of the Parsing Canonical Form
     header: bytes  # single-object header: magic + fingerprint
+
+
+class _Plan:
+    """Everything :meth:`AvroCodec.encode` needs for one (event type, version), found in one lookup."""
+
+    __slots__ = ("writer", "validator", "quick_check", "encoder")
+
+    def __init__(self, writer: WriterSchema, validator: Validator, encoder: Encoder | None) -> None:
+        self.writer = writer
+        self.validator = validator
+        self.quick_check: Guard = validator.quick_check
+        self.encoder = encoder
 
 
 def schema_fingerprint(raw_schema: dict[str, Any]) -> bytes:
@@ -74,8 +88,19 @@ class AvroCodec:
         self._validators: dict[tuple[str, int], Validator] = {}
         self._ids: dict[tuple[str, int], int] = {}
         self._by_id: dict[int, WriterSchema] = {}
+        self._plans: dict[tuple[str, int], _Plan] = {}
+        self._current_plans: dict[str, _Plan] = {}
+        # Generated decoders by writer fingerprint, each reading into its event type's current schema.
+        self._decoders: dict[bytes, Decoder] = {}
+        self._fast_readers: dict[bytes, tuple[str, Decoder]] = {}
         for contract in registry.all():
             self._index(contract)
+        for writer in self._writers.values():
+            current = self._current[writer.event_type]
+            decoder = compile_decoder(writer.parsed, None if writer is current else current.parsed)
+            if decoder is not None and self._by_fingerprint[writer.fingerprint] is writer:
+                self._decoders[writer.fingerprint] = decoder
+                self._fast_readers[writer.fingerprint] = (writer.event_type, decoder)
 
     def _index(self, contract: Contract) -> None:
         for version in contract.versions:
@@ -84,8 +109,11 @@ class AvroCodec:
             writer = WriterSchema(contract.event_type, version, contract.schema(version), fp, SINGLE_OBJECT_MAGIC + fp)
             self._writers[(contract.event_type, version)] = writer
             self._by_fingerprint.setdefault(fp, writer)
-            self._validators[(contract.event_type, version)] = Validator(raw, f"{contract.event_type} v{version}")
+            validator = Validator(raw, f"{contract.event_type} v{version}")
+            self._validators[(contract.event_type, version)] = validator
+            self._plans[(contract.event_type, version)] = _Plan(writer, validator, compile_encoder(writer.parsed))
         self._current[contract.event_type] = self._writers[(contract.event_type, contract.current_version)]
+        self._current_plans[contract.event_type] = self._plans[(contract.event_type, contract.current_version)]
 
     # ------------------------------------------------------------------ encoding
     def encode(self, event_type: str, value: dict[str, Any], version: int | None = None, validate: bool = True) -> bytes:
@@ -94,26 +122,41 @@ class AvroCodec:
         With ``validate`` the value is checked first and refused with a :class:`ContractViolation`
         naming every bad field: fastavro alone would silently truncate, coerce or drop data.
         """
-        writer = self._writer(event_type, version)
-        if validate:
-            self._validators[(event_type, writer.version)].validate(value)
-        out = BytesIO()
-        if self._client is None:
-            out.write(writer.header)
+        plan = self._current_plans.get(event_type) if version is None else self._plans.get((event_type, version))
+        if plan is None:
+            self._writer(event_type, version)  # raises, naming the known event types or versions
+            raise ContractError(f"{event_type}: no schema version {version}")
+        writer = plan.writer
+        if plan.quick_check(value):
+            # Certainly valid, in exact builtin types: the generated encoder writes what fastavro would.
+            header = writer.header if self._client is None else self._confluent_header(writer)
+            if plan.encoder is not None:
+                try:
+                    return plan.encoder(value, header)
+                except Exception:  # a value the generated code leaves to fastavro (see codegen)
+                    pass
         else:
-            out.write(b"\x00" + _SCHEMA_ID.pack(self._schema_id(writer)))
+            if validate:
+                plan.validator.validate(value)
+            header = writer.header if self._client is None else self._confluent_header(writer)
+        out = BytesIO()
+        out.write(header)
         try:
             fastavro.schemaless_writer(out, writer.parsed, value)
         except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
             # Only reachable with validate=False: report it in the same terms as the validator.
-            self._validators[(event_type, writer.version)].validate(value)
+            plan.validator.validate(value)
             raise ContractError(f"{event_type} v{writer.version}: cannot encode value: {exc}") from exc
         return out.getvalue()
 
     def validate(self, event_type: str, value: dict[str, Any], version: int | None = None) -> None:
         """Raise :class:`ContractViolation` if ``value`` does not fit the (current) schema."""
-        writer = self._writer(event_type, version)
-        self._validators[(event_type, writer.version)].validate(value)
+        plan = self._current_plans.get(event_type) if version is None else self._plans.get((event_type, version))
+        if plan is None:
+            writer = self._writer(event_type, version)
+            self._validators[(event_type, writer.version)].validate(value)
+            return
+        plan.validator.validate(value)
 
     def fingerprint(self, event_type: str, version: int | None = None) -> bytes:
         return self._writer(event_type, version).fingerprint
@@ -129,6 +172,16 @@ class AvroCodec:
     # ------------------------------------------------------------------ decoding
     def decode(self, event_type: str, data: bytes) -> dict[str, Any]:
         """Deserialise bytes written with any known version of ``event_type`` into the current one."""
+        if data.__class__ is bytes and data[:2] == SINGLE_OBJECT_MAGIC:
+            known = self._fast_readers.get(data[2:_SINGLE_OBJECT_HEADER])
+            if known is not None and known[0] == event_type:
+                try:
+                    value, end = known[1](data, _SINGLE_OBJECT_HEADER)
+                except Exception:  # corrupt, or bytes the generated code leaves to fastavro: see below
+                    pass
+                else:
+                    if end == len(data):
+                        return value
         writer, offset = self._writer_of(data)
         if writer.event_type != event_type:
             raise DecodeError(
@@ -156,11 +209,20 @@ class AvroCodec:
         raise DecodeError(f"unknown magic bytes {bytes(data[:2]).hex() or '(empty)'}: expected c301 (Avro single-object) or 00 (Confluent)")
 
     def _read(self, writer: WriterSchema, reader: WriterSchema, data: bytes, offset: int) -> dict[str, Any]:
+        decoder = self._decoders.get(writer.fingerprint)
+        if decoder is not None and data.__class__ is bytes and self._by_fingerprint.get(writer.fingerprint) is writer:
+            try:
+                value, end = decoder(data, offset)
+            except Exception:  # corrupt, or bytes the generated code leaves to fastavro (see codegen)
+                pass
+            else:
+                if end == len(data):
+                    return value
         stream = BytesIO(data)
         stream.seek(offset)
         try:
             value = fastavro.schemaless_reader(stream, writer.parsed, None if writer is reader else reader.parsed)
-        except (EOFError, ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError, struct.error) as exc:
+        except (EOFError, ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError, struct.error, OverflowError, MemoryError) as exc:
             raise DecodeError(f"truncated or corrupt body for {writer.event_type} v{writer.version}: {exc!r}") from exc
         if stream.tell() != len(data):
             raise DecodeError(
@@ -169,6 +231,9 @@ class AvroCodec:
         return value
 
     # ------------------------------------------------------------------ Confluent Schema Registry
+    def _confluent_header(self, writer: WriterSchema) -> bytes:
+        return b"\x00" + _SCHEMA_ID.pack(self._schema_id(writer))
+
     def _schema_id(self, writer: WriterSchema) -> int:
         key = (writer.event_type, writer.version)
         schema_id = self._ids.get(key)

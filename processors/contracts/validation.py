@@ -5,9 +5,16 @@ turns ``"1"`` into a double, writes ints beyond 32 bits into int fields (unreada
 drops unknown keys silently, and otherwise fails with a bare ``TypeError`` and no path. So every
 value is checked here before it is written.
 
-The schema is compiled once into a tree of small functions. A check returns ``None`` when the value
-fits, so the happy path builds no strings and no lists; paths (``items[2].qty``) are assembled only
-on the way back up from a problem. Every problem is reported, not just the first.
+The schema is compiled twice, once each for two questions:
+
+* *Is it valid?* One generated Python function per schema (records, arrays and maps become small
+  functions; leaves become inline expressions on exact builtin types), answering ``True`` only for a
+  value that certainly fits. It is what runs for every event.
+* *What exactly is wrong?* A tree of small functions (the reference walker). A check returns
+  ``None`` when the value fits; paths (``items[2].qty``) are assembled only on the way back up from a
+  problem, and every problem is reported, not just the first. It runs only when the quick check says
+  no, so it alone decides what is refused and with which messages; the quick check is conservative
+  (a ``dict`` subclass, an ``int`` subclass and so on are left to the walker), never more lenient.
 """
 
 from __future__ import annotations
@@ -47,12 +54,19 @@ class Validator:
         self.name = name
         self._named: dict[str, _Node] = {}
         self._check = self._compile(schema, namespace="").check
+        #: ``quick_check(value)`` is ``True`` only if ``value`` certainly fits, using exact builtin
+        #: types; ``False`` means "ask :meth:`problems`" (the value may still fit, e.g. a dict subclass).
+        self.quick_check: Guard = _compile_quick_check(schema) or _never
 
     def problems(self, value: Any) -> list[Problem]:
+        if self.quick_check(value):
+            return []
         return self._check(value) or []
 
     def validate(self, value: Any) -> None:
         """Raise :class:`ContractViolation` listing every problem, or return quietly."""
+        if self.quick_check(value):
+            return
         problems = self._check(value)
         if problems:
             raise ContractViolation(self.name, problems)
@@ -296,14 +310,17 @@ def _uuid_text(value: Any) -> bool:
     return True
 
 
+_TEMPORAL: dict[str, tuple[str, type, tuple[int, int]]] = {
+    "timestamp-millis": ("timestamp-millis (datetime or int)", dt.datetime, LONG_RANGE),
+    "timestamp-micros": ("timestamp-micros (datetime or int)", dt.datetime, LONG_RANGE),
+    "local-timestamp-millis": ("local-timestamp-millis (datetime or int)", dt.datetime, LONG_RANGE),
+    "local-timestamp-micros": ("local-timestamp-micros (datetime or int)", dt.datetime, LONG_RANGE),
+    "date": ("date (date or int)", dt.date, INT_RANGE),
+    "time-millis": ("time-millis (time or int)", dt.time, INT_RANGE),
+    "time-micros": ("time-micros (time or int)", dt.time, LONG_RANGE),
+}
 _LOGICAL_NODES: dict[str, Callable[[dict[str, Any]], _Node]] = {
-    "timestamp-millis": _temporal("timestamp-millis (datetime or int)", dt.datetime, LONG_RANGE),
-    "timestamp-micros": _temporal("timestamp-micros (datetime or int)", dt.datetime, LONG_RANGE),
-    "local-timestamp-millis": _temporal("local-timestamp-millis (datetime or int)", dt.datetime, LONG_RANGE),
-    "local-timestamp-micros": _temporal("local-timestamp-micros (datetime or int)", dt.datetime, LONG_RANGE),
-    "date": _temporal("date (date or int)", dt.date, INT_RANGE),
-    "time-millis": _temporal("time-millis (time or int)", dt.time, INT_RANGE),
-    "time-micros": _temporal("time-micros (time or int)", dt.time, LONG_RANGE),
+    **{logical: _temporal(*args) for logical, args in _TEMPORAL.items()},
     "decimal": _decimal,
     "uuid": lambda _schema: _typed("uuid string", _uuid_text),
 }
@@ -331,3 +348,132 @@ def _under(step: str, problem: Problem) -> Problem:
         return replace(problem, path=step)
     joiner = "" if problem.path.startswith("[") else "."
     return replace(problem, path=f"{step}{joiner}{problem.path}")
+
+
+# ---------------------------------------------------------------------- the quick check
+def _never(value: Any) -> bool:
+    return False
+
+
+_QUICK_PRIMITIVES = {
+    "null": "(x is None)",
+    "boolean": "(x is True or x is False)",
+    "int": f"(x.__class__ is int and {INT_RANGE[0]} <= x <= {INT_RANGE[1]})",
+    "long": f"(x.__class__ is int and {LONG_RANGE[0]} <= x <= {LONG_RANGE[1]})",
+    "float": "(x.__class__ is float or x.__class__ is int)",
+    "double": "(x.__class__ is float or x.__class__ is int)",
+    "bytes": "(x.__class__ is bytes or x.__class__ is bytearray)",
+    "string": "(x.__class__ is str)",
+}
+_QUICK_TEMPORAL = {
+    dt.datetime: "isinstance(x, DT)",
+    dt.date: "(isinstance(x, DATE) and not isinstance(x, DT))",
+    dt.time: "isinstance(x, TIME)",
+}
+
+
+def _compile_quick_check(schema: Any) -> Guard | None:
+    """The generated "certainly fits?" function of ``schema``, or ``None`` if the schema uses something
+    the generator does not mirror exactly (say a name defined twice), leaving only the walker."""
+    try:
+        return _QuickCheck().build(schema)
+    except Exception:
+        return None
+
+
+class _QuickCheck:
+    """Generate Python source answering "does this value certainly fit?", node for node like
+    :meth:`Validator._compile` (same names, namespaces, logical types and accepted values).
+
+    Every expression tests the local ``x``: leaves are inline expressions on exact builtin types
+    (``x.__class__ is int and low <= x <= high``), records, arrays and maps are small generated
+    functions called as ``r3(x)``, and a union is the ``or`` of its branches (``x is None or ...``).
+    """
+
+    def __init__(self) -> None:
+        self.sources: list[str] = []
+        self.env: dict[str, Any] = {"A": _ABSENT, "DT": dt.datetime, "DATE": dt.date, "TIME": dt.time}
+        self.named: dict[str, str] = {}
+
+    def build(self, schema: Any) -> Guard:
+        entry = self.expr(schema, "")
+        self.sources.append(f"def quick_check(x):\n    try:\n        return {entry}\n    except Exception:\n        return False\n")
+        exec(compile("\n".join(self.sources), "<quick_check>", "exec"), self.env)
+        return self.env["quick_check"]
+
+    def const(self, value: Any) -> str:
+        name = f"c{len(self.env)}"
+        self.env[name] = value
+        return name
+
+    def function(self, prefix: str, body: list[str]) -> str:
+        name = f"{prefix}{len(self.sources)}_{len(self.named)}"
+        self.sources.append(f"def {name}(v):\n" + "".join(f"    {line}\n" for line in body))
+        return name
+
+    def expr(self, schema: Any, namespace: str) -> str:
+        if isinstance(schema, list):
+            branches = [self.expr(b, namespace) for b in schema]
+            return f"({' or '.join(branches)})" if branches else "False"
+        if isinstance(schema, str):
+            if schema in _PRIMITIVES:
+                return _QUICK_PRIMITIVES[schema]
+            return self.named[_fullname(schema, namespace)]
+        kind = schema["type"]
+        logical = schema.get("logicalType")
+        if logical in _LOGICAL_NODES and _logical_applies(logical, kind):
+            if logical in _TEMPORAL:
+                _, python_type, (low, high) = _TEMPORAL[logical]
+                return f"({_QUICK_TEMPORAL[python_type]} or (x.__class__ is int and {low} <= x <= {high}))"
+            return f"({self.const(_LOGICAL_NODES[logical](schema).check)}(x) is None)"
+        if kind in ("record", "error"):
+            return self.record(schema, namespace)
+        if kind == "enum":
+            symbols = self.const(frozenset(schema["symbols"]))
+            return self.define(schema, namespace, f"(x.__class__ is str and x in {symbols})")
+        if kind == "fixed":
+            size = self.const(schema["size"])
+            return self.define(schema, namespace, f"((x.__class__ is bytes or x.__class__ is bytearray) and len(x) == {size})")
+        if kind == "array":
+            item = self.expr(schema["items"], namespace)
+            body = ["if v.__class__ is not list and v.__class__ is not tuple:", "    return False", "for x in v:"]
+            body += [f"    if not {item}:", "        return False", "return True"]
+            return f"{self.function('a', body)}(x)"
+        if kind == "map":
+            value = self.expr(schema["values"], namespace)
+            body = ["if v.__class__ is not dict:", "    return False", "for k, x in v.items():"]
+            body += [f"    if k.__class__ is not str or not {value}:", "        return False", "return True"]
+            return f"{self.function('m', body)}(x)"
+        return self.expr(kind, namespace)
+
+    def define(self, schema: dict[str, Any], namespace: str, expr: str) -> str:
+        fullname = _fullname(schema["name"], schema.get("namespace", namespace))
+        if fullname in self.named:
+            # The walker binds references to the last definition at call time: leave it to the walker.
+            raise ValueError(f"{fullname} defined twice")
+        self.named[fullname] = expr
+        return expr
+
+    def record(self, schema: dict[str, Any], namespace: str) -> str:
+        fullname = _fullname(schema["name"], schema.get("namespace", namespace))
+        name = f"r{len(self.named)}"
+        self.define(schema, namespace, f"{name}(x)")
+        inner = fullname.rpartition(".")[0]
+        required: list[str] = []
+        optional: list[str] = []
+        count = 0
+        for f in schema["fields"]:
+            field_name, expr = f["name"], self.expr(f["type"], inner)
+            if not isinstance(field_name, str):
+                raise TypeError(f"field name {field_name!r}")
+            if "default" in f:
+                optional += [f"x = v.get({field_name!r}, A)", "if x is not A:", f"    if not {expr}:", "        return False", "    n += 1"]
+            else:
+                required += [f"    x = v[{field_name!r}]", f"    if not {expr}:", "        return False"]
+                count += 1
+        body = ["if v.__class__ is not dict:", "    return False"]
+        if required:
+            body += ["try:", *required, "except KeyError:", "    return False"]
+        body += [f"n = {count}", *optional, "return len(v) == n"]
+        self.sources.append(f"def {name}(v):\n" + "".join(f"    {line}\n" for line in body))
+        return self.named[fullname]

@@ -128,3 +128,65 @@ def test_time_with_offset_and_microseconds_is_normalised_to_utc() -> None:
     headers = [(n, b"2024-05-01T14:30:15.123456+02:00" if n == "ce_time" else v) for n, v in HEADERS]
     env = Envelope.from_headers(headers)
     assert dict(env.to_headers())["ce_time"] == b"2024-05-01T12:30:15.123456Z"
+
+
+# ---------------------------------------------------------------------- fast paths agree with the plain ones
+from dataclasses import replace  # noqa: E402
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from processors.contracts.envelope import _build, format_time  # noqa: E402
+
+
+def test_fast_construction_equals_the_dataclass_constructor() -> None:
+    env = Envelope.from_headers(HEADERS + [("tracestate", b"a=b"), ("ce_causationid", b"c-1")])
+    assert env == Envelope(
+        id="evt-1",
+        type="order.created",
+        source="/shop/checkout",
+        time=dt.datetime(2024, 5, 1, 12, 30, 15, 123000, tzinfo=dt.timezone.utc),
+        idempotency_key="checkout-42",
+        correlation_id="flow-7",
+        causation_id="c-1",
+        tenant="acme",
+        hop_count=0,
+        traceparent=TRACEPARENT,
+        tracestate="a=b",
+    )
+    assert type(env) is Envelope and hash(env) == hash(replace(env))
+    with pytest.raises(AttributeError):
+        env.id = "x"  # type: ignore[misc]
+    assert _build(*(getattr(env, name) for name in Envelope.__slots__)) == env
+
+
+def test_child_equals_dataclasses_replace() -> None:
+    cause = Envelope.from_headers(HEADERS + [("tracestate", b"a=b")])
+    child = cause.child("payment.authorized", "/payments")
+    assert child == replace(
+        cause,
+        id=child.id,
+        type="payment.authorized",
+        source="/payments",
+        time=child.time,
+        idempotency_key=derive_key("checkout-42", "payment.authorized"),
+        correlation_id="flow-7",
+        causation_id="evt-1",
+        hop_count=1,
+        content_type="application/avro",
+    )
+    assert child.tracestate == "a=b" and child.specversion == "1.0"
+
+
+def _format_time_reference(value: dt.datetime) -> str:
+    utc = value.astimezone(dt.timezone.utc)
+    spec = "milliseconds" if utc.microsecond % 1000 == 0 else "microseconds"
+    return utc.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+@given(st.datetimes(timezones=st.just(dt.timezone.utc)), st.booleans())
+def test_format_time_utc_fast_path(value: dt.datetime, whole_ms: bool) -> None:
+    if whole_ms:
+        value = value.replace(microsecond=value.microsecond // 1000 * 1000)
+    assert format_time(value) == _format_time_reference(value)
+    assert format_time(value.astimezone(dt.timezone(dt.timedelta(hours=2))) if value.year > 1 else value) == _format_time_reference(value)

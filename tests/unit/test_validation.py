@@ -132,3 +132,121 @@ def test_recursive_schema() -> None:
     validator = Validator(node)
     assert validator.problems({"value": 1, "next": {"value": 2, "next": None}}) == []
     assert [str(p) for p in validator.problems({"value": 1, "next": {"value": "2"}})] == ['next.value: expected int, got string "2"']
+
+
+# ---------------------------------------------------------------------- quick check vs the walker
+from typing import Any  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from processors.contracts import ContractRegistry  # noqa: E402
+from tests.unit.avro_strategies import values_for  # noqa: E402
+
+REGISTRY = ContractRegistry.load()
+RAW_SCHEMAS = [(f"{c.event_type}-v{v}", c.raw_schema(v)) for c in REGISTRY.all() for v in c.versions]
+EXTRA = {
+    "type": "record",
+    "name": "Extra",
+    "namespace": "x",
+    "fields": [
+        {"name": "f", "type": "float"},
+        {"name": "b", "type": "boolean"},
+        {"name": "raw", "type": "bytes"},
+        {"name": "d", "type": {"type": "fixed", "name": "D", "size": 2}},
+        {"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["X", "Y"]}},
+        {"name": "m", "type": {"type": "map", "values": ["null", {"type": "array", "items": "long"}]}},
+        {"name": "u", "type": ["string", "null"], "default": "s"},
+        {"name": "again", "type": ["null", "E", "D"], "default": None},
+        {"name": "when", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+    ],
+}
+_JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**64), 2**64),
+    st.floats(allow_nan=False),
+    st.text(max_size=4),
+    st.binary(max_size=4),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.just(dt.datetime(2024, 1, 1)),
+    st.just(dt.date(2024, 1, 1)),
+    st.just(("X",)),
+)
+
+
+def _mutate(value: Any, data: st.DataObject, depth: int = 0) -> Any:
+    """``value`` with at most a few random changes: a node swapped for junk, a key dropped or added."""
+    if data.draw(st.integers(0, 9)) == 0:
+        return data.draw(_JUNK)
+    if isinstance(value, dict) and value and depth < 6:
+        out = dict(value)
+        key = data.draw(st.sampled_from(sorted(out, key=str)))
+        action = data.draw(st.sampled_from(["recurse", "recurse", "drop", "add"]))
+        if action == "drop":
+            del out[key]
+        elif action == "add":
+            out[data.draw(st.text(max_size=3))] = data.draw(_JUNK)
+        else:
+            out[key] = _mutate(out[key], data, depth + 1)
+        return out
+    if isinstance(value, list) and value and depth < 6:
+        out = list(value)
+        index = data.draw(st.integers(0, len(out) - 1))
+        out[index] = _mutate(out[index], data, depth + 1)
+        return out
+    return value
+
+
+def _agree(validator: Validator, value: Any) -> None:
+    problems = validator._check(value) or []
+    assert validator.quick_check(value) is (not problems), (value, problems)
+    assert validator.problems(value) == problems
+
+
+@pytest.mark.parametrize("name,raw", RAW_SCHEMAS + [("extra", EXTRA), ("thing", SCHEMA)], ids=lambda x: x if isinstance(x, str) else "")
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_quick_check_agrees_with_the_walker(name: str, raw: dict, data: st.DataObject) -> None:
+    """On values of exact builtin types the generated check says valid exactly when the reference
+    walker finds no problem, for valid values and for randomly broken ones."""
+    validator = Validator(raw, name)
+    value = data.draw(values_for(raw))
+    _agree(validator, value)
+    _agree(validator, _mutate(value, data))
+
+
+def test_quick_check_is_conservative_and_the_walker_decides() -> None:
+    class Sub(dict):
+        pass
+
+    value = {**GOOD, "lines": [Sub(qty=1)]}
+    assert not V.quick_check(value)
+    assert V.problems(value) == []
+    V.validate(value)
+    assert V.quick_check(GOOD)
+    assert not V.quick_check({**GOOD, "count": True})
+
+
+def test_quick_check_of_a_recursive_schema_and_a_twice_defined_name() -> None:
+    node = {
+        "type": "record",
+        "name": "Node",
+        "fields": [{"name": "value", "type": "int"}, {"name": "next", "type": ["null", "Node"], "default": None}],
+    }
+    validator = Validator(node)
+    assert validator.quick_check({"value": 1, "next": {"value": 2, "next": None}})
+    assert not validator.quick_check({"value": 1, "next": {"value": "2"}})
+    twice = {
+        "type": "record",
+        "name": "R",
+        "fields": [
+            {"name": "a", "type": {"type": "enum", "name": "E", "symbols": ["A"]}},
+            {"name": "b", "type": {"type": "enum", "name": "E", "symbols": ["B"]}},
+            {"name": "c", "type": "E"},
+        ],
+    }
+    validator = Validator(twice)
+    assert validator.quick_check(1) is False  # no generated check: the walker alone
+    assert validator.problems({"a": "A", "b": "B", "c": "B"}) == []
