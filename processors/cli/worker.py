@@ -52,6 +52,7 @@ def worker(
     log_level: Optional[str] = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING ... (default: settings)."),
 ) -> None:
     """Run agents: one consumer group per agent; start more workers to share the partitions."""
+    from processors.contracts import ContractError
     from processors.runtime import AppError, TopologyError, Worker, WorkerError
     from processors.runtime.logs import configure_logging
     from processors.runtime.metrics import serve
@@ -80,7 +81,7 @@ def worker(
         serve(settings.metrics_port)
     try:
         code = w.run()
-    except (AppError, TopologyError) as exc:
+    except (AppError, TopologyError, ContractError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     except WorkerError as exc:

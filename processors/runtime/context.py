@@ -7,20 +7,21 @@ so a retried attempt starts from the same state and a failed one leaves no trace
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import orjson
 
+from processors.contracts import Envelope
 from processors.runtime.agent import Event, Timer
 from processors.runtime.state import keys as K
 
 if TYPE_CHECKING:  # pragma: no cover
-    from processors.contracts import Envelope
     from processors.runtime.processor import Processor
 
 T = TypeVar("T")
@@ -58,10 +59,19 @@ class Emitted:
         return self.envelope.idempotency_key
 
 
+def uuid_from_sha1(data: bytes) -> str:
+    """RFC 4122 version-5 UUID text of sha1(``data``) (what ``uuid.uuid5`` computes for
+    ``namespace.bytes + name``), formatted without building a UUID object."""
+    h = hashlib.sha1(data).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+
+
+_ID_NS = uuid.UUID("7d0d8a52-0a43-4b7e-8f39-2b1b9d6a4c11").bytes
+
+
 def derived_id(idempotency_key: str) -> str:
-    """A stable CloudEvents id for an event whose idempotency key is known (uuid5-style from sha1)."""
-    digest = hashlib.sha1(idempotency_key.encode("utf-8")).digest()[:16]
-    return str(uuid.UUID(bytes=digest, version=5))
+    """A stable CloudEvents id for an event whose idempotency key is known."""
+    return uuid_from_sha1(_ID_NS + idempotency_key.encode("utf-8"))
 
 
 class Context:
@@ -94,6 +104,8 @@ class Context:
         self._type_counts: dict[str, int] = {}
         self.timer_writes: dict[bytes, bytes | None] = {}
         self._log: logging.LoggerAdapter | None = None
+        self._now_dt: dt.datetime | None = None
+        self._change: tuple[bool, bytes | None] | None = None
 
     @property
     def log(self) -> logging.LoggerAdapter:
@@ -106,6 +118,12 @@ class Context:
                 extra["topic"] = self.event.topic
             self._log = logging.LoggerAdapter(logging.getLogger(f"choreo.agent.{self._p.spec.name}"), extra)
         return self._log
+
+    @property
+    def now_dt(self) -> dt.datetime:
+        if self._now_dt is None:
+            self._now_dt = dt.datetime.now(dt.timezone.utc)
+        return self._now_dt
 
     # ------------------------------------------------------------------ identity
     @property
@@ -138,7 +156,12 @@ class Context:
         return orjson.loads(self._state_raw) if self._state_raw is not None else None
 
     def state_change(self) -> tuple[bool, bytes | None]:
-        """(changed, new raw value or None for a delete)."""
+        """(changed, new raw value or None for a delete), computed once the handler returned."""
+        if self._change is None:
+            self._change = self._compute_change()
+        return self._change
+
+    def _compute_change(self) -> tuple[bool, bytes | None]:
         if self._state is None:
             return False, self._state_raw
         if not self._state:
@@ -174,10 +197,17 @@ class Context:
         data = p.codec.encode(event_type, value)
         n = self._type_counts.get(event_type, 0)
         self._type_counts[event_type] = n + 1
+        cause = self.envelope
         if idempotency_key is None:
-            idempotency_key = p.derive_key(self.envelope.idempotency_key, event_type, n)
-        env = self.envelope.child(event_type, p.source, idempotency_key=idempotency_key)
-        env = replace(env, id=derived_id(idempotency_key), tenant=tenant if tenant is not None else env.tenant)
+            idempotency_key = p.derive_key(cause.idempotency_key, event_type, n)
+        # What Envelope.child() gives (same flow and trace, caused by this event, one hop further),
+        # built in one step, with an id derived from the key so a replay emits the same id.
+        env = Envelope(
+            id=derived_id(idempotency_key), type=event_type, source=p.source, time=self.now_dt,
+            idempotency_key=idempotency_key, correlation_id=cause.correlation_id or cause.id,
+            causation_id=cause.id, tenant=tenant if tenant is not None else cause.tenant,
+            hop_count=cause.hop_count + 1, traceparent=cause.traceparent, tracestate=cause.tracestate,
+        )
         if key is None:
             key_value = value.get(contract.key_field)
             key = None if key_value is None else str(key_value)

@@ -47,3 +47,19 @@ def changelog_topic(app_id: str, agent: str, store: str) -> str:
     """Compacted changelog of one agent's state store; partition N backs the store of input
     partition N, so state moves with partitions."""
     return f"{app_id}.{agent}.{store}.changelog"
+
+
+# Reason codes the engine writes in DLQ_REASON (an agent adds its own with `Reject(reason, ...)`).
+REASON_UNDECODABLE = "undecodable"  # bytes the codec cannot read (unknown framing, corrupt body, tombstone)
+REASON_CONTRACT_VIOLATION = "contract_violation"  # a type that has no business on this topic
+REASON_MISSING_HEADER = "missing_header"  # a required CloudEvents header missing or malformed
+REASON_HANDLER_ERROR = "handler_error"  # the handler raised a non-transient exception
+REASON_RETRIES_EXHAUSTED = "retries_exhausted"  # transient failures past the retry budget
+REASON_LOOP = "loop"  # hop count past the agent's bound
+REASON_INVALID_OUTPUT = "invalid_output"  # the handler emitted an undeclared type or a value its contract refuses
+REASON_INVALID_STATE = "invalid_state"  # the handler left state that is not JSON-serialisable
+REASON_TIMER_ERROR = "timer_error"  # a timer handler failed (dead-lettered to `<app>.<agent>.timers.dlq`)
+ENGINE_REASONS = (
+    REASON_UNDECODABLE, REASON_CONTRACT_VIOLATION, REASON_MISSING_HEADER, REASON_HANDLER_ERROR,
+    REASON_RETRIES_EXHAUSTED, REASON_LOOP, REASON_INVALID_OUTPUT, REASON_INVALID_STATE, REASON_TIMER_ERROR,
+)

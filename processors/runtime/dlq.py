@@ -10,16 +10,16 @@ from typing import Sequence
 
 from processors.runtime import conventions as C
 
-# Reasons (the value of the DLQ_REASON header).
-UNDECODABLE = "undecodable"
-CONTRACT_VIOLATION = "contract_violation"
-MISSING_HEADER = "missing_header"
-HANDLER_ERROR = "handler_error"
-RETRIES_EXHAUSTED = "retries_exhausted"
-LOOP = "loop"
-INVALID_OUTPUT = "invalid_output"
-INVALID_STATE = "invalid_state"
-TIMER_ERROR = "timer_error"
+# Reasons (the value of the DLQ_REASON header), defined with the other shared names.
+UNDECODABLE = C.REASON_UNDECODABLE
+CONTRACT_VIOLATION = C.REASON_CONTRACT_VIOLATION
+MISSING_HEADER = C.REASON_MISSING_HEADER
+HANDLER_ERROR = C.REASON_HANDLER_ERROR
+RETRIES_EXHAUSTED = C.REASON_RETRIES_EXHAUSTED
+LOOP = C.REASON_LOOP
+INVALID_OUTPUT = C.REASON_INVALID_OUTPUT
+INVALID_STATE = C.REASON_INVALID_STATE
+TIMER_ERROR = C.REASON_TIMER_ERROR
 
 MAX_MESSAGE_BYTES = 2000
 

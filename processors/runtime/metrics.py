@@ -49,9 +49,10 @@ class AgentMetrics:
 
     def __init__(self, agent: str, guarantee: str = "at_least_once") -> None:
         self.agent = agent
-        self._in: dict[str, object] = {}
-        self._out: dict[str, object] = {}
-        self._dup: dict[str, object] = {}
+        self._in: dict[str, int] = {}
+        self._out: dict[str, int] = {}
+        self._dup: dict[str, int] = {}
+        self._aud: dict[str, int] = {}
         self._handler = HANDLER_SECONDS.labels(agent)
         self._batch = BATCH_SIZE.labels(agent)
         self._retries = RETRIES.labels(agent)
@@ -60,34 +61,35 @@ class AgentMetrics:
         self._timers = TIMERS_FIRED.labels(agent)
         self._restored = RESTORED.labels(agent)
         self._assigned = ASSIGNED.labels(agent)
-        self._audit = {o: AUDIT_RECORDS.labels(agent, o) for o in ("PROCESSED", "DUPLICATE", "DEAD_LETTERED")}
 
+    # Per-event counts are tallied in plain dicts and added to the Prometheus counters once per
+    # batch (flush), which keeps the counters' locks off the per-event path.
     def event_in(self, event_type: str) -> None:
-        c = self._in.get(event_type)
-        if c is None:
-            c = self._in[event_type] = EVENTS_IN.labels(self.agent, event_type)
-        c.inc()  # type: ignore[attr-defined]
+        self._in[event_type] = self._in.get(event_type, 0) + 1
 
     def event_out(self, event_type: str) -> None:
-        c = self._out.get(event_type)
-        if c is None:
-            c = self._out[event_type] = EVENTS_OUT.labels(self.agent, event_type)
-        c.inc()  # type: ignore[attr-defined]
+        self._out[event_type] = self._out.get(event_type, 0) + 1
 
     def duplicate(self, event_type: str) -> None:
-        c = self._dup.get(event_type)
-        if c is None:
-            c = self._dup[event_type] = DUPLICATES.labels(self.agent, event_type)
-        c.inc()  # type: ignore[attr-defined]
+        self._dup[event_type] = self._dup.get(event_type, 0) + 1
+
+    def audit(self, outcome: str) -> None:
+        self._aud[outcome] = self._aud.get(outcome, 0) + 1
+
+    def flush(self) -> None:
+        """Add the tallies of the batch to the counters."""
+        for tally, metric in ((self._in, EVENTS_IN), (self._out, EVENTS_OUT), (self._dup, DUPLICATES),
+                              (self._aud, AUDIT_RECORDS)):
+            if tally:
+                for label, n in tally.items():
+                    metric.labels(self.agent, label).inc(n)
+                tally.clear()
 
     def ignored(self, event_type: str) -> None:
         IGNORED.labels(self.agent, event_type).inc()
 
     def dead_lettered(self, event_type: str | None, reason: str) -> None:
         DEAD_LETTERED.labels(self.agent, event_type or "unknown", reason).inc()
-
-    def audit(self, outcome: str) -> None:
-        self._audit[outcome].inc()
 
     def handler_latency(self, seconds: float) -> None:
         self._handler.observe(seconds)

@@ -156,7 +156,12 @@ def check_agent_topics(app: App, spec: AgentSpec, partitions: dict[str, int]) ->
         raise TopologyError(f"agent {spec.name!r}: input topic(s) {', '.join(missing)} do not exist")
     n = check_copartitioned(spec.name, inputs)
     changelog = app.changelog_topic(spec.name)
-    if changelog in partitions and partitions[changelog] != n:
+    if changelog not in partitions:
+        raise TopologyError(
+            f"agent {spec.name!r}: changelog topic {changelog} does not exist; create it compacted with {n} "
+            "partitions, or let the worker create it (App(create_topics=True), the default)"
+        )
+    if partitions[changelog] != n:
         raise TopologyError(
             f"agent {spec.name!r}: changelog {changelog} has {partitions[changelog]} partitions but the inputs have {n}; "
             "the store of partition N must be backed by changelog partition N"
@@ -232,9 +237,12 @@ class AgentRunner:
             "batch.num.messages": 10000,
             **passthrough,
             "enable.idempotence": True,
-            "on_delivery": self._on_delivery,
             "client.id": f"{self.worker_id}.{self.spec.name}",
         }
+        if not self.eos:
+            # at-least-once must see every failed delivery before committing offsets; under
+            # exactly-once a failed delivery fails the commit, and only the markers are tracked.
+            producer["on_delivery"] = self._on_delivery
         if self.eos:
             producer["transactional.id"] = self.app.transactional_id(self.spec.name, self.worker_id)
             producer.setdefault("transaction.timeout.ms", self.options.transaction_timeout_ms)
@@ -326,6 +334,7 @@ class AgentRunner:
             handled += 1
         self._fire_timers(views)
         self._purge(views)
+        self.metrics.flush()
         dirty = [p for p, v in views.items() if v.writes]
         if not nxt and not dirty and not self._in_txn:
             self._maybe_lag()
@@ -366,14 +375,17 @@ class AgentRunner:
             m.dead_lettered(result.event_type, result.reason or "unknown")
         m.audit(outcome)
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Any, partition: int | None = None) -> None:
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Any, partition: int | None = None,
+                 on_delivery: Any = None) -> None:
         producer = self.producer
         assert producer is not None
         if self.eos and not self._in_txn:
             self._begin()
         while True:
             try:
-                if partition is None:
+                if on_delivery is not None:
+                    producer.produce(topic, value, key, partition=partition, headers=headers, on_delivery=on_delivery)
+                elif partition is None:
                     producer.produce(topic, value, key, headers=headers)
                 else:
                     producer.produce(topic, value, key, partition=partition, headers=headers)
@@ -391,7 +403,8 @@ class AgentRunner:
             if view.writes:
                 for k, v in view.writes.items():
                     self._produce(self.changelog, k, v, None, p)
-                self._produce(self.changelog, K.MARKER, self._marker, None, p)
+                self._produce(self.changelog, K.MARKER, self._marker, None, p,
+                              on_delivery=self._on_delivery if self.eos else None)
 
     def _commit_eos(self, views: dict[int, BatchView], nxt: dict[tuple[str, int], int]) -> None:
         producer, consumer = self.producer, self.consumer

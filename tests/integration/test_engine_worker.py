@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from confluent_kafka import Producer
 
 from processors.contracts import Envelope
+from processors.localbroker.broker import free_port
 from processors.runtime.state import keys as K
 from processors.runtime.testing import read_topic, run_agents
 from tests.engine.harness import REPO, assert_exact_outputs, make_env, stop_worker, wait_for_count
@@ -45,13 +47,21 @@ def test_state_survives_deleting_the_state_dir(env, tmp_path, guarantee):
     assert last_a == {"name": "a", "total": 12, "seq": 6}
 
 
-def test_restart_with_local_state_restores_only_the_tail(env, tmp_path):
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_restart_with_local_state_restores_only_the_tail(env, tmp_path, guarantee):
     app = env.app()
     state = tmp_path / "state"
-    with run_agents(app, env.bootstrap, ["counter"], state_dir=state) as running:
+    with run_agents(app, env.bootstrap, ["counter"], state_dir=state, guarantee=guarantee) as running:
         running.publish("counter.incremented", {"name": "a", "by": 1})
         running.read("counter.total", 1)
-    with run_agents(app, env.bootstrap, ["counter"], state_dir=state) as running:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the store is written right after the commit
+            offsets = [s.changelog_offset for r in running.worker.runners for s in list(r.stores.values())]
+            if any(o is not None for o in offsets):
+                break
+            time.sleep(0.1)
+        assert any(o is not None for o in offsets), "the store records the changelog offset it reached"
+    with run_agents(app, env.bootstrap, ["counter"], state_dir=state, guarantee=guarantee) as running:
         running.publish("counter.incremented", {"name": "a", "by": 1})
         outputs = running.read("counter.total", 2)
         restored = {r.spec.name: [s.changelog_offset for s in r.stores.values()] for r in running.worker.runners}
@@ -161,7 +171,7 @@ def test_runtime_loop_is_dead_lettered(env):
     assert dlq[0].headers["choreo_dlq_reason"] == "loop"
     assert dlq[0].headers["ce_hopcount"] == "6"
     assert dlq[0].headers["choreo_dlq_agent"] == "ping"
-    pongs = read_topic(env.bootstrap, env.topic("pong.sent"), None)
+    pongs = read_topic(env.bootstrap, env.topic("pong.sent"), None, app=app)
     assert [p.value["n"] for p in pongs] == [1, 3, 5]
 
 
@@ -188,18 +198,38 @@ def test_copartitioning_is_checked_at_start(env, create_topics):
         worker.prepare()
 
 
+def test_missing_changelog_is_refused_when_topics_are_not_created(env, create_topics):
+    from processors.runtime import TopologyError, Worker
+    from processors.settings import Settings
+
+    create_topics([env.topic("counter.incremented"), env.topic("counter.reset")], partitions=3)
+    app = env.app()
+    app.create_topics = False
+    worker = Worker(app, Settings(bootstrap_servers=env.bootstrap), agents=["counter"])
+    with pytest.raises(TopologyError, match="changelog topic .* does not exist"):
+        worker.prepare()
+
+
 @pytest.mark.parametrize("guarantee", GUARANTEES)
 def test_worker_command_drains_and_exits_zero_on_sigterm(env, tmp_path, guarantee):
     from tests.engine.harness import load_counter_events
 
     app = env.app()
-    proc = env.start_worker("w1", guarantee, tmp_path / "state")
+    env.create_topics(app)
+    port = free_port()
+    proc = env.start_worker("w1", guarantee, tmp_path / "state", args=("--metrics-port", str(port)))
     try:
         load_counter_events(env, app, keys=5, per_key=40)
         wait_for_count(env.bootstrap, env.topic("counter.total"), 200, timeout=60, proc=proc)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     finally:
         code = stop_worker(proc, signal.SIGTERM)
     assert code == 0
+    assert 'choreo_events_in_total{agent="counter",event_type="counter.incremented"} 200.0' in metrics
+    assert 'choreo_events_out_total{agent="counter",event_type="counter.total"} 200.0' in metrics
+    for name in ("choreo_handler_seconds_bucket", "choreo_batch_size_bucket", "choreo_consumer_lag",
+                 "choreo_commit_seconds_bucket", "choreo_circuit_state", "choreo_restore_remaining_records"):
+        assert name in metrics, name
     outputs = read_topic(env.bootstrap, env.topic("counter.total"), None, app=app)
     assert_exact_outputs(outputs, keys=5, per_key=40)
 

@@ -238,3 +238,58 @@ def test_events_of_other_types_on_a_consumed_topic_are_ignored(tmp_path):
 
     r = AgentDriver(app, "only-inc").send("counter.reset", {"name": "a"})
     assert r.outcome == "IGNORED" and r.records == []
+
+
+def test_reject_dead_letters_at_once_with_its_own_reason(app):
+    from processors.runtime import Reject
+
+    @app.agent("strict", consumes=["counter.reset"], transient=(Exception,))
+    def strict(event, ctx):
+        ctx.state["touched"] = True
+        raise Reject("invalid_transition", f"{event.key} cannot be reset now")
+
+    d = AgentDriver(app, "strict")
+    r = d.send("counter.reset", {"name": "a"})
+    assert r.reason == "invalid_transition" and r.dlq_headers["choreo_dlq_attempts"] == "1"
+    assert d.sleeps == [] and d.state("a") is None
+
+
+def test_metrics_count_inputs_outputs_duplicates_and_dead_letters(app):
+    from prometheus_client import REGISTRY
+
+    from processors.runtime.metrics import AgentMetrics
+    from processors.runtime.processor import Processor
+
+    def value(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    d = AgentDriver(app, "counter")
+    d.processor = Processor(app, d.spec, "m", metrics=AgentMetrics("counter"), clock_ms=lambda: d.now_ms,
+                            sleep=d._sleep, monotonic=lambda: d._mono)
+    before = value("choreo_retries_total", agent="counter")
+    d.send("counter.incremented", {"name": "a", "by": -2})
+    assert value("choreo_retries_total", agent="counter") == before + 2
+    assert value("choreo_handler_seconds_count", agent="counter") >= 0
+    assert value("choreo_circuit_state", agent="counter", dependency="flaky-api") == 0.0
+
+
+def test_json_log_lines_carry_context_fields():
+    import io
+    import logging
+
+    from processors.runtime.logs import configure_logging
+
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+    try:
+        logging.getLogger("choreo.runtime").warning("dead-lettered", extra={
+            "agent": "counter", "partition": 2, "offset": 17, "event_id": "e1", "correlation_id": "c1"})
+    finally:
+        root = logging.getLogger()
+        for h in list(root.handlers):
+            if getattr(h, "_choreo_json", False):
+                root.removeHandler(h)
+    line = json.loads(stream.getvalue().strip().splitlines()[-1])
+    assert line["msg"] == "dead-lettered" and line["level"] == "warning"
+    assert (line["agent"], line["partition"], line["offset"], line["event_id"], line["correlation_id"]) == (
+        "counter", 2, 17, "e1", "c1")

@@ -1,0 +1,148 @@
+"""A small domain-free app for engine tests: a counter agent (two co-partitioned inputs, state,
+emit, timers, transient and permanent failures, a circuit-broken dependency) and a ping/pong pair
+that loops.
+
+Run as a worker subprocess with ``--app tests.engine.app:app``; the environment chooses the app id
+and the contract directories (integration tests write contracts whose topics are unique per test).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from processors.runtime import App, BreakerPolicy, RetryPolicy
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "engine"
+CONTRACTS = DATA / "contracts"
+SCHEMAS = DATA / "schemas"
+
+
+class FlakyError(Exception):
+    """Declared transient by the counter agent."""
+
+
+def write_contracts(dest: Path, prefix: str, partitions: int = 3, only: list[str] | None = None) -> tuple[Path, Path]:
+    """Copy the test contracts into ``dest`` with every topic renamed ``<prefix>.<event type>``
+    (the audit contract too), so each test has its own topics on a shared broker."""
+    contracts = dest / "contracts"
+    schemas = dest / "schemas"
+    contracts.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(SCHEMAS, schemas, dirs_exist_ok=True)
+    for path in sorted(CONTRACTS.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        if only is not None and data["event_type"] not in only and data["event_type"] != "audit.record":
+            continue
+        data["topic"] = f"{prefix}.{data['event_type']}"
+        data["partitions"] = partitions
+        (contracts / path.name).write_text(yaml.safe_dump(data, sort_keys=False))
+    return contracts, schemas
+
+
+def build_app(
+    app_id: str = "engine-test",
+    contracts_dir: Path | str = CONTRACTS,
+    schemas_dir: Path | str = SCHEMAS,
+    *,
+    ping_bound: int | None = 4,
+    with_pingpong: bool = True,
+    audit_topic: str | None = None,
+    slow_s: float = 0.0,
+) -> App:
+    app = App(app_id, contracts_dir=contracts_dir, schemas_dir=schemas_dir, audit_topic=audit_topic)
+
+    def on_timer(timer, ctx):
+        state = ctx.state
+        state["n"] = state.get("n", 0) + timer.payload["by"]
+        state["seq"] = state.get("seq", 0) + 1
+        ctx.emit("counter.total", timer.key, {"name": timer.key, "total": state["n"], "seq": state["seq"]})
+
+    @app.agent(
+        "counter",
+        consumes=["counter.incremented", "counter.reset"],
+        produces=["counter.total"],
+        version="3",
+        transient=(FlakyError, ConnectionError),
+        retry=RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05, max_elapsed_s=2.0),
+        dependencies={"flaky-api": BreakerPolicy(failure_rate_threshold=0.5, window_size=4, min_calls=2, open_seconds=60)},
+        on_timer=on_timer,
+    )
+    def counter(event, ctx):
+        if event.type == "counter.reset":
+            ctx.clear_state()
+            ctx.cancel_timer("nudge")
+            return
+        by = event.value["by"]
+        if by == -1:
+            raise ValueError(f"boom: refusing {event.value.get('email')}")
+        if by == -2:
+            raise FlakyError("dependency timed out")
+        if by == -3:
+            def down():
+                raise ConnectionError("flaky-api is down")
+            ctx.call("flaky-api", down)
+        if by == 1000:
+            ctx.schedule_timer("nudge", delay_s=1.0, payload={"by": 1})
+            return
+        if slow_s:
+            import time
+
+            time.sleep(slow_s)
+        state = ctx.state
+        state["n"] = state.get("n", 0) + by
+        state["seq"] = state.get("seq", 0) + 1
+        if event.value.get("email"):
+            state["email"] = event.value["email"]
+        ctx.emit("counter.total", event.key, {"name": event.key, "total": state["n"], "seq": state["seq"]})
+
+    if with_pingpong:
+
+        @app.agent("ping", consumes=["ping.sent"], produces=["pong.sent"], max_hops=ping_bound)
+        def ping(event, ctx):
+            ctx.emit("pong.sent", event.key, {"chain": event.key, "n": event.value["n"] + 1})
+
+        @app.agent("pong", consumes=["pong.sent"], produces=["ping.sent"])
+        def pong(event, ctx):
+            ctx.emit("ping.sent", event.key, {"chain": event.key, "n": event.value["n"] + 1})
+
+    return app
+
+
+app = build_app(
+    os.environ.get("ENGINE_APP_ID", "engine-test"),
+    os.environ.get("ENGINE_CONTRACTS_DIR", str(CONTRACTS)),
+    os.environ.get("ENGINE_SCHEMAS_DIR", str(SCHEMAS)),
+    audit_topic=os.environ.get("ENGINE_AUDIT_TOPIC") or None,
+    slow_s=float(os.environ.get("ENGINE_SLOW_S", "0")),
+)
+
+
+def _install_crash_point() -> None:
+    """``ENGINE_KILL_IN_APPLY=N``: SIGKILL this worker process on the Nth batch, after its outputs
+    and changelog are durable but before its store is written and (at-least-once) before its input
+    offsets are committed: the window that only dedupe (at-least-once) or a changelog restore of
+    the local store's missing tail (exactly-once) can make right."""
+    n = int(os.environ.get("ENGINE_KILL_IN_APPLY", "0"))
+    if n <= 0:
+        return
+    import signal
+
+    from processors.runtime.worker import AgentRunner
+
+    original = AgentRunner._apply
+    calls = {"n": 0}
+
+    def apply(self, views):
+        if any(v.writes for v in views.values()):
+            calls["n"] += 1
+            if calls["n"] >= n:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, views)
+
+    AgentRunner._apply = apply
+
+
+_install_crash_point()
