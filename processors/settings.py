@@ -37,7 +37,7 @@ class Settings:
     contracts_dir: Path = REPO_ROOT / "contracts"
     schemas_dir: Path = REPO_ROOT / "schemas"
     state_dir: Path = Path(".state")
-    processing_guarantee: str = "at_least_once"
+    processing_guarantee: str = "exactly_once"
     metrics_port: int | None = None
     log_level: str = "INFO"
 
@@ -113,9 +113,13 @@ class Settings:
 
     def producer_config(self, **overrides: Any) -> dict[str, Any]:
         """Producer defaults every choreo producer shares: keys land where Java clients put them
-        (murmur2_random), and the idempotent producer so retries never reorder or duplicate."""
-        base = {"partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": 5}
-        return self.kafka_config(**{**base, **overrides})
+        (murmur2_random), and the idempotent producer so retries never reorder or duplicate.
+        These are defaults: the user's pass-through properties win over them, and per-client
+        overrides (transactional id, delivery callback) win over both."""
+        config: dict[str, Any] = {"partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": 5}
+        config.update(self.kafka_config())
+        config.update(overrides)
+        return config
 
     def redacted(self) -> dict[str, Any]:
         """A printable view: secret-looking Kafka properties are masked."""

@@ -31,6 +31,14 @@ def test_kafka_properties_pass_through_untouched_and_overrides_win():
     assert config["linger.ms"] == 50
 
 
+def test_user_kafka_properties_win_over_producer_defaults():
+    settings = Settings.load(env={"CHOREO_KAFKA_LINGER_MS": "20", "CHOREO_KAFKA_PARTITIONER": "consistent_random"})
+    config = settings.producer_config()
+    assert config["linger.ms"] == "20" and config["partitioner"] == "consistent_random"
+    assert config["enable.idempotence"] is True
+    assert Settings.load(env={}).processing_guarantee == "exactly_once"
+
+
 def test_secrets_are_masked_in_the_printable_view():
     settings = Settings.load(env={"CHOREO_KAFKA_SASL_PASSWORD": "hunter2", "CHOREO_KAFKA_SASL_USERNAME": "svc"})
     shown = settings.redacted()
