@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from processors.agents.ledger import FlowLedger
@@ -18,7 +18,8 @@ from processors.contracts import ContractError
 from processors.runtime import App
 from processors.runtime.conventions import DLQ_ORIGINAL_OFFSET, DLQ_ORIGINAL_PARTITION, DLQ_ORIGINAL_TOPIC, DLQ_REASON, dlq_topic
 from processors.settings import Settings
-from processors.tooling.kafka_io import PartitionRange, header_value, read_ranges, reader_config, watermarks
+from processors.runtime.partitions import watermarks
+from processors.tooling.kafka_io import PartitionRange, header_value, read_ranges, reader_config
 
 Offsets = Mapping[tuple[str, int], int]
 
@@ -34,21 +35,6 @@ def watched_topics(app: App) -> list[str]:
     return topics + [dlq_topic(t) for t in topics] + [app.audit_topic]
 
 
-def _high(consumer: Consumer, topic: str, partition: int, attempts: int = 40) -> tuple[int, int]:
-    """Watermarks, waiting out the moments after topic creation when no leader is known yet."""
-    for attempt in range(attempts):
-        try:
-            return watermarks(consumer, topic, partition)
-        except KafkaException as exc:
-            error = exc.args[0]
-            settling = error.code() in (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                                        KafkaError.UNKNOWN_TOPIC_OR_PART)
-            if not (settling or error.retriable()) or attempt == attempts - 1:
-                raise
-            time.sleep(0.25)
-    raise AssertionError("unreachable")
-
-
 def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[tuple[str, int], int]:
     """Current end of every partition of `topics` that exists: the start of a later verification."""
     consumer = Consumer(reader_config(settings))
@@ -60,7 +46,7 @@ def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[tuple[str, in
             if info is None or info.error is not None:
                 continue
             for partition in info.partitions:
-                out[(topic, partition)] = _high(consumer, topic, partition)[1]
+                out[(topic, partition)] = watermarks(consumer, topic, partition)[1]
         return out
     finally:
         consumer.close()
@@ -91,7 +77,7 @@ def _ranges(consumer: Consumer, topics: list[str], since: Offsets) -> list[Parti
         if info is None or info.error is not None:
             continue
         for partition in info.partitions:
-            low, high = _high(consumer, topic, partition)
+            low, high = watermarks(consumer, topic, partition)
             start = max(low, since.get((topic, partition), low))
             ranges.append(PartitionRange(topic, partition, start, high))
     return ranges
@@ -147,7 +133,7 @@ def _no_lag(admin: AdminClient, consumer: Consumer, app: App) -> bool:
         request = ConsumerGroupTopicPartitions(app.group_id(spec.name), partitions)
         committed = admin.list_consumer_group_offsets([request])[app.group_id(spec.name)].result(timeout=15)
         for tp in committed.topic_partitions:
-            high = _high(consumer, tp.topic, tp.partition)[1]
+            high = watermarks(consumer, tp.topic, tp.partition)[1]
             if high > 0 and tp.offset < high:
                 key = (tp.topic, tp.partition)
                 behind[key] = min(behind.get(key, high), max(tp.offset, 0))

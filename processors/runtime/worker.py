@@ -42,6 +42,7 @@ from processors.runtime.agent import AgentSpec
 from processors.runtime.app import App
 from processors.runtime.conventions import dlq_topic
 from processors.runtime.metrics import AgentMetrics
+from processors.runtime.partitions import watermarks
 from processors.runtime.processor import IGNORED, HandleResult, Processor
 from processors.runtime.state import BatchView, RocksStore
 from processors.runtime.state import keys as K
@@ -203,6 +204,7 @@ class AgentRunner:
         self.batches = 0
         self.handled = 0
         self._in_txn = False
+        self._callback_error: Exception | None = None
         self._delivery_errors: list[Any] = []
         self._cl_offsets: dict[int, int] = {}
         self._next_purge = 0.0
@@ -292,6 +294,9 @@ class AgentRunner:
         try:
             while not self.stop_event.is_set():
                 msgs = self.consumer.consume(self.options.batch_size, self.options.poll_timeout_s)
+                if self._callback_error is not None:
+                    raise WorkerError(f"agent {self.spec.name}: partition assignment failed: "
+                                      f"{self._callback_error}") from self._callback_error
                 self._process(msgs)
         finally:
             self._shutdown()
@@ -363,11 +368,24 @@ class AgentRunner:
             return
         if result.event_type is not None and outcome != A.DEAD_LETTERED:
             m.event_in(result.event_type)
-        produce = self._produce
-        for r in result.records:
-            produce(r.topic, r.key, r.value, r.headers, r.partition)
-            if r.kind == "output":
-                m.event_out(r.event_type or "unknown")
+        records = result.records
+        if records:
+            producer = self.producer
+            assert producer is not None
+            if self.eos and not self._in_txn:
+                self._begin()  # what _produce does before the first record of a batch
+            for r in records:
+                # producer.produce straight away (this runs 2+ times per input); _produce when the
+                # queue is full (it polls and retries) or the record has a partition.
+                if r.partition is None:
+                    try:
+                        producer.produce(r.topic, r.value, r.key, headers=r.headers)
+                    except BufferError:
+                        self._produce(r.topic, r.key, r.value, r.headers, None)
+                else:
+                    self._produce(r.topic, r.key, r.value, r.headers, r.partition)
+                if r.kind == "output":
+                    m.event_out(r.event_type or "unknown")
         if outcome == A.DUPLICATE:
             m.duplicate(result.event_type or "unknown")
         elif outcome == A.DEAD_LETTERED:
@@ -399,10 +417,18 @@ class AgentRunner:
         self._in_txn = True
 
     def _produce_changelog(self, views: dict[int, BatchView]) -> None:
+        producer = self.producer
+        assert producer is not None
+        changelog = self.changelog
         for p, view in views.items():
             if view.writes:
+                if self.eos and not self._in_txn:
+                    self._begin()
                 for k, v in view.writes.items():
-                    self._produce(self.changelog, k, v, None, p)
+                    try:
+                        producer.produce(changelog, v, k, partition=p)
+                    except BufferError:
+                        self._produce(changelog, k, v, None, p)
                 self._produce(self.changelog, K.MARKER, self._marker, None, p,
                               on_delivery=self._on_delivery if self.eos else None)
 
@@ -495,7 +521,7 @@ class AgentRunner:
             if view.writes:
                 store = self.stores.get(p)
                 if store is not None:
-                    store.apply(view.writes, self._cl_offsets.get(p))
+                    store.apply(view.writes, self._cl_offsets.get(p), view.reads)
 
     def _rewind(self, first: dict[tuple[str, int], int]) -> None:
         consumer = self.consumer
@@ -575,9 +601,15 @@ class AgentRunner:
 
     # ------------------------------------------------------------------ rebalance
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for p in sorted({tp.partition for tp in partitions}):
-            if p not in self.stores:
-                self.stores[p] = self._open_and_restore(p)
+        # An exception escaping a rebalance callback reaches Python mangled by the client (its
+        # value is a bare KafkaError), so it is kept here and re-raised by the consume loop.
+        try:
+            for p in sorted({tp.partition for tp in partitions}):
+                if p not in self.stores:
+                    self.stores[p] = self._open_and_restore(p)
+        except Exception as exc:  # noqa: BLE001 - re-raised in run()
+            self._callback_error = exc
+            return
         self.metrics.assigned(len(self.stores))
         log.info("partitions assigned", extra={"agent": self.spec.name,
                                                "partitions": sorted({tp.partition for tp in partitions})})
@@ -629,7 +661,7 @@ class AgentRunner:
         if store.wiped_reason:
             log.info("local store wiped", extra={"agent": self.spec.name, "partition": p, "reason": store.wiped_reason})
         tp = TopicPartition(self.changelog, p)
-        low, high = restorer.get_watermark_offsets(tp, timeout=15, cached=False)
+        low, high = watermarks(restorer, self.changelog, p)
         stored = store.changelog_offset
         if stored is not None and not (low <= stored + 1 <= high):
             log.warning("store does not match its changelog, rebuilding it", extra={
