@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -139,17 +140,23 @@ def raw_loop(bootstrap: str, topic: str, out_topic: str, events: int, eos: bool,
 
 
 def agent_run(bootstrap: str, contracts: Path, schemas: Path, prefix: str, events: int, eos: bool, batch: int,
-              state_root: Path, profile: str | None = None) -> float:
+              state_root: Path, profile: str | None = None,
+              app_factory: Callable[[str, Path, Path], App] | None = None, agent: str | None = None) -> float:
+    """Events/s of one agent of an app over the pre-loaded input, from its first batch to the commit
+    of the batch that reached ``events``. ``app_factory(app_id, contracts, schemas)`` builds the app
+    (default: :func:`build_app`, the counter workload) and ``agent`` names the agent to run
+    (default: ``counter``), so other workloads reuse this harness without patching the module."""
     app_id = f"{prefix}-agent-{uuid.uuid4().hex[:6]}"
-    app = build_app(app_id, contracts, schemas)
+    app = (app_factory or build_app)(app_id, contracts, schemas)
+    agent = agent or "counter"
     guarantee = "exactly_once" if eos else "at_least_once"
     settings = Settings(bootstrap_servers=bootstrap, state_dir=state_root / app_id, processing_guarantee=guarantee)
-    worker = Worker(app, settings, agents=["counter"], worker_id="bench", guarantee=guarantee,
+    worker = Worker(app, settings, agents=[agent], worker_id="bench", guarantee=guarantee,
                     options=WorkerOptions(batch_size=batch, poll_timeout_s=0.5))
     worker.prepare()
     from processors.runtime.worker import AgentRunner
 
-    runner = AgentRunner(app, app.agents["counter"], settings, "bench", guarantee, worker.stop_event, worker.options)
+    runner = AgentRunner(app, app.agents[agent], settings, "bench", guarantee, worker.stop_event, worker.options)
     marks: dict[str, float] = {}
     original = runner._process
 

@@ -5,18 +5,15 @@ any contract version resolved to the current one), drops a duplicate idempotency
 writes the per-key state (RocksDB, changelogged), encodes and validates an `order.confirmed`
 follow-up, and writes an audit record. The peers (`benchmarks/peers/`) implement the same steps.
 
-The harness is `bench_engine.agent_run` (first batch to last commit); it builds its app with the
-module-level `bench_engine.build_app` and runs the agent named ``counter``, so this module swaps in
-the order workload's builder for the duration of a run (see :func:`run_engine_agent`).
+The harness is `bench_engine.agent_run` (first batch to last commit), given this module's
+:func:`build_app` and agent name (see :func:`run_engine_agent`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -29,7 +26,7 @@ from processors.runtime import App  # noqa: E402
 
 INPUT_TYPE = "order.created"
 OUTPUT_TYPE = "order.confirmed"
-AGENT = "counter"  # the name bench_engine.agent_run runs
+AGENT = "counter"  # the workload's agent, run by bench_engine.agent_run
 
 
 def write_contracts(dest: Path, prefix: str, partitions: int) -> tuple[Path, Path]:
@@ -73,22 +70,10 @@ def build_app(app_id: str, contracts: Path, schemas: Path) -> App:
     return app
 
 
-@contextlib.contextmanager
-def _engine_builder() -> Iterator[None]:
-    import bench_engine
-
-    saved = bench_engine.build_app
-    bench_engine.build_app = build_app
-    try:
-        yield
-    finally:
-        bench_engine.build_app = saved
-
-
 def run_engine_agent(bootstrap: str, contracts: Path, schemas: Path, prefix: str, events: int, eos: bool,
                      batch: int, state_root: Path, profile: str | None = None) -> float:
     """Events/s of our agent on the workload, through bench_engine's harness."""
     import bench_engine
 
-    with _engine_builder():
-        return bench_engine.agent_run(bootstrap, contracts, schemas, prefix, events, eos, batch, state_root, profile)
+    return bench_engine.agent_run(bootstrap, contracts, schemas, prefix, events, eos, batch, state_root, profile,
+                                  app_factory=build_app, agent=AGENT)

@@ -38,6 +38,26 @@ class Redactor:
             return [self.redact(v) for v in value]
         return value
 
+    def touches(self, value: Any) -> bool:
+        """Whether :meth:`redact` would replace anything in ``value`` (a PII name as a key of a dict
+        at any depth). Cheaper than building the redacted copy, so state that holds no PII field (the
+        usual case) is serialised as it is, with the same result."""
+        names = self.names
+        if not names:
+            return False
+        if isinstance(value, dict):
+            if not names.isdisjoint(value):
+                return True
+            for v in value.values():
+                if isinstance(v, (dict, list)) and self.touches(v):
+                    return True
+            return False
+        if isinstance(value, list):
+            for v in value:
+                if isinstance(v, (dict, list)) and self.touches(v):
+                    return True
+        return False
+
     def secrets_in(self, value: Any) -> list[str]:
         """String values of PII fields inside a decoded event (to scrub them from messages)."""
         found: list[str] = []
@@ -82,6 +102,10 @@ _MISSING = object()
 
 
 def state_json(value: dict[str, Any] | None, redactor: Redactor) -> str | None:
+    """The state as sorted-key JSON text with PII redacted (the redacted copy is made only when
+    there is something to redact: orjson writes the same text for the original)."""
     if value is None:
         return None
-    return orjson.dumps(redactor.redact(value), option=orjson.OPT_SORT_KEYS).decode()
+    if redactor.touches(value):
+        value = redactor.redact(value)
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()

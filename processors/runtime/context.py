@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 import orjson
 
 from processors.contracts import Envelope
+from processors.contracts.envelope import AVRO_CONTENT_TYPE, SPEC_VERSION
+from processors.contracts.envelope import _build as _envelope
+from processors.contracts.slotted import slot_builder
 from processors.runtime.agent import Event, Timer
 from processors.runtime.state import keys as K
 
@@ -59,11 +62,15 @@ class Emitted:
         return self.envelope.idempotency_key
 
 
-def uuid_from_sha1(data: bytes) -> str:
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def uuid_from_sha1(data: bytes, _sha1: Callable[[bytes], Any] = hashlib.sha1, _variant: dict[str, str] = _VARIANT) -> str:
     """RFC 4122 version-5 UUID text of sha1(``data``) (what ``uuid.uuid5`` computes for
-    ``namespace.bytes + name``), formatted without building a UUID object."""
-    h = hashlib.sha1(data).hexdigest()
-    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+    ``namespace.bytes + name``), formatted without building a UUID object (three per input: the
+    variant nibble comes from a table rather than ``int(..., 16)``)."""
+    h = _sha1(data).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_variant[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 _ID_NS = uuid.UUID("7d0d8a52-0a43-4b7e-8f39-2b1b9d6a4c11").bytes
@@ -72,6 +79,10 @@ _ID_NS = uuid.UUID("7d0d8a52-0a43-4b7e-8f39-2b1b9d6a4c11").bytes
 def derived_id(idempotency_key: str) -> str:
     """A stable CloudEvents id for an event whose idempotency key is known."""
     return uuid_from_sha1(_ID_NS + idempotency_key.encode("utf-8"))
+
+
+# Emitted is frozen; one is built per follow-up, with every field, so without its __init__.
+_emitted = slot_builder(Emitted)
 
 
 class Context:
@@ -188,32 +199,39 @@ class Context:
         derived from the cause, this agent, the type and the emit's ordinal, so a replay emits the
         same key; the event id is derived from the key. Returns the envelope."""
         p = self._p
-        if event_type not in p.produces:
+        plan = p.emit_plans.get(event_type)
+        if plan is None:
             raise EmitError(
                 f"agent {p.spec.name!r} emitted {event_type!r}, which it does not declare in produces "
                 f"({', '.join(p.spec.produces) or 'nothing'})"
             )
-        contract = p.registry.get(event_type)
+        topic, key_field, key_suffix = plan
         data = p.codec.encode(event_type, value)
-        n = self._type_counts.get(event_type, 0)
-        self._type_counts[event_type] = n + 1
+        counts = self._type_counts
+        n = counts.get(event_type, 0)
+        counts[event_type] = n + 1
         cause = self.envelope
         if idempotency_key is None:
-            idempotency_key = p.derive_key(cause.idempotency_key, event_type, n)
+            # p.derive_key(cause key, type, n), the prefix and suffix bytes precomputed per type
+            idempotency_key = uuid_from_sha1(p.key_prefix + cause.idempotency_key.encode("utf-8") + key_suffix
+                                             + str(n).encode())
         # What Envelope.child() gives (same flow and trace, caused by this event, one hop further),
         # built in one step, with an id derived from the key so a replay emits the same id.
-        env = Envelope(
-            id=derived_id(idempotency_key), type=event_type, source=p.source, time=self.now_dt,
-            idempotency_key=idempotency_key, correlation_id=cause.correlation_id or cause.id,
-            causation_id=cause.id, tenant=tenant if tenant is not None else cause.tenant,
-            hop_count=cause.hop_count + 1, traceparent=cause.traceparent, tracestate=cause.tracestate,
+        now = self._now_dt
+        if now is None:
+            now = self.now_dt
+        cause_id = cause.id
+        env = _envelope(
+            uuid_from_sha1(_ID_NS + idempotency_key.encode("utf-8")), event_type, p.source, now, idempotency_key,
+            cause.correlation_id or cause_id, cause_id, tenant if tenant is not None else cause.tenant,
+            cause.hop_count + 1, cause.traceparent, cause.tracestate, AVRO_CONTENT_TYPE, SPEC_VERSION,
         )
         if key is None:
-            key_value = value.get(contract.key_field)
+            key_value = value.get(key_field)
             key = None if key_value is None else str(key_value)
         elif isinstance(key, bytes):
             key = key.decode("utf-8")
-        self.emitted.append(Emitted(event_type, contract.topic, key, value, env, data))
+        self.emitted.append(_emitted(event_type, topic, key, value, env, data))
         return env
 
     # ------------------------------------------------------------------ timers

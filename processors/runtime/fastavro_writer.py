@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from processors.contracts.codegen import VARINT
+
 Writer = Callable[[list[bytes], Any], None]
 
 
@@ -30,13 +32,24 @@ def _zigzag(n: int) -> bytes:
     return bytes(out)
 
 
-_SMALL = [_zigzag(i) for i in range(-64, 64)]
+# Values of up to two varint bytes (-8192..8191: partitions, small offsets, string lengths) from a
+# table; larger ones (timestamps, offsets) through a bounded memo: an audit record carries two
+# timestamps, received and handled, usually in the same millisecond as the previous input's.
+# (The table is the contracts codec's, indexed by the zigzagged value.)
+_BIG: dict[int, bytes] = {}
 
 
 def zigzag(n: int) -> bytes:
-    if -64 <= n < 64:
-        return _SMALL[n + 64]
-    return _zigzag(n)
+    if -8192 <= n < 8192:
+        return VARINT[(n << 1) ^ (n >> 63)]
+    if n.__class__ is not int:
+        return _zigzag(n)
+    encoded = _BIG.get(n)
+    if encoded is None:
+        if len(_BIG) >= 4096:
+            _BIG.clear()
+        encoded = _BIG[n] = _zigzag(n)
+    return encoded
 
 
 def _string(out: list[bytes], value: str) -> None:
@@ -172,7 +185,8 @@ def _generate_flat(schema: Any) -> Callable[[Any], bytes] | None:
     if not (isinstance(schema, dict) and schema.get("type") == "record"):
         return None
     lines = ["def encode(v):", "    out = []", "    a = out.append"]
-    env: dict[str, Any] = {"zz": zigzag}
+    # VT[n << 1] is the varint of a length n < 8192 (the zigzag of n is 2n): no call per string.
+    env: dict[str, Any] = {"zz": zigzag, "VT": VARINT}
     for i, f in enumerate(schema["fields"]):
         name, ftype = f["name"], f["type"]
         nullable = False
@@ -191,7 +205,7 @@ def _generate_flat(schema: Any) -> Callable[[Any], bytes] | None:
             lines.append(f"    if x is None:\n        a({zigzag(null_index)!r})\n    else:\n        a({zigzag(1 - null_index)!r})")
             ind = "        "
         if base == "string":
-            lines.append(f"{ind}b = x.encode('utf-8')\n{ind}a(zz(len(b)))\n{ind}a(b)")
+            lines.append(f"{ind}b = x.encode('utf-8')\n{ind}n = len(b)\n{ind}a(VT[n << 1] if n < 8192 else zz(n))\n{ind}a(b)")
         elif base == "long":
             lines.append(f"{ind}a(zz(x))")
         elif base == "enum":
@@ -199,7 +213,8 @@ def _generate_flat(schema: Any) -> Callable[[Any], bytes] | None:
             lines.append(f"{ind}a(E{i}[x])")
         else:  # array<string>
             lines.append(f"{ind}if x:\n{ind}    a(zz(len(x)))\n{ind}    for y in x:\n{ind}        b = y.encode('utf-8')"
-                         f"\n{ind}        a(zz(len(b)))\n{ind}        a(b)\n{ind}a(b'\\x00')")
+                         f"\n{ind}        n = len(b)\n{ind}        a(VT[n << 1] if n < 8192 else zz(n))\n{ind}        a(b)"
+                         f"\n{ind}a(b'\\x00')")
     lines.append("    return b''.join(out)")
     exec("\n".join(lines), env)  # noqa: S102 - code generated from a schema, no outside input
     return env["encode"]

@@ -22,11 +22,12 @@ import orjson
 
 from processors.contracts import ContractError, DecodeError, Envelope, EnvelopeError
 from processors.contracts.codec import SINGLE_OBJECT_MAGIC
+from processors.contracts.slotted import slot_builder
 from processors.runtime import audit as A
 from processors.runtime import dlq as D
 from processors.runtime.agent import AgentSpec, Event, Timer
 from processors.runtime.context import (
-    Context, Emitted, EmitError, InvalidStateError, TimerError, derived_id, uuid_from_sha1,
+    _ID_NS, Context, Emitted, EmitError, InvalidStateError, TimerError, derived_id, uuid_from_sha1,
 )
 from processors.runtime.conventions import dlq_topic
 from processors.runtime.fastavro_writer import compile_writer
@@ -44,6 +45,13 @@ IGNORED = "IGNORED"
 _KEY_NS = uuid.UUID("2f1d9a8e-6c1b-4f4e-9a57-0c3b7d8e5a10")
 _SAMPLE_ENV = Envelope.new("x.y", "/sample", correlation_id="c-1")
 _SAMPLE_ENV_NO_CORR = Envelope(id="i", type="x.y", source="/s", time=_SAMPLE_ENV.time, idempotency_key="i")
+_H_SPECVERSION = ("ce_specversion", b"1.0")
+_H_HOPCOUNT_0 = ("ce_hopcount", b"0")
+# Event is frozen: built once per input with every field given, so without its __init__.
+_event = slot_builder(Event)
+_SEEN = K.SEEN
+_unpack_u64 = K.unpack_u64
+_pack_u64 = K.pack_u64
 
 
 @dataclass(slots=True)
@@ -142,6 +150,18 @@ class Processor:
         self._audit_ct = b"application/avro" if self.audit_avro else b"application/json"
         self._time_cache: tuple[int, bytes] = (-1, b"")
         self.timer_dlq_topic = dlq_topic(app.timers_topic_name(spec.name))
+        # Per emitted type, what Context.emit needs: topic, key field and the tail of derive_key's
+        # hashed name ("\x1f<agent>\x1f<type>\x1f"); the head is the namespace.
+        self.key_prefix = _KEY_NS.bytes
+        self.emit_plans: dict[str, tuple[str, str | None, bytes]] = {}
+        for et in spec.produces:
+            c = self.registry.get(et)
+            self.emit_plans[et] = (c.topic, c.key_field, f"\x1f{spec.name}\x1f{et}\x1f".encode("utf-8"))
+        # Audit ids: derived_id("audit\x1f<agent>\x1f<input key>\x1f<outcome>"), prefix precomputed.
+        self._audit_id_prefix = _ID_NS + f"audit\x1f{spec.name}\x1f".encode("utf-8")
+        self._h_audit_type = ("ce_type", self._audit_type_b)
+        self._h_audit_source = ("ce_source", self._source_b)
+        self._h_audit_ct = ("content-type", self._audit_ct)
 
     # ---------------------------------------------------------------- keys
     def derive_key(self, cause_key: str, event_type: str, ordinal: int) -> str:
@@ -198,10 +218,9 @@ class Processor:
             except Exception as exc:  # noqa: BLE001 - a codec bug on odd bytes must not kill the worker
                 raise _Dead(self._failure(D.UNDECODABLE, exc, 1, received)) from None
 
-            idem = envelope.idempotency_key
-            seen = K.seen_key(idem)
+            seen = _SEEN + envelope.idempotency_key.encode("utf-8")  # K.seen_key
             raw_seen = view.get(seen)
-            if raw_seen is not None and K.unpack_u64(raw_seen) > received:
+            if raw_seen is not None and _unpack_u64(raw_seen) > received:
                 result = HandleResult(A.DUPLICATE, event_type, key=key)
                 result.audit = self._audit_record(envelope, event_type, topic, partition, offset, A.DUPLICATE,
                                                   None, None, [], received, None, key)
@@ -213,19 +232,12 @@ class Processor:
                 state_key = b"" if key_value is None else str(key_value).encode()
             else:
                 state_key = key
-            event = Event(
-                type=event_type,
-                key=state_key.decode("utf-8", "backslashreplace"),
-                value=decoded,
-                envelope=envelope,
-                topic=topic,
-                partition=partition,
-                offset=offset,
-                timestamp_ms=timestamp_ms,
-            )
-            ctx = self._run(lambda c: self.spec.handler(event, c), view, state_key, envelope, event, None,
+            event = _event(event_type, state_key.decode("utf-8", "backslashreplace"), decoded, envelope, topic,
+                           partition, offset, timestamp_ms)
+            handler = self.spec.handler
+            ctx = self._run(lambda c: handler(event, c), view, state_key, envelope, event, None,
                             partition, received, decoded)
-            view.put(seen, K.pack_u64(received + self.dedupe_ttl_ms))
+            view.put(seen, _pack_u64(received + self.dedupe_ttl_ms))
             return self._success(ctx, view, state_key, envelope, event_type, topic, partition, offset, received, key)
         except _Dead as dead:
             return self._dead(dead.failure, envelope, event_type, topic, partition, offset, key, value, headers,
@@ -282,15 +294,16 @@ class Processor:
         start = self.monotonic()
         policy = self.spec.retry
         metrics = self.metrics
+        perf = time.perf_counter
         while True:
             attempts += 1
             ctx = Context(self, view, state_key, envelope, event, timer, partition, received)
-            t0 = time.perf_counter()
+            t0 = perf()
             try:
                 call(ctx)
                 ctx.state_change()  # surfaces unserialisable state as InvalidStateError now
                 if metrics is not None:
-                    metrics.handler_latency(time.perf_counter() - t0)
+                    metrics.handler_latency(perf() - t0)
                 return ctx
             except Reject as exc:  # a refusal is final, whatever the agent declares transient
                 now = self.clock_ms()
@@ -324,17 +337,21 @@ class Processor:
         changed, new_raw = ctx.state_change()
         before = after = None
         if changed:
-            view.put(K.state_key(state_key), new_raw)
+            view.put(K.STATE + state_key, new_raw)
             before, after = A.state_diff(ctx.state_before(), None if new_raw is None else ctx.state)
-        for tk, tv in ctx.timer_writes.items():
-            view.put(tk, tv)
-        result = HandleResult(A.PROCESSED, event_type, emitted=ctx.emitted, key=key)
+        timer_writes = ctx.timer_writes
+        if timer_writes:
+            for tk, tv in timer_writes.items():
+                view.put(tk, tv)
+        emitted = ctx.emitted
+        result = HandleResult(A.PROCESSED, event_type, emitted=emitted, key=key)
         records = result.records
-        for em in ctx.emitted:
-            records.append(OutRecord("output", em.topic, None if em.key is None else em.key.encode(), em.data,
+        for em in emitted:
+            em_key = em.key
+            records.append(OutRecord("output", em.topic, None if em_key is None else em_key.encode(), em.data,
                                      em.envelope.to_headers(), em.event_type))
         result.audit = self._audit_record(envelope, event_type, topic, partition, offset, A.PROCESSED,
-                                          before, after, [em.id for em in ctx.emitted], received, None, key)
+                                          before, after, [em.envelope.id for em in emitted], received, None, key)
         records.append(self._audit_out(result.audit, envelope, key))
         return result
 
@@ -369,6 +386,7 @@ class Processor:
     def _audit_record(self, envelope: Envelope, event_type: str, topic: str, partition: int, offset: int,
                       outcome: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
                       emitted: list[str], received: int, error: str | None, key: bytes | None) -> dict[str, Any]:
+        redactor = self.redactor
         return {
             "agent_name": self.spec.name,
             "agent_version": self.spec.version,
@@ -379,8 +397,8 @@ class Processor:
             "partition": partition,
             "offset": offset,
             "outcome": outcome,
-            "state_before": A.state_json(before, self.redactor),
-            "state_after": A.state_json(after, self.redactor),
+            "state_before": None if before is None else A.state_json(before, redactor),
+            "state_after": None if after is None else A.state_json(after, redactor),
             "emitted_event_ids": emitted,
             "correlation_id": envelope.correlation_id,
             "received_at": received,
@@ -427,24 +445,27 @@ class Processor:
 
     def _audit_out(self, record: dict[str, Any], envelope: Envelope, key: bytes | None) -> OutRecord:
         """The audit record as a CloudEvent of the audit type, caused by the input (headers built
-        directly: this runs once per input)."""
-        idem = f"audit\x1f{self.spec.name}\x1f{envelope.idempotency_key}\x1f{record['outcome']}"
-        audit_id = derived_id(idem).encode()
+        directly from precomputed parts: this runs once per input)."""
+        # derived_id(f"audit\x1f{agent}\x1f{input idempotency key}\x1f{outcome}")
+        audit_id = uuid_from_sha1(self._audit_id_prefix + envelope.idempotency_key.encode("utf-8") + b"\x1f"
+                                  + record["outcome"].encode("utf-8")).encode()
         headers: list[tuple[str, bytes | None]] = [
             ("ce_id", audit_id),
-            ("ce_type", self._audit_type_b),
-            ("ce_source", self._source_b),
-            ("ce_specversion", b"1.0"),
+            self._h_audit_type,
+            self._h_audit_source,
+            _H_SPECVERSION,
             ("ce_time", self._time_header(record["handled_at"])),
-            ("content-type", self._audit_ct),
+            self._h_audit_ct,
             ("ce_idempotencykey", audit_id),
-            ("ce_hopcount", b"0"),
+            _H_HOPCOUNT_0,
             ("ce_causationid", envelope.id.encode()),
         ]
-        if envelope.correlation_id is not None:
-            headers.append(("ce_correlationid", envelope.correlation_id.encode()))
-        if envelope.tenant is not None:
-            headers.append(("ce_tenant", envelope.tenant.encode()))
+        correlation_id = envelope.correlation_id
+        if correlation_id is not None:
+            headers.append(("ce_correlationid", correlation_id.encode()))
+        tenant = envelope.tenant
+        if tenant is not None:
+            headers.append(("ce_tenant", tenant.encode()))
         return OutRecord("audit", self.audit_topic, record["input_event_id"].encode(), self._audit_encode(record),
                          headers, self.audit_type)
 
