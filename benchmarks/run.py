@@ -34,13 +34,14 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
-from confluent_kafka import Consumer, TopicPartition  # noqa: E402
+from confluent_kafka import Consumer  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 
 import loadgen  # noqa: E402
 import report  # noqa: E402
 import workload  # noqa: E402
 from peers import setup as peer_setup  # noqa: E402
+from processors.runtime.partitions import watermarks  # noqa: E402
 
 OUT = BENCH / "out"
 PY = sys.executable
@@ -125,7 +126,8 @@ def topic_end(bootstrap: str, topic: str) -> int:
         md = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if md is None or md.error is not None:
             return 0
-        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions)
+        # the raw loop's output topic was just created: its leaders may still be settling
+        return sum(watermarks(consumer, topic, p)[1] for p in md.partitions)
     finally:
         consumer.close()
 
