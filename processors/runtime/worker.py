@@ -67,7 +67,8 @@ class _Abort(Exception):
 @dataclass(frozen=True)
 class WorkerOptions:
     batch_size: int = 500
-    poll_timeout_s: float = 0.2
+    poll_timeout_s: float = 0.2  # how long an idle loop waits for a first record
+    batch_linger_s: float = 0.005  # once one record is there, how long to wait for more to join it
     max_batch_s: float = 10.0  # cut a batch short (and commit what is done) past this
     commit_timeout_s: float = 30.0
     timers_per_batch: int = 1000
@@ -293,7 +294,7 @@ class AgentRunner:
                                           "worker_id": self.worker_id})
         try:
             while not self.stop_event.is_set():
-                msgs = self.consumer.consume(self.options.batch_size, self.options.poll_timeout_s)
+                msgs = self._next_batch()
                 if self._callback_error is not None:
                     raise WorkerError(f"agent {self.spec.name}: partition assignment failed: "
                                       f"{self._callback_error}") from self._callback_error
@@ -302,6 +303,22 @@ class AgentRunner:
             self._shutdown()
 
     # ------------------------------------------------------------------ batch
+    def _next_batch(self) -> list[Any]:
+        """Wait up to ``poll_timeout_s`` for one record, then up to ``batch_linger_s`` for more, up
+        to ``batch_size``. ``consume(n, timeout)`` alone waits out its whole timeout unless ``n``
+        records arrive: at low load that added the poll timeout to every hop of a flow. This way a
+        lone event is handled within the linger, a backlog still comes in full batches, and a
+        trickle is gathered for a few milliseconds rather than committed record by record."""
+        consumer = self.consumer
+        assert consumer is not None
+        opts = self.options
+        first = consumer.poll(opts.poll_timeout_s)
+        if first is None:
+            return []
+        if opts.batch_size <= 1:
+            return [first]
+        return [first, *consumer.consume(opts.batch_size - 1, opts.batch_linger_s)]
+
     def _process(self, msgs: list[Any]) -> None:
         opts = self.options
         views: dict[int, BatchView] = {}
