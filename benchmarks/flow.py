@@ -6,7 +6,9 @@
    bucket) for a while; flow time per order = terminal event timestamp − publish time; p50/p95/p99.
 
 Run from `benchmarks/run.py` (section `flow`); the workers are `choreo worker` processes under a
-unique app id, so consumer groups and state never mix with another run's.
+unique app id, so consumer groups and state never mix with another run's. The contracts' topics are
+shared by every run on a broker, so each agent's group is started at their current end: a new app
+id would otherwise begin by replaying every earlier run's orders, and time that backlog.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 import loadgen
 import report
@@ -93,6 +96,17 @@ def _publish_burst(bootstrap: str, topic: str, partitions: int, orders: int, run
     return sent
 
 
+def start_groups_at_end(settings: Settings, app: Any) -> None:
+    """Commit each agent's group at the end of its input topics, before any worker joins it."""
+    admin = AdminClient(settings.kafka_config())
+    for name, spec in app.agents.items():
+        ends = end_offsets(settings, app.input_topics(spec))
+        request = ConsumerGroupTopicPartitions(
+            app.group_id(name), [TopicPartition(t, p, end) for (t, p), end in sorted(ends.items())])
+        for future in admin.alter_consumer_group_offsets([request]).values():
+            future.result(timeout=30)
+
+
 def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> dict[str, Any]:
     app_id = f"benchflow{uuid.uuid4().hex[:6]}"
     app = build_app(CommerceConfig(app_id=app_id, timeout_s=30.0))
@@ -101,6 +115,7 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
     created = app.registry.get("order.created")
     terminal_topics = {et: app.registry.get(et).topic for et in TERMINAL}
     since = end_offsets(settings, terminal_topics.values())
+    start_groups_at_end(settings, app)
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CHOREO_COMMERCE_APP_ID": app_id,
            "CHOREO_COMMERCE_TIMEOUT_S": "30", "CHOREO_STATE_DIR": str(root / app_id / "worker-0")}
     log_path = root / f"{app_id}-worker.log"
