@@ -38,6 +38,7 @@ class Settings:
     schemas_dir: Path = REPO_ROOT / "schemas"
     state_dir: Path = Path(".state")
     processing_guarantee: str = "exactly_once"
+    state_memory_mb: int = 256  # RocksDB block cache + memtables of all the state stores of a worker process
     metrics_port: int | None = None
     log_level: str = "INFO"
 
@@ -101,6 +102,8 @@ class Settings:
             )
         if not self.bootstrap_servers:
             raise SettingsError("bootstrap_servers: must not be empty")
+        if self.state_memory_mb <= 0:
+            raise SettingsError(f"state_memory_mb: must be a positive number of MiB, got {self.state_memory_mb}")
 
     # ------------------------------------------------------------------ use
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
@@ -139,9 +142,10 @@ def _is_secret(name: str) -> bool:
 def _coerce(name: str, value: Any, source: str) -> Any:
     if name in ("contracts_dir", "schemas_dir", "state_dir"):
         return Path(value)
-    if name == "metrics_port":
+    if name in ("metrics_port", "state_memory_mb"):
         try:
-            return int(value)
+            number = int(value)
         except (TypeError, ValueError) as exc:
-            raise SettingsError(f"{source}: metrics_port must be an integer, got {value!r}") from exc
+            raise SettingsError(f"{source}: {name} must be an integer, got {value!r}") from exc
+        return number
     return value

@@ -44,7 +44,7 @@ from processors.runtime.conventions import dlq_topic
 from processors.runtime.metrics import AgentMetrics
 from processors.runtime.partitions import watermarks
 from processors.runtime.processor import IGNORED, HandleResult, Processor
-from processors.runtime.state import BatchView, RocksStore
+from processors.runtime.state import BatchView, RocksStore, StoreMemory
 from processors.runtime.state import keys as K
 from processors.runtime.topology import TopologyError, check_copartitioned
 from processors.settings import Settings
@@ -674,7 +674,8 @@ class AgentRunner:
         """
         restorer = self.restorer
         assert restorer is not None
-        store = RocksStore(self.state_root / f"p{p}", max_age_ms=self.options.max_store_age_ms)
+        store = RocksStore(self.state_root / f"p{p}", max_age_ms=self.options.max_store_age_ms,
+                           memory=StoreMemory.shared(self.settings.state_memory_mb))
         if store.wiped_reason:
             log.info("local store wiped", extra={"agent": self.spec.name, "partition": p, "reason": store.wiped_reason})
         tp = TopicPartition(self.changelog, p)

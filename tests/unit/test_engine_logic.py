@@ -6,7 +6,7 @@ import pytest
 
 from processors.runtime import BreakerPolicy, CircuitBreaker, CircuitOpenError, RetryPolicy, Topology, TopologyError
 from processors.runtime.agent import AgentSpec
-from processors.runtime.state import BatchView, MemoryStore, RocksStore
+from processors.runtime.state import BatchView, MemoryStore, RocksStore, StoreMemory
 from processors.runtime.state import keys as K
 from processors.runtime.topology import check_copartitioned
 
@@ -184,3 +184,29 @@ def test_rocks_store_too_old_is_wiped(tmp_path):
     again = RocksStore(tmp_path / "p2", max_age_ms=-1)
     assert again.wiped_reason is not None and again.changelog_offset is None
     again.close()
+
+
+def test_rocks_stores_share_one_memory_limit_and_flush_early_rather_than_exceed_it(tmp_path):
+    """Four stores under one 8 MiB budget take ~40 MiB of writes: the memtables are charged to the
+    shared cache and flushed to SST files as they reach their share, so the budget's usage stays
+    near its limit (RocksDB's own default would keep it all in 64 MiB memtables) and nothing is lost."""
+    memory = StoreMemory(8 << 20)
+    stores = [RocksStore(tmp_path / f"m{i}", memory=memory) for i in range(4)]
+    value = b"v" * 1000
+    peak = 0
+    for batch in range(100):
+        for i, store in enumerate(stores):
+            store.apply({K.state_key(b"%d-%d-%d" % (i, batch, n)): value for n in range(100)}, batch)
+        peak = max(peak, memory.usage())
+    assert 0 < peak <= memory.total_bytes * 1.25, f"peak {peak} bytes for a budget of {memory.total_bytes}"
+    for i, store in enumerate(stores):
+        assert list((tmp_path / f"m{i}").glob("*.sst")), "nothing was flushed: the memtables hold it all"
+        assert store.get(K.state_key(b"%d-99-99" % i)) == value and store.get(K.state_key(b"%d-0-0" % i)) == value
+        store.close()
+
+
+def test_store_memory_is_shared_per_setting():
+    assert StoreMemory.shared(32) is StoreMemory.shared(32)
+    assert StoreMemory.shared(32) is not StoreMemory.shared(64)
+    with pytest.raises(ValueError, match="positive"):
+        StoreMemory(0)

@@ -52,6 +52,8 @@ def test_secrets_are_masked_in_the_printable_view():
     [
         ("bootstrap = 'x'\n", "unknown key(s) bootstrap"),
         ("metrics_port = 'nine'\n", "metrics_port must be an integer"),
+        ("state_memory_mb = 'lots'\n", "state_memory_mb must be an integer"),
+        ("state_memory_mb = 0\n", "state_memory_mb: must be a positive number of MiB, got 0"),
         ("processing_guarantee = 'maybe_once'\n", "processing_guarantee: expected at_least_once or exactly_once"),
         ("[kafka\n", "choreo.toml:"),
     ],
@@ -66,3 +68,8 @@ def test_bad_config_names_file_and_key(tmp_path: Path, content: str, message: st
 def test_missing_config_file_is_an_error(tmp_path: Path):
     with pytest.raises(SettingsError, match="does not exist"):
         Settings.load(tmp_path / "nope.toml", env={})
+
+
+def test_state_memory_comes_from_the_environment():
+    assert Settings.load(env={}).state_memory_mb == 256
+    assert Settings.load(env={"CHOREO_STATE_MEMORY_MB": "64"}).state_memory_mb == 64

@@ -8,7 +8,8 @@ from processors.runtime.state.store import (
     MemoryStore,
     RocksStore,
     StoreLockedError,
+    StoreMemory,
 )
 from processors.runtime.state import keys
 
-__all__ = ["BatchView", "KeyValueStore", "MemoryStore", "RocksStore", "StoreLockedError", "keys"]
+__all__ = ["BatchView", "KeyValueStore", "MemoryStore", "RocksStore", "StoreLockedError", "StoreMemory", "keys"]

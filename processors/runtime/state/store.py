@@ -10,12 +10,13 @@ write that also records the changelog offset they reached. An aborted batch is s
 from __future__ import annotations
 
 import bisect
+import functools
 import shutil
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager, WriteOptions
 
 from processors.runtime.state import keys as K
 
@@ -26,6 +27,49 @@ _RESTORING = K.meta_key("restoring")
 
 class StoreLockedError(RuntimeError):
     """Another process holds the RocksDB lock of this store directory."""
+
+
+DEFAULT_STORE_MEMORY_MB = 256  # as Settings.state_memory_mb, for stores opened outside a worker
+_MAX_WRITE_BUFFER = 16 << 20
+
+
+class StoreMemory:
+    """One RocksDB memory limit shared by every store of a process: a block cache that the
+    memtables are charged to (half of it at most), with index and filter blocks inside it too.
+
+    Without it each store, one per agent and partition, took RocksDB's defaults: up to two 64 MiB
+    memtables and its own caches. A worker's memory then grew with its partition count and with
+    how much it had written since the last flush, rather than being a setting an operator sizes a
+    container by. Memtables past their share are flushed to SST files early; the limit is soft
+    (writers never stall on it), so a flush that falls behind may overshoot it briefly."""
+
+    def __init__(self, total_bytes: int) -> None:
+        if total_bytes <= 0:
+            raise ValueError(f"store memory must be positive, got {total_bytes} bytes")
+        self.total_bytes = total_bytes
+        self.cache = Cache(total_bytes)
+        self.write_buffers = WriteBufferManager.new_write_buffer_manager_with_cache(
+            total_bytes // 2, False, self.cache)
+        # each memtable is small enough that several stores share the memtable half between them
+        self.write_buffer_size = max(1 << 20, min(_MAX_WRITE_BUFFER, total_bytes // 16))
+
+    @staticmethod
+    @functools.cache
+    def shared(total_mb: int = DEFAULT_STORE_MEMORY_MB) -> "StoreMemory":
+        """The process's budget of ``total_mb`` MiB: stores opened with the same setting share it."""
+        return StoreMemory(total_mb << 20)
+
+    def usage(self) -> int:
+        """Bytes held now: block cache contents plus the memtables charged to it."""
+        return self.cache.get_usage()
+
+    def configure(self, options: Options, table: BlockBasedOptions) -> None:
+        table.set_block_cache(self.cache)
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        options.set_write_buffer_manager(self.write_buffers)
+        options.set_write_buffer_size(self.write_buffer_size)
+        options.set_max_write_buffer_number(3)
 
 
 class KeyValueStore:
@@ -156,8 +200,10 @@ class RocksStore(KeyValueStore):
     and every write carries the changelog offset it reached, so a crash loses at most a suffix that
     the next restore replays."""
 
-    def __init__(self, path: Path, max_age_ms: int | None = None, lock_wait_s: float = 20.0) -> None:
+    def __init__(self, path: Path, max_age_ms: int | None = None, lock_wait_s: float = 20.0,
+                 memory: StoreMemory | None = None) -> None:
         self.path = Path(path)
+        self.memory = memory or StoreMemory.shared()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._options = Options(raw_mode=True)
         self._options.create_if_missing(True)
@@ -166,6 +212,7 @@ class RocksStore(KeyValueStore):
         # 2.8 -> 0.5 µs on a store of 200k seen keys). Files written before keep working without.
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)
+        self.memory.configure(self._options, table)
         self._options.set_block_based_table_factory(table)
         self._write_opts = WriteOptions()
         self._write_opts.disable_wal = True
