@@ -355,6 +355,10 @@ def write_outputs(results: dict[str, Any], out_dir: Path, results_md: Path | Non
     log(f"wrote {out_dir / 'results.json'}" + (f" and the table in {results_md}" if results_md else ""))
 
 
+def _int_list(text: str) -> list[int]:
+    return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small N, 2 repeats: < 10 minutes on 2 cores")
@@ -365,6 +369,8 @@ def main() -> int:
     parser.add_argument("--keys", type=int)
     parser.add_argument("--skew", type=float, help="0 = uniform keys, ~1.1 = Zipf-skewed")
     parser.add_argument("--systems", help="comma-separated cases, e.g. raw/at_least_once,ours/at_least_once")
+    parser.add_argument("--growth-keys", type=_int_list, help="key counts of the growth section, e.g. 1000,1000000")
+    parser.add_argument("--growth-partitions", type=_int_list, help="partition counts of the growth section ('' for none)")
     parser.add_argument("--only", default="comparison,growth,profile,flow", help="sections to run")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--results-md", type=Path, default=BENCH / "RESULTS.md")
@@ -379,7 +385,7 @@ def main() -> int:
         return 0
 
     plan = Plan.make(args.quick)
-    for name in ("runs", "events", "faust_events", "partitions", "keys", "skew"):
+    for name in ("runs", "events", "faust_events", "partitions", "keys", "skew", "growth_keys", "growth_partitions"):
         if getattr(args, name) is not None:
             setattr(plan, name, getattr(args, name))
     if args.systems:
