@@ -10,8 +10,8 @@ write that also records the changelog offset they reached. An aborted batch is s
 from __future__ import annotations
 
 import bisect
-import functools
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -31,6 +31,8 @@ class StoreLockedError(RuntimeError):
 
 DEFAULT_STORE_MEMORY_MB = 256  # as Settings.state_memory_mb, for stores opened outside a worker
 _MAX_WRITE_BUFFER = 16 << 20
+_SHARED: dict[int, "StoreMemory"] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 class StoreMemory:
@@ -54,10 +56,14 @@ class StoreMemory:
         self.write_buffer_size = max(1 << 20, min(_MAX_WRITE_BUFFER, total_bytes // 16))
 
     @staticmethod
-    @functools.cache
     def shared(total_mb: int = DEFAULT_STORE_MEMORY_MB) -> "StoreMemory":
-        """The process's budget of ``total_mb`` MiB: stores opened with the same setting share it."""
-        return StoreMemory(total_mb << 20)
+        """The process's budget of ``total_mb`` MiB: stores opened with the same setting share it.
+        Agent threads open their stores concurrently, hence the lock: two budgets would double it."""
+        with _SHARED_LOCK:
+            memory = _SHARED.get(total_mb)
+            if memory is None:
+                memory = _SHARED[total_mb] = StoreMemory(total_mb << 20)
+            return memory
 
     def usage(self) -> int:
         """Bytes held now: block cache contents plus the memtables charged to it."""
