@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from processors.runtime import BreakerPolicy, CircuitBreaker, CircuitOpenError, RetryPolicy, Topology, TopologyError
@@ -189,7 +191,10 @@ def test_rocks_store_too_old_is_wiped(tmp_path):
 def test_rocks_stores_share_one_memory_limit_and_flush_early_rather_than_exceed_it(tmp_path):
     """Four stores under one 8 MiB budget take ~40 MiB of writes: the memtables are charged to the
     shared cache and flushed to SST files as they reach their share, so the budget's usage stays
-    near its limit (RocksDB's own default would keep it all in 64 MiB memtables) and nothing is lost."""
+    near its limit (RocksDB's own default would keep it all in 64 MiB memtables) and nothing is lost.
+    The limit is soft and flushes run in the background, so a busy machine overshoots it for a while
+    (1.33x seen in CI), up to three 1 MiB memtables a store before writes stall; holding every
+    write would be over 5x."""
     memory = StoreMemory(8 << 20)
     stores = [RocksStore(tmp_path / f"m{i}", memory=memory) for i in range(4)]
     value = b"v" * 1000
@@ -198,7 +203,10 @@ def test_rocks_stores_share_one_memory_limit_and_flush_early_rather_than_exceed_
         for i, store in enumerate(stores):
             store.apply({K.state_key(b"%d-%d-%d" % (i, batch, n)): value for n in range(100)}, batch)
         peak = max(peak, memory.usage())
-    assert 0 < peak <= memory.total_bytes * 1.25, f"peak {peak} bytes for a budget of {memory.total_bytes}"
+    assert 0 < peak <= memory.total_bytes * 2, f"peak {peak} bytes for a budget of {memory.total_bytes}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(list((tmp_path / f"m{i}").glob("*.sst")) for i in range(4)):
+        time.sleep(0.1)  # flushes run on RocksDB's background threads
     for i, store in enumerate(stores):
         assert list((tmp_path / f"m{i}").glob("*.sst")), "nothing was flushed: the memtables hold it all"
         assert store.get(K.state_key(b"%d-99-99" % i)) == value and store.get(K.state_key(b"%d-0-0" % i)) == value
