@@ -98,11 +98,12 @@ def _publish_burst(bootstrap: str, topic: str, partitions: int, orders: int, run
 
 def start_groups_at_end(settings: Settings, app: Any) -> None:
     """Commit each agent's group at the end of its input topics, before any worker joins it."""
+    ends = end_offsets(settings, {t for spec in app.agents.values() for t in app.input_topics(spec)})
     admin = AdminClient(settings.kafka_config())
-    for name, spec in app.agents.items():
-        ends = end_offsets(settings, app.input_topics(spec))
+    for name, spec in app.agents.items():  # the admin API takes one group a call
+        inputs = set(app.input_topics(spec))
         request = ConsumerGroupTopicPartitions(
-            app.group_id(name), [TopicPartition(t, p, end) for (t, p), end in sorted(ends.items())])
+            app.group_id(name), [TopicPartition(t, p, end) for (t, p), end in sorted(ends.items()) if t in inputs])
         for future in admin.alter_consumer_group_offsets([request]).values():
             future.result(timeout=30)
 

@@ -356,7 +356,7 @@ def write_outputs(results: dict[str, Any], out_dir: Path, results_md: Path | Non
 
 
 def _int_list(text: str) -> list[int]:
-    return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+    return [int(part) for part in text.split(",") if part.strip()]
 
 
 def main() -> int:

@@ -144,8 +144,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return Path(value)
     if name in ("metrics_port", "state_memory_mb"):
         try:
-            number = int(value)
+            return int(value)
         except (TypeError, ValueError) as exc:
             raise SettingsError(f"{source}: {name} must be an integer, got {value!r}") from exc
-        return number
     return value

@@ -19,6 +19,7 @@ from pathlib import Path
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager, WriteOptions
 
 from processors.runtime.state import keys as K
+from processors.settings import Settings
 
 _OFFSET = K.meta_key("changelog_offset")
 _CLOSED_AT = K.meta_key("closed_at")
@@ -29,7 +30,7 @@ class StoreLockedError(RuntimeError):
     """Another process holds the RocksDB lock of this store directory."""
 
 
-DEFAULT_STORE_MEMORY_MB = 256  # as Settings.state_memory_mb, for stores opened outside a worker
+DEFAULT_STORE_MEMORY_MB: int = Settings.state_memory_mb  # for stores opened outside a worker
 _MAX_WRITE_BUFFER = 16 << 20
 _SHARED: dict[int, "StoreMemory"] = {}
 _SHARED_LOCK = threading.Lock()
