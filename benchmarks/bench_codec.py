@@ -16,8 +16,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -38,7 +39,7 @@ ORDER = {
     ],
     "total_minor": 5447,
     "currency": "EUR",
-    "created_at": dt.datetime(2024, 5, 1, 12, 30, 15, 123000, tzinfo=dt.timezone.utc),
+    "created_at": dt.datetime(2024, 5, 1, 12, 30, 15, 123000, tzinfo=dt.UTC),
     "shipping_address": {
         "name": "Ada Lovelace",
         "line1": "12 St James's Square",
@@ -70,7 +71,10 @@ def run(events: int, runs: int) -> dict[str, Any]:
     v2_bytes = codec.encode("order.created", ORDER)
     v1_bytes = codec.encode("order.created", ORDER_V1, version=1)
     envelope = Envelope.new(
-        "order.created", "/shop/checkout", tenant="acme", traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        "order.created",
+        "/shop/checkout",
+        tenant="acme",
+        traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
     ).child("payment.authorized", "/payments")
     headers = envelope.to_headers()
     header_bytes = sum(len(k) + len(v) for k, v in headers)

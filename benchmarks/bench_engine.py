@@ -72,16 +72,24 @@ def build_app(app_id: str, contracts: Path, schemas: Path) -> App:
 
 
 def preload(bootstrap: str, app: App, topic: str, events: int, keys: int) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 50,
-                         "enable.idempotence": True, "batch.num.messages": 10000})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "partitioner": "murmur2_random",
+            "linger.ms": 50,
+            "enable.idempotence": True,
+            "batch.num.messages": 10000,
+        }
+    )
     encode = app.codec.encode
     for i in range(events):
         name = f"key-{i % keys}"
         env = Envelope.new("counter.incremented", "/bench/load")
         while True:
             try:
-                producer.produce(topic, encode("counter.incremented", {"name": name, "by": 1}), name,
-                                 headers=env.to_headers())
+                producer.produce(
+                    topic, encode("counter.incremented", {"name": name, "by": 1}), name, headers=env.to_headers()
+                )
                 break
             except BufferError:
                 producer.poll(0.1)
@@ -91,11 +99,23 @@ def preload(bootstrap: str, app: App, topic: str, events: int, keys: int) -> Non
 def raw_loop(bootstrap: str, topic: str, out_topic: str, events: int, eos: bool, batch: int) -> float:
     """Events/s of a plain consume→produce loop (the baseline)."""
     group = f"bench-raw-{uuid.uuid4().hex[:8]}"
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
-                         "enable.auto.commit": False, "isolation.level": "read_committed",
-                         "fetch.wait.max.ms": 100})
-    pconf = {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "enable.idempotence": True,
-             "linger.ms": 5, "batch.num.messages": 10000}
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    pconf = {
+        "bootstrap.servers": bootstrap,
+        "partitioner": "murmur2_random",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "batch.num.messages": 10000,
+    }
     if eos:
         pconf["transactional.id"] = f"{group}.tx"
     producer = Producer(pconf)
@@ -139,9 +159,19 @@ def raw_loop(bootstrap: str, topic: str, out_topic: str, events: int, eos: bool,
     return events / elapsed
 
 
-def agent_run(bootstrap: str, contracts: Path, schemas: Path, prefix: str, events: int, eos: bool, batch: int,
-              state_root: Path, profile: str | None = None,
-              app_factory: Callable[[str, Path, Path], App] | None = None, agent: str | None = None) -> float:
+def agent_run(
+    bootstrap: str,
+    contracts: Path,
+    schemas: Path,
+    prefix: str,
+    events: int,
+    eos: bool,
+    batch: int,
+    state_root: Path,
+    profile: str | None = None,
+    app_factory: Callable[[str, Path, Path], App] | None = None,
+    agent: str | None = None,
+) -> float:
     """Events/s of one agent of an app over the pre-loaded input, from its first batch to the commit
     of the batch that reached ``events``. ``app_factory(app_id, contracts, schemas)`` builds the app
     (default: :func:`build_app`, the counter workload) and ``agent`` names the agent to run
@@ -151,8 +181,14 @@ def agent_run(bootstrap: str, contracts: Path, schemas: Path, prefix: str, event
     agent = agent or "counter"
     guarantee = "exactly_once" if eos else "at_least_once"
     settings = Settings(bootstrap_servers=bootstrap, state_dir=state_root / app_id, processing_guarantee=guarantee)
-    worker = Worker(app, settings, agents=[agent], worker_id="bench", guarantee=guarantee,
-                    options=WorkerOptions(batch_size=batch, poll_timeout_s=0.5))
+    worker = Worker(
+        app,
+        settings,
+        agents=[agent],
+        worker_id="bench",
+        guarantee=guarantee,
+        options=WorkerOptions(batch_size=batch, poll_timeout_s=0.5),
+    )
     worker.prepare()
     from processors.runtime.worker import AgentRunner
 
@@ -211,7 +247,9 @@ def main() -> int:
     futures = admin.create_topics([NewTopic(t, args.partitions, replication_factor=-1) for t in (topic, raw_out)])
     for f in futures.values():
         f.result(60)
-    print(f"pre-loading {args.events} events on {topic} ({args.partitions} partitions, {args.keys} keys)...", flush=True)
+    print(
+        f"pre-loading {args.events} events on {topic} ({args.partitions} partitions, {args.keys} keys)...", flush=True
+    )
     t0 = time.perf_counter()
     preload(args.bootstrap, loader_app, topic, args.events, args.keys)
     print(f"  loaded in {time.perf_counter() - t0:.1f}s", flush=True)
@@ -225,8 +263,9 @@ def main() -> int:
                     rate = raw_loop(args.bootstrap, topic, raw_out, args.events, eos, args.batch)
                 else:
                     prof = str(args.profile) if (args.profile and not eos and run == 0) else None
-                    rate = agent_run(args.bootstrap, contracts, schemas, prefix, args.events, eos, args.batch,
-                                     tmp / "state", prof)
+                    rate = agent_run(
+                        args.bootstrap, contracts, schemas, prefix, args.events, eos, args.batch, tmp / "state", prof
+                    )
             except KafkaException as exc:
                 print(f"{name}: failed: {exc}", file=sys.stderr)
                 return 1
@@ -246,10 +285,21 @@ def main() -> int:
         print(f"  {k:42s} {v:.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "events": args.events, "runs": args.runs, "keys": args.keys, "partitions": args.partitions,
-            "batch": args.batch, "runs_events_per_s": cases, "median_events_per_s": med, "ratios": ratios,
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "events": args.events,
+                    "runs": args.runs,
+                    "keys": args.keys,
+                    "partitions": args.partitions,
+                    "batch": args.batch,
+                    "runs_events_per_s": cases,
+                    "median_events_per_s": med,
+                    "ratios": ratios,
+                },
+                indent=2,
+            )
+        )
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

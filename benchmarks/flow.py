@@ -23,11 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import loadgen
+import report
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-import loadgen
-import report
 from processors.agents.app import CommerceConfig, build_app
 from processors.agents.demo import wait_for_members
 from processors.agents.loadgen import OrderMix
@@ -47,8 +47,14 @@ class Terminals:
         self.seen: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-flow-{uuid.uuid4().hex[:6]}",
-                                   "isolation.level": "read_committed", "enable.auto.commit": False})
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-flow-{uuid.uuid4().hex[:6]}",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+            }
+        )
         assignment = []
         for topic in topics.values():
             md = self._consumer.list_topics(topic, timeout=15).topics[topic]
@@ -103,7 +109,8 @@ def start_groups_at_end(settings: Settings, app: Any) -> None:
     for name, spec in app.agents.items():  # the admin API takes one group a call
         inputs = set(app.input_topics(spec))
         request = ConsumerGroupTopicPartitions(
-            app.group_id(name), [TopicPartition(t, p, end) for (t, p), end in sorted(ends.items()) if t in inputs])
+            app.group_id(name), [TopicPartition(t, p, end) for (t, p), end in sorted(ends.items()) if t in inputs]
+        )
         for future in admin.alter_consumer_group_offsets([request]).values():
             future.result(timeout=30)
 
@@ -117,13 +124,22 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
     terminal_topics = {et: app.registry.get(et).topic for et in TERMINAL}
     since = end_offsets(settings, terminal_topics.values())
     start_groups_at_end(settings, app)
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CHOREO_COMMERCE_APP_ID": app_id,
-           "CHOREO_COMMERCE_TIMEOUT_S": "30", "CHOREO_STATE_DIR": str(root / app_id / "worker-0")}
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "CHOREO_COMMERCE_APP_ID": app_id,
+        "CHOREO_COMMERCE_TIMEOUT_S": "30",
+        "CHOREO_STATE_DIR": str(root / app_id / "worker-0"),
+    }
     log_path = root / f"{app_id}-worker.log"
     with open(log_path, "ab") as worker_log:
-        proc = subprocess.Popen([sys.executable, "-m", "processors.cli.main", "worker", "--app", APP_REF,
-                                 "--worker-id", "bench-0"], env=env, stdout=worker_log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "processors.cli.main", "worker", "--app", APP_REF, "--worker-id", "bench-0"],
+            env=env,
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     terminals = None
     try:
         wait_for_members(settings, app, 1, timeout=120)
@@ -142,21 +158,41 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
             rate = max(1.0, share * max_rate)
             sent = {}
             spec = loadgen.LoadSpec(created.topic, 0, created.partitions, key_by="order")
-            offered = loadgen.paced(bootstrap, spec, rate, plan.flow_seconds,
-                                    on_sent=lambda oid, ms: sent.__setitem__(oid, ms), mix=OrderMix(),
-                                    run_id=f"{app_id}-{int(share * 100)}-")
+            offered = loadgen.paced(
+                bootstrap,
+                spec,
+                rate,
+                plan.flow_seconds,
+                on_sent=lambda oid, ms: sent.__setitem__(oid, ms),
+                mix=OrderMix(),
+                run_id=f"{app_id}-{int(share * 100)}-",
+            )
             done = terminals.wait(set(sent), timeout=30 + plan.flow_seconds)
             flow_ms = sorted(float(done[o] - sent[o]) for o in done)
             span = (max(done.values()) - min(sent.values())) / 1000 if done else 0
-            point = {"load_pct": share * 100, "offered_per_s": offered["events_per_s"],
-                     "completed_per_s": len(done) / span if span else None, "orders": len(sent),
-                     "completed": len(done), "p50_ms": report.percentile(flow_ms, 50),
-                     "p95_ms": report.percentile(flow_ms, 95), "p99_ms": report.percentile(flow_ms, 99)}
+            point = {
+                "load_pct": share * 100,
+                "offered_per_s": offered["events_per_s"],
+                "completed_per_s": len(done) / span if span else None,
+                "orders": len(sent),
+                "completed": len(done),
+                "p50_ms": report.percentile(flow_ms, 50),
+                "p95_ms": report.percentile(flow_ms, 95),
+                "p99_ms": report.percentile(flow_ms, 99),
+            }
             points.append(point)
-            log(f"flow: {share * 100:.0f}% ({rate:,.0f}/s offered): {len(done)}/{len(sent)} terminal, "
-                f"p50 {point['p50_ms'] or 0:,.0f} ms, p95 {point['p95_ms'] or 0:,.0f} ms, p99 {point['p99_ms'] or 0:,.0f} ms")
-        return {"status": "ok", "max_orders_per_s": max_rate, "burst_orders": burst, "points": points,
-                "workers": 1, "app": APP_REF}
+            log(
+                f"flow: {share * 100:.0f}% ({rate:,.0f}/s offered): {len(done)}/{len(sent)} terminal, "
+                f"p50 {point['p50_ms'] or 0:,.0f} ms, p95 {point['p95_ms'] or 0:,.0f} ms, p99 {point['p99_ms'] or 0:,.0f} ms"
+            )
+        return {
+            "status": "ok",
+            "max_orders_per_s": max_rate,
+            "burst_orders": burst,
+            "points": points,
+            "workers": 1,
+            "app": APP_REF,
+        }
     finally:
         if terminals is not None:
             terminals.close()

@@ -67,8 +67,14 @@ class Pacer:
     """Offers events at a fixed rate: ``wait()`` before each send sleeps as the bucket says.
     Sleeps are coalesced (never shorter than ``min_sleep``) so a high rate does not spin."""
 
-    def __init__(self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep, min_sleep: float = 0.001) -> None:
+    def __init__(
+        self,
+        rate: float,
+        burst: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        min_sleep: float = 0.001,
+    ) -> None:
         self.bucket = TokenBucket(rate, burst, clock)
         self._sleep = sleep
         self._min_sleep = min_sleep
@@ -101,14 +107,20 @@ class LoadSpec:
 class EventSource:
     """Encoded `order.created` events: (key, value bytes, headers)."""
 
-    def __init__(self, spec: LoadSpec, codec: AvroCodec | None = None, run_id: str = "",
-                 mix: OrderMix | None = None) -> None:
+    def __init__(
+        self, spec: LoadSpec, codec: AvroCodec | None = None, run_id: str = "", mix: OrderMix | None = None
+    ) -> None:
         self.spec = spec
         self.codec = codec or AvroCodec(ContractRegistry.load())
         # By default all orders are valid and confirmable: the single-agent benchmark measures the
         # handling, not rejections. The full flow passes the realistic mix (declines, stock-outs).
-        self.generator = OrderGenerator(seed=spec.seed, mix=mix or OrderMix(declined=0.0, out_of_stock=0.0),
-                                        customers=spec.keys, skew=spec.skew, run_id=run_id)
+        self.generator = OrderGenerator(
+            seed=spec.seed,
+            mix=mix or OrderMix(declined=0.0, out_of_stock=0.0),
+            customers=spec.keys,
+            skew=spec.skew,
+            run_id=run_id,
+        )
 
     def __iter__(self) -> Iterator[tuple[str, bytes, list[tuple[str, bytes]]]]:
         while True:
@@ -153,9 +165,17 @@ class LoadStats:
 
 # ============================================================================ Kafka
 def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
-    return {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "enable.idempotence": True,
-            "linger.ms": 20, "batch.size": 1_000_000, "compression.type": "none",
-            "queue.buffering.max.messages": 500_000, "log_level": 3, **overrides}
+    return {
+        "bootstrap.servers": bootstrap,
+        "partitioner": "murmur2_random",
+        "enable.idempotence": True,
+        "linger.ms": 20,
+        "batch.size": 1_000_000,
+        "compression.type": "none",
+        "queue.buffering.max.messages": 500_000,
+        "log_level": 3,
+        **overrides,
+    }
 
 
 def recreate_topic(admin: AdminClient, topic: str, partitions: int, timeout: float = 30.0) -> None:
@@ -171,8 +191,9 @@ def ensure_topic(admin: AdminClient, topic: str, partitions: int, timeout: float
     deadline = time.monotonic() + timeout
     while True:
         try:
-            for future in admin.create_topics([NewTopic(topic, partitions, replication_factor=-1)],
-                                              operation_timeout=timeout).values():
+            for future in admin.create_topics(
+                [NewTopic(topic, partitions, replication_factor=-1)], operation_timeout=timeout
+            ).values():
                 future.result(timeout=timeout)
             break
         except KafkaException as exc:
@@ -198,8 +219,9 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def preload(bootstrap: str, spec: LoadSpec, recreate: bool = True, progress: bool = False,
-            count_distinct: bool = False) -> dict[str, Any]:
+def preload(
+    bootstrap: str, spec: LoadSpec, recreate: bool = True, progress: bool = False, count_distinct: bool = False
+) -> dict[str, Any]:
     """Write ``spec.events`` events into a (re)created topic as fast as one producer goes;
     ``count_distinct`` also reports how many distinct keys were written."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -235,17 +257,23 @@ def preload(bootstrap: str, spec: LoadSpec, recreate: bool = True, progress: boo
     remaining = producer.flush(120)
     stats.elapsed_s = time.perf_counter() - started
     if remaining or errors:
-        raise RuntimeError(f"pre-load of {spec.topic}: {remaining} undelivered, {len(errors)} failed "
-                           f"({errors[:3]})")
+        raise RuntimeError(f"pre-load of {spec.topic}: {remaining} undelivered, {len(errors)} failed ({errors[:3]})")
     out = {"spec": asdict(spec), **stats.summary()}
     if distinct is not None:
         out["distinct_keys"] = len(distinct)
     return out
 
 
-def paced(bootstrap: str, spec: LoadSpec, rate: float, seconds: float,
-          on_sent: Callable[[str, int], None] | None = None, mix: OrderMix | None = None,
-          run_id: str | None = None, sent_key: str = "key") -> dict[str, Any]:
+def paced(
+    bootstrap: str,
+    spec: LoadSpec,
+    rate: float,
+    seconds: float,
+    on_sent: Callable[[str, int], None] | None = None,
+    mix: OrderMix | None = None,
+    run_id: str | None = None,
+    sent_key: str = "key",
+) -> dict[str, Any]:
     """Offer events at ``rate``/s for ``seconds`` (open loop: the rate does not drop when the
     system under test falls behind). ``on_sent(kafka key, send_time_ms)`` sees each send."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -285,7 +313,11 @@ def main() -> None:
 
     bootstrap = args.bootstrap or Settings.load().bootstrap_servers
     spec = LoadSpec(args.topic, args.events, args.partitions, args.keys, args.skew, args.key_by)
-    out = preload(bootstrap, spec, progress=True) if args.mode == "preload" else paced(bootstrap, spec, args.rate, args.seconds)
+    out = (
+        preload(bootstrap, spec, progress=True)
+        if args.mode == "preload"
+        else paced(bootstrap, spec, args.rate, args.seconds)
+    )
     print(json.dumps(out))
 
 

@@ -10,7 +10,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 import report  # noqa: E402
 
 
@@ -30,8 +29,11 @@ def render(results: dict[str, Any], out_dir: Path) -> list[Path]:
 
 def _throughput(comp: dict[str, Any], path: Path) -> Path:
     summary = comp["summary"]
-    rows = [(label, summary[case]) for case, label in report.CASES
-            if case in summary and summary[case]["events_per_s"] is not None]
+    rows = [
+        (label, summary[case])
+        for case, label in report.CASES
+        if case in summary and summary[case]["events_per_s"] is not None
+    ]
     fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 1.6))
     labels = [label for label, _ in rows]
     medians = [row["events_per_s"] for _, row in rows]
@@ -48,8 +50,11 @@ def _throughput(comp: dict[str, Any], path: Path) -> Path:
         ax.text(row["max_events_per_s"] * 1.1, i, f"{m:,.0f}", va="center", fontsize=8)
     ax.set_xlim(right=max(row["max_events_per_s"] for _, row in rows) * 3)
     load = comp["load"]
-    ax.set_title(f"One process, same pre-loaded topic ({load['mean_event_bytes']:.0f} B/event, "
-                 f"{load['spec']['partitions']} partitions, {load['spec']['keys']:,} keys)", fontsize=10)
+    ax.set_title(
+        f"One process, same pre-loaded topic ({load['mean_event_bytes']:.0f} B/event, "
+        f"{load['spec']['partitions']} partitions, {load['spec']['keys']:,} keys)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -49,12 +49,22 @@ def make_inputs(app: App, events: int, keys: int, partitions: int = 3) -> list[R
     for i in range(events):
         name = f"key-{i % keys}"
         env = Envelope.new("counter.incremented", "/bench/load")
-        out.append((topic, i % partitions, i // partitions, name.encode(),
-                    encode("counter.incremented", {"name": name, "by": 1}), env.to_headers()))
+        out.append(
+            (
+                topic,
+                i % partitions,
+                i // partitions,
+                name.encode(),
+                encode("counter.incremented", {"name": name, "by": 1}),
+                env.to_headers(),
+            )
+        )
     return out
 
 
-def run_once(app: App, inputs: list[Record], batch: int, store: KeyValueStore, with_metrics: bool) -> tuple[float, float]:
+def run_once(
+    app: App, inputs: list[Record], batch: int, store: KeyValueStore, with_metrics: bool
+) -> tuple[float, float]:
     """(seconds in handle, seconds in handle + apply) for all inputs."""
     spec = app.agents["counter"]
     metrics = AgentMetrics(spec.name, "at_least_once") if with_metrics else None
@@ -66,7 +76,7 @@ def run_once(app: App, inputs: list[Record], batch: int, store: KeyValueStore, w
     for start in range(0, len(inputs), batch):
         view = BatchView(store)
         t0 = perf()
-        for topic, p, off, key, value, headers in inputs[start:start + batch]:
+        for topic, p, off, key, value, headers in inputs[start : start + batch]:
             handle(view, topic, p, off, key, value, headers, 0)
         in_handle += perf() - t0
         if metrics is not None:
@@ -118,13 +128,19 @@ def main() -> int:
         store.close()
         handle_us.append(h / args.events * 1e6)
         total_us.append(t / args.events * 1e6)
-        print(f"run {i + 1}: handle {handle_us[-1]:6.2f} µs/event, handle+apply {total_us[-1]:6.2f} µs/event", flush=True)
+        print(
+            f"run {i + 1}: handle {handle_us[-1]:6.2f} µs/event, handle+apply {total_us[-1]:6.2f} µs/event", flush=True
+        )
     best, med = min(handle_us), statistics.median(handle_us)
-    print(f"\nhandle:       best {best:.2f} µs/event ({1e6 / best:,.0f} events/s), median {med:.2f} µs "
-          f"({1e6 / med:,.0f} events/s)")
+    print(
+        f"\nhandle:       best {best:.2f} µs/event ({1e6 / best:,.0f} events/s), median {med:.2f} µs "
+        f"({1e6 / med:,.0f} events/s)"
+    )
     best_t, med_t = min(total_us), statistics.median(total_us)
-    print(f"handle+apply: best {best_t:.2f} µs/event ({1e6 / best_t:,.0f} events/s), median {med_t:.2f} µs "
-          f"({1e6 / med_t:,.0f} events/s)")
+    print(
+        f"handle+apply: best {best_t:.2f} µs/event ({1e6 / best_t:,.0f} events/s), median {med_t:.2f} µs "
+        f"({1e6 / med_t:,.0f} events/s)"
+    )
     return 0
 
 

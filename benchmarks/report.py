@@ -38,7 +38,7 @@ def parse_result(stdout: str) -> dict[str, Any]:
     for line in reversed(stdout.splitlines()):
         start = line.find(RESULT_PREFIX)
         if start >= 0:
-            return json.loads(line[start + len(RESULT_PREFIX):])
+            return json.loads(line[start + len(RESULT_PREFIX) :])
     raise ValueError("no BENCH_RESULT line in the runner's output")
 
 
@@ -79,8 +79,14 @@ def ratios(summary: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
         a = (summary.get(num) or {}).get("events_per_s")
         b = (summary.get(den) or {}).get("events_per_s")
         value = a / b if a is not None and b else None
-        out.append({"ratio": name, "value": value, "target": target,
-                    "met": None if value is None or target is None else value >= target})
+        out.append(
+            {
+                "ratio": name,
+                "value": value,
+                "target": target,
+                "met": None if value is None or target is None else value >= target,
+            }
+        )
     return out
 
 
@@ -103,8 +109,7 @@ def _fmt_ratio(value: float | None) -> str:
 
 
 def comparison_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
-    lines = ["| system | events/s (median) | runs | peak RSS MiB | events |",
-             "|---|---:|---|---:|---:|"]
+    lines = ["| system | events/s (median) | runs | peak RSS MiB | events |", "|---|---:|---|---:|---:|"]
     for case, label in CASES:
         row = summary.get(case)
         if row is None:
@@ -135,13 +140,19 @@ def growth_table(points: Sequence[Mapping[str, Any]], axis: str) -> str:
 
 
 def flow_table(points: Sequence[Mapping[str, Any]]) -> str:
-    lines = ["| offered load | orders/s offered | orders/s completed | p50 ms | p95 ms | p99 ms |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| offered load | orders/s offered | orders/s completed | p50 ms | p95 ms | p99 ms |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for p in points:
+
         def ms(key: str) -> str:
             return "—" if p.get(key) is None else f"{p[key]:,.0f}"
-        lines.append(f"| {p['load_pct']:.0f}% | {_fmt_rate(p.get('offered_per_s'))} | "
-                     f"{_fmt_rate(p.get('completed_per_s'))} | {ms('p50_ms')} | {ms('p95_ms')} | {ms('p99_ms')} |")
+
+        lines.append(
+            f"| {p['load_pct']:.0f}% | {_fmt_rate(p.get('offered_per_s'))} | "
+            f"{_fmt_rate(p.get('completed_per_s'))} | {ms('p50_ms')} | {ms('p95_ms')} | {ms('p99_ms')} |"
+        )
     return "\n".join(lines)
 
 
@@ -209,7 +220,7 @@ def _frame_name(frame: str) -> str:
     for marker in ("/processors/", "/benchmarks/", "/site-packages/", "/lib/python3"):
         i = path.find(marker)
         if i >= 0:
-            path = path[i + 1:] if marker != "/lib/python3" else "stdlib/" + path.rsplit("/", 1)[-1]
+            path = path[i + 1 :] if marker != "/lib/python3" else "stdlib/" + path.rsplit("/", 1)[-1]
             break
     return f"{name} ({path})"
 

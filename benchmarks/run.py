@@ -34,13 +34,13 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
-from confluent_kafka import Consumer  # noqa: E402
-from confluent_kafka.admin import AdminClient  # noqa: E402
-
 import loadgen  # noqa: E402
 import report  # noqa: E402
 import workload  # noqa: E402
+from confluent_kafka import Consumer  # noqa: E402
+from confluent_kafka.admin import AdminClient  # noqa: E402
 from peers import setup as peer_setup  # noqa: E402
+
 from processors.runtime.partitions import watermarks  # noqa: E402
 
 OUT = BENCH / "out"
@@ -62,9 +62,17 @@ class Plan:
     keys: int
     skew: float
     batch: int = 500
-    systems: list[str] = field(default_factory=lambda: [
-        "raw/at_least_once", "raw/exactly_once", "ours/at_least_once", "ours/exactly_once",
-        "quix/at_least_once", "quix/exactly_once", "faust/at_least_once"])
+    systems: list[str] = field(
+        default_factory=lambda: [
+            "raw/at_least_once",
+            "raw/exactly_once",
+            "ours/at_least_once",
+            "ours/exactly_once",
+            "quix/at_least_once",
+            "quix/exactly_once",
+            "faust/at_least_once",
+        ]
+    )
     growth_keys: list[int] = field(default_factory=list)
     growth_events: int = 0
     growth_partitions: list[int] = field(default_factory=list)
@@ -75,14 +83,35 @@ class Plan:
     faust_timeout_s: float = 240.0  # ~30 s of work; a faust run that stalls in a rebalance is cut off sooner
 
     @classmethod
-    def make(cls, quick: bool) -> "Plan":
+    def make(cls, quick: bool) -> Plan:
         if quick:  # < 10 min on 2 cores, peer venvs and broker start included
-            return cls(quick=True, runs=2, events=40_000, faust_events=6_000, partitions=6, keys=10_000, skew=0.0,
-                       growth_keys=[1_000, 100_000], growth_events=40_000, growth_partitions=[1, 6],
-                       flow_burst=2_000, flow_seconds=15.0, timeout_s=240.0)
-        return cls(quick=False, runs=3, events=200_000, faust_events=20_000, partitions=6, keys=10_000, skew=0.0,
-                   growth_keys=[1_000, 10_000, 100_000, 1_000_000], growth_events=1_000_000,
-                   growth_partitions=[1, 3, 6, 12])
+            return cls(
+                quick=True,
+                runs=2,
+                events=40_000,
+                faust_events=6_000,
+                partitions=6,
+                keys=10_000,
+                skew=0.0,
+                growth_keys=[1_000, 100_000],
+                growth_events=40_000,
+                growth_partitions=[1, 6],
+                flow_burst=2_000,
+                flow_seconds=15.0,
+                timeout_s=240.0,
+            )
+        return cls(
+            quick=False,
+            runs=3,
+            events=200_000,
+            faust_events=20_000,
+            partitions=6,
+            keys=10_000,
+            skew=0.0,
+            growth_keys=[1_000, 10_000, 100_000, 1_000_000],
+            growth_events=1_000_000,
+            growth_partitions=[1, 3, 6, 12],
+        )
 
 
 # ============================================================================ broker
@@ -113,7 +142,9 @@ def kafka(keep: bool = False) -> Iterator[tuple[str, str]]:
 
 def delete_prefix(bootstrap: str, prefix: str) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    names = [t for t in admin.list_topics(timeout=15).topics if t.startswith(prefix + ".") or t.startswith(prefix + "-")]
+    names = [
+        t for t in admin.list_topics(timeout=15).topics if t.startswith(prefix + ".") or t.startswith(prefix + "-")
+    ]
     if names:
         for future in admin.delete_topics(names, operation_timeout=30).values():
             with contextlib.suppress(Exception):
@@ -149,16 +180,19 @@ class Config:
         return workload.topics(self.prefix)
 
     @classmethod
-    def prepare(cls, bootstrap: str, root: Path, events: int, partitions: int, keys: int, skew: float,
-                distinct: bool = False) -> "Config":
+    def prepare(
+        cls, bootstrap: str, root: Path, events: int, partitions: int, keys: int, skew: float, distinct: bool = False
+    ) -> Config:
         prefix = "bench" + uuid.uuid4().hex[:6]
         workdir = root / prefix
         workload.write_contracts(workdir, prefix, partitions)
         spec = loadgen.LoadSpec(workload.topics(prefix)["input"], events, partitions, keys, skew)
         log(f"pre-loading {spec.describe()} into {spec.topic}")
         load = loadgen.preload(bootstrap, spec, recreate=True, count_distinct=distinct)
-        log(f"  pre-loaded at {load['events_per_s']:,.0f} events/s, {load['mean_event_bytes']:.0f} bytes/event "
-            f"({load['mean_value_bytes']:.0f} B Avro value + {load['mean_header_bytes']:.0f} B headers + key)")
+        log(
+            f"  pre-loaded at {load['events_per_s']:,.0f} events/s, {load['mean_event_bytes']:.0f} bytes/event "
+            f"({load['mean_value_bytes']:.0f} B Avro value + {load['mean_header_bytes']:.0f} B headers + key)"
+        )
         admin = AdminClient({"bootstrap.servers": bootstrap})
         for name in ("output", "audit", "raw_output"):
             loadgen.ensure_topic(admin, workload.topics(prefix)[name], partitions)
@@ -170,20 +204,66 @@ def command(system: str, guarantee: str, cfg: Config, events: int, batch: int) -
     common = ["--bootstrap", cfg.bootstrap, "--events", str(events)]
     eos = guarantee == "exactly_once"
     if system == "raw":
-        return [PY, str(BENCH / "systems.py"), "raw", *common, "--topic", t["input"], "--out-topic", t["raw_output"],
-                "--batch", str(batch), *(["--eos"] if eos else [])]
+        return [
+            PY,
+            str(BENCH / "systems.py"),
+            "raw",
+            *common,
+            "--topic",
+            t["input"],
+            "--out-topic",
+            t["raw_output"],
+            "--batch",
+            str(batch),
+            *(["--eos"] if eos else []),
+        ]
     if system == "ours":
-        return [PY, str(BENCH / "systems.py"), "ours", *common, "--workdir", str(cfg.workdir), "--prefix", cfg.prefix,
-                "--batch", str(batch), *(["--eos"] if eos else [])]
+        return [
+            PY,
+            str(BENCH / "systems.py"),
+            "ours",
+            *common,
+            "--workdir",
+            str(cfg.workdir),
+            "--prefix",
+            cfg.prefix,
+            "--batch",
+            str(batch),
+            *(["--eos"] if eos else []),
+        ]
     state = tempfile.mkdtemp(prefix=f"{system}-", dir=cfg.workdir)
     if system == "quix":
-        return [str(peer_setup.venv_python("quix")), str(BENCH / "peers" / "quix_agent.py"), *common,
-                "--topic", t["input"], "--out-topic", t["output"], "--audit-topic", t["audit"], "--state-dir", state,
-                "--guarantee", "exactly-once" if eos else "at-least-once"]
+        return [
+            str(peer_setup.venv_python("quix")),
+            str(BENCH / "peers" / "quix_agent.py"),
+            *common,
+            "--topic",
+            t["input"],
+            "--out-topic",
+            t["output"],
+            "--audit-topic",
+            t["audit"],
+            "--state-dir",
+            state,
+            "--guarantee",
+            "exactly-once" if eos else "at-least-once",
+        ]
     if system == "faust":
-        return [str(peer_setup.venv_python("faust")), str(BENCH / "peers" / "faust_agent.py"), *common,
-                "--topic", t["input"], "--partitions", str(cfg.spec.partitions), "--out-topic", t["output"],
-                "--audit-topic", t["audit"], "--state-dir", state]
+        return [
+            str(peer_setup.venv_python("faust")),
+            str(BENCH / "peers" / "faust_agent.py"),
+            *common,
+            "--topic",
+            t["input"],
+            "--partitions",
+            str(cfg.spec.partitions),
+            "--out-topic",
+            t["output"],
+            "--audit-topic",
+            t["audit"],
+            "--state-dir",
+            state,
+        ]
     raise ValueError(f"unknown system {system!r}")
 
 
@@ -194,18 +274,34 @@ def run_system(system: str, guarantee: str, cfg: Config, events: int, batch: int
     before = topic_end(cfg.bootstrap, out_topic)
     started = time.monotonic()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=str(REPO),
-                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            cwd=str(REPO),
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
     except subprocess.TimeoutExpired:
-        return {"system": system, "guarantee": guarantee, "events": events, "events_per_s": None,
-                "error": f"timed out after {timeout_s:.0f}s"}
+        return {
+            "system": system,
+            "guarantee": guarantee,
+            "events": events,
+            "events_per_s": None,
+            "error": f"timed out after {timeout_s:.0f}s",
+        }
     wall = time.monotonic() - started
     try:
         result = report.parse_result(proc.stdout)
     except ValueError:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
-        return {"system": system, "guarantee": guarantee, "events": events, "events_per_s": None,
-                "error": f"exit {proc.returncode}: {tail}"}
+        return {
+            "system": system,
+            "guarantee": guarantee,
+            "events": events,
+            "events_per_s": None,
+            "error": f"exit {proc.returncode}: {tail}",
+        }
     result["guarantee"] = guarantee
     result["process_wall_s"] = round(wall, 2)
     written = topic_end(cfg.bootstrap, out_topic) - before
@@ -221,7 +317,7 @@ def comparison(bootstrap: str, plan: Plan, root: Path) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     try:
         for rep in range(plan.runs):
-            order = plan.systems[rep % len(plan.systems):] + plan.systems[:rep % len(plan.systems)]
+            order = plan.systems[rep % len(plan.systems) :] + plan.systems[: rep % len(plan.systems)]
             for case in order:
                 system, guarantee = case.split("/")
                 events = plan.faust_events if system == "faust" else plan.events
@@ -230,9 +326,14 @@ def comparison(bootstrap: str, plan: Plan, root: Path) -> dict[str, Any]:
                 result["repeat"] = rep + 1
                 runs.append(result)
                 rate = result.get("events_per_s")
-                log(f"run {rep + 1}/{plan.runs} {case:22s} " + (f"{rate:>10,.0f} events/s, peak RSS "
-                    f"{result.get('peak_rss_mb', 0):.0f} MiB" if rate and not result.get("error") else
-                    f"FAILED: {result.get('error')}"))
+                log(
+                    f"run {rep + 1}/{plan.runs} {case:22s} "
+                    + (
+                        f"{rate:>10,.0f} events/s, peak RSS {result.get('peak_rss_mb', 0):.0f} MiB"
+                        if rate and not result.get("error")
+                        else f"FAILED: {result.get('error')}"
+                    )
+                )
     finally:
         delete_prefix(bootstrap, cfg.prefix)
     summary = report.summarize(runs)
@@ -246,28 +347,41 @@ def growth(bootstrap: str, plan: Plan, root: Path) -> dict[str, Any]:
         out["keys"].append(_growth_point(bootstrap, plan, root, keys=keys, partitions=plan.partitions, axis="keys"))
     for partitions in plan.growth_partitions:
         events = min(plan.events, plan.growth_events)
-        out["partitions"].append(_growth_point(bootstrap, plan, root, keys=plan.keys, partitions=partitions,
-                                               axis="partitions", events=events))
+        out["partitions"].append(
+            _growth_point(
+                bootstrap, plan, root, keys=plan.keys, partitions=partitions, axis="partitions", events=events
+            )
+        )
     out["rss_spread_keys"] = report.rss_spread(out["keys"])
     return out
 
 
-def _growth_point(bootstrap: str, plan: Plan, root: Path, keys: int, partitions: int, axis: str,
-                  events: int | None = None) -> dict[str, Any]:
+def _growth_point(
+    bootstrap: str, plan: Plan, root: Path, keys: int, partitions: int, axis: str, events: int | None = None
+) -> dict[str, Any]:
     events = events or max(plan.growth_events, 0)
     cfg = Config.prepare(bootstrap, root, events, partitions, keys, plan.skew, distinct=True)
     try:
-        results = [run_system("ours", "at_least_once", cfg, events, plan.batch, plan.timeout_s * 4)
-                   for _ in range(1 if plan.quick else plan.runs)]
+        results = [
+            run_system("ours", "at_least_once", cfg, events, plan.batch, plan.timeout_s * 4)
+            for _ in range(1 if plan.quick else plan.runs)
+        ]
     finally:
         delete_prefix(bootstrap, cfg.prefix)
     ok = [r for r in results if not r.get("error")]
-    point = {"keys": keys, "partitions": partitions, "events": events, "distinct_keys": cfg.load.get("distinct_keys"),
-             "events_per_s": report.median_or_none(r["events_per_s"] for r in ok),
-             "peak_rss_mb": report.median_or_none(r.get("peak_rss_mb") for r in ok),
-             "runs": results}
-    log(f"growth {axis}={point[axis]:,}: {point['events_per_s'] or 0:,.0f} events/s, "
-        f"peak RSS {point['peak_rss_mb'] or 0:.0f} MiB")
+    point = {
+        "keys": keys,
+        "partitions": partitions,
+        "events": events,
+        "distinct_keys": cfg.load.get("distinct_keys"),
+        "events_per_s": report.median_or_none(r["events_per_s"] for r in ok),
+        "peak_rss_mb": report.median_or_none(r.get("peak_rss_mb") for r in ok),
+        "runs": results,
+    }
+    log(
+        f"growth {axis}={point[axis]:,}: {point['events_per_s'] or 0:,.0f} events/s, "
+        f"peak RSS {point['peak_rss_mb'] or 0:.0f} MiB"
+    )
     return point
 
 
@@ -282,8 +396,13 @@ def profile(bootstrap: str, plan: Plan, root: Path, out_dir: Path) -> dict[str, 
     try:
         cmd = command("ours", "at_least_once", cfg, plan.events, plan.batch)
         for fmt, path in (("raw", raw_path), ("flamegraph", svg_path)):
-            proc = subprocess.run([spy, "record", "--rate", "250", "--format", fmt, "-o", str(path), "--", *cmd],
-                                  capture_output=True, text=True, timeout=plan.timeout_s, cwd=str(REPO))
+            proc = subprocess.run(
+                [spy, "record", "--rate", "250", "--format", fmt, "-o", str(path), "--", *cmd],
+                capture_output=True,
+                text=True,
+                timeout=plan.timeout_s,
+                cwd=str(REPO),
+            )
             if proc.returncode != 0 or not path.is_file():
                 return {"status": "failed", "reason": (proc.stderr or proc.stdout).strip()[-300:]}
             if fmt == "raw":
@@ -291,10 +410,15 @@ def profile(bootstrap: str, plan: Plan, root: Path, out_dir: Path) -> dict[str, 
     finally:
         delete_prefix(bootstrap, cfg.prefix)
     prof = report.collapse_profile(raw_path.read_text())
-    prof.update(status="ok", events_per_s_under_profiler=result.get("events_per_s"),
-                flamegraph=str(svg_path.relative_to(REPO)) if svg_path.is_relative_to(REPO) else str(svg_path))
-    log(f"profile: {prof['samples']} samples; top self: "
-        + ", ".join(f"{r['function']} {r['share'] * 100:.0f}%" for r in prof["self"][:3]))
+    prof.update(
+        status="ok",
+        events_per_s_under_profiler=result.get("events_per_s"),
+        flamegraph=str(svg_path.relative_to(REPO)) if svg_path.is_relative_to(REPO) else str(svg_path),
+    )
+    log(
+        f"profile: {prof['samples']} samples; top self: "
+        + ", ".join(f"{r['function']} {r['share'] * 100:.0f}%" for r in prof["self"][:3])
+    )
     return prof
 
 
@@ -326,9 +450,14 @@ def machine() -> dict[str, Any]:
     import fastavro
 
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem_gib, "os": platform.platform(),
-        "python": platform.python_version(), "confluent_kafka": getattr(confluent_kafka, "__version__", None) or str(confluent_kafka.version()),
-        "librdkafka": confluent_kafka.libversion()[0], "fastavro": fastavro.__version__,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": mem_gib,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "confluent_kafka": getattr(confluent_kafka, "__version__", None) or str(confluent_kafka.version()),
+        "librdkafka": confluent_kafka.libversion()[0],
+        "fastavro": fastavro.__version__,
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "peers": {peer: reqs for peer, reqs in peer_setup.REQUIREMENTS.items()},
     }
@@ -370,14 +499,20 @@ def main() -> int:
     parser.add_argument("--skew", type=float, help="0 = uniform keys, ~1.1 = Zipf-skewed")
     parser.add_argument("--systems", help="comma-separated cases, e.g. raw/at_least_once,ours/at_least_once")
     parser.add_argument("--growth-keys", type=_int_list, help="key counts of the growth section, e.g. 1000,1000000")
-    parser.add_argument("--growth-partitions", type=_int_list, help="partition counts of the growth section ('' for none)")
+    parser.add_argument(
+        "--growth-partitions", type=_int_list, help="partition counts of the growth section ('' for none)"
+    )
     parser.add_argument("--only", default="comparison,growth,profile,flow", help="sections to run")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--results-md", type=Path, default=BENCH / "RESULTS.md")
     parser.add_argument("--no-results-md", action="store_true", help="do not touch RESULTS.md")
     parser.add_argument("--keep-broker", action="store_true")
-    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
-                        help="only redo the plots and the RESULTS.md section from an earlier results.json")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="only redo the plots and the RESULTS.md section from an earlier results.json",
+    )
     args = parser.parse_args()
     if args.render:
         results = json.loads(args.render.read_text())
@@ -393,14 +528,21 @@ def main() -> int:
     sections = {s.strip() for s in args.only.split(",")}
     started = time.monotonic()
     t0 = time.monotonic()
-    peers = sorted({c.split("/")[0] for c in plan.systems} & set(peer_setup.REQUIREMENTS)) if "comparison" in sections else []
+    peers = (
+        sorted({c.split("/")[0] for c in plan.systems} & set(peer_setup.REQUIREMENTS))
+        if "comparison" in sections
+        else []
+    )
     for peer in peers:
         peer_setup.venv_python(peer)
     venv_s = time.monotonic() - t0
     results: dict[str, Any] = {
-        "benchmark": "choreo-streams load benchmarks", "quick": plan.quick,
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(), "plan": asdict(plan), "peer_venvs_s": round(venv_s, 1),
+        "benchmark": "choreo-streams load benchmarks",
+        "quick": plan.quick,
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "plan": asdict(plan),
+        "peer_venvs_s": round(venv_s, 1),
     }
     root = Path(tempfile.mkdtemp(prefix="choreo-bench-"))
     try:

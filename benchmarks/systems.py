@@ -33,8 +33,15 @@ def peak_rss_mb() -> float:
 
 
 def emit(system: str, guarantee: str, events: int, rate: float, **extra: object) -> None:
-    record = {"system": system, "guarantee": guarantee, "events": events, "events_per_s": round(rate, 1),
-              "elapsed_s": round(events / rate, 4), "peak_rss_mb": round(peak_rss_mb(), 1), **extra}
+    record = {
+        "system": system,
+        "guarantee": guarantee,
+        "events": events,
+        "events_per_s": round(rate, 1),
+        "elapsed_s": round(events / rate, 4),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        **extra,
+    }
     sys.stdout.write("BENCH_RESULT " + json.dumps(record) + "\n")
     sys.stdout.flush()
 
@@ -58,8 +65,17 @@ def main() -> None:
         rate = bench_engine.raw_loop(args.bootstrap, args.topic, args.out_topic, args.events, args.eos, args.batch)
     else:
         contracts, schemas = args.workdir / "contracts", args.workdir / "schemas"
-        rate = workload.run_engine_agent(args.bootstrap, contracts, schemas, args.prefix, args.events, args.eos,
-                                         args.batch, args.workdir / "state", args.profile)
+        rate = workload.run_engine_agent(
+            args.bootstrap,
+            contracts,
+            schemas,
+            args.prefix,
+            args.events,
+            args.eos,
+            args.batch,
+            args.workdir / "state",
+            args.profile,
+        )
     emit(args.system, guarantee, args.events, rate, wall_s=round(time.perf_counter() - started, 2))
 
 

@@ -62,18 +62,44 @@ def build_app(app_id: str, contracts: Path, schemas: Path) -> App:
         state = ctx.state
         state["orders"] = state.get("orders", 0) + 1
         state["total_minor"] = state.get("total_minor", 0) + order["total_minor"]
-        ctx.emit(OUTPUT_TYPE, event.key, {
-            "order_id": order["order_id"], "total_minor": order["total_minor"],
-            "currency": order["currency"], "confirmed_at": int(time.time() * 1000),
-        })
+        ctx.emit(
+            OUTPUT_TYPE,
+            event.key,
+            {
+                "order_id": order["order_id"],
+                "total_minor": order["total_minor"],
+                "currency": order["currency"],
+                "confirmed_at": int(time.time() * 1000),
+            },
+        )
 
     return app
 
 
-def run_engine_agent(bootstrap: str, contracts: Path, schemas: Path, prefix: str, events: int, eos: bool,
-                     batch: int, state_root: Path, profile: str | None = None) -> float:
+def run_engine_agent(
+    bootstrap: str,
+    contracts: Path,
+    schemas: Path,
+    prefix: str,
+    events: int,
+    eos: bool,
+    batch: int,
+    state_root: Path,
+    profile: str | None = None,
+) -> float:
     """Events/s of our agent on the workload, through bench_engine's harness."""
     import bench_engine
 
-    return bench_engine.agent_run(bootstrap, contracts, schemas, prefix, events, eos, batch, state_root, profile,
-                                  app_factory=build_app, agent=AGENT)
+    return bench_engine.agent_run(
+        bootstrap,
+        contracts,
+        schemas,
+        prefix,
+        events,
+        eos,
+        batch,
+        state_root,
+        profile,
+        app_factory=build_app,
+        agent=AGENT,
+    )

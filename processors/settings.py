@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +50,7 @@ class Settings:
         config_file: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         **overrides: Any,
-    ) -> "Settings":
+    ) -> Settings:
         """Build settings from defaults, the config file, the environment and explicit overrides
         (``None`` overrides are ignored, so CLI options that were not given do not mask the env)."""
         env = os.environ if env is None else env
@@ -66,7 +67,7 @@ class Settings:
         settings._validate()
         return settings
 
-    def _merge_file(self, path: Path) -> "Settings":
+    def _merge_file(self, path: Path) -> Settings:
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError as exc:
@@ -81,7 +82,7 @@ class Settings:
         values: dict[str, Any] = {k: _coerce(k, v, str(path)) for k, v in data.items()}
         return replace(self, kafka={**self.kafka, **kafka}, **values)
 
-    def _merge_env(self, env: Mapping[str, str]) -> "Settings":
+    def _merge_env(self, env: Mapping[str, str]) -> Settings:
         values: dict[str, Any] = {}
         if env.get("KAFKA_BOOTSTRAP_SERVERS"):
             values["bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
@@ -92,7 +93,7 @@ class Settings:
         kafka = dict(self.kafka)
         for key, value in env.items():
             if key.startswith(_KAFKA_ENV_PREFIX) and len(key) > len(_KAFKA_ENV_PREFIX):
-                kafka[key[len(_KAFKA_ENV_PREFIX):].lower().replace("_", ".")] = value
+                kafka[key[len(_KAFKA_ENV_PREFIX) :].lower().replace("_", ".")] = value
         return replace(self, kafka=kafka, **values)
 
     def _validate(self) -> None:

@@ -117,7 +117,7 @@ def now_ms() -> int:
 
 
 def rfc3339(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 class Workload:
@@ -128,9 +128,17 @@ class Workload:
         self.agent = agent
         self.codec = Codec()
 
-    def outputs(self, order: dict[str, Any], in_headers: Any, topic: str, partition: int, offset: int,
-                before: dict[str, Any] | None, after: dict[str, Any], received_ms: int
-                ) -> tuple[bytes, list[tuple[str, bytes]], bytes, list[tuple[str, bytes]]]:
+    def outputs(
+        self,
+        order: dict[str, Any],
+        in_headers: Any,
+        topic: str,
+        partition: int,
+        offset: int,
+        before: dict[str, Any] | None,
+        after: dict[str, Any],
+        received_ms: int,
+    ) -> tuple[bytes, list[tuple[str, bytes]], bytes, list[tuple[str, bytes]]]:
         """(follow-up bytes, its headers, audit bytes, its headers) for one processed order."""
         idem = header(in_headers, "ce_idempotencykey") or ""
         cause_id = header(in_headers, "ce_id") or ""
@@ -139,21 +147,39 @@ class Workload:
         now = now_ms()
         out_key = derive_key(idem, OUTPUT_TYPE)
         out_id = str(uuid.uuid4())
-        confirmed = self.codec.encode_confirmed({
-            "order_id": order["order_id"], "total_minor": order["total_minor"],
-            "currency": order["currency"], "confirmed_at": now,
-        })
+        confirmed = self.codec.encode_confirmed(
+            {
+                "order_id": order["order_id"],
+                "total_minor": order["total_minor"],
+                "currency": order["currency"],
+                "confirmed_at": now,
+            }
+        )
         out_headers = _ce_headers(out_id, OUTPUT_TYPE, now, out_key, correlation, cause_id, hops)
-        audit = self.codec.encode_audit({
-            "agent_name": self.agent, "agent_version": "1", "worker_id": f"{self.agent}-{os.getpid()}",
-            "input_event_id": cause_id, "input_event_type": INPUT_TYPE, "topic": topic,
-            "partition": partition, "offset": offset, "outcome": "PROCESSED",
-            "state_before": None if before is None else dumps(before), "state_after": dumps(after),
-            "emitted_event_ids": [out_id], "correlation_id": correlation,
-            "received_at": received_ms, "handled_at": now, "error": None,
-        })
+        audit = self.codec.encode_audit(
+            {
+                "agent_name": self.agent,
+                "agent_version": "1",
+                "worker_id": f"{self.agent}-{os.getpid()}",
+                "input_event_id": cause_id,
+                "input_event_type": INPUT_TYPE,
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "outcome": "PROCESSED",
+                "state_before": None if before is None else dumps(before),
+                "state_after": dumps(after),
+                "emitted_event_ids": [out_id],
+                "correlation_id": correlation,
+                "received_at": received_ms,
+                "handled_at": now,
+                "error": None,
+            }
+        )
         audit_id = str(uuid.uuid4())
-        audit_headers = _ce_headers(audit_id, AUDIT_TYPE, now, derive_key(idem, AUDIT_TYPE), correlation, cause_id, hops)
+        audit_headers = _ce_headers(
+            audit_id, AUDIT_TYPE, now, derive_key(idem, AUDIT_TYPE), correlation, cause_id, hops
+        )
         return confirmed, out_headers, audit, audit_headers
 
 
@@ -162,13 +188,20 @@ def update_state(before: dict[str, Any] | None, order: dict[str, Any]) -> dict[s
     return {"orders": before["orders"] + 1, "total_minor": before["total_minor"] + order["total_minor"]}
 
 
-def _ce_headers(event_id: str, event_type: str, ms: int, idem: str, correlation: str, causation: str,
-                hops: int) -> list[tuple[str, bytes]]:
+def _ce_headers(
+    event_id: str, event_type: str, ms: int, idem: str, correlation: str, causation: str, hops: int
+) -> list[tuple[str, bytes]]:
     return [
-        ("ce_id", event_id.encode()), ("ce_type", event_type.encode()), ("ce_source", SOURCE.encode()),
-        ("ce_specversion", b"1.0"), ("ce_time", rfc3339(ms).encode()), ("content-type", b"application/avro"),
-        ("ce_idempotencykey", idem.encode()), ("ce_hopcount", str(hops).encode()),
-        ("ce_correlationid", correlation.encode()), ("ce_causationid", causation.encode()),
+        ("ce_id", event_id.encode()),
+        ("ce_type", event_type.encode()),
+        ("ce_source", SOURCE.encode()),
+        ("ce_specversion", b"1.0"),
+        ("ce_time", rfc3339(ms).encode()),
+        ("content-type", b"application/avro"),
+        ("ce_idempotencykey", idem.encode()),
+        ("ce_hopcount", str(hops).encode()),
+        ("ce_correlationid", correlation.encode()),
+        ("ce_causationid", causation.encode()),
     ]
 
 
@@ -179,8 +212,13 @@ def peak_rss_mb() -> float:
 
 def result_line(system: str, events: int, elapsed_s: float, **extra: Any) -> None:
     """The runner's one line of JSON on stdout: what run.py reads."""
-    record = {"system": system, "events": events, "elapsed_s": round(elapsed_s, 4),
-              "events_per_s": round(events / elapsed_s, 1) if elapsed_s > 0 else None,
-              "peak_rss_mb": round(peak_rss_mb(), 1), **extra}
+    record = {
+        "system": system,
+        "events": events,
+        "elapsed_s": round(elapsed_s, 4),
+        "events_per_s": round(events / elapsed_s, 1) if elapsed_s > 0 else None,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        **extra,
+    }
     sys.stdout.write("BENCH_RESULT " + json.dumps(record) + "\n")
     sys.stdout.flush()

@@ -84,16 +84,22 @@ def build(args: argparse.Namespace, state_dir: str) -> tuple[faust.App, dict[str
                 seen[idem] = received + DEDUPE_TTL_MS
                 message = event.message
                 out, out_headers, record, audit_headers = WORKLOAD.outputs(
-                    order, headers, message.topic, message.partition, message.offset, before, after, received)
+                    order, headers, message.topic, message.partition, message.offset, before, after, received
+                )
                 await confirmed.send(key=key.encode(), value=out, headers=out_headers)
                 await audit.send(key=key.encode(), value=record, headers=audit_headers)
             progress["handled"] += 1
             if progress["handled"] == args.events:
                 await app.producer.flush()
                 progress["done"] = time.perf_counter()
-                result_line("faust", args.events, progress["done"] - progress["first"],
-                            guarantee="at_least_once", handled=progress["handled"],
-                            duplicates=progress["duplicates"])
+                result_line(
+                    "faust",
+                    args.events,
+                    progress["done"] - progress["first"],
+                    guarantee="at_least_once",
+                    handled=progress["handled"],
+                    duplicates=progress["duplicates"],
+                )
                 # Measured; a faust worker has no "stop after N" of its own: leave now.
                 logging.shutdown()
                 os._exit(0)

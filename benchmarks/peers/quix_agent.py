@@ -33,6 +33,7 @@ from quixstreams.models.serializers import Deserializer  # noqa: E402
 SEEN = "seen:"
 TOTALS = "totals"
 
+
 class SingleObjectAvroDeserializer(Deserializer):
     """order.created, any contract version, resolved to v2 (Avro single-object encoding)."""
 
@@ -44,8 +45,16 @@ class SingleObjectAvroDeserializer(Deserializer):
         return self.codec.decode_order(value)
 
 
-def build(bootstrap: str, topic: str, events: int, guarantee: str, state_dir: str, group: str,
-          out_topic: str, audit_topic: str) -> tuple[Application, dict[str, Any]]:
+def build(
+    bootstrap: str,
+    topic: str,
+    events: int,
+    guarantee: str,
+    state_dir: str,
+    group: str,
+    out_topic: str,
+    audit_topic: str,
+) -> tuple[Application, dict[str, Any]]:
     workload = Workload("quix-bench")
     progress: dict[str, Any] = {"handled": 0, "duplicates": 0, "first": None, "last": None}
     app = Application(
@@ -80,7 +89,8 @@ def build(bootstrap: str, topic: str, events: int, guarantee: str, state_dir: st
         state.set(seen_key, received + DEDUPE_TTL_MS)
         ctx = message_context()
         out, out_headers, record, audit_headers = workload.outputs(
-            order, headers, ctx.topic, ctx.partition, ctx.offset, before, after, received)
+            order, headers, ctx.topic, ctx.partition, ctx.offset, before, after, received
+        )
         return {"out": out, "out_headers": out_headers, "audit": record, "audit_headers": audit_headers}
 
     sdf = app.dataframe(orders)
@@ -90,6 +100,7 @@ def build(bootstrap: str, topic: str, events: int, guarantee: str, state_dir: st
     sdf.set_headers(lambda r, k, t, h: r["out_headers"]).apply(lambda r: r["out"]).to_topic(confirmed)
     sdf.set_headers(lambda r, k, t, h: r["audit_headers"]).apply(lambda r: r["audit"]).to_topic(audit)
     return app, progress
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -105,15 +116,23 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     state_dir = args.state_dir or tempfile.mkdtemp(prefix="bench-quix-")
     group = args.group or f"bench-quix-{uuid.uuid4().hex[:8]}"
-    app, progress = build(args.bootstrap, args.topic, args.events, args.guarantee, state_dir, group,
-                          args.out_topic, args.audit_topic)
+    app, progress = build(
+        args.bootstrap, args.topic, args.events, args.guarantee, state_dir, group, args.out_topic, args.audit_topic
+    )
     app.run()
     done = time.perf_counter()
     if progress["first"] is None or progress["handled"] < args.events:
         raise SystemExit(f"quix: handled {progress['handled']} of {args.events} events")
-    result_line("quix", args.events, done - progress["first"], guarantee=args.guarantee,
-                handled=progress["handled"], duplicates=progress["duplicates"],
-                handle_s=round(progress["last"] - progress["first"], 4))
+    result_line(
+        "quix",
+        args.events,
+        done - progress["first"],
+        guarantee=args.guarantee,
+        handled=progress["handled"],
+        duplicates=progress["duplicates"],
+        handle_s=round(progress["last"] - progress["first"], 4),
+    )
+
 
 if __name__ == "__main__":
     main()

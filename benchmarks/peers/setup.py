@@ -62,7 +62,9 @@ def venv_python(peer: str, force: bool = False, quiet: bool = True) -> Path:
 
 def _build(peer: str, target: Path, quiet: bool) -> None:
     started = time.monotonic()
-    print(f"[bench] creating the {peer} venv in {target} ({', '.join(REQUIREMENTS[peer])})", file=sys.stderr, flush=True)
+    print(
+        f"[bench] creating the {peer} venv in {target} ({', '.join(REQUIREMENTS[peer])})", file=sys.stderr, flush=True
+    )
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "venv", str(target)], check=True)

@@ -32,15 +32,18 @@ class CommerceConfig:
     catalog: Catalog = DEFAULT_CATALOG
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "CommerceConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CommerceConfig:
         env = os.environ if env is None else env
         rules = GatewayRules(
             decline_above_minor=int(env.get("CHOREO_GATEWAY_DECLINE_ABOVE_MINOR", GatewayRules.decline_above_minor)),
             latency_s=float(env.get("CHOREO_GATEWAY_LATENCY_MS", "0")) / 1000,
             transient_failure_rate=float(env.get("CHOREO_GATEWAY_FAILURE_RATE", "0")),
         )
-        return cls(app_id=env.get("CHOREO_COMMERCE_APP_ID", APP_ID),
-                   timeout_s=float(env.get("CHOREO_COMMERCE_TIMEOUT_S", "30")), gateway=rules)
+        return cls(
+            app_id=env.get("CHOREO_COMMERCE_APP_ID", APP_ID),
+            timeout_s=float(env.get("CHOREO_COMMERCE_TIMEOUT_S", "30")),
+            gateway=rules,
+        )
 
 
 def build_app(config: CommerceConfig | None = None, gateway: SimulatedPaymentGateway | None = None) -> App:

@@ -80,9 +80,10 @@ def run_demo(app: App, settings: Settings, options: DemoOptions, progress: Progr
         summary["invariant_violations"].append("the agents did not catch up with their inputs within 60s")
     elapsed_s = max(1e-3, (terminal_at - published.first_ms) / 1000)
     summary.update(
-        run_id=run_id, published={"orders": len(published.orders), "undecodable": published.bad,
-                                  "duplicates": published.duplicates},
-        orders_per_s=round(summary["orders"] / elapsed_s, 1), bootstrap=settings.bootstrap_servers,
+        run_id=run_id,
+        published={"orders": len(published.orders), "undecodable": published.bad, "duplicates": published.duplicates},
+        orders_per_s=round(summary["orders"] / elapsed_s, 1),
+        bootstrap=settings.bootstrap_servers,
     )
     return summary
 
@@ -91,14 +92,31 @@ def start_workers(settings: Settings, options: DemoOptions, run_id: str) -> list
     options.work_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     for index in range(options.workers):
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-               "CHOREO_COMMERCE_TIMEOUT_S": str(options.timeout_s),
-               "CHOREO_STATE_DIR": str(options.work_dir / "state" / f"worker-{index}")}
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "CHOREO_COMMERCE_TIMEOUT_S": str(options.timeout_s),
+            "CHOREO_STATE_DIR": str(options.work_dir / "state" / f"worker-{index}"),
+        }
         log = open(options.work_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 - owned by the child
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "processors.cli.main", "worker", "--app", APP_REF,
-             "--worker-id", f"demo-{index}"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "processors.cli.main",
+                    "worker",
+                    "--app",
+                    APP_REF,
+                    "--worker-id",
+                    f"demo-{index}",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        )
         log.close()
     return procs
 
@@ -136,14 +154,16 @@ def wait_for_members(settings: Settings, app: App, members: int, timeout: float)
         if ready == len(groups):
             return
         time.sleep(0.5)
-    raise TimeoutError(f"the workers did not join all {len(groups)} agent groups within {timeout:.0f}s; "
-                       "see .choreo/demo/worker-*.log")
+    raise TimeoutError(
+        f"the workers did not join all {len(groups)} agent groups within {timeout:.0f}s; see .choreo/demo/worker-*.log"
+    )
 
 
 def publish_orders(app: App, settings: Settings, options: DemoOptions, run_id: str, progress: Progress) -> Published:
     rng = random.Random(options.seed)
-    generator = OrderGenerator(seed=options.seed if options.seed is not None else rng.randrange(1 << 30),
-                               mix=options.mix, run_id=f"{run_id}-")
+    generator = OrderGenerator(
+        seed=options.seed if options.seed is not None else rng.randrange(1 << 30), mix=options.mix, run_id=f"{run_id}-"
+    )
     contract = app.registry.get("order.created")
     producer = Producer(settings.producer_config())
     orders, bad, duplicates = [], 0, 0
@@ -158,8 +178,12 @@ def publish_orders(app: App, settings: Settings, options: DemoOptions, run_id: s
             producer.produce(contract.topic, value, generated.order_id.encode(), headers=env.to_headers())
             duplicates += 1
         if rng.random() < options.bad_ratio:
-            producer.produce(contract.topic, _poison(rng, generated.order_id), generated.order_id.encode(),
-                             headers=Envelope.new("order.created", SOURCE).to_headers())
+            producer.produce(
+                contract.topic,
+                _poison(rng, generated.order_id),
+                generated.order_id.encode(),
+                headers=Envelope.new("order.created", SOURCE).to_headers(),
+            )
             bad += 1
         producer.poll(0)
         progress("published", index + 1, options.orders)
@@ -175,8 +199,9 @@ def _poison(rng: random.Random, order_id: str) -> bytes:
     return b"\xc3\x01" + os.urandom(5)
 
 
-def wait_terminal(settings: Settings, orders: list[GeneratedOrder], since, options: DemoOptions,
-                  progress: Progress) -> int:
+def wait_terminal(
+    settings: Settings, orders: list[GeneratedOrder], since, options: DemoOptions, progress: Progress
+) -> int:
     """Follow the terminal topics until every order has its terminal event; returns the time of
     the last one (ms). Raises TimeoutError naming how many are still open."""
     wanted = {o.order_id for o in orders}
@@ -207,9 +232,13 @@ def wait_terminal(settings: Settings, orders: list[GeneratedOrder], since, optio
 
 def outcome_mismatches(ledger, orders: list[GeneratedOrder]) -> list[str]:
     """Each generated order knows what should become of it; say where the flow disagreed."""
-    expected_state = {Expected.CONFIRMED: "confirmed", Expected.PAYMENT_DECLINED: "cancelled_payment_declined",
-                      Expected.OUT_OF_STOCK: "cancelled_out_of_stock", Expected.TIMEOUT: "cancelled_timeout",
-                      Expected.INVALID: "cancelled_invalid"}
+    expected_state = {
+        Expected.CONFIRMED: "confirmed",
+        Expected.PAYMENT_DECLINED: "cancelled_payment_declined",
+        Expected.OUT_OF_STOCK: "cancelled_out_of_stock",
+        Expected.TIMEOUT: "cancelled_timeout",
+        Expected.INVALID: "cancelled_invalid",
+    }
     out = []
     for order in orders:
         events = ledger.terminal.get(order.order_id)

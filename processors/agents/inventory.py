@@ -13,8 +13,13 @@ from processors.agents.rules import order_problems, release_reason, stock_releas
 from processors.runtime import App, Context, Event
 
 CONSUMES = ("order.created", "order.cancelled", "stock.line.reserved", "stock.line.rejected", "stock.line.released")
-PRODUCES = ("stock.reserve.requested", "stock.release.requested", "inventory.reserved", "inventory.rejected",
-            "inventory.released")
+PRODUCES = (
+    "stock.reserve.requested",
+    "stock.release.requested",
+    "inventory.reserved",
+    "inventory.rejected",
+    "inventory.released",
+)
 PENDING, RESERVED, REJECTED, RELEASED = "PENDING", "RESERVED", "REJECTED", "RELEASED"
 
 
@@ -39,10 +44,18 @@ def _request_lines(event: Event, ctx: Context) -> None:
     state["status"] = PENDING
     state["lines"] = [{"sku": it["sku"], "qty": it["qty"], "answer": None} for it in items]
     for index, item in enumerate(items):
-        ctx.emit("stock.reserve.requested", item["sku"], {
-            "order_id": ctx.key, "sku": item["sku"], "qty": item["qty"], "line_index": index,
-            "line_count": len(items), "requested_at": ctx.now_ms,
-        })
+        ctx.emit(
+            "stock.reserve.requested",
+            item["sku"],
+            {
+                "order_id": ctx.key,
+                "sku": item["sku"],
+                "qty": item["qty"],
+                "line_index": index,
+                "line_count": len(items),
+                "requested_at": ctx.now_ms,
+            },
+        )
 
 
 def _on_line_answer(event: Event, ctx: Context) -> None:
@@ -64,9 +77,16 @@ def _on_line_answer(event: Event, ctx: Context) -> None:
         _release_held(ctx, "OUT_OF_STOCK")
         state["status"] = REJECTED
         refused = [{"sku": ln["sku"], "qty": ln["qty"]} for ln in lines if ln["answer"] == "rejected"]
-        ctx.emit("inventory.rejected", ctx.key, {
-            "order_id": ctx.key, "items": refused, "reason": "OUT_OF_STOCK", "rejected_at": ctx.now_ms,
-        })
+        ctx.emit(
+            "inventory.rejected",
+            ctx.key,
+            {
+                "order_id": ctx.key,
+                "items": refused,
+                "reason": "OUT_OF_STOCK",
+                "rejected_at": ctx.now_ms,
+            },
+        )
 
 
 def _on_cancelled(event: Event, ctx: Context) -> None:
@@ -93,21 +113,36 @@ def _release_held(ctx: Context, cancel_reason: str) -> None:
     for index, line in enumerate(ctx.state["lines"]):
         if line["answer"] == "reserved":
             line["answer"] = "released"
-            ctx.emit("stock.release.requested", line["sku"], {
-                "order_id": ctx.key, "sku": line["sku"], "qty": line["qty"], "line_index": index,
-                "reason": stock_release_reason(cancel_reason), "requested_at": ctx.now_ms,
-            })
+            ctx.emit(
+                "stock.release.requested",
+                line["sku"],
+                {
+                    "order_id": ctx.key,
+                    "sku": line["sku"],
+                    "qty": line["qty"],
+                    "line_index": index,
+                    "reason": stock_release_reason(cancel_reason),
+                    "requested_at": ctx.now_ms,
+                },
+            )
 
 
 def _emit_released(ctx: Context, cancel_reason: str) -> None:
-    released = [{"sku": ln["sku"], "qty": ln["qty"]} for ln in ctx.state["lines"]
-                if ln["answer"] in ("released", "returned")]
+    released = [
+        {"sku": ln["sku"], "qty": ln["qty"]} for ln in ctx.state["lines"] if ln["answer"] in ("released", "returned")
+    ]
     ctx.state["status"] = RELEASED
     if released:
-        ctx.emit("inventory.released", ctx.key, {
-            "order_id": ctx.key, "items": released, "reason": release_reason(cancel_reason),
-            "released_at": ctx.now_ms,
-        })
+        ctx.emit(
+            "inventory.released",
+            ctx.key,
+            {
+                "order_id": ctx.key,
+                "items": released,
+                "reason": release_reason(cancel_reason),
+                "released_at": ctx.now_ms,
+            },
+        )
 
 
 def _held(lines: list[dict]) -> list[dict]:

@@ -57,7 +57,9 @@ class FlowLedger:
         elif event_type == "notification.sent":
             self.notifications[(order_id, value["kind"])] += 1
         elif event_type == "stock.line.reserved":
-            self.line_reserved[(order_id, value["line_index"])].append((value["sku"], value["qty"], value["available_after"]))
+            self.line_reserved[(order_id, value["line_index"])].append(
+                (value["sku"], value["qty"], value["available_after"])
+            )
         elif event_type == "stock.line.released":
             self.line_released[(order_id, value["line_index"])] += 1
 
@@ -87,7 +89,9 @@ class FlowLedger:
         out += self._terminal_violations(settled)
         out += self._payment_violations()
         out += self._stock_violations(settled)
-        out += [f"order {o}: {n} notifications of kind {k}" for (o, k), n in sorted(self.notifications.items()) if n > 1]
+        out += [
+            f"order {o}: {n} notifications of kind {k}" for (o, k), n in sorted(self.notifications.items()) if n > 1
+        ]
         out += self._audit_violations()
         return out
 

@@ -111,8 +111,11 @@ class OrderGenerator:
         if expected is Expected.OUT_OF_STOCK:
             skus[-1] = self._random.choice(self._out_of_stock)
         return [
-            {"sku": sku, "qty": self._random.randint(1, 3),
-             "unit_price_minor": self.catalog.products[sku].unit_price_minor}
+            {
+                "sku": sku,
+                "qty": self._random.randint(1, 3),
+                "unit_price_minor": self.catalog.products[sku].unit_price_minor,
+            }
             for sku in skus
         ]
 
@@ -133,7 +136,7 @@ class OrderGenerator:
 
 
 def _zipf_cdf(n: int, s: float) -> list[float]:
-    weights = [1.0 / (rank ** s) for rank in range(1, n + 1)]
+    weights = [1.0 / (rank**s) for rank in range(1, n + 1)]
     total = sum(weights)
     cdf, running = [], 0.0
     for weight in weights:

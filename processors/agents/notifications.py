@@ -11,8 +11,11 @@ from processors.runtime import App, Context, Event
 
 CONSUMES = ("order.created", "order.confirmed", "order.cancelled", "shipment.requested")
 PRODUCES = ("notification.sent",)
-KIND_OF = {"order.confirmed": "ORDER_CONFIRMED", "order.cancelled": "ORDER_CANCELLED",
-           "shipment.requested": "ORDER_SHIPPED"}
+KIND_OF = {
+    "order.confirmed": "ORDER_CONFIRMED",
+    "order.cancelled": "ORDER_CANCELLED",
+    "shipment.requested": "ORDER_SHIPPED",
+}
 
 
 def register(app: App) -> None:
@@ -37,7 +40,15 @@ def _send_pending(ctx: Context) -> None:
         if kind in sent:
             continue
         sent.append(kind)
-        ctx.emit("notification.sent", ctx.key, {
-            "order_id": ctx.key, "notification_id": f"ntf_{ctx.key}_{kind.lower()}", "kind": kind,
-            "channel": "EMAIL", "recipient": state["recipient"], "sent_at": ctx.now_ms,
-        })
+        ctx.emit(
+            "notification.sent",
+            ctx.key,
+            {
+                "order_id": ctx.key,
+                "notification_id": f"ntf_{ctx.key}_{kind.lower()}",
+                "kind": kind,
+                "channel": "EMAIL",
+                "recipient": state["recipient"],
+                "sent_at": ctx.now_ms,
+            },
+        )

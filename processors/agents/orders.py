@@ -21,8 +21,14 @@ TIMEOUT_TIMER = "flow-timeout"
 INVALID_TRANSITION = "invalid_transition"
 
 CONSUMES = (
-    "order.created", "payment.authorized", "payment.declined", "inventory.reserved", "inventory.rejected",
-    "shipment.requested", "payment.refunded", "inventory.released",
+    "order.created",
+    "payment.authorized",
+    "payment.declined",
+    "inventory.reserved",
+    "inventory.rejected",
+    "shipment.requested",
+    "payment.refunded",
+    "inventory.released",
 )
 PRODUCES = ("order.confirmed", "order.cancelled")
 
@@ -32,11 +38,14 @@ def register(app: App, timeout_s: float, max_hops: int) -> None:
 
     def on_timer(timer: Timer, ctx: Context) -> None:
         if timer.name == TIMEOUT_TIMER and ctx.state.get("status") == AWAITING:
-            _cancel(ctx, "TIMEOUT", f"no answer within {timeout_s:g}s "
-                    f"(payment: {ctx.state.get('payment') or 'none'}, stock: {ctx.state.get('stock') or 'none'})")
+            _cancel(
+                ctx,
+                "TIMEOUT",
+                f"no answer within {timeout_s:g}s "
+                f"(payment: {ctx.state.get('payment') or 'none'}, stock: {ctx.state.get('stock') or 'none'})",
+            )
 
-    @app.agent("orders", consumes=CONSUMES, produces=PRODUCES, version="1.0", on_timer=on_timer,
-               max_hops=max_hops)
+    @app.agent("orders", consumes=CONSUMES, produces=PRODUCES, version="1.0", on_timer=on_timer, max_hops=max_hops)
     def orders(event: Event, ctx: Context) -> None:
         handler = _HANDLERS[event.type]
         handler(event, ctx, timeout_s)
@@ -45,8 +54,11 @@ def register(app: App, timeout_s: float, max_hops: int) -> None:
 def _on_created(event: Event, ctx: Context, timeout_s: float) -> None:
     state = ctx.state
     if state.get("created"):
-        raise Reject(INVALID_TRANSITION, f"order {event.key} was already created (status {state.get('status')}); "
-                     f"a second order.created with idempotency key {event.idempotency_key} is refused")
+        raise Reject(
+            INVALID_TRANSITION,
+            f"order {event.key} was already created (status {state.get('status')}); "
+            f"a second order.created with idempotency key {event.idempotency_key} is refused",
+        )
     order = event.value
     state.update(created=True, total_minor=order["total_minor"], currency=order["currency"])
     problems = order_problems(order)
@@ -75,8 +87,10 @@ def _on_shipment(event: Event, ctx: Context, timeout_s: float) -> None:
     if status == SHIPPED:
         return
     if status != CONFIRMED:
-        raise Reject(INVALID_TRANSITION, f"shipment.requested for order {event.key} in status {status or 'unknown'}; "
-                     "only a confirmed order ships")
+        raise Reject(
+            INVALID_TRANSITION,
+            f"shipment.requested for order {event.key} in status {status or 'unknown'}; only a confirmed order ships",
+        )
     ctx.state["status"] = SHIPPED
     ctx.state["shipment_id"] = event.value["shipment_id"]
 
@@ -90,19 +104,32 @@ def _decide(ctx: Context) -> None:
     elif state.get("payment") == "authorized" and state.get("stock") == "reserved":
         state["status"] = CONFIRMED
         ctx.cancel_timer(TIMEOUT_TIMER)
-        ctx.emit("order.confirmed", ctx.key, {
-            "order_id": ctx.key, "total_minor": state["total_minor"], "currency": state["currency"],
-            "confirmed_at": ctx.now_ms,
-        })
+        ctx.emit(
+            "order.confirmed",
+            ctx.key,
+            {
+                "order_id": ctx.key,
+                "total_minor": state["total_minor"],
+                "currency": state["currency"],
+                "confirmed_at": ctx.now_ms,
+            },
+        )
 
 
 def _cancel(ctx: Context, reason: str, detail: str) -> None:
     ctx.state["status"] = CANCELLED
     ctx.state["cancel_reason"] = reason
     ctx.cancel_timer(TIMEOUT_TIMER)
-    ctx.emit("order.cancelled", ctx.key, {
-        "order_id": ctx.key, "reason": reason, "detail": detail[:500], "cancelled_at": ctx.now_ms,
-    })
+    ctx.emit(
+        "order.cancelled",
+        ctx.key,
+        {
+            "order_id": ctx.key,
+            "reason": reason,
+            "detail": detail[:500],
+            "cancelled_at": ctx.now_ms,
+        },
+    )
 
 
 _ANSWERS: dict[str, tuple[str, str]] = {

@@ -19,8 +19,14 @@ PRODUCES = ("payment.authorized", "payment.declined", "payment.refunded")
 
 
 def register(app: App, gateway: SimulatedPaymentGateway) -> None:
-    @app.agent("payments", consumes=CONSUMES, produces=PRODUCES, version="1.0",
-               transient=(GatewayUnavailable,), dependencies=[GATEWAY])
+    @app.agent(
+        "payments",
+        consumes=CONSUMES,
+        produces=PRODUCES,
+        version="1.0",
+        transient=(GatewayUnavailable,),
+        dependencies=[GATEWAY],
+    )
     def payments(event: Event, ctx: Context) -> None:
         if event.type == "order.created":
             _authorize(event, ctx, gateway)
@@ -36,8 +42,12 @@ def _authorize(event: Event, ctx: Context, gateway: SimulatedPaymentGateway) -> 
     if answer is None:
         state["status"] = "no_answer"  # the PSP never answered: the order's timeout cancels it
         return
-    common = {"order_id": order["order_id"], "payment_id": answer.payment_id,
-              "amount_minor": order["total_minor"], "currency": order["currency"]}
+    common = {
+        "order_id": order["order_id"],
+        "payment_id": answer.payment_id,
+        "amount_minor": order["total_minor"],
+        "currency": order["currency"],
+    }
     state.update(payment_id=answer.payment_id, amount_minor=order["total_minor"], currency=order["currency"])
     if answer.approved:
         state["status"] = "authorized"
@@ -57,7 +67,15 @@ def _refund_if_charged(event: Event, ctx: Context, gateway: SimulatedPaymentGate
         return
     ctx.call(GATEWAY, gateway.refund, ctx.key, state["payment_id"], state["amount_minor"])
     state["status"] = "refunded"
-    ctx.emit("payment.refunded", ctx.key, {
-        "order_id": ctx.key, "payment_id": state["payment_id"], "amount_minor": state["amount_minor"],
-        "currency": state["currency"], "reason": refund_reason(event.value["reason"]), "refunded_at": ctx.now_ms,
-    })
+    ctx.emit(
+        "payment.refunded",
+        ctx.key,
+        {
+            "order_id": ctx.key,
+            "payment_id": state["payment_id"],
+            "amount_minor": state["amount_minor"],
+            "currency": state["currency"],
+            "reason": refund_reason(event.value["reason"]),
+            "refunded_at": ctx.now_ms,
+        },
+    )

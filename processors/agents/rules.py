@@ -37,8 +37,12 @@ def order_problems(order: dict[str, Any]) -> list[str]:
 
 
 # order.cancelled reason -> the reason enums of the compensating events.
-REFUND_REASON = {"OUT_OF_STOCK": "OUT_OF_STOCK", "TIMEOUT": "TIMEOUT", "CUSTOMER_REQUEST": "CUSTOMER_REQUEST",
-                 "INVALID": "INVALID"}
+REFUND_REASON = {
+    "OUT_OF_STOCK": "OUT_OF_STOCK",
+    "TIMEOUT": "TIMEOUT",
+    "CUSTOMER_REQUEST": "CUSTOMER_REQUEST",
+    "INVALID": "INVALID",
+}
 RELEASE_REASON = {"PAYMENT_DECLINED": "PAYMENT_DECLINED", "TIMEOUT": "TIMEOUT", "INVALID": "INVALID"}
 
 
@@ -52,4 +56,8 @@ def release_reason(cancel_reason: str) -> str:
 
 
 def stock_release_reason(cancel_reason: str) -> str:
-    return cancel_reason if cancel_reason in {"PAYMENT_DECLINED", "OUT_OF_STOCK", "TIMEOUT", "INVALID"} else "ORDER_CANCELLED"
+    return (
+        cancel_reason
+        if cancel_reason in {"PAYMENT_DECLINED", "OUT_OF_STOCK", "TIMEOUT", "INVALID"}
+        else "ORDER_CANCELLED"
+    )

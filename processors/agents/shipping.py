@@ -30,7 +30,14 @@ def register(app: App) -> None:
 
 def _request(ctx: Context) -> None:
     ctx.state["requested"] = True
-    ctx.emit("shipment.requested", ctx.key, {
-        "order_id": ctx.key, "shipment_id": f"shp_{ctx.key}", "items": ctx.state["items"],
-        "address": ctx.state.get("address"), "requested_at": ctx.now_ms,
-    })
+    ctx.emit(
+        "shipment.requested",
+        ctx.key,
+        {
+            "order_id": ctx.key,
+            "shipment_id": f"shp_{ctx.key}",
+            "items": ctx.state["items"],
+            "address": ctx.state.get("address"),
+            "requested_at": ctx.now_ms,
+        },
+    )

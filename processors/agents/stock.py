@@ -28,23 +28,42 @@ def register(app: App, catalog: Catalog, max_hops: int) -> None:
 
 
 def _reserve(ctx: Context, line: dict, available: int | None) -> None:
-    answer = {"order_id": line["order_id"], "sku": line["sku"], "qty": line["qty"],
-              "line_index": line["line_index"], "line_count": line["line_count"]}
+    answer = {
+        "order_id": line["order_id"],
+        "sku": line["sku"],
+        "qty": line["qty"],
+        "line_index": line["line_index"],
+        "line_count": line["line_count"],
+    }
     if available is None or line["qty"] < 1 or line["qty"] > available:
         reason = "UNKNOWN_SKU" if available is None else ("INVALID" if line["qty"] < 1 else "OUT_OF_STOCK")
-        ctx.emit("stock.line.rejected", line["order_id"],
-                 {**answer, "available": available or 0, "reason": reason, "rejected_at": ctx.now_ms})
+        ctx.emit(
+            "stock.line.rejected",
+            line["order_id"],
+            {**answer, "available": available or 0, "reason": reason, "rejected_at": ctx.now_ms},
+        )
         return
     ctx.state["available"] = available - line["qty"]
-    ctx.emit("stock.line.reserved", line["order_id"],
-             {**answer, "available_after": ctx.state["available"], "reserved_at": ctx.now_ms})
+    ctx.emit(
+        "stock.line.reserved",
+        line["order_id"],
+        {**answer, "available_after": ctx.state["available"], "reserved_at": ctx.now_ms},
+    )
 
 
 def _release(ctx: Context, line: dict, available: int | None) -> None:
     if available is None:
         return  # nothing was ever reserved of an unknown SKU
     ctx.state["available"] = available + line["qty"]
-    ctx.emit("stock.line.released", line["order_id"], {
-        "order_id": line["order_id"], "sku": line["sku"], "qty": line["qty"], "line_index": line["line_index"],
-        "available_after": ctx.state["available"], "released_at": ctx.now_ms,
-    })
+    ctx.emit(
+        "stock.line.released",
+        line["order_id"],
+        {
+            "order_id": line["order_id"],
+            "sku": line["sku"],
+            "qty": line["qty"],
+            "line_index": line["line_index"],
+            "available_after": ctx.state["available"],
+            "released_at": ctx.now_ms,
+        },
+    )

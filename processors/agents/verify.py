@@ -16,9 +16,15 @@ from confluent_kafka.admin import AdminClient
 from processors.agents.ledger import FlowLedger
 from processors.contracts import ContractError
 from processors.runtime import App
-from processors.runtime.conventions import DLQ_ORIGINAL_OFFSET, DLQ_ORIGINAL_PARTITION, DLQ_ORIGINAL_TOPIC, DLQ_REASON, dlq_topic
-from processors.settings import Settings
+from processors.runtime.conventions import (
+    DLQ_ORIGINAL_OFFSET,
+    DLQ_ORIGINAL_PARTITION,
+    DLQ_ORIGINAL_TOPIC,
+    DLQ_REASON,
+    dlq_topic,
+)
 from processors.runtime.partitions import watermarks
+from processors.settings import Settings
 from processors.tooling.kafka_io import PartitionRange, header_value, read_ranges, reader_config
 
 Offsets = Mapping[tuple[str, int], int]
@@ -89,7 +95,9 @@ def _ingest(ledger: FlowLedger, app: App, consumers_of: dict[str, list[str]], ms
         ledger.add_audit(app.codec.decode(app.audit_event_type, msg.value()))
         return
     if topic.endswith(".dlq"):
-        coordinates = tuple(header_value(headers, h) for h in (DLQ_ORIGINAL_TOPIC, DLQ_ORIGINAL_PARTITION, DLQ_ORIGINAL_OFFSET))
+        coordinates = tuple(
+            header_value(headers, h) for h in (DLQ_ORIGINAL_TOPIC, DLQ_ORIGINAL_PARTITION, DLQ_ORIGINAL_OFFSET)
+        )
         ledger.add_dead_letter(header_value(headers, DLQ_REASON) or "unknown", coordinates)
         return
     for agent in consumers_of.get(topic, ()):

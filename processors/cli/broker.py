@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -17,7 +16,7 @@ err = Console(stderr=True)
 DataDirOption = typer.Option(None, "--data-dir", help="Broker data dir [default: $CHOREO_BROKER_DIR or .choreo/broker]")
 
 
-def _broker(data_dir: Optional[Path], port: int = DEFAULT_PORT) -> LocalBroker:
+def _broker(data_dir: Path | None, port: int = DEFAULT_PORT) -> LocalBroker:
     return LocalBroker(data_dir=data_dir or default_data_dir(), port=port)
 
 
@@ -28,8 +27,10 @@ def _fail(exc: Exception) -> None:
 
 @app.command()
 def start(
-    port: int = typer.Option(DEFAULT_PORT, "--port", min=1, max=65534, help="Client port (the controller uses port+1 when free)."),
-    data_dir: Optional[Path] = DataDirOption,
+    port: int = typer.Option(
+        DEFAULT_PORT, "--port", min=1, max=65534, help="Client port (the controller uses port+1 when free)."
+    ),
+    data_dir: Path | None = DataDirOption,
     timeout: float = typer.Option(90.0, "--timeout", help="Seconds to wait for the broker to answer."),
 ) -> None:
     """Format the KRaft log dir on first use, start the broker in the background, wait until it answers."""
@@ -46,7 +47,7 @@ def start(
 
 
 @app.command()
-def status(data_dir: Optional[Path] = DataDirOption) -> None:
+def status(data_dir: Path | None = DataDirOption) -> None:
     """Exit 0 when the broker on this data dir is up and answering, 1 when it is down."""
     broker = _broker(data_dir)
     if broker.status() is BrokerStatus.RUNNING:
@@ -58,7 +59,7 @@ def status(data_dir: Optional[Path] = DataDirOption) -> None:
 
 @app.command()
 def stop(
-    data_dir: Optional[Path] = DataDirOption,
+    data_dir: Path | None = DataDirOption,
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait after SIGTERM before SIGKILL."),
 ) -> None:
     """Stop the broker gracefully (SIGTERM), forcibly (SIGKILL) after the timeout."""

@@ -10,7 +10,7 @@ import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -45,10 +45,12 @@ class InputError(Exception):
 
 @app.command()
 def check(
-    base: Optional[str] = typer.Option(None, "--base", help="Also refuse changes to schema versions that exist at this git revision."),
+    base: str | None = typer.Option(
+        None, "--base", help="Also refuse changes to schema versions that exist at this git revision."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    contracts_dir: Optional[Path] = typer.Option(None, help="Contracts directory (default from settings)."),
-    schemas_dir: Optional[Path] = typer.Option(None, help="Schemas directory (default from settings)."),
+    contracts_dir: Path | None = typer.Option(None, help="Contracts directory (default from settings)."),
+    schemas_dir: Path | None = typer.Option(None, help="Schemas directory (default from settings)."),
 ) -> None:
     """Every schema version obeys its contract's compatibility mode (and, with --base, published
     versions are unchanged)."""
@@ -103,13 +105,21 @@ def compat(
         )
     elif result.compatible:
         against = ", ".join(names) if mode != "NONE" else "nothing (mode NONE)"
-        _out.print(f"[green]compatible[/green]: {escape(str(new))} under {mode} against {escape(against)}", highlight=False, soft_wrap=True)
+        _out.print(
+            f"[green]compatible[/green]: {escape(str(new))} under {mode} against {escape(against)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     else:
         table = _table("Against", "Direction", "Field path", "Reason")
         for p in result.problems:
             _row(table, names[p.against_version_index], p.direction, p.path, p.reason)
         _out.print(table)
-        _out.print(f"[red]incompatible[/red]: {escape(str(new))} under {mode}: {len(result.problems)} problem(s)", highlight=False, soft_wrap=True)
+        _out.print(
+            f"[red]incompatible[/red]: {escape(str(new))} under {mode}: {len(result.problems)} problem(s)",
+            highlight=False,
+            soft_wrap=True,
+        )
     raise typer.Exit(EXIT_OK if result.compatible else EXIT_FAILED)
 
 
@@ -119,9 +129,13 @@ def _evolution_violations(contract: Contract) -> list[Violation]:
     out = []
     for i, version in enumerate(contract.versions[1:], start=1):
         older = list(reversed(contract.versions[:i]))
-        result = check_compatibility(contract.raw_schema(version), [contract.raw_schema(v) for v in older], contract.compatibility)
+        result = check_compatibility(
+            contract.raw_schema(version), [contract.raw_schema(v) for v in older], contract.compatibility
+        )
         out += [
-            Violation(contract.event_type, f"v{version}", f"v{older[p.against_version_index]}", p.direction, p.path, p.reason)
+            Violation(
+                contract.event_type, f"v{version}", f"v{older[p.against_version_index]}", p.direction, p.path, p.reason
+            )
             for p in result.problems
         ]
     return out
@@ -139,7 +153,14 @@ def _base_violations(registry: ContractRegistry, schemas_dir: Path, base: str) -
             continue
         if _without_docs(current) != _without_docs(old):
             out.append(
-                Violation(event_type, label, base, "-", "<root>", f"schema version changed since {base}; publish a new version instead")
+                Violation(
+                    event_type,
+                    label,
+                    base,
+                    "-",
+                    "<root>",
+                    f"schema version changed since {base}; publish a new version instead",
+                )
             )
     return out
 
@@ -149,7 +170,12 @@ def _schemas_at(schemas_dir: Path, rev: str) -> list[tuple[str, int, Any]]:
     found = []
     for full_name in listing.splitlines():
         parts = Path(full_name).parts
-        if len(parts) < 2 or not parts[-1].startswith("v") or not parts[-1].endswith(".avsc") or not parts[-1][1:-5].isdigit():
+        if (
+            len(parts) < 2
+            or not parts[-1].startswith("v")
+            or not parts[-1].endswith(".avsc")
+            or not parts[-1][1:-5].isdigit()
+        ):
             continue
         text = _git(schemas_dir, "show", f"{rev}:{full_name}")
         try:
@@ -194,7 +220,10 @@ def _report_check(registry: ContractRegistry, violations: list[Violation], base:
             {
                 "ok": not violations,
                 "base": base,
-                "contracts": [{"event_type": c.event_type, "versions": list(c.versions), "compatibility": c.compatibility} for c in registry.all()],
+                "contracts": [
+                    {"event_type": c.event_type, "versions": list(c.versions), "compatibility": c.compatibility}
+                    for c in registry.all()
+                ],
                 "violations": [v.__dict__ for v in violations],
             }
         )
@@ -210,7 +239,10 @@ def _report_check(registry: ContractRegistry, violations: list[Violation], base:
     for c in registry.all():
         _row(table, c.event_type, ", ".join(f"v{v}" for v in c.versions), c.compatibility)
     _out.print(table)
-    _out.print(f"[green]ok[/green]: {len(registry.all())} contracts" + (f", no published version changed since {base}" if base else ""))
+    _out.print(
+        f"[green]ok[/green]: {len(registry.all())} contracts"
+        + (f", no published version changed since {base}" if base else "")
+    )
 
 
 def _table(*columns: str) -> Table:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import orjson
 import typer
@@ -15,7 +15,9 @@ from processors.localbroker.embedded import ensure_broker
 from processors.settings import Settings
 
 err = Console(stderr=True)
-BootstrapOption = typer.Option(None, "--bootstrap", help="HOST:PORT [default: KAFKA_BOOTSTRAP_SERVERS or the embedded local broker]")
+BootstrapOption = typer.Option(
+    None, "--bootstrap", help="HOST:PORT [default: KAFKA_BOOTSTRAP_SERVERS or the embedded local broker]"
+)
 
 
 def _commerce_app(settings: Settings):
@@ -25,7 +27,7 @@ def _commerce_app(settings: Settings):
     return app
 
 
-def _settings(bootstrap: Optional[str]) -> Settings:
+def _settings(bootstrap: str | None) -> Settings:
     try:
         return Settings.load(bootstrap_servers=ensure_broker(bootstrap))
     except (BrokerError, ToolchainError) as exc:
@@ -36,19 +38,27 @@ def _settings(bootstrap: Optional[str]) -> Settings:
 def demo(
     orders: int = typer.Option(300, "--orders", min=1, help="How many orders to place."),
     bad_ratio: float = typer.Option(0.03, "--bad-ratio", min=0.0, max=1.0, help="Share of extra undecodable payloads."),
-    duplicate_ratio: float = typer.Option(0.05, "--duplicate-ratio", min=0.0, max=1.0, help="Share of orders published twice."),
+    duplicate_ratio: float = typer.Option(
+        0.05, "--duplicate-ratio", min=0.0, max=1.0, help="Share of orders published twice."
+    ),
     workers: int = typer.Option(2, "--workers", min=1, max=8, help="Worker processes sharing the partitions."),
     timeout_s: float = typer.Option(8.0, "--timeout", min=1.0, help="Seconds before an unanswered order is cancelled."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Make the generated orders repeatable."),
-    bootstrap: Optional[str] = BootstrapOption,
+    seed: int | None = typer.Option(None, "--seed", help="Make the generated orders repeatable."),
+    bootstrap: str | None = BootstrapOption,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on the last line."),
 ) -> None:
     """Run the commerce flow: start workers, publish orders, wait until every order is terminal, check invariants."""
     from processors.agents.demo import DemoOptions, run_demo
 
     settings = _settings(bootstrap)
-    options = DemoOptions(orders=orders, bad_ratio=bad_ratio, duplicate_ratio=duplicate_ratio, workers=workers,
-                          timeout_s=timeout_s, seed=seed)
+    options = DemoOptions(
+        orders=orders,
+        bad_ratio=bad_ratio,
+        duplicate_ratio=duplicate_ratio,
+        workers=workers,
+        timeout_s=timeout_s,
+        seed=seed,
+    )
     err.print(f"broker {settings.bootstrap_servers}: starting {workers} workers, then publishing {orders} orders")
     with _progress() as bar:
         tasks: dict[str, Any] = {}
@@ -65,8 +75,10 @@ def demo(
 
 
 def verify(
-    bootstrap: Optional[str] = BootstrapOption,
-    order_prefix: str = typer.Option("", "--order-prefix", help="Only orders whose id starts with this (one run among others)."),
+    bootstrap: str | None = BootstrapOption,
+    order_prefix: str = typer.Option(
+        "", "--order-prefix", help="Only orders whose id starts with this (one run among others)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Read the outcome and audit topics from the start and check the business invariants (exit 1 on a violation)."""
@@ -82,8 +94,15 @@ def verify(
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, transient=False, disable=not err.is_terminal)
+    return Progress(
+        TextColumn("{task.description:>10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+        disable=not err.is_terminal,
+    )
 
 
 def _print_summary(summary: dict[str, Any], as_json: bool, title: str) -> None:
@@ -108,8 +127,12 @@ def _print_summary(summary: dict[str, Any], as_json: bool, title: str) -> None:
         table.add_row("flow time p50 / p95 / p99", f"{flow['p50']:.0f} / {flow['p95']:.0f} / {flow['p99']:.0f} ms")
     if "orders_per_s" in summary:
         table.add_row("throughput", f"{summary['orders_per_s']} orders/s")
-    table.add_row("invariants", "all hold" if not summary["invariant_violations"] else
-                  f"[red]{len(summary['invariant_violations'])} violated[/red]")
+    table.add_row(
+        "invariants",
+        "all hold"
+        if not summary["invariant_violations"]
+        else f"[red]{len(summary['invariant_violations'])} violated[/red]",
+    )
     console.print(table)
     for line in summary["invariant_violations"][:20]:
         console.print(f"[red]violation:[/red] {line}", highlight=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -13,15 +13,27 @@ from processors.contracts import AvroCodec, ContractError, ContractRegistry
 from processors.runtime.audit import Redactor
 from processors.settings import Settings
 from processors.tooling.cli_support import (
-    EXIT_FAILED, EXIT_USAGE, BootstrapOption, ConfigOption, JsonOption, StopFlag, err, fail, load_settings,
-    operator_errors, out, print_json, time_ms,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    BootstrapOption,
+    ConfigOption,
+    JsonOption,
+    StopFlag,
+    err,
+    fail,
+    load_settings,
+    operator_errors,
+    out,
+    print_json,
+    time_ms,
 )
 from processors.tooling.dlq import DeadLetter, DlqFilter, DlqInspector, RedriveResult, parse_offset
 from processors.tooling.jsonavro import to_json_text
 from processors.tooling.timeparse import format_ms
 
-app = typer.Typer(help="Dead-letter topics: counts by error class, records with their error headers, redrive.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Dead-letter topics: counts by error class, records with their error headers, redrive.", no_args_is_help=True
+)
 
 ReasonOption = typer.Option([], "--reason", help="Only this reason (repeatable), e.g. handler_error, undecodable.")
 AgentOption = typer.Option([], "--agent", help="Only records dead-lettered by this agent (repeatable).")
@@ -32,19 +44,30 @@ OffsetOption = typer.Option([], "--offset", help="Only this DLQ offset, OFFSET o
 PartitionOption = typer.Option(None, "--partition", min=0, help="Only this DLQ partition.")
 
 
-def _filter(reason: list[str], agent: list[str], error_class: list[str], since: Optional[str], until: Optional[str],
-            offset: list[str], partition: Optional[int]) -> DlqFilter:
+def _filter(
+    reason: list[str],
+    agent: list[str],
+    error_class: list[str],
+    since: str | None,
+    until: str | None,
+    offset: list[str],
+    partition: int | None,
+) -> DlqFilter:
     return DlqFilter(
-        reasons=frozenset(reason), agents=frozenset(agent), error_classes=frozenset(error_class),
-        offsets=frozenset(parse_offset(o) for o in offset), partition=partition,
-        since_ms=time_ms("--since", since), until_ms=time_ms("--until", until),
+        reasons=frozenset(reason),
+        agents=frozenset(agent),
+        error_classes=frozenset(error_class),
+        offsets=frozenset(parse_offset(o) for o in offset),
+        partition=partition,
+        since_ms=time_ms("--since", since),
+        until_ms=time_ms("--until", until),
     )
 
 
 @app.command("list")
 def list_(
-    bootstrap: Optional[str] = BootstrapOption,
-    config: Optional[Path] = ConfigOption,
+    bootstrap: str | None = BootstrapOption,
+    config: Path | None = ConfigOption,
     json_output: bool = JsonOption,
 ) -> None:
     """DLQ topics (`<topic>.dlq`) with their record counts by error class and reason."""
@@ -60,24 +83,28 @@ def list_(
     for column in ("by error class", "by reason", "oldest", "newest"):
         table.add_column(column, overflow="fold")
     for s in summaries:
-        table.add_row(s.topic, str(s.total), _counts(s.by_error_class), _counts(s.by_reason), _ms(s.oldest), _ms(s.newest))
+        table.add_row(
+            s.topic, str(s.total), _counts(s.by_error_class), _counts(s.by_reason), _ms(s.oldest), _ms(s.newest)
+        )
     out.print(table if summaries else "no DLQ topics")
 
 
 @app.command()
 def show(
-    topic: str = typer.Argument(..., help="DLQ topic, or the topic it belongs to (order.created means order.created.dlq)."),
+    topic: str = typer.Argument(
+        ..., help="DLQ topic, or the topic it belongs to (order.created means order.created.dlq)."
+    ),
     reason: list[str] = ReasonOption,
     agent: list[str] = AgentOption,
     error_class: list[str] = ErrorClassOption,
-    since: Optional[str] = SinceOption,
-    until: Optional[str] = UntilOption,
+    since: str | None = SinceOption,
+    until: str | None = UntilOption,
     offset: list[str] = OffsetOption,
-    partition: Optional[int] = PartitionOption,
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Show at most N records."),
+    partition: int | None = PartitionOption,
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Show at most N records."),
     show_pii: bool = typer.Option(False, "--show-pii", help="Print fields the contract marks as PII (*** by default)."),
-    bootstrap: Optional[str] = BootstrapOption,
-    config: Optional[Path] = ConfigOption,
+    bootstrap: str | None = BootstrapOption,
+    config: Path | None = ConfigOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Dead letters with their error headers and decoded payload, filtered."""
@@ -131,16 +158,20 @@ def redrive(
     reason: list[str] = ReasonOption,
     agent: list[str] = AgentOption,
     error_class: list[str] = ErrorClassOption,
-    since: Optional[str] = SinceOption,
-    until: Optional[str] = UntilOption,
+    since: str | None = SinceOption,
+    until: str | None = UntilOption,
     offset: list[str] = OffsetOption,
-    partition: Optional[int] = PartitionOption,
-    all_records: bool = typer.Option(False, "--all", help="Redrive every record of the DLQ (needed when no filter is given)."),
-    rate: Optional[float] = typer.Option(None, "--rate", help="At most N records per second."),
-    max_redrives: Optional[int] = typer.Option(5, "--max-redrives", min=1, help="Skip records already redriven N times (poison pills)."),
+    partition: int | None = PartitionOption,
+    all_records: bool = typer.Option(
+        False, "--all", help="Redrive every record of the DLQ (needed when no filter is given)."
+    ),
+    rate: float | None = typer.Option(None, "--rate", help="At most N records per second."),
+    max_redrives: int | None = typer.Option(
+        5, "--max-redrives", min=1, help="Skip records already redriven N times (poison pills)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be redriven where; send nothing."),
-    bootstrap: Optional[str] = BootstrapOption,
-    config: Optional[Path] = ConfigOption,
+    bootstrap: str | None = BootstrapOption,
+    config: Path | None = ConfigOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Send selected dead letters back to their original topic, with their original headers and
@@ -149,9 +180,13 @@ def redrive(
     with operator_errors(), DlqInspector(settings) as inspector, StopFlag() as stop:
         filt = _filter(reason, agent, error_class, since, until, offset, partition)
         if filt.selects_all and not all_records:
-            fail("select what to redrive (--reason, --agent, --error-class, --since/--until, --offset, --partition) or pass --all", EXIT_USAGE)
-        result = inspector.redrive(inspector.resolve(topic), filt, rate=rate, dry_run=dry_run,
-                                   max_redrives=max_redrives, stop=stop)
+            fail(
+                "select what to redrive (--reason, --agent, --error-class, --since/--until, --offset, --partition) or pass --all",
+                EXIT_USAGE,
+            )
+        result = inspector.redrive(
+            inspector.resolve(topic), filt, rate=rate, dry_run=dry_run, max_redrives=max_redrives, stop=stop
+        )
     if json_output:
         print_json(result.to_json())
     else:
@@ -166,8 +201,13 @@ def _redrive_summary(result: RedriveResult) -> None:
     for column in ("selected", "redriven", "failed", "same event (sent once)", "over --max-redrives"):
         table.add_column(column, justify="right")
     sent = len(result.items) if result.dry_run else result.redriven
-    table.add_row(str(result.selected), f"{sent}{' (would be)' if result.dry_run else ''}", str(result.failed),
-                  str(result.skipped_duplicates), str(result.skipped_max_redrives))
+    table.add_row(
+        str(result.selected),
+        f"{sent}{' (would be)' if result.dry_run else ''}",
+        str(result.failed),
+        str(result.skipped_duplicates),
+        str(result.skipped_max_redrives),
+    )
     out.print(table)
     for dest, count in sorted((result.by_destination or {}).items()):
         out.print(f"  -> {dest}: {count}")
@@ -200,5 +240,5 @@ def _counts(counter: Any) -> str:
     return "\n".join(f"{name}: {count}" for name, count in counter.most_common()) or "-"
 
 
-def _ms(value: Optional[int]) -> str:
+def _ms(value: int | None) -> str:
     return format_ms(value)

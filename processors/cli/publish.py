@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import orjson
 import typer
@@ -13,8 +12,17 @@ from rich.table import Table
 from rich.text import Text
 
 from processors.tooling.cli_support import (
-    EXIT_FAILED, EXIT_USAGE, BootstrapOption, ConfigOption, JsonOption, err, fail, load_settings, operator_errors,
-    out, print_json,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    BootstrapOption,
+    ConfigOption,
+    JsonOption,
+    err,
+    fail,
+    load_settings,
+    operator_errors,
+    out,
+    print_json,
 )
 from processors.tooling.jsoninput import read_json_records
 from processors.tooling.publisher import DEFAULT_SOURCE, Publisher, PublishResult
@@ -25,27 +33,34 @@ MAX_SHOWN = 50
 def publish(
     event_type: str = typer.Argument(..., help="Event type of the contract, e.g. order.created."),
     file: str = typer.Option("-", "--file", "-f", help="JSON array, NDJSON or concatenated JSON objects; - for stdin."),
-    key: Optional[str] = typer.Option(
-        None, "--key",
+    key: str | None = typer.Option(
+        None,
+        "--key",
         help="Field (dotted path) whose value is the idempotency key [default: derived from the event's content, "
         "so a rerun is deduplicated]. The Kafka key is always the contract's key field.",
     ),
-    rate: Optional[float] = typer.Option(None, "--rate", help="At most N events per second."),
+    rate: float | None = typer.Option(None, "--rate", help="At most N events per second."),
     skip_invalid: bool = typer.Option(
-        False, "--skip-invalid",
+        False,
+        "--skip-invalid",
         help="Send the valid events and write the invalid ones to --rejects (default: send nothing if any is invalid).",
     ),
-    rejects: Optional[Path] = typer.Option(
-        None, "--rejects",
+    rejects: Path | None = typer.Option(
+        None,
+        "--rejects",
         help="NDJSON file for refused records with their problems [default with --skip-invalid: <event_type>.rejects.ndjson].",
     ),
-    correlation_id: Optional[str] = typer.Option(None, "--correlation-id", help="Correlation id for every event [default: each event starts its own flow]."),
-    tenant: Optional[str] = typer.Option(None, "--tenant", help="ce_tenant header for every event."),
+    correlation_id: str | None = typer.Option(
+        None, "--correlation-id", help="Correlation id for every event [default: each event starts its own flow]."
+    ),
+    tenant: str | None = typer.Option(None, "--tenant", help="ce_tenant header for every event."),
     source: str = typer.Option(DEFAULT_SOURCE, "--source", help="CloudEvents source (ce_source)."),
-    schema_version: Optional[int] = typer.Option(None, "--schema-version", help="Write with this schema version [default: the current one]."),
+    schema_version: int | None = typer.Option(
+        None, "--schema-version", help="Write with this schema version [default: the current one]."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and report, send nothing."),
-    bootstrap: Optional[str] = BootstrapOption,
-    config: Optional[Path] = ConfigOption,
+    bootstrap: str | None = BootstrapOption,
+    config: Path | None = ConfigOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Validate events against their contract, then produce them with envelope headers.
@@ -56,9 +71,16 @@ def publish(
     text = _read_input(file)
     with operator_errors(), Publisher(settings, source=source) as publisher:
         result = publisher.publish_many(
-            event_type, read_json_records(text), skip_invalid=skip_invalid, rate=rate, dry_run=dry_run,
-            progress=True, idempotency_field=key, correlation_id=correlation_id,
-            tenant=tenant, version=schema_version,
+            event_type,
+            read_json_records(text),
+            skip_invalid=skip_invalid,
+            rate=rate,
+            dry_run=dry_run,
+            progress=True,
+            idempotency_field=key,
+            correlation_id=correlation_id,
+            tenant=tenant,
+            version=schema_version,
         )
     if result.rejects:
         _report_rejects(result, file)
@@ -69,7 +91,9 @@ def publish(
     else:
         _summary(result)
     if result.refused:
-        err.print(f"refused: {result.rejected} invalid record(s), nothing sent (fix them, or --skip-invalid --rejects PATH)")
+        err.print(
+            f"refused: {result.rejected} invalid record(s), nothing sent (fix them, or --skip-invalid --rejects PATH)"
+        )
         raise typer.Exit(EXIT_USAGE)
     if result.failed:
         raise typer.Exit(EXIT_FAILED)

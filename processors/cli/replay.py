@@ -4,7 +4,6 @@ file into a topic."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -13,32 +12,58 @@ from rich.text import Text
 from processors.settings import Settings
 from processors.tooling.checksums import ALGORITHM
 from processors.tooling.cli_support import (
-    EXIT_FAILED, EXIT_INTERRUPTED, BootstrapOption, ConfigOption, JsonOption, StopFlag, err, fail, load_settings,
-    operator_errors, out, print_json, time_ms,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    BootstrapOption,
+    ConfigOption,
+    JsonOption,
+    StopFlag,
+    err,
+    fail,
+    load_settings,
+    operator_errors,
+    out,
+    print_json,
+    time_ms,
 )
 from processors.tooling.replay import Replayer, ReplayResult, ReplaySource, TopicSource
 
 
 def replay(
-    from_topic: Optional[str] = typer.Option(None, "--from", help="Source topic."),
-    file: Optional[Path] = typer.Option(
-        None, "--file",
+    from_topic: str | None = typer.Option(None, "--from", help="Source topic."),
+    file: Path | None = typer.Option(
+        None,
+        "--file",
         help="Source file instead: NDJSON (events, or `choreo tail --format json --show-pii` output) or an Avro container file.",
     ),
     to: str = typer.Option(..., "--to", help="Destination topic (must exist)."),
-    partition: Optional[int] = typer.Option(None, "--partition", min=0, help="Only this source partition."),
-    since: Optional[str] = typer.Option(None, "--since", help="From the first record at or after this time (ISO-8601 or 10m, 2h, 1d ago)."),
-    until: Optional[str] = typer.Option(None, "--until", help="Up to, not including, the first record at or after this time."),
-    from_offset: Optional[int] = typer.Option(None, "--from-offset", min=0, help="First offset (inclusive); needs --partition on a multi-partition topic."),
-    to_offset: Optional[int] = typer.Option(None, "--to-offset", min=0, help="Last offset (inclusive)."),
-    event_type: Optional[str] = typer.Option(None, "--type", help="Event type of a --file [default: the one contract of --to]."),
-    rate: Optional[float] = typer.Option(None, "--rate", help="At most N records per second."),
-    batch: int = typer.Option(500, "--batch", min=1, help="Records per batch; a checkpoint is written after each delivered batch."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Read and report counts and checksums; produce nothing, write no checkpoint."),
+    partition: int | None = typer.Option(None, "--partition", min=0, help="Only this source partition."),
+    since: str | None = typer.Option(
+        None, "--since", help="From the first record at or after this time (ISO-8601 or 10m, 2h, 1d ago)."
+    ),
+    until: str | None = typer.Option(
+        None, "--until", help="Up to, not including, the first record at or after this time."
+    ),
+    from_offset: int | None = typer.Option(
+        None, "--from-offset", min=0, help="First offset (inclusive); needs --partition on a multi-partition topic."
+    ),
+    to_offset: int | None = typer.Option(None, "--to-offset", min=0, help="Last offset (inclusive)."),
+    event_type: str | None = typer.Option(
+        None, "--type", help="Event type of a --file [default: the one contract of --to]."
+    ),
+    rate: float | None = typer.Option(None, "--rate", help="At most N records per second."),
+    batch: int = typer.Option(
+        500, "--batch", min=1, help="Records per batch; a checkpoint is written after each delivered batch."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Read and report counts and checksums; produce nothing, write no checkpoint."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the replay recorded in the checkpoint."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file [default: .choreo/replay/<source>--<destination>.json]."),
-    bootstrap: Optional[str] = BootstrapOption,
-    config: Optional[Path] = ConfigOption,
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Checkpoint file [default: .choreo/replay/<source>--<destination>.json]."
+    ),
+    bootstrap: str | None = BootstrapOption,
+    config: Path | None = ConfigOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Replay a topic range or a file into a topic, keeping keys, values and headers.
@@ -54,9 +79,20 @@ def replay(
         fail("--partition, --since, --until, --from-offset and --to-offset apply to --from TOPIC, not --file")
     since_ms, until_ms = time_ms("--since", since), time_ms("--until", until)
     with operator_errors(), StopFlag() as stop:
-        source = _source(settings, from_topic, file, to, event_type, partition, since_ms, until_ms, from_offset, to_offset)
-        result = Replayer(settings, source, to, rate=rate, batch=batch, dry_run=dry_run, resume=resume,
-                          checkpoint_path=checkpoint, stop=stop).run()
+        source = _source(
+            settings, from_topic, file, to, event_type, partition, since_ms, until_ms, from_offset, to_offset
+        )
+        result = Replayer(
+            settings,
+            source,
+            to,
+            rate=rate,
+            batch=batch,
+            dry_run=dry_run,
+            resume=resume,
+            checkpoint_path=checkpoint,
+            stop=stop,
+        ).run()
     if json_output:
         print_json(result.to_json())
     else:
@@ -69,9 +105,16 @@ def replay(
 
 
 def _source(
-    settings: Settings, from_topic: Optional[str], file: Optional[Path], to: str, event_type: Optional[str],
-    partition: Optional[int], since_ms: Optional[int], until_ms: Optional[int], from_offset: Optional[int],
-    to_offset: Optional[int],
+    settings: Settings,
+    from_topic: str | None,
+    file: Path | None,
+    to: str,
+    event_type: str | None,
+    partition: int | None,
+    since_ms: int | None,
+    until_ms: int | None,
+    from_offset: int | None,
+    to_offset: int | None,
 ) -> ReplaySource:
     if from_topic is not None:
         return TopicSource(settings, from_topic, partition, since_ms, until_ms, from_offset, to_offset)
@@ -85,7 +128,11 @@ def _source(
 
 def _summary(result: ReplayResult) -> None:
     source = result.source.get("topic") or result.source.get("path")
-    state = "dry run" if result.dry_run else ("complete" if result.completed else "interrupted" if result.interrupted else "stopped")
+    state = (
+        "dry run"
+        if result.dry_run
+        else ("complete" if result.completed else "interrupted" if result.interrupted else "stopped")
+    )
     table = Table(title=f"replay {source} -> {result.destination} ({state}{', resumed' if result.resumed else ''})")
     table.add_column("")
     table.add_column("records", justify="right")

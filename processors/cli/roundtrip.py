@@ -10,7 +10,6 @@ import statistics
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
 
 import orjson
 import typer
@@ -71,7 +70,9 @@ def _consume(consumer: Consumer, count: int, timeout: float) -> tuple[dict[int, 
 def roundtrip(
     events: int = typer.Option(5000, "--events", min=1, help="How many events to send."),
     partitions: int = typer.Option(3, "--partitions", min=1),
-    bootstrap: Optional[str] = typer.Option(None, "--bootstrap", help="HOST:PORT [default: KAFKA_BOOTSTRAP_SERVERS or the local broker]"),
+    bootstrap: str | None = typer.Option(
+        None, "--bootstrap", help="HOST:PORT [default: KAFKA_BOOTSTRAP_SERVERS or the local broker]"
+    ),
 ) -> None:
     """Send events through a real broker and read them back in a consumer group."""
     try:
@@ -83,10 +84,15 @@ def roundtrip(
     topic = f"choreo.roundtrip.{uuid.uuid4().hex[:8]}"
     err.print(f"broker {address}: topic {topic} with {partitions} partitions")
     _create_topic(settings, topic, partitions)
-    consumer = Consumer(settings.kafka_config(**{
-        "group.id": f"choreo-roundtrip-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-    }))
+    consumer = Consumer(
+        settings.kafka_config(
+            **{
+                "group.id": f"choreo-roundtrip-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+    )
     consumer.subscribe([topic])
     try:
         _wait_for_assignment(consumer, timeout=30)
@@ -106,8 +112,10 @@ def roundtrip(
     Console().print(table)
     if latencies:
         quantiles = statistics.quantiles(latencies, n=100)
-        typer.echo(f"sent {events} ({events / produce_s:,.0f}/s confirmed), received {received}; "
-                   f"latency p50 {quantiles[49]:.1f} ms, p99 {quantiles[98]:.1f} ms")
+        typer.echo(
+            f"sent {events} ({events / produce_s:,.0f}/s confirmed), received {received}; "
+            f"latency p50 {quantiles[49]:.1f} ms, p99 {quantiles[98]:.1f} ms"
+        )
     if received != events:
         err.print(f"[red]lost {events - received} events[/red]")
         raise typer.Exit(1)

@@ -5,14 +5,20 @@ from __future__ import annotations
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from processors.tooling.cli_support import (
-    BootstrapOption, ConfigOption, StopFlag, load_settings, operator_errors, out, print_json, time_ms,
+    BootstrapOption,
+    ConfigOption,
+    StopFlag,
+    load_settings,
+    operator_errors,
+    out,
+    print_json,
+    time_ms,
 )
 from processors.tooling.jsonavro import to_json_text
 from processors.tooling.subscriber import FieldFilter, ReceivedEvent, Subscriber
@@ -31,19 +37,32 @@ class Format(str, Enum):
 def tail(
     topics: list[str] = typer.Argument(..., help="Topics to read, e.g. order.confirmed payment.declined."),
     from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the earliest retained record."),
-    since: Optional[str] = typer.Option(None, "--since", help="Start at this time: ISO-8601 or a duration ago (10m, 2h, 1d)."),
-    last: Optional[int] = typer.Option(None, "--last", "-n", min=0, help="Start N records before the end of each partition [default: 10 unless --from-beginning/--since]."),
+    since: str | None = typer.Option(
+        None, "--since", help="Start at this time: ISO-8601 or a duration ago (10m, 2h, 1d)."
+    ),
+    last: int | None = typer.Option(
+        None,
+        "--last",
+        "-n",
+        min=0,
+        help="Start N records before the end of each partition [default: 10 unless --from-beginning/--since].",
+    ),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep waiting for new events (Ctrl-C to stop)."),
     filters: list[str] = typer.Option(
-        [], "--filter",
+        [],
+        "--filter",
         help="FIELD=VALUE (repeatable): a value path like customer_id or items[0].sku, headers.NAME, @key or @type.",
     ),
-    fmt: Format = typer.Option(Format.table, "--format", help="table for people, json for NDJSON (one event per line)."),
+    fmt: Format = typer.Option(
+        Format.table, "--format", help="table for people, json for NDJSON (one event per line)."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Same as --format json."),
-    show_pii: bool = typer.Option(False, "--show-pii", help="Print fields the contract marks as PII (redacted as *** by default)."),
-    max_events: Optional[int] = typer.Option(None, "--max", min=1, help="Stop after N events."),
-    bootstrap: Optional[str] = BootstrapOption,
-    config: Optional[Path] = ConfigOption,
+    show_pii: bool = typer.Option(
+        False, "--show-pii", help="Print fields the contract marks as PII (redacted as *** by default)."
+    ),
+    max_events: int | None = typer.Option(None, "--max", min=1, help="Stop after N events."),
+    bootstrap: str | None = BootstrapOption,
+    config: Path | None = ConfigOption,
 ) -> None:
     """Decode and print events (any schema version); undecodable records are shown as such."""
     settings = load_settings(bootstrap, config)
@@ -53,8 +72,16 @@ def tail(
     as_json = json_output or fmt is Format.json
     with operator_errors(), StopFlag(notice=None) as stop:  # Ctrl-C ends a --follow quietly
         parsed = [FieldFilter.parse(f) for f in filters]
-        with Subscriber(topics, settings, from_beginning=from_beginning, since_ms=since_ms, last=last, follow=follow,
-                        filters=parsed, stop=stop) as subscriber:
+        with Subscriber(
+            topics,
+            settings,
+            from_beginning=from_beginning,
+            since_ms=since_ms,
+            last=last,
+            follow=follow,
+            filters=parsed,
+            stop=stop,
+        ) as subscriber:
             printer = _JsonPrinter(subscriber, show_pii) if as_json else _TablePrinter(subscriber, show_pii)
             shown = 0
             for event in subscriber:
@@ -114,6 +141,8 @@ class _TablePrinter:
         else:
             value = f"[{event.error}]"
         key = "-" if event.key is None else event.key.decode("utf-8", "backslashreplace")
-        where = f"{event.topic}[{event.partition}]@{event.offset}\n{format_ms(event.timestamp)}\nkey={key}\n" \
-                f"{event.event_type or 'UNDECODABLE'}"
+        where = (
+            f"{event.topic}[{event.partition}]@{event.offset}\n{format_ms(event.timestamp)}\nkey={key}\n"
+            f"{event.event_type or 'UNDECODABLE'}"
+        )
         return (where, shown, value)

@@ -36,10 +36,16 @@ class TopologyReport:
     @property
     def problems(self) -> list[str]:
         out = [f"cycle with no declared bound: {' -> '.join(c)}" for c in self.unbounded_cycles]
-        out += [f"{et}: produced by {', '.join(self._producers(et))} but consumed by no agent and no declared "
-                "external consumer" for et in self.produced_never_consumed]
-        out += [f"{et}: consumed by {', '.join(self._consumers(et))} but produced by no agent and no declared "
-                "external producer" for et in self.consumed_never_produced]
+        out += [
+            f"{et}: produced by {', '.join(self._producers(et))} but consumed by no agent and no declared "
+            "external consumer"
+            for et in self.produced_never_consumed
+        ]
+        out += [
+            f"{et}: consumed by {', '.join(self._consumers(et))} but produced by no agent and no declared "
+            "external producer"
+            for et in self.consumed_never_produced
+        ]
         return out
 
     def _producers(self, event_type: str) -> list[str]:
@@ -54,11 +60,14 @@ class TopologyReport:
 
     def to_dict(self) -> dict:
         return {
-            "agents": self.agents, "external_producers": {k: list(v) for k, v in self.external_producers.items()},
+            "agents": self.agents,
+            "external_producers": {k: list(v) for k, v in self.external_producers.items()},
             "external_consumers": {k: list(v) for k, v in self.external_consumers.items()},
-            "cycles": self.cycles, "unbounded_cycles": self.unbounded_cycles,
+            "cycles": self.cycles,
+            "unbounded_cycles": self.unbounded_cycles,
             "produced_never_consumed": self.produced_never_consumed,
-            "consumed_never_produced": self.consumed_never_produced, "problems": self.problems,
+            "consumed_never_produced": self.consumed_never_produced,
+            "problems": self.problems,
         }
 
 
@@ -67,10 +76,14 @@ def build_report(app) -> TopologyReport:  # app: processors.runtime.App
     registry = app.registry
     relevant = {et for spec in app.agents.values() for et in (*spec.consumes, *spec.produces)}
     ext_in = {et: registry.get(et).external_producers for et in sorted(relevant) if registry.get(et).external_producers}
-    ext_out = {et: registry.get(et).external_consumers for et in sorted(relevant) if registry.get(et).external_consumers}
+    ext_out = {
+        et: registry.get(et).external_consumers for et in sorted(relevant) if registry.get(et).external_consumers
+    }
     return TopologyReport(
-        agents={name: {"consumes": list(n.consumes), "produces": list(n.produces), "max_hops": n.max_hops}
-                for name, n in sorted(topology.nodes.items())},
+        agents={
+            name: {"consumes": list(n.consumes), "produces": list(n.produces), "max_hops": n.max_hops}
+            for name, n in sorted(topology.nodes.items())
+        },
         external_producers=ext_in,
         external_consumers=ext_out,
         cycles=topology.cycles(),

@@ -11,7 +11,6 @@ import importlib
 import signal
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -33,23 +32,29 @@ def load_app(spec: str):  # -> processors.runtime.App
         raise typer.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="--app") from exc
     app = getattr(module, attr, None)
     if not isinstance(app, App):
-        raise typer.BadParameter(f"{spec!r} is not a processors.runtime.App (got {type(app).__name__})", param_hint="--app")
+        raise typer.BadParameter(
+            f"{spec!r} is not a processors.runtime.App (got {type(app).__name__})", param_hint="--app"
+        )
     return app
 
 
 def worker(
     app: str = typer.Option(..., "--app", help="The App to run, as MODULE:ATTR (e.g. processors.agents.commerce:app)."),
-    agents: Optional[str] = typer.Option(None, "--agents", help="Comma-separated agent names (default: all)."),
-    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus /metrics on this port."),
-    worker_id: Optional[str] = typer.Option(
-        None, "--worker-id", envvar="CHOREO_WORKER_ID",
+    agents: str | None = typer.Option(None, "--agents", help="Comma-separated agent names (default: all)."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus /metrics on this port."),
+    worker_id: str | None = typer.Option(
+        None,
+        "--worker-id",
+        envvar="CHOREO_WORKER_ID",
         help="Stable id of this worker (pod name): names its transactional ids, so a restarted worker fences "
-             "its predecessor at once (default: host-pid).",
+        "its predecessor at once (default: host-pid).",
     ),
-    guarantee: Optional[str] = typer.Option(None, "--guarantee", help="exactly_once or at_least_once (default: settings)."),
-    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Local state directory (default: settings)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="choreo.toml settings file."),
-    log_level: Optional[str] = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING ... (default: settings)."),
+    guarantee: str | None = typer.Option(
+        None, "--guarantee", help="exactly_once or at_least_once (default: settings)."
+    ),
+    state_dir: Path | None = typer.Option(None, "--state-dir", help="Local state directory (default: settings)."),
+    config: Path | None = typer.Option(None, "--config", help="choreo.toml settings file."),
+    log_level: str | None = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING ... (default: settings)."),
 ) -> None:
     """Run agents: one consumer group per agent; start more workers to share the partitions."""
     from processors.contracts import ContractError
@@ -58,8 +63,9 @@ def worker(
     from processors.runtime.metrics import serve
 
     try:
-        settings = Settings.load(config, metrics_port=metrics_port, state_dir=state_dir,
-                                 processing_guarantee=guarantee, log_level=log_level)
+        settings = Settings.load(
+            config, metrics_port=metrics_port, state_dir=state_dir, processing_guarantee=guarantee, log_level=log_level
+        )
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

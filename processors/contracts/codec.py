@@ -116,7 +116,9 @@ class AvroCodec:
         self._current_plans[contract.event_type] = self._plans[(contract.event_type, contract.current_version)]
 
     # ------------------------------------------------------------------ encoding
-    def encode(self, event_type: str, value: dict[str, Any], version: int | None = None, validate: bool = True) -> bytes:
+    def encode(
+        self, event_type: str, value: dict[str, Any], version: int | None = None, validate: bool = True
+    ) -> bytes:
         """Serialise ``value`` with the current (or given) schema version.
 
         With ``validate`` the value is checked first and refused with a :class:`ContractViolation`
@@ -200,13 +202,17 @@ class AvroCodec:
                 raise DecodeError(f"truncated single-object header: {len(data)} bytes, need {_SINGLE_OBJECT_HEADER}")
             writer = self._by_fingerprint.get(bytes(data[2:_SINGLE_OBJECT_HEADER]))
             if writer is None:
-                raise DecodeError(f"unknown schema fingerprint {bytes(data[2:10]).hex()}: not a version of any contract")
+                raise DecodeError(
+                    f"unknown schema fingerprint {bytes(data[2:10]).hex()}: not a version of any contract"
+                )
             return writer, _SINGLE_OBJECT_HEADER
         if data[:1] == b"\x00":
             if len(data) < _CONFLUENT_HEADER:
                 raise DecodeError(f"truncated Confluent header: {len(data)} bytes, need {_CONFLUENT_HEADER}")
             return self._writer_for_id(_SCHEMA_ID.unpack_from(data, 1)[0]), _CONFLUENT_HEADER
-        raise DecodeError(f"unknown magic bytes {bytes(data[:2]).hex() or '(empty)'}: expected c301 (Avro single-object) or 00 (Confluent)")
+        raise DecodeError(
+            f"unknown magic bytes {bytes(data[:2]).hex() or '(empty)'}: expected c301 (Avro single-object) or 00 (Confluent)"
+        )
 
     def _read(self, writer: WriterSchema, reader: WriterSchema, data: bytes, offset: int) -> dict[str, Any]:
         decoder = self._decoders.get(writer.fingerprint)
@@ -222,7 +228,17 @@ class AvroCodec:
         stream.seek(offset)
         try:
             value = fastavro.schemaless_reader(stream, writer.parsed, None if writer is reader else reader.parsed)
-        except (EOFError, ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError, struct.error, OverflowError, MemoryError) as exc:
+        except (
+            EOFError,
+            ValueError,
+            TypeError,
+            IndexError,
+            KeyError,
+            UnicodeDecodeError,
+            struct.error,
+            OverflowError,
+            MemoryError,
+        ) as exc:
             raise DecodeError(f"truncated or corrupt body for {writer.event_type} v{writer.version}: {exc!r}") from exc
         if stream.tell() != len(data):
             raise DecodeError(

@@ -23,8 +23,9 @@ fastavro, which produces the result (or error) it always did. In particular:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from struct import Struct
-from typing import Any, Callable
+from typing import Any
 
 from fastavro.read import LOGICAL_READERS
 from fastavro.write import LOGICAL_WRITERS
@@ -153,8 +154,15 @@ class _EncoderGen(_Source):
         kind = schema["type"]
         key = _logical_key(schema)
         if key is not None and key in LOGICAL_WRITERS:
-            if key not in ("long-timestamp-millis", "long-timestamp-micros", "long-local-timestamp-millis",
-                           "long-local-timestamp-micros", "int-date", "int-time-millis", "long-time-micros"):
+            if key not in (
+                "long-timestamp-millis",
+                "long-timestamp-micros",
+                "long-local-timestamp-millis",
+                "long-local-timestamp-micros",
+                "int-date",
+                "int-time-millis",
+                "long-time-micros",
+            ):
                 raise Unsupported(f"logical type {key}")
             prepare, node = self.const(LOGICAL_WRITERS[key]), self.const(schema)
             return [f"x = {prepare}(x, {node})", *self.primitive(kind)]
@@ -191,7 +199,18 @@ class _EncoderGen(_Source):
 
     def loop(self, header: str, body: list[str], items: str = "v") -> list[str]:
         name = f"w{len(self.sources)}_{len(self.named)}"
-        self.add(name, "v, a", ["if v:", "    n = len(v)", "    a(V[n << 1] if n < 8192 else VL(n))", f"    {header}", *_indent(body, 2), "a(b'\\x00')"])
+        self.add(
+            name,
+            "v, a",
+            [
+                "if v:",
+                "    n = len(v)",
+                "    a(V[n << 1] if n < 8192 else VL(n))",
+                f"    {header}",
+                *_indent(body, 2),
+                "a(b'\\x00')",
+            ],
+        )
         return [f"{name}(x, a)"]
 
     def named_type(self, fullname: str) -> list[str]:
@@ -209,7 +228,13 @@ class _EncoderGen(_Source):
             return [f"a({table}[x])"]
         if kind == "fixed":
             # fastavro's union branch test wants exact bytes; a bytearray goes to fastavro.
-            return ["if x.__class__ is not bytes:", "    raise Fallback('fixed')", f"if len(x) != {int(schema['size'])}:", "    raise Fallback('fixed')", "a(x)"]
+            return [
+                "if x.__class__ is not bytes:",
+                "    raise Fallback('fixed')",
+                f"if len(x) != {int(schema['size'])}:",
+                "    raise Fallback('fixed')",
+                "a(x)",
+            ]
         if kind != "record":
             raise Unsupported(f"named {kind}")
         function = self.named.get(fullname)
@@ -226,7 +251,13 @@ class _EncoderGen(_Source):
                     absent = ["raise Fallback('default')"]
                     if field["default"] is None and isinstance(ftype, list) and ftype and ftype[0] == "null":
                         absent = ["a(b'\\x00')"]
-                    body += [f"x = v.get({name!r}, Fallback)", "if x is Fallback:", *_indent(absent), "else:", *_indent(self.stmts(ftype))]
+                    body += [
+                        f"x = v.get({name!r}, Fallback)",
+                        "if x is Fallback:",
+                        *_indent(absent),
+                        "else:",
+                        *_indent(self.stmts(ftype)),
+                    ]
                 else:
                     body += [f"x = v[{name!r}]", *self.stmts(field["type"])]
             self.add(function, "v, a", body or ["pass"])
@@ -241,15 +272,19 @@ class _EncoderGen(_Source):
             raise Unsupported("nested union")
         stmts = self.stmts(other)
         # fastavro reads any tuple in a union as (type name, value): leave those to it.
-        return [
-            "if x is None:",
-            f"    a({zigzag_varint(null_index)!r})",
-            "else:",
-            "    if x.__class__ is tuple:",
-            "        raise Fallback('tuple in union')",
-            f"    a({zigzag_varint(1 - null_index)!r})",
-            *_indent(stmts),
-        ] if stmts else ["if x is None:", f"    a({zigzag_varint(null_index)!r})", "else:", "    raise Fallback('null')"]
+        return (
+            [
+                "if x is None:",
+                f"    a({zigzag_varint(null_index)!r})",
+                "else:",
+                "    if x.__class__ is tuple:",
+                "        raise Fallback('tuple in union')",
+                f"    a({zigzag_varint(1 - null_index)!r})",
+                *_indent(stmts),
+            ]
+            if stmts
+            else ["if x is None:", f"    a({zigzag_varint(null_index)!r})", "else:", "    raise Fallback('null')"]
+        )
 
 
 # ---------------------------------------------------------------------- decoder
@@ -278,7 +313,11 @@ def _strip(schema: Any) -> Any:
 def _appended_null_fields(writer: dict[str, Any], reader: dict[str, Any]) -> list[tuple[str, Any]]:
     """The reader-only fields when ``reader`` is ``writer`` plus trailing ``["null", ...]`` fields
     defaulting to null (how fastavro then resolves: the writer's fields, then each default)."""
-    if not (isinstance(writer, dict) and isinstance(reader, dict)) or writer.get("type") != "record" or reader.get("type") != "record":
+    if (
+        not (isinstance(writer, dict) and isinstance(reader, dict))
+        or writer.get("type") != "record"
+        or reader.get("type") != "record"
+    ):
         raise Unsupported("resolution of non-records")
     wfields, rfields = writer["fields"], reader["fields"]
     if writer["name"] != reader["name"] or len(rfields) < len(wfields):
@@ -292,9 +331,11 @@ def _appended_null_fields(writer: dict[str, Any], reader: dict[str, Any]) -> lis
         if name != writer["name"] and _strip(rnamed.get(name)) != _strip(schema):
             raise Unsupported(f"named type {name} differs")
     appended = []
-    for field in rfields[len(wfields):]:
+    for field in rfields[len(wfields) :]:
         ftype = field["type"]
-        if field.get("default", Unsupported) is not None or not (isinstance(ftype, list) and ftype and ftype[0] == "null"):
+        if field.get("default", Unsupported) is not None or not (
+            isinstance(ftype, list) and ftype and ftype[0] == "null"
+        ):
             raise Unsupported("appended field without a null default")
         appended.append((field["name"], None))
     return appended
@@ -308,7 +349,9 @@ class _DecoderGen(_Source):
     decoded as latin-1)."""
 
     def __init__(self, named: dict[str, Any], resolving: bool) -> None:
-        super().__init__(named, {"RV": read_varint, "ZZ": _ZIGZAG, "UF": Struct("<f").unpack_from, "UD": Struct("<d").unpack_from})
+        super().__init__(
+            named, {"RV": read_varint, "ZZ": _ZIGZAG, "UF": Struct("<f").unpack_from, "UD": Struct("<d").unpack_from}
+        )
         # Resolving (a writer schema read with a reader that appends fields), fastavro matches each
         # union branch against the reader's branches, which may promote (int to float): null
         # unions only then. Its logical readers get the reader's node too (unused but by decimal).
@@ -319,7 +362,11 @@ class _DecoderGen(_Source):
         if appended:
             if not (isinstance(writer, dict) and writer.get("type") == "record"):
                 raise Unsupported("appended fields")
-            body = [*prologue, *self.record_body(writer, [(name, repr(value)) for name, value in appended]), "return x, i"]
+            body = [
+                *prologue,
+                *self.record_body(writer, [(name, repr(value)) for name, value in appended]),
+                "return x, i",
+            ]
         else:
             body = [*prologue, *self.stmts(writer, "x"), "return x, i"]
         self.add("decode", "d, i", body)
@@ -327,7 +374,15 @@ class _DecoderGen(_Source):
 
     @staticmethod
     def long(var: str) -> list[str]:
-        return ["b = d[i]", "i += 1", "if b < 128:", f"    {var} = ZZ[b]", "else:", "    b, i = RV(d, i, b)", f"    {var} = (b >> 1) ^ -(b & 1)"]
+        return [
+            "b = d[i]",
+            "i += 1",
+            "if b < 128:",
+            f"    {var} = ZZ[b]",
+            "else:",
+            "    b, i = RV(d, i, b)",
+            f"    {var} = (b >> 1) ^ -(b & 1)",
+        ]
 
     def stmts(self, schema: Any, var: str) -> list[str]:
         if isinstance(schema, list):
@@ -358,7 +413,16 @@ class _DecoderGen(_Source):
         if kind == "null":
             return [f"{var} = None"]
         if kind == "boolean":
-            return ["b = d[i]", "i += 1", "if b == 1:", f"    {var} = True", "elif b == 0:", f"    {var} = False", "else:", "    raise Fallback('boolean')"]
+            return [
+                "b = d[i]",
+                "i += 1",
+                "if b == 1:",
+                f"    {var} = True",
+                "elif b == 0:",
+                f"    {var} = False",
+                "else:",
+                "    raise Fallback('boolean')",
+            ]
         if kind in ("int", "long"):
             return self.long(var)
         if kind == "float":
@@ -366,7 +430,14 @@ class _DecoderGen(_Source):
         if kind == "double":
             return [f"{var} = UD(d, i)[0]", "i += 8"]
         if kind == "bytes":
-            return [*self.long("b"), "j = i + b", "if b < 0 or j > n:", "    raise Fallback('bytes')", f"{var} = d[i:j]", "i = j"]
+            return [
+                *self.long("b"),
+                "j = i + b",
+                "if b < 0 or j > n:",
+                "    raise Fallback('bytes')",
+                f"{var} = d[i:j]",
+                "i = j",
+            ]
         if kind == "string":
             return self.string(var)
         raise Unsupported(kind)
@@ -390,7 +461,14 @@ class _DecoderGen(_Source):
         lines = [f"v = {empty}"]
         if empty == "[]":
             lines.append("ap = v.append")
-        lines += ["while True:", *_indent(self.long("c")), "    if c == 0:", "        break", "    if c < 0:", "        raise Fallback('block size')"]
+        lines += [
+            "while True:",
+            *_indent(self.long("c")),
+            "    if c == 0:",
+            "        break",
+            "    if c < 0:",
+            "        raise Fallback('block size')",
+        ]
         lines += ["    for _ in range(c):", *_indent(body, 2), f"        {store}", "return v, i"]
         self.add(name, "d, i, n, t", lines)
         return [f"{var}, i = {name}(d, i, n, t)"]
@@ -438,4 +516,8 @@ class _DecoderGen(_Source):
             if isinstance(branch, list) or index > 63:
                 raise Unsupported("nested or long union")
             lines += [f"{'if' if index == 0 else 'elif'} b == {index << 1}:", *_indent(self.stmts(branch, var))]
-        return [*lines, "else:", "    raise Fallback('union index')"] if branches else [*lines, "raise Fallback('empty union')"]
+        return (
+            [*lines, "else:", "    raise Fallback('union index')"]
+            if branches
+            else [*lines, "raise Fallback('empty union')"]
+        )

@@ -26,8 +26,9 @@ from __future__ import annotations
 import ast
 import contextvars
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import avro.compatibility as apache
 import avro.errors
@@ -128,7 +129,9 @@ def _reader_writer(
     if not found:  # an avro release building results another way must still never read as compatible
         found = [(result.incompatibilities[0], "; ".join(sorted(result.messages)), min(result.locations))]
     return [
-        CompatProblem(index, direction, pointer_to_path(reader_raw, location), _reason(kind, message), kind.name.upper(), location)
+        CompatProblem(
+            index, direction, pointer_to_path(reader_raw, location), _reason(kind, message), kind.name.upper(), location
+        )
         for kind, message, location in _unique(found)
     ]
 
@@ -150,7 +153,10 @@ def _qualify_aliases(schema: Any, namespace: str) -> Any:
         if namespace and isinstance(out.get("aliases"), list):
             out["aliases"] = [a if not isinstance(a, str) or "." in a else f"{namespace}.{a}" for a in out["aliases"]]
     if isinstance(out.get("fields"), list):
-        out["fields"] = [{**f, "type": _qualify_aliases(f.get("type"), namespace)} if isinstance(f, dict) else f for f in out["fields"]]
+        out["fields"] = [
+            {**f, "type": _qualify_aliases(f.get("type"), namespace)} if isinstance(f, dict) else f
+            for f in out["fields"]
+        ]
     for key in ("items", "values", "type"):
         if isinstance(out.get(key), (dict, list)):
             out[key] = _qualify_aliases(out[key], namespace)
@@ -164,7 +170,9 @@ _sink: contextvars.ContextVar[list[tuple[SchemaIncompatibilityType, str, str]] |
 _apache_incompatible = apache.incompatible
 
 
-def _observed_incompatible(kind: SchemaIncompatibilityType, message: str, location: list[str]) -> SchemaCompatibilityResult:
+def _observed_incompatible(
+    kind: SchemaIncompatibilityType, message: str, location: list[str]
+) -> SchemaCompatibilityResult:
     """Apache's ``incompatible`` plus a note of (kind, message, location) for the active check.
 
     Installed once in place of the module function the checker calls; behaves identically when no

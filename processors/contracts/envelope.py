@@ -12,9 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from collections.abc import Callable
-from typing import Any, Sequence
 
 from processors.contracts.errors import EnvelopeError
 from processors.contracts.slotted import slot_builder
@@ -37,10 +36,9 @@ SPEC_VERSION = "1.0"
 AVRO_CONTENT_TYPE = "application/avro"
 REQUIRED_HEADERS = (CE_ID, CE_TYPE, CE_SOURCE, CE_SPECVERSION, CE_TIME, CE_IDEMPOTENCYKEY)
 _KNOWN = frozenset(
-    REQUIRED_HEADERS
-    + (CONTENT_TYPE, CE_CORRELATIONID, CE_CAUSATIONID, CE_TENANT, CE_HOPCOUNT, TRACEPARENT, TRACESTATE)
+    REQUIRED_HEADERS + (CONTENT_TYPE, CE_CORRELATIONID, CE_CAUSATIONID, CE_TENANT, CE_HOPCOUNT, TRACEPARENT, TRACESTATE)
 )
-_UTC = dt.timezone.utc
+_UTC = dt.UTC
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 # Derived idempotency keys: deterministic, fixed length however long the causal chain grows.
 _KEY_NAMESPACE = uuid.UUID("5b0c4a9e-3f57-4c0e-9d4b-2f4d7c1e8a61")
@@ -77,14 +75,14 @@ class Envelope:
         tenant: str | None = None,
         hop_count: int = 0,
         traceparent: str | None = None,
-    ) -> "Envelope":
+    ) -> Envelope:
         """A fresh envelope; a root event is its own idempotency key and correlation id by default."""
         event_id = str(uuid.uuid4())
         return cls(
             id=event_id,
             type=event_type,
             source=source,
-            time=dt.datetime.now(dt.timezone.utc),
+            time=dt.datetime.now(dt.UTC),
             idempotency_key=idempotency_key or event_id,
             correlation_id=correlation_id or event_id,
             causation_id=causation_id,
@@ -93,7 +91,7 @@ class Envelope:
             traceparent=traceparent,
         )
 
-    def child(self, event_type: str, source: str, idempotency_key: str | None = None) -> "Envelope":
+    def child(self, event_type: str, source: str, idempotency_key: str | None = None) -> Envelope:
         """The envelope of an event emitted because of this one.
 
         Same flow (correlation id, tenant, trace), caused by this event, one hop further. The
@@ -106,7 +104,7 @@ class Envelope:
                 id=str(uuid.uuid4()),
                 type=event_type,
                 source=source,
-                time=dt.datetime.now(dt.timezone.utc),
+                time=dt.datetime.now(dt.UTC),
                 idempotency_key=idempotency_key or derive_key(self.idempotency_key, event_type),
                 correlation_id=self.correlation_id or self.id,
                 causation_id=self.id,
@@ -118,7 +116,7 @@ class Envelope:
             str(uuid.uuid4()),
             event_type,
             source,
-            dt.datetime.now(dt.timezone.utc),
+            dt.datetime.now(dt.UTC),
             idempotency_key or derive_key(self.idempotency_key, event_type),
             self.correlation_id or self.id,
             self.id,
@@ -160,7 +158,7 @@ class Envelope:
         return headers
 
     @classmethod
-    def from_headers(cls, headers: Headers) -> "Envelope":
+    def from_headers(cls, headers: Headers) -> Envelope:
         """Read the envelope of a consumed message; :class:`EnvelopeError` names the bad header.
 
         An invalid ``traceparent`` is dropped rather than refused: W3C trace context says a
@@ -247,9 +245,19 @@ def _fields_fast(headers: list[tuple[str, bytes | str | None]]) -> tuple | None:
     if traceparent is not None and not _TRACEPARENT.match(traceparent):
         traceparent = None
     return (
-        ident, etype, source, parse_time(time), idem, correlation, causation, tenant,
+        ident,
+        etype,
+        source,
+        parse_time(time),
+        idem,
+        correlation,
+        causation,
+        tenant,
         0 if hops is None else _hop_count(hops),
-        traceparent, tracestate if traceparent is not None else None, content_type, SPEC_VERSION,
+        traceparent,
+        tracestate if traceparent is not None else None,
+        content_type,
+        SPEC_VERSION,
     )
 
 
@@ -267,7 +275,9 @@ def _fields_reference(headers: Headers) -> tuple:
         if not values.get(name):
             raise EnvelopeError(name, "missing" if name not in values else "empty")
     if values[CE_SPECVERSION] != SPEC_VERSION:
-        raise EnvelopeError(CE_SPECVERSION, f"unsupported CloudEvents version {values[CE_SPECVERSION]!r}, expected '1.0'")
+        raise EnvelopeError(
+            CE_SPECVERSION, f"unsupported CloudEvents version {values[CE_SPECVERSION]!r}, expected '1.0'"
+        )
     traceparent = values.get(TRACEPARENT)
     if traceparent is not None and not _TRACEPARENT.match(traceparent):
         traceparent = None
@@ -323,7 +333,7 @@ def format_time(value: dt.datetime) -> str:
         return prefix + (".%06dZ" % micro if micro % 1000 else ".%03dZ" % (micro // 1000))
     if value.tzinfo is None:
         raise ValueError("envelope time must be timezone-aware")
-    utc = value.astimezone(dt.timezone.utc)
+    utc = value.astimezone(dt.UTC)
     spec = "milliseconds" if utc.microsecond % 1000 == 0 else "microseconds"
     return utc.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from faust.serializers import codecs
 from faust.serializers.codecs import Codec, CodecT
@@ -29,7 +29,7 @@ CODEC_NAME = "choreo-avro"
 
 
 @lru_cache(maxsize=8)
-def _avro_codec(contracts_dir: Optional[str], schemas_dir: Optional[str], schema_registry_url: Optional[str]) -> AvroCodec:
+def _avro_codec(contracts_dir: str | None, schemas_dir: str | None, schema_registry_url: str | None) -> AvroCodec:
     """One registry and codec per configuration: faust clones codecs freely, loading contracts once."""
     registry = ContractRegistry.load(
         Path(contracts_dir) if contracts_dir else None, Path(schemas_dir) if schemas_dir else None
@@ -43,11 +43,11 @@ class ChoreoAvroCodec(Codec):
 
     def __init__(
         self,
-        children: Optional[tuple[CodecT, ...]] = None,
-        event_type: Optional[str] = None,
-        contracts_dir: Optional[str] = None,
-        schemas_dir: Optional[str] = None,
-        schema_registry_url: Optional[str] = None,
+        children: tuple[CodecT, ...] | None = None,
+        event_type: str | None = None,
+        contracts_dir: str | None = None,
+        schemas_dir: str | None = None,
+        schema_registry_url: str | None = None,
         **kwargs: Any,
     ) -> None:
         # Defaults follow the settings' environment variables, so a faust worker needs no code to
@@ -55,8 +55,14 @@ class ChoreoAvroCodec(Codec):
         contracts_dir = contracts_dir or os.environ.get("CHOREO_CONTRACTS_DIR")
         schemas_dir = schemas_dir or os.environ.get("CHOREO_SCHEMAS_DIR")
         schema_registry_url = schema_registry_url or os.environ.get("CHOREO_SCHEMA_REGISTRY_URL")
-        super().__init__(children=children, event_type=event_type, contracts_dir=contracts_dir,
-                         schemas_dir=schemas_dir, schema_registry_url=schema_registry_url, **kwargs)
+        super().__init__(
+            children=children,
+            event_type=event_type,
+            contracts_dir=contracts_dir,
+            schemas_dir=schemas_dir,
+            schema_registry_url=schema_registry_url,
+            **kwargs,
+        )
         self.event_type = event_type
 
     @property

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import fastavro
 import yaml
@@ -22,7 +23,17 @@ from processors.contracts.compat import MODES
 from processors.contracts.errors import ContractError
 from processors.settings import REPO_ROOT
 
-_REQUIRED = ("event_type", "topic", "key_field", "versions", "compatibility", "owner", "partitions", "retention", "description")
+_REQUIRED = (
+    "event_type",
+    "topic",
+    "key_field",
+    "versions",
+    "compatibility",
+    "owner",
+    "partitions",
+    "retention",
+    "description",
+)
 _OPTIONAL = ("pii_fields", "external_producers", "external_consumers")
 _DURATION = re.compile(r"^(\d+)\s*(ms|s|m|h|d|w)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
@@ -80,7 +91,7 @@ class ContractRegistry:
             self._by_topic.setdefault(contract.topic, []).append(contract)
 
     @classmethod
-    def load(cls, contracts_dir: Path | None = None, schemas_dir: Path | None = None) -> "ContractRegistry":
+    def load(cls, contracts_dir: Path | None = None, schemas_dir: Path | None = None) -> ContractRegistry:
         """Load and validate every ``*.yaml`` contract; all mistakes are reported together."""
         contracts_dir = Path(contracts_dir) if contracts_dir is not None else REPO_ROOT / "contracts"
         schemas_dir = Path(schemas_dir) if schemas_dir is not None else REPO_ROOT / "schemas"
@@ -164,7 +175,9 @@ def _check_keys(where: str, data: dict[str, Any]) -> None:
         raise ContractError(f"{where}: {missing[0]}: required field missing")
     unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
     if unknown:
-        raise ContractError(f"{where}: {unknown[0]}: unknown field (expected one of {', '.join(_REQUIRED + _OPTIONAL)})")
+        raise ContractError(
+            f"{where}: {unknown[0]}: unknown field (expected one of {', '.join(_REQUIRED + _OPTIONAL)})"
+        )
 
 
 def _text(where: str, data: dict[str, Any], key: str) -> str:
@@ -241,7 +254,9 @@ def _check_no_unlisted_schemas(where: str, schema_dir: Path, versions: tuple[int
     for path in sorted(schema_dir.glob("*.avsc")):
         match = _SCHEMA_FILE.match(path.name)
         if match is None or int(match.group(1)) not in versions:
-            raise ContractError(f"{where}: versions: {display_path(path)} exists but is not listed in versions {list(versions)}")
+            raise ContractError(
+                f"{where}: versions: {display_path(path)} exists but is not listed in versions {list(versions)}"
+            )
 
 
 def _check_key_field(where: str, key_field: str, raw: Mapping[int, dict[str, Any]]) -> None:
@@ -284,7 +299,11 @@ def field_path_exists(schema: dict[str, Any], path: str) -> bool:
             return False
         current = nxt
         if part.endswith("[]"):
-            current = [n.get("items", n.get("values")) for n in _expand(current, named) if isinstance(n, dict) and n.get("type") in ("array", "map")]
+            current = [
+                n.get("items", n.get("values"))
+                for n in _expand(current, named)
+                if isinstance(n, dict) and n.get("type") in ("array", "map")
+            ]
             if not current:
                 return False
     return True

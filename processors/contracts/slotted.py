@@ -23,11 +23,14 @@ T = TypeVar("T")
 def slot_builder(cls: type[T]) -> Callable[..., T]:
     """``cls(*values)`` with every field given positionally, in field order, without ``__init__``."""
     names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
-    if (tuple(getattr(cls, "__slots__", ())) != names or "__post_init__" in vars(cls)
-            or {"o", "new", "C", "Twin"} & set(names)):
+    if (
+        tuple(getattr(cls, "__slots__", ())) != names
+        or "__post_init__" in vars(cls)
+        or {"o", "new", "C", "Twin"} & set(names)
+    ):
         raise TypeError(f"{cls.__name__}: slot_builder needs a slotted dataclass of exactly its fields")
     args = ", ".join(names)
-    twin_src = (f"class Twin:\n    __slots__ = {names!r}\n")
+    twin_src = f"class Twin:\n    __slots__ = {names!r}\n"
     env: dict[str, Any] = {"new": object.__new__, "C": cls}
     exec(twin_src, env)  # noqa: S102 - generated from the class's own field names
     stores = "".join(f"    o.{n} = {n}\n" for n in names)

@@ -23,8 +23,9 @@ import datetime as dt
 import decimal
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 from processors.contracts.errors import MISSING, UNKNOWN_FIELD, ContractViolation, Problem
 
@@ -124,7 +125,7 @@ class Validator:
                 if problems:
                     bad = (bad or []) + [_under(name, p) for p in problems]
             if not value.keys() <= names:
-                extra = sorted((str(k) for k in value.keys() - names))
+                extra = sorted(str(k) for k in value.keys() - names)
                 bad = (bad or []) + [Problem(k, label, UNKNOWN_FIELD) for k in extra]
             return bad
 
@@ -226,12 +227,16 @@ _PRIMITIVE_NODES: dict[str, _Node] = {
 
 def _enum(schema: dict[str, Any]) -> _Node:
     symbols = frozenset(schema["symbols"])
-    return _typed(f"one of {schema['name']} ({', '.join(schema['symbols'])})", lambda v: isinstance(v, str) and v in symbols)
+    return _typed(
+        f"one of {schema['name']} ({', '.join(schema['symbols'])})", lambda v: isinstance(v, str) and v in symbols
+    )
 
 
 def _fixed(schema: dict[str, Any]) -> _Node:
     size = schema["size"]
-    return _typed(f"fixed {schema['name']} ({size} bytes)", lambda v: isinstance(v, (bytes, bytearray)) and len(v) == size)
+    return _typed(
+        f"fixed {schema['name']} ({size} bytes)", lambda v: isinstance(v, (bytes, bytearray)) and len(v) == size
+    )
 
 
 def _array(items: _Node) -> _Node:
@@ -397,7 +402,9 @@ class _QuickCheck:
 
     def build(self, schema: Any) -> Guard:
         entry = self.expr(schema, "")
-        self.sources.append(f"def quick_check(x):\n    try:\n        return {entry}\n    except Exception:\n        return False\n")
+        self.sources.append(
+            f"def quick_check(x):\n    try:\n        return {entry}\n    except Exception:\n        return False\n"
+        )
         exec(compile("\n".join(self.sources), "<quick_check>", "exec"), self.env)
         return self.env["quick_check"]
 
@@ -433,7 +440,9 @@ class _QuickCheck:
             return self.define(schema, namespace, f"(x.__class__ is str and x in {symbols})")
         if kind == "fixed":
             size = self.const(schema["size"])
-            return self.define(schema, namespace, f"((x.__class__ is bytes or x.__class__ is bytearray) and len(x) == {size})")
+            return self.define(
+                schema, namespace, f"((x.__class__ is bytes or x.__class__ is bytearray) and len(x) == {size})"
+            )
         if kind == "array":
             item = self.expr(schema["items"], namespace)
             body = ["if v.__class__ is not list and v.__class__ is not tuple:", "    return False", "for x in v:"]
@@ -467,7 +476,13 @@ class _QuickCheck:
             if not isinstance(field_name, str):
                 raise TypeError(f"field name {field_name!r}")
             if "default" in f:
-                optional += [f"x = v.get({field_name!r}, A)", "if x is not A:", f"    if not {expr}:", "        return False", "    n += 1"]
+                optional += [
+                    f"x = v.get({field_name!r}, A)",
+                    "if x is not A:",
+                    f"    if not {expr}:",
+                    "        return False",
+                    "    n += 1",
+                ]
             else:
                 required += [f"    x = v[{field_name!r}]", f"    if not {expr}:", "        return False"]
                 count += 1

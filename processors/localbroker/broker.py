@@ -197,15 +197,26 @@ class LocalBroker:
 
     def _java_base(self, classpath: str) -> list[str]:
         return [
-            "java", f"-Xms256m", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            "java",
+            "-Xms256m",
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-            f"-Dkafka.logs.dir={self.data_dir}", "-cp", classpath,
+            f"-Dkafka.logs.dir={self.data_dir}",
+            "-cp",
+            classpath,
         ]
 
     def _format(self, classpath: str) -> None:
         cluster_id = _kraft_cluster_id()
         cmd = self._java_base(classpath) + [
-            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties_file),
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(self.properties_file),
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
@@ -217,8 +228,11 @@ class LocalBroker:
         try:
             return subprocess.Popen(
                 self._java_base(classpath) + ["kafka.Kafka", str(self.properties_file)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=self.data_dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.data_dir,
             )
         finally:
             log.close()
@@ -283,8 +297,14 @@ def _is_our_broker(pid: int, data_dir: Path) -> bool:
 
 
 def _metadata_ok(bootstrap: str, timeout: float) -> bool:
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 2000,
-                         "log_level": 0, "logger": _silent_logger})
+    admin = AdminClient(
+        {
+            "bootstrap.servers": bootstrap,
+            "socket.connection.setup.timeout.ms": 2000,
+            "log_level": 0,
+            "logger": _silent_logger,
+        }
+    )
     try:
         metadata = admin.list_topics(timeout=timeout)
     except Exception:  # noqa: BLE001 - any failure means "not ready yet"

@@ -99,8 +99,14 @@ class KafkaJars:
         staging = target.with_name("libs.partial")
         shutil.rmtree(staging, ignore_errors=True)
         cmd = [
-            mvn, "-B", *(["-q"] if quiet else []), "-f", str(self.pom),
-            "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={staging}",
+            mvn,
+            "-B",
+            *(["-q"] if quiet else []),
+            "-f",
+            str(self.pom),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={staging}",
         ]
         proc = subprocess.run(cmd, capture_output=quiet, text=True, check=False)
         if proc.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):

@@ -11,7 +11,7 @@ Running: ``choreo worker --app MODULE:APP`` or :class:`Worker`; testing:
 
 from processors.runtime.agent import AgentSpec, Event, Timer
 from processors.runtime.app import App, AppError
-from processors.runtime.context import Context, Emitted, EmitError, InvalidStateError, TimerError
+from processors.runtime.context import Context, EmitError, Emitted, InvalidStateError, TimerError
 from processors.runtime.reject import Reject
 from processors.runtime.retry import BreakerPolicy, CircuitBreaker, CircuitOpenError, RetryPolicy
 from processors.runtime.topology import Topology, TopologyError, check_copartitioned

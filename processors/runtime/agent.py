@@ -25,7 +25,7 @@ class Event:
     type: str
     key: str | None
     value: dict[str, Any]
-    envelope: "Envelope"
+    envelope: Envelope
     topic: str
     partition: int
     offset: int
@@ -83,7 +83,9 @@ class AgentSpec:
     dedupe_ttl_s: float | None = None
 
     @staticmethod
-    def normalize_dependencies(deps: Iterable[str] | Mapping[str, BreakerPolicy | None] | None) -> dict[str, BreakerPolicy]:
+    def normalize_dependencies(
+        deps: Iterable[str] | Mapping[str, BreakerPolicy | None] | None,
+    ) -> dict[str, BreakerPolicy]:
         if deps is None:
             return {}
         if isinstance(deps, Mapping):

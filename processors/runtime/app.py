@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from processors.contracts import AvroCodec, ContractError, ContractRegistry
 from processors.runtime.agent import AgentSpec, Handler, TimerHandler
@@ -128,7 +128,7 @@ class App:
         return spec
 
     # ------------------------------------------------------------------ contracts
-    def configure(self, settings: "Settings") -> None:
+    def configure(self, settings: Settings) -> None:
         """Take contract locations and the Schema Registry URL from settings unless given explicitly."""
         if self._registry is None and self._contracts_dir is None:
             self._contracts_dir = Path(settings.contracts_dir)

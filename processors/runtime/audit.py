@@ -85,7 +85,9 @@ class Redactor:
         return message
 
 
-def state_diff(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def state_diff(
+    before: dict[str, Any] | None, after: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The top-level fields that changed, as (before, after) dicts; None stands for "no state"
     (key absent before, or deleted after)."""
     if before is None and after is None:

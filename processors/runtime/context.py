@@ -12,8 +12,9 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -50,7 +51,7 @@ class Emitted:
     topic: str
     key: str | None
     value: dict[str, Any]
-    envelope: "Envelope"
+    envelope: Envelope
     data: bytes
 
     @property
@@ -65,7 +66,9 @@ class Emitted:
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
-def uuid_from_sha1(data: bytes, _sha1: Callable[[bytes], Any] = hashlib.sha1, _variant: dict[str, str] = _VARIANT) -> str:
+def uuid_from_sha1(
+    data: bytes, _sha1: Callable[[bytes], Any] = hashlib.sha1, _variant: dict[str, str] = _VARIANT
+) -> str:
     """RFC 4122 version-5 UUID text of sha1(``data``) (what ``uuid.uuid5`` computes for
     ``namespace.bytes + name``), formatted without building a UUID object (three per input: the
     variant nibble comes from a table rather than ``int(..., 16)``)."""
@@ -92,10 +95,10 @@ class Context:
 
     def __init__(
         self,
-        processor: "Processor",
+        processor: Processor,
         view: Any,
         key: bytes,
-        envelope: "Envelope",
+        envelope: Envelope,
         event: Event | None = None,
         timer: Timer | None = None,
         partition: int = 0,
@@ -122,8 +125,12 @@ class Context:
     def log(self) -> logging.LoggerAdapter:
         """A logger whose JSON lines carry agent, partition, offset, event id and correlation id."""
         if self._log is None:
-            extra = {"agent": self._p.spec.name, "partition": self.partition, "event_id": self.envelope.id,
-                     "correlation_id": self.envelope.correlation_id}
+            extra = {
+                "agent": self._p.spec.name,
+                "partition": self.partition,
+                "event_id": self.envelope.id,
+                "correlation_id": self.envelope.correlation_id,
+            }
             if self.event is not None:
                 extra["offset"] = self.event.offset
                 extra["topic"] = self.event.topic
@@ -133,7 +140,7 @@ class Context:
     @property
     def now_dt(self) -> dt.datetime:
         if self._now_dt is None:
-            self._now_dt = dt.datetime.now(dt.timezone.utc)
+            self._now_dt = dt.datetime.now(dt.UTC)
         return self._now_dt
 
     # ------------------------------------------------------------------ identity
@@ -192,7 +199,7 @@ class Context:
         *,
         idempotency_key: str | None = None,
         tenant: str | None = None,
-    ) -> "Envelope":
+    ) -> Envelope:
         """Stage a follow-up event. It is validated against its contract now (a
         :class:`~processors.contracts.ContractViolation` propagates, and the input is dead-lettered
         as ``invalid_output`` unless the handler catches it). The idempotency key defaults to one
@@ -213,8 +220,9 @@ class Context:
         cause = self.envelope
         if idempotency_key is None:
             # p.derive_key(cause key, type, n), the prefix and suffix bytes precomputed per type
-            idempotency_key = uuid_from_sha1(p.key_prefix + cause.idempotency_key.encode("utf-8") + key_suffix
-                                             + str(n).encode())
+            idempotency_key = uuid_from_sha1(
+                p.key_prefix + cause.idempotency_key.encode("utf-8") + key_suffix + str(n).encode()
+            )
         # What Envelope.child() gives (same flow and trace, caused by this event, one hop further),
         # built in one step, with an id derived from the key so a replay emits the same id.
         now = self._now_dt
@@ -222,9 +230,19 @@ class Context:
             now = self.now_dt
         cause_id = cause.id
         env = _envelope(
-            uuid_from_sha1(_ID_NS + idempotency_key.encode("utf-8")), event_type, p.source, now, idempotency_key,
-            cause.correlation_id or cause_id, cause_id, tenant if tenant is not None else cause.tenant,
-            cause.hop_count + 1, cause.traceparent, cause.tracestate, AVRO_CONTENT_TYPE, SPEC_VERSION,
+            uuid_from_sha1(_ID_NS + idempotency_key.encode("utf-8")),
+            event_type,
+            p.source,
+            now,
+            idempotency_key,
+            cause.correlation_id or cause_id,
+            cause_id,
+            tenant if tenant is not None else cause.tenant,
+            cause.hop_count + 1,
+            cause.traceparent,
+            cause.tracestate,
+            AVRO_CONTENT_TYPE,
+            SPEC_VERSION,
         )
         if key is None:
             key_value = value.get(key_field)
@@ -271,11 +289,11 @@ class Context:
         store = getattr(self._view, "store", self._view)
         prefix = K.TIMER + self._key + b"\x00"
         for tk, raw in store.timers_of(self._key):
-            out[tk[len(prefix):].decode()] = K.unpack_u64(raw)
+            out[tk[len(prefix) :].decode()] = K.unpack_u64(raw)
         writes = getattr(self._view, "writes", {})
         for tk, raw in list(writes.items()) + list(self.timer_writes.items()):
             if tk.startswith(prefix):
-                name = tk[len(prefix):].decode()
+                name = tk[len(prefix) :].decode()
                 if raw is None:
                     out.pop(name, None)
                 else:

@@ -71,8 +71,13 @@ def _null(out: list[bytes], value: Any) -> None:
 
 
 _PRIMITIVES: dict[str, Writer] = {"string": _string, "int": _long, "long": _long, "boolean": _boolean, "null": _null}
-_PY_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "int": (int,), "long": (int,), "boolean": (bool,),
-                                          "null": (type(None),)}
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "int": (int,),
+    "long": (int,),
+    "boolean": (bool,),
+    "null": (type(None),),
+}
 
 
 def compile_writer(schema: Any) -> Callable[[Any], bytes]:
@@ -165,7 +170,6 @@ def _union(branches: list[Any]) -> Writer:
     return union
 
 
-
 def _base(schema: Any) -> str | None:
     """'string', 'long', 'enum', 'array<string>' or None (unsupported by the flat generator)."""
     if isinstance(schema, str):
@@ -202,19 +206,25 @@ def _generate_flat(schema: Any) -> Callable[[Any], bytes] | None:
         ind = "    "
         lines.append(f"    x = v[{name!r}]")
         if nullable:
-            lines.append(f"    if x is None:\n        a({zigzag(null_index)!r})\n    else:\n        a({zigzag(1 - null_index)!r})")
+            lines.append(
+                f"    if x is None:\n        a({zigzag(null_index)!r})\n    else:\n        a({zigzag(1 - null_index)!r})"
+            )
             ind = "        "
         if base == "string":
-            lines.append(f"{ind}b = x.encode('utf-8')\n{ind}n = len(b)\n{ind}a(VT[n << 1] if n < 8192 else zz(n))\n{ind}a(b)")
+            lines.append(
+                f"{ind}b = x.encode('utf-8')\n{ind}n = len(b)\n{ind}a(VT[n << 1] if n < 8192 else zz(n))\n{ind}a(b)"
+            )
         elif base == "long":
             lines.append(f"{ind}a(zz(x))")
         elif base == "enum":
             env[f"E{i}"] = {sym: zigzag(j) for j, sym in enumerate(ftype["symbols"])}
             lines.append(f"{ind}a(E{i}[x])")
         else:  # array<string>
-            lines.append(f"{ind}if x:\n{ind}    a(zz(len(x)))\n{ind}    for y in x:\n{ind}        b = y.encode('utf-8')"
-                         f"\n{ind}        n = len(b)\n{ind}        a(VT[n << 1] if n < 8192 else zz(n))\n{ind}        a(b)"
-                         f"\n{ind}a(b'\\x00')")
+            lines.append(
+                f"{ind}if x:\n{ind}    a(zz(len(x)))\n{ind}    for y in x:\n{ind}        b = y.encode('utf-8')"
+                f"\n{ind}        n = len(b)\n{ind}        a(VT[n << 1] if n < 8192 else zz(n))\n{ind}        a(b)"
+                f"\n{ind}a(b'\\x00')"
+            )
     lines.append("    return b''.join(out)")
     exec("\n".join(lines), env)  # noqa: S102 - code generated from a schema, no outside input
     return env["encode"]

@@ -16,9 +16,7 @@ from processors.runtime.retry import CIRCUIT_STATES
 
 EVENTS_IN = Counter("choreo_events_in_total", "Input events read by an agent", ["agent", "event_type"])
 EVENTS_OUT = Counter("choreo_events_out_total", "Follow-up events emitted by an agent", ["agent", "event_type"])
-DEAD_LETTERED = Counter(
-    "choreo_events_dead_lettered_total", "Inputs sent to a DLQ", ["agent", "event_type", "reason"]
-)
+DEAD_LETTERED = Counter("choreo_events_dead_lettered_total", "Inputs sent to a DLQ", ["agent", "event_type", "reason"])
 DUPLICATES = Counter("choreo_events_duplicate_total", "Inputs dropped as duplicates", ["agent", "event_type"])
 IGNORED = Counter("choreo_events_ignored_total", "Inputs of a type the agent does not consume", ["agent", "event_type"])
 AUDIT_RECORDS = Counter("choreo_audit_records_total", "Audit records written", ["agent", "outcome"])
@@ -26,7 +24,8 @@ HANDLER_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
 HANDLER_SECONDS = Histogram(
     "choreo_handler_seconds",
     "Handler latency (one successful attempt); every attempt is observed, added to the histogram once per batch",
-    ["agent"], buckets=HANDLER_BUCKETS,
+    ["agent"],
+    buckets=HANDLER_BUCKETS,
 )
 BATCH_SIZE = Histogram(
     "choreo_batch_size", "Records per consumed batch", ["agent"], buckets=(1, 10, 50, 100, 250, 500, 1000, 2000)
@@ -41,8 +40,10 @@ RESTORE_REMAINING = Gauge(
 )
 RESTORED = Counter("choreo_restored_records_total", "Changelog records applied on restore", ["agent"])
 COMMIT_SECONDS = Histogram(
-    "choreo_commit_seconds", "Batch commit latency: transaction commit (exactly_once) or flush+commit (at_least_once)",
-    ["agent", "guarantee"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+    "choreo_commit_seconds",
+    "Batch commit latency: transaction commit (exactly_once) or flush+commit (at_least_once)",
+    ["agent", "guarantee"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
 )
 ABORTS = Counter("choreo_batch_aborts_total", "Batches aborted and rewound", ["agent"])
 TIMERS_FIRED = Counter("choreo_timers_fired_total", "Timers fired", ["agent"])
@@ -97,8 +98,12 @@ class AgentMetrics:
                     child._buckets[i].inc(n)
                     self._handler_counts[i] = 0
             self._handler_sum = 0.0
-        for tally, metric in ((self._in, EVENTS_IN), (self._out, EVENTS_OUT), (self._dup, DUPLICATES),
-                              (self._aud, AUDIT_RECORDS)):
+        for tally, metric in (
+            (self._in, EVENTS_IN),
+            (self._out, EVENTS_OUT),
+            (self._dup, DUPLICATES),
+            (self._aud, AUDIT_RECORDS),
+        ):
             if tally:
                 for label, n in tally.items():
                     metric.labels(self.agent, label).inc(n)
@@ -154,9 +159,12 @@ def _bulk_capable(child: Any, bounds: tuple[float, ...]) -> bool:
     """Whether a histogram child has the per-bucket values and sum that ``observe`` increments
     (prometheus-client's layout), with our bounds, so a batch of observations can be added at once."""
     try:
-        return (list(child._upper_bounds) == list(bounds) and len(child._buckets) == len(bounds)
-                and all(callable(getattr(b, "inc", None)) for b in child._buckets)
-                and callable(getattr(child._sum, "inc", None)))
+        return (
+            list(child._upper_bounds) == list(bounds)
+            and len(child._buckets) == len(bounds)
+            and all(callable(getattr(b, "inc", None)) for b in child._buckets)
+            and callable(getattr(child._sum, "inc", None))
+        )
     except AttributeError:
         return False
 

@@ -27,7 +27,14 @@ from processors.runtime import audit as A
 from processors.runtime import dlq as D
 from processors.runtime.agent import AgentSpec, Event, Timer
 from processors.runtime.context import (
-    _ID_NS, Context, Emitted, EmitError, InvalidStateError, TimerError, derived_id, uuid_from_sha1,
+    _ID_NS,
+    Context,
+    EmitError,
+    Emitted,
+    InvalidStateError,
+    TimerError,
+    derived_id,
+    uuid_from_sha1,
 )
 from processors.runtime.conventions import dlq_topic
 from processors.runtime.fastavro_writer import compile_writer
@@ -96,10 +103,10 @@ class Processor:
 
     def __init__(
         self,
-        app: "App",
+        app: App,
         spec: AgentSpec,
         worker_id: str,
-        metrics: "AgentMetrics | None" = None,
+        metrics: AgentMetrics | None = None,
         clock_ms: Callable[[], int] = _now_ms,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
@@ -127,7 +134,7 @@ class Processor:
         for name, policy in spec.dependencies.items():
             on_change = None
             if metrics is not None:
-                on_change = (lambda dep: (lambda old, new: metrics.circuit_state(dep, new)))(name)
+                on_change = (lambda dep: lambda old, new: metrics.circuit_state(dep, new))(name)
             self.breakers[name] = CircuitBreaker(
                 name, policy, clock=breaker_clock or monotonic, on_state_change=on_change
             )
@@ -156,9 +163,9 @@ class Processor:
         self.emit_plans: dict[str, tuple[str, str | None, bytes]] = {}
         for et in spec.produces:
             c = self.registry.get(et)
-            self.emit_plans[et] = (c.topic, c.key_field, f"\x1f{spec.name}\x1f{et}\x1f".encode("utf-8"))
+            self.emit_plans[et] = (c.topic, c.key_field, f"\x1f{spec.name}\x1f{et}\x1f".encode())
         # Audit ids: derived_id("audit\x1f<agent>\x1f<input key>\x1f<outcome>"), prefix precomputed.
-        self._audit_id_prefix = _ID_NS + f"audit\x1f{spec.name}\x1f".encode("utf-8")
+        self._audit_id_prefix = _ID_NS + f"audit\x1f{spec.name}\x1f".encode()
         self._h_audit_type = ("ce_type", self._audit_type_b)
         self._h_audit_source = ("ce_source", self._source_b)
         self._h_audit_ct = ("content-type", self._audit_ct)
@@ -195,18 +202,28 @@ class Processor:
             if event_type not in self.consumes:
                 if event_type in self.topic_types.get(topic, ()):
                     return HandleResult(IGNORED, event_type)
-                raise _Dead(self._failure(
-                    D.CONTRACT_VIOLATION,
-                    ContractError(f"event type {event_type!r} is not a type agent {self.spec.name!r} reads on topic {topic!r}"),
-                    1, received,
-                ))
+                raise _Dead(
+                    self._failure(
+                        D.CONTRACT_VIOLATION,
+                        ContractError(
+                            f"event type {event_type!r} is not a type agent {self.spec.name!r} reads on topic {topic!r}"
+                        ),
+                        1,
+                        received,
+                    )
+                )
             if envelope.hop_count > self.max_hops:
-                raise _Dead(self._failure(
-                    D.LOOP,
-                    LoopError(f"hop count {envelope.hop_count} is past the bound {self.max_hops} of agent {self.spec.name!r}: "
-                              "the event chain loops"),
-                    1, received,
-                ))
+                raise _Dead(
+                    self._failure(
+                        D.LOOP,
+                        LoopError(
+                            f"hop count {envelope.hop_count} is past the bound {self.max_hops} of agent {self.spec.name!r}: "
+                            "the event chain loops"
+                        ),
+                        1,
+                        received,
+                    )
+                )
             if value is None:
                 raise _Dead(self._failure(D.UNDECODABLE, DecodeError("record has no value (tombstone)"), 1, received))
             try:
@@ -222,8 +239,9 @@ class Processor:
             raw_seen = view.get(seen)
             if raw_seen is not None and _unpack_u64(raw_seen) > received:
                 result = HandleResult(A.DUPLICATE, event_type, key=key)
-                result.audit = self._audit_record(envelope, event_type, topic, partition, offset, A.DUPLICATE,
-                                                  None, None, [], received, None, key)
+                result.audit = self._audit_record(
+                    envelope, event_type, topic, partition, offset, A.DUPLICATE, None, None, [], received, None, key
+                )
                 result.records.append(self._audit_out(result.audit, envelope, key))
                 return result
 
@@ -232,16 +250,26 @@ class Processor:
                 state_key = b"" if key_value is None else str(key_value).encode()
             else:
                 state_key = key
-            event = _event(event_type, state_key.decode("utf-8", "backslashreplace"), decoded, envelope, topic,
-                           partition, offset, timestamp_ms)
+            event = _event(
+                event_type,
+                state_key.decode("utf-8", "backslashreplace"),
+                decoded,
+                envelope,
+                topic,
+                partition,
+                offset,
+                timestamp_ms,
+            )
             handler = self.spec.handler
-            ctx = self._run(lambda c: handler(event, c), view, state_key, envelope, event, None,
-                            partition, received, decoded)
+            ctx = self._run(
+                lambda c: handler(event, c), view, state_key, envelope, event, None, partition, received, decoded
+            )
             view.put(seen, _pack_u64(received + self.dedupe_ttl_ms))
             return self._success(ctx, view, state_key, envelope, event_type, topic, partition, offset, received, key)
         except _Dead as dead:
-            return self._dead(dead.failure, envelope, event_type, topic, partition, offset, key, value, headers,
-                              received)
+            return self._dead(
+                dead.failure, envelope, event_type, topic, partition, offset, key, value, headers, received
+            )
 
     # ---------------------------------------------------------------- timers
     def fire_timer(self, view: Any, timer_store_key: bytes, partition: int) -> HandleResult | None:
@@ -258,15 +286,25 @@ class Processor:
         key_text = state_key.decode("utf-8", "backslashreplace")
         timer_id = derived_id(f"timer\x1f{self.spec.name}\x1f{key_text}\x1f{name}\x1f{due}")
         timer = Timer(
-            name=name, key=key_text, due_ms=due, payload=record.get("payload"), id=timer_id,
-            correlation_id=record.get("correlation_id"), hop_count=int(record.get("hop_count") or 0),
+            name=name,
+            key=key_text,
+            due_ms=due,
+            payload=record.get("payload"),
+            id=timer_id,
+            correlation_id=record.get("correlation_id"),
+            hop_count=int(record.get("hop_count") or 0),
             tenant=record.get("tenant"),
         )
         envelope = Envelope(
-            id=timer_id, type=f"timer:{name}", source=self.source,
-            time=dt.datetime.now(dt.timezone.utc), idempotency_key=timer_id,
-            correlation_id=timer.correlation_id, causation_id=record.get("scheduled_by"),
-            tenant=timer.tenant, hop_count=timer.hop_count,
+            id=timer_id,
+            type=f"timer:{name}",
+            source=self.source,
+            time=dt.datetime.now(dt.UTC),
+            idempotency_key=timer_id,
+            correlation_id=timer.correlation_id,
+            causation_id=record.get("scheduled_by"),
+            tenant=timer.tenant,
+            hop_count=timer.hop_count,
         )
         # The timer's own follow-ups are one hop further, like any follow-up.
         topic = f"timer:{name}"
@@ -277,18 +315,43 @@ class Processor:
         except _Dead as dead:
             value = orjson.dumps({"timer": name, "key": key_text, "due_ms": due, **record})
             failure = dead.failure
-            failure = D.Failure(D.TIMER_ERROR if failure.reason == D.HANDLER_ERROR else failure.reason,
-                                failure.error_class, failure.message, failure.attempts,
-                                failure.first_failure_ms, failure.last_failure_ms)
-            result = self._dead(failure, envelope, envelope.type, topic, partition, -1, state_key, value,
-                                envelope.to_headers(), now, dlq_to=self.timer_dlq_topic)
+            failure = D.Failure(
+                D.TIMER_ERROR if failure.reason == D.HANDLER_ERROR else failure.reason,
+                failure.error_class,
+                failure.message,
+                failure.attempts,
+                failure.first_failure_ms,
+                failure.last_failure_ms,
+            )
+            result = self._dead(
+                failure,
+                envelope,
+                envelope.type,
+                topic,
+                partition,
+                -1,
+                state_key,
+                value,
+                envelope.to_headers(),
+                now,
+                dlq_to=self.timer_dlq_topic,
+            )
             return result
         return self._success(ctx, view, state_key, envelope, envelope.type, topic, partition, -1, now, state_key)
 
     # ---------------------------------------------------------------- internals
-    def _run(self, call: Callable[[Context], None], view: Any, state_key: bytes, envelope: Envelope,
-             event: Event | None, timer: Timer | None, partition: int, received: int,
-             decoded: dict[str, Any] | None) -> Context:
+    def _run(
+        self,
+        call: Callable[[Context], None],
+        view: Any,
+        state_key: bytes,
+        envelope: Envelope,
+        event: Event | None,
+        timer: Timer | None,
+        partition: int,
+        received: int,
+        decoded: dict[str, Any] | None,
+    ) -> Context:
         attempts = 0
         first_failure = 0
         start = self.monotonic()
@@ -314,26 +377,49 @@ class Processor:
                 delay = policy.backoff(attempts, self.rng)
                 elapsed = self.monotonic() - start
                 if attempts >= policy.max_attempts or elapsed + delay > policy.max_elapsed_s:
-                    raise _Dead(self._failure(D.RETRIES_EXHAUSTED, exc, attempts, first_failure, now, decoded)) from None
+                    raise _Dead(
+                        self._failure(D.RETRIES_EXHAUSTED, exc, attempts, first_failure, now, decoded)
+                    ) from None
                 if metrics is not None:
                     metrics.retry()
-                log.info("transient failure, retrying", extra={
-                    "agent": self.spec.name, "partition": partition, "event_id": envelope.id,
-                    "correlation_id": envelope.correlation_id, "attempt": attempts, "delay_s": round(delay, 3),
-                    "error_class": type(exc).__name__})
+                log.info(
+                    "transient failure, retrying",
+                    extra={
+                        "agent": self.spec.name,
+                        "partition": partition,
+                        "event_id": envelope.id,
+                        "correlation_id": envelope.correlation_id,
+                        "attempt": attempts,
+                        "delay_s": round(delay, 3),
+                        "error_class": type(exc).__name__,
+                    },
+                )
                 self.sleep(delay)
             except InvalidStateError as exc:
                 now = self.clock_ms()
                 raise _Dead(self._failure(D.INVALID_STATE, exc, attempts, first_failure or now, now, decoded)) from None
             except (ContractError, EmitError, TimerError) as exc:
                 now = self.clock_ms()
-                raise _Dead(self._failure(D.INVALID_OUTPUT, exc, attempts, first_failure or now, now, decoded)) from None
+                raise _Dead(
+                    self._failure(D.INVALID_OUTPUT, exc, attempts, first_failure or now, now, decoded)
+                ) from None
             except Exception as exc:  # noqa: BLE001 - a handler bug is the event's problem, not the worker's
                 now = self.clock_ms()
                 raise _Dead(self._failure(D.HANDLER_ERROR, exc, attempts, first_failure or now, now, decoded)) from None
 
-    def _success(self, ctx: Context, view: Any, state_key: bytes, envelope: Envelope, event_type: str,
-                 topic: str, partition: int, offset: int, received: int, key: bytes | None) -> HandleResult:
+    def _success(
+        self,
+        ctx: Context,
+        view: Any,
+        state_key: bytes,
+        envelope: Envelope,
+        event_type: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        received: int,
+        key: bytes | None,
+    ) -> HandleResult:
         changed, new_raw = ctx.state_change()
         before = after = None
         if changed:
@@ -348,44 +434,121 @@ class Processor:
         records = result.records
         for em in emitted:
             em_key = em.key
-            records.append(OutRecord("output", em.topic, None if em_key is None else em_key.encode(), em.data,
-                                     em.envelope.to_headers(), em.event_type))
-        result.audit = self._audit_record(envelope, event_type, topic, partition, offset, A.PROCESSED,
-                                          before, after, [em.envelope.id for em in emitted], received, None, key)
+            records.append(
+                OutRecord(
+                    "output",
+                    em.topic,
+                    None if em_key is None else em_key.encode(),
+                    em.data,
+                    em.envelope.to_headers(),
+                    em.event_type,
+                )
+            )
+        result.audit = self._audit_record(
+            envelope,
+            event_type,
+            topic,
+            partition,
+            offset,
+            A.PROCESSED,
+            before,
+            after,
+            [em.envelope.id for em in emitted],
+            received,
+            None,
+            key,
+        )
         records.append(self._audit_out(result.audit, envelope, key))
         return result
 
-    def _dead(self, failure: D.Failure, envelope: Envelope | None, event_type: str | None, topic: str,
-              partition: int, offset: int, key: bytes | None, value: bytes | None,
-              headers: list[tuple[str, bytes | None]] | None, received: int,
-              dlq_to: str | None = None) -> HandleResult:
+    def _dead(
+        self,
+        failure: D.Failure,
+        envelope: Envelope | None,
+        event_type: str | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes | None]] | None,
+        received: int,
+        dlq_to: str | None = None,
+    ) -> HandleResult:
         result = HandleResult(A.DEAD_LETTERED, event_type, failure=failure, key=key)
-        result.records.append(OutRecord(
-            "dlq", dlq_to or dlq_topic(topic), key, value,
-            D.dlq_headers(headers, failure, self.spec.name, topic, partition, offset), event_type,
-        ))
+        result.records.append(
+            OutRecord(
+                "dlq",
+                dlq_to or dlq_topic(topic),
+                key,
+                value,
+                D.dlq_headers(headers, failure, self.spec.name, topic, partition, offset),
+                event_type,
+            )
+        )
         if envelope is None:
             envelope = _fallback_envelope(headers, topic, partition, offset, self.source)
-        result.audit = self._audit_record(envelope, event_type or envelope.type, topic, partition, offset,
-                                          A.DEAD_LETTERED, None, None, [], received,
-                                          f"{failure.reason}: {failure.error_class}: {failure.message}", key)
+        result.audit = self._audit_record(
+            envelope,
+            event_type or envelope.type,
+            topic,
+            partition,
+            offset,
+            A.DEAD_LETTERED,
+            None,
+            None,
+            [],
+            received,
+            f"{failure.reason}: {failure.error_class}: {failure.message}",
+            key,
+        )
         result.records.append(self._audit_out(result.audit, envelope, key))
-        log.warning("dead-lettered", extra={
-            "agent": self.spec.name, "topic": topic, "partition": partition, "offset": offset,
-            "event_id": envelope.id, "correlation_id": envelope.correlation_id, "reason": failure.reason,
-            "error_class": failure.error_class, "error": failure.message[:500], "attempts": failure.attempts})
+        log.warning(
+            "dead-lettered",
+            extra={
+                "agent": self.spec.name,
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "event_id": envelope.id,
+                "correlation_id": envelope.correlation_id,
+                "reason": failure.reason,
+                "error_class": failure.error_class,
+                "error": failure.message[:500],
+                "attempts": failure.attempts,
+            },
+        )
         return result
 
-    def _failure(self, reason: str, exc: BaseException, attempts: int, first_ms: int, last_ms: int | None = None,
-                 decoded: dict[str, Any] | None = None) -> D.Failure:
+    def _failure(
+        self,
+        reason: str,
+        exc: BaseException,
+        attempts: int,
+        first_ms: int,
+        last_ms: int | None = None,
+        decoded: dict[str, Any] | None = None,
+    ) -> D.Failure:
         message = str(exc) or type(exc).__name__
         if decoded is not None and self.redactor:
             message = self.redactor.scrub(message, self.redactor.secrets_in(decoded))
         return D.Failure(reason, type(exc).__name__, message, attempts, first_ms, last_ms or first_ms)
 
-    def _audit_record(self, envelope: Envelope, event_type: str, topic: str, partition: int, offset: int,
-                      outcome: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
-                      emitted: list[str], received: int, error: str | None, key: bytes | None) -> dict[str, Any]:
+    def _audit_record(
+        self,
+        envelope: Envelope,
+        event_type: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        outcome: str,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        emitted: list[str],
+        received: int,
+        error: str | None,
+        key: bytes | None,
+    ) -> dict[str, Any]:
         redactor = self.redactor
         return {
             "agent_name": self.spec.name,
@@ -424,10 +587,23 @@ class Processor:
                 return header + body(record)
 
             samples = [
-                self._audit_record(_SAMPLE_ENV, "x.y", "t", 1, 2, "PROCESSED", {"a": 1}, {"a": 2}, ["e1", "e2"],
-                                   1_700_000_000_000, None, b"k"),
-                self._audit_record(_SAMPLE_ENV_NO_CORR, "x.y", "t", 0, 300, "DEAD_LETTERED", None, None, [],
-                                   -5, "boom ✓", None),
+                self._audit_record(
+                    _SAMPLE_ENV,
+                    "x.y",
+                    "t",
+                    1,
+                    2,
+                    "PROCESSED",
+                    {"a": 1},
+                    {"a": 2},
+                    ["e1", "e2"],
+                    1_700_000_000_000,
+                    None,
+                    b"k",
+                ),
+                self._audit_record(
+                    _SAMPLE_ENV_NO_CORR, "x.y", "t", 0, 300, "DEAD_LETTERED", None, None, [], -5, "boom ✓", None
+                ),
             ]
             if all(fast(r) == by_codec(r) for r in samples):
                 return fast
@@ -447,8 +623,12 @@ class Processor:
         """The audit record as a CloudEvent of the audit type, caused by the input (headers built
         directly from precomputed parts: this runs once per input)."""
         # derived_id(f"audit\x1f{agent}\x1f{input idempotency key}\x1f{outcome}")
-        audit_id = uuid_from_sha1(self._audit_id_prefix + envelope.idempotency_key.encode("utf-8") + b"\x1f"
-                                  + record["outcome"].encode("utf-8")).encode()
+        audit_id = uuid_from_sha1(
+            self._audit_id_prefix
+            + envelope.idempotency_key.encode("utf-8")
+            + b"\x1f"
+            + record["outcome"].encode("utf-8")
+        ).encode()
         headers: list[tuple[str, bytes | None]] = [
             ("ce_id", audit_id),
             self._h_audit_type,
@@ -466,16 +646,23 @@ class Processor:
         tenant = envelope.tenant
         if tenant is not None:
             headers.append(("ce_tenant", tenant.encode()))
-        return OutRecord("audit", self.audit_topic, record["input_event_id"].encode(), self._audit_encode(record),
-                         headers, self.audit_type)
+        return OutRecord(
+            "audit",
+            self.audit_topic,
+            record["input_event_id"].encode(),
+            self._audit_encode(record),
+            headers,
+            self.audit_type,
+        )
 
 
 class LoopError(Exception):
     """An event came past the hop-count bound: the chain of agents loops."""
 
 
-def _fallback_envelope(headers: list[tuple[str, bytes | None]] | None, topic: str, partition: int, offset: int,
-                       source: str) -> Envelope:
+def _fallback_envelope(
+    headers: list[tuple[str, bytes | None]] | None, topic: str, partition: int, offset: int, source: str
+) -> Envelope:
     """An envelope for audit/log lines of a record whose headers could not be read."""
     values = {}
     for name, raw in headers or ():
@@ -484,8 +671,9 @@ def _fallback_envelope(headers: list[tuple[str, bytes | None]] | None, topic: st
     coords = f"{topic}/{partition}/{offset}"
     event_id = values.get("ce_id") or derived_id(f"coords\x1f{coords}")
     idem = values.get("ce_idempotencykey") or event_id
-    env = Envelope.new(values.get("ce_type") or "unknown", source, idempotency_key=idem,
-                       correlation_id=values.get("ce_correlationid"))
+    env = Envelope.new(
+        values.get("ce_type") or "unknown", source, idempotency_key=idem, correlation_id=values.get("ce_correlationid")
+    )
     from dataclasses import replace
 
     return replace(env, id=event_id, correlation_id=values.get("ce_correlationid") or event_id)

@@ -69,8 +69,9 @@ class AgentDriver:
     at construction) and only moves with :meth:`advance` and retry backoffs (which are recorded in
     :attr:`sleeps`, not slept)."""
 
-    def __init__(self, app: App, agent: str, *, now_ms: int | None = None, worker_id: str = "driver",
-                 partition: int = 0) -> None:
+    def __init__(
+        self, app: App, agent: str, *, now_ms: int | None = None, worker_id: str = "driver", partition: int = 0
+    ) -> None:
         self.app = app
         self.spec = app.select([agent])[0]
         self.now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
@@ -79,7 +80,12 @@ class AgentDriver:
         self.partition = partition
         self.store = MemoryStore()
         self.processor = Processor(
-            app, self.spec, worker_id, metrics=None, clock_ms=lambda: self.now_ms, sleep=self._sleep,
+            app,
+            self.spec,
+            worker_id,
+            metrics=None,
+            clock_ms=lambda: self.now_ms,
+            sleep=self._sleep,
             monotonic=lambda: self._mono,
         )
         self.results: list[DriverResult] = []
@@ -108,8 +114,13 @@ class AgentDriver:
     ) -> DriverResult:
         """Encode ``value`` by its contract, wrap it in an envelope and hand it to the agent."""
         contract = self.app.registry.get(event_type)
-        env = envelope or self.envelope(event_type, idempotency_key=idempotency_key,
-                                        correlation_id=correlation_id, hop_count=hop_count, tenant=tenant)
+        env = envelope or self.envelope(
+            event_type,
+            idempotency_key=idempotency_key,
+            correlation_id=correlation_id,
+            hop_count=hop_count,
+            tenant=tenant,
+        )
         if key is None:
             key = str(value.get(contract.key_field)) if value.get(contract.key_field) is not None else None
         data = self.app.codec.encode(event_type, value)
@@ -117,11 +128,16 @@ class AgentDriver:
 
     def send_emitted(self, emitted: Emitted) -> DriverResult:
         """Feed an event emitted by this (or another) agent, headers and all."""
-        return self.send_raw(emitted.topic, None if emitted.key is None else emitted.key.encode(), emitted.data,
-                             emitted.envelope.to_headers())
+        return self.send_raw(
+            emitted.topic,
+            None if emitted.key is None else emitted.key.encode(),
+            emitted.data,
+            emitted.envelope.to_headers(),
+        )
 
-    def send_raw(self, topic: str, key: bytes | None, value: bytes | None,
-                 headers: list[tuple[str, bytes | None]] | None) -> DriverResult:
+    def send_raw(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]] | None
+    ) -> DriverResult:
         """Feed a record exactly as it would come off Kafka (for poison-event tests)."""
         offset = self._offsets.get(topic, 0)
         self._offsets[topic] = offset + 1
@@ -149,8 +165,9 @@ class AgentDriver:
 
     def _record(self, result: HandleResult) -> DriverResult:
         dlq = next((r for r in result.records if r.kind == "dlq"), None)
-        res = DriverResult(result.outcome, list(result.emitted), dlq, result.reason, result.audit,
-                           list(result.records), result)
+        res = DriverResult(
+            result.outcome, list(result.emitted), dlq, result.reason, result.audit, list(result.records), result
+        )
         self.results.append(res)
         return res
 
@@ -161,7 +178,7 @@ class AgentDriver:
 
     def timers(self, key: str) -> dict[str, int]:
         prefix = K.TIMER + key.encode() + b"\x00"
-        return {tk[len(prefix):].decode(): K.unpack_u64(raw) for tk, raw in self.store.timers_of(key.encode())}
+        return {tk[len(prefix) :].decode(): K.unpack_u64(raw) for tk, raw in self.store.timers_of(key.encode())}
 
     def seen(self, idempotency_key: str) -> bool:
         raw = self.store.get(K.seen_key(idempotency_key))
@@ -192,8 +209,17 @@ class ReadRecord:
         return Envelope.from_headers([(k, v.encode()) for k, v in self.headers.items()])
 
 
-def publish(app: App, bootstrap: str, event_type: str, value: dict[str, Any], key: str | None = None,
-            *, producer: Producer | None = None, flush: bool = True, **envelope_kwargs: Any) -> Envelope:
+def publish(
+    app: App,
+    bootstrap: str,
+    event_type: str,
+    value: dict[str, Any],
+    key: str | None = None,
+    *,
+    producer: Producer | None = None,
+    flush: bool = True,
+    **envelope_kwargs: Any,
+) -> Envelope:
     """Produce one contract event with a fresh envelope (``idempotency_key=``, ``correlation_id=``,
     ``hop_count=`` ... accepted). Returns the envelope."""
     contract = app.registry.get(event_type)
@@ -201,23 +227,36 @@ def publish(app: App, bootstrap: str, event_type: str, value: dict[str, Any], ke
     if key is None and value.get(contract.key_field) is not None:
         key = str(value[contract.key_field])
     own = producer is None
-    producer = producer or Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
-                                     "enable.idempotence": True})
+    producer = producer or Producer(
+        {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "enable.idempotence": True}
+    )
     producer.produce(contract.topic, app.codec.encode(event_type, value), key, headers=env.to_headers())
     if flush or own:
         producer.flush(30)
     return env
 
 
-def read_topic(bootstrap: str, topic: str, count: int | None = None, *, timeout: float = 30.0,
-               app: App | None = None, idle_s: float = 2.0) -> list[ReadRecord]:
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    count: int | None = None,
+    *,
+    timeout: float = 30.0,
+    app: App | None = None,
+    idle_s: float = 2.0,
+) -> list[ReadRecord]:
     """Read a topic from the beginning with read_committed until ``count`` records arrived (or, with
     ``count=None``, until the end of every partition). Values of contract topics are decoded."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"choreo-test-read-{uuid.uuid4().hex[:8]}",
-        "auto.offset.reset": "earliest", "enable.auto.commit": False, "isolation.level": "read_committed",
-        "enable.partition.eof": True,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"choreo-test-read-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
     out: list[ReadRecord] = []
     try:
         consumer.subscribe([topic])
@@ -268,10 +307,13 @@ class RunningAgents:
         self.worker = worker
         self.app = worker.app
         self.bootstrap = bootstrap
-        self._producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
-                                   "enable.idempotence": True})
+        self._producer = Producer(
+            {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "enable.idempotence": True}
+        )
 
-    def publish(self, event_type: str, value: dict[str, Any], key: str | None = None, **envelope_kwargs: Any) -> Envelope:
+    def publish(
+        self, event_type: str, value: dict[str, Any], key: str | None = None, **envelope_kwargs: Any
+    ) -> Envelope:
         return publish(self.app, self.bootstrap, event_type, value, key, producer=self._producer, **envelope_kwargs)
 
     def read(self, topic_or_type: str, count: int | None = None, timeout: float = 30.0) -> list[ReadRecord]:
@@ -308,8 +350,14 @@ def run_agents(
     from dataclasses import replace
 
     settings = replace(base, bootstrap_servers=bootstrap, state_dir=Path(state_dir), processing_guarantee=guarantee)
-    worker = Worker(app, settings, agents=agents, worker_id=worker_id or f"test-{uuid.uuid4().hex[:6]}",
-                    guarantee=guarantee, options=options or WorkerOptions(poll_timeout_s=0.1))
+    worker = Worker(
+        app,
+        settings,
+        agents=agents,
+        worker_id=worker_id or f"test-{uuid.uuid4().hex[:6]}",
+        guarantee=guarantee,
+        options=options or WorkerOptions(poll_timeout_s=0.1),
+    )
     worker.start()
     running = RunningAgents(worker, bootstrap)
     try:

@@ -41,11 +41,11 @@ class Topology:
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def from_specs(cls, specs: Iterable["AgentSpec"]) -> "Topology":
+    def from_specs(cls, specs: Iterable[AgentSpec]) -> Topology:
         return cls({s.name: AgentNode(s.name, tuple(s.consumes), tuple(s.produces), s.max_hops) for s in specs})
 
     @classmethod
-    def from_app(cls, app: Any) -> "Topology":
+    def from_app(cls, app: Any) -> Topology:
         return cls.from_specs(app.agents.values())
 
     # ------------------------------------------------------------ queries

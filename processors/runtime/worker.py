@@ -94,7 +94,9 @@ def _admin(settings: Settings) -> AdminClient:
     return AdminClient(settings.kafka_config())
 
 
-def plan_topics(app: App, specs: Iterable[AgentSpec], input_partitions: dict[str, int]) -> dict[str, tuple[int, dict[str, str]]]:
+def plan_topics(
+    app: App, specs: Iterable[AgentSpec], input_partitions: dict[str, int]
+) -> dict[str, tuple[int, dict[str, str]]]:
     """Topics an agent set needs: name → (partitions, config). Input partition counts come from the
     cluster when the topic exists (``input_partitions``), else from the contract."""
     reg = app.registry
@@ -109,10 +111,14 @@ def plan_topics(app: App, specs: Iterable[AgentSpec], input_partitions: dict[str
             plan.setdefault(dlq_topic(topic), (n, {}))
         for et in spec.produces:
             c = reg.get(et)
-            plan.setdefault(c.topic, (input_partitions.get(c.topic, c.partitions), {"retention.ms": str(c.retention_ms)}))
+            plan.setdefault(
+                c.topic, (input_partitions.get(c.topic, c.partitions), {"retention.ms": str(c.retention_ms)})
+            )
         n = max(counts)
-        plan.setdefault(app.changelog_topic(spec.name), (n, {
-            "cleanup.policy": "compact", "delete.retention.ms": str(CHANGELOG_DELETE_RETENTION_MS)}))
+        plan.setdefault(
+            app.changelog_topic(spec.name),
+            (n, {"cleanup.policy": "compact", "delete.retention.ms": str(CHANGELOG_DELETE_RETENTION_MS)}),
+        )
         if spec.on_timer is not None:
             plan.setdefault(dlq_topic(app.timers_topic_name(spec.name)), (1, {}))
     if app.audit_event_type in set(reg.event_types()):
@@ -131,8 +137,11 @@ def topic_partitions(admin: AdminClient, timeout: float = 15.0) -> dict[str, int
 def ensure_topics(admin: AdminClient, plan: dict[str, tuple[int, dict[str, str]]], timeout: float = 30.0) -> list[str]:
     """Create the planned topics that do not exist (never alters existing ones); returns created."""
     existing = topic_partitions(admin)
-    missing = [NewTopic(name, n, replication_factor=-1, config=cfg) for name, (n, cfg) in sorted(plan.items())
-               if name not in existing]
+    missing = [
+        NewTopic(name, n, replication_factor=-1, config=cfg)
+        for name, (n, cfg) in sorted(plan.items())
+        if name not in existing
+    ]
     created = []
     if missing:
         for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
@@ -289,15 +298,25 @@ class AgentRunner:
             self.producer.init_transactions(self.options.commit_timeout_s)
         self.restorer = Consumer(restorer_cfg)
         self.consumer = Consumer(consumer_cfg)
-        self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
-        log.info("agent started", extra={"agent": self.spec.name, "topics": self.topics, "guarantee": self.guarantee,
-                                          "worker_id": self.worker_id})
+        self.consumer.subscribe(
+            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        log.info(
+            "agent started",
+            extra={
+                "agent": self.spec.name,
+                "topics": self.topics,
+                "guarantee": self.guarantee,
+                "worker_id": self.worker_id,
+            },
+        )
         try:
             while not self.stop_event.is_set():
                 msgs = self._next_batch()
                 if self._callback_error is not None:
-                    raise WorkerError(f"agent {self.spec.name}: partition assignment failed: "
-                                      f"{self._callback_error}") from self._callback_error
+                    raise WorkerError(
+                        f"agent {self.spec.name}: partition assignment failed: {self._callback_error}"
+                    ) from self._callback_error
                 self._process(msgs)
         finally:
             self._shutdown()
@@ -410,8 +429,15 @@ class AgentRunner:
             m.dead_lettered(result.event_type, result.reason or "unknown")
         m.audit(outcome)
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Any, partition: int | None = None,
-                 on_delivery: Any = None) -> None:
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any,
+        partition: int | None = None,
+        on_delivery: Any = None,
+    ) -> None:
         producer = self.producer
         assert producer is not None
         if self.eos and not self._in_txn:
@@ -446,8 +472,9 @@ class AgentRunner:
                         producer.produce(changelog, v, k, partition=p)
                     except BufferError:
                         self._produce(changelog, k, v, None, p)
-                self._produce(self.changelog, K.MARKER, self._marker, None, p,
-                              on_delivery=self._on_delivery if self.eos else None)
+                self._produce(
+                    self.changelog, K.MARKER, self._marker, None, p, on_delivery=self._on_delivery if self.eos else None
+                )
 
     def _commit_eos(self, views: dict[int, BatchView], nxt: dict[tuple[str, int], int]) -> None:
         producer, consumer = self.producer, self.consumer
@@ -460,8 +487,11 @@ class AgentRunner:
             self._produce_changelog(views)
             if nxt:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in nxt.items()]
-                self._txn(lambda: producer.send_offsets_to_transaction(
-                    offsets, consumer.consumer_group_metadata(), self.options.commit_timeout_s))
+                self._txn(
+                    lambda: producer.send_offsets_to_transaction(
+                        offsets, consumer.consumer_group_metadata(), self.options.commit_timeout_s
+                    )
+                )
             self._txn(lambda: producer.commit_transaction(self.options.commit_timeout_s))
             self._in_txn = False
         except _Abort:
@@ -517,8 +547,10 @@ class AgentRunner:
             try:
                 consumer.commit(offsets=offsets, asynchronous=True)
             except KafkaException as exc:
-                log.warning("offset commit failed; the batch will be replayed and deduplicated",
-                            extra={"agent": self.spec.name, "error": str(exc)})
+                log.warning(
+                    "offset commit failed; the batch will be replayed and deduplicated",
+                    extra={"agent": self.spec.name, "error": str(exc)},
+                )
             for tp in offsets:
                 self.committed[(tp.topic, tp.partition)] = tp.offset
 
@@ -547,8 +579,10 @@ class AgentRunner:
             try:
                 consumer.seek(TopicPartition(topic, p, off))
             except KafkaException as exc:
-                log.warning("seek failed after abort", extra={"agent": self.spec.name, "topic": topic,
-                                                              "partition": p, "offset": off, "error": str(exc)})
+                log.warning(
+                    "seek failed after abort",
+                    extra={"agent": self.spec.name, "topic": topic, "partition": p, "offset": off, "error": str(exc)},
+                )
 
     def _rewind_rest(self, rest: list[Any]) -> None:
         """The batch ran past max_batch_s: hand the rest back to the next consume."""
@@ -628,16 +662,20 @@ class AgentRunner:
             self._callback_error = exc
             return
         self.metrics.assigned(len(self.stores))
-        log.info("partitions assigned", extra={"agent": self.spec.name,
-                                               "partitions": sorted({tp.partition for tp in partitions})})
+        log.info(
+            "partitions assigned",
+            extra={"agent": self.spec.name, "partitions": sorted({tp.partition for tp in partitions})},
+        )
         self.ready.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if not self.eos:
             self._commit_sync({tp.partition for tp in partitions})
         self._close_stores({tp.partition for tp in partitions})
-        log.info("partitions revoked", extra={"agent": self.spec.name,
-                                              "partitions": sorted({tp.partition for tp in partitions})})
+        log.info(
+            "partitions revoked",
+            extra={"agent": self.spec.name, "partitions": sorted({tp.partition for tp in partitions})},
+        )
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._close_stores({tp.partition for tp in partitions})
@@ -646,8 +684,9 @@ class AgentRunner:
     def _commit_sync(self, partitions: set[int] | None = None) -> None:
         if self.consumer is None:
             return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self.committed.items()
-                   if partitions is None or p in partitions]
+        offsets = [
+            TopicPartition(t, p, o) for (t, p), o in self.committed.items() if partitions is None or p in partitions
+        ]
         if not offsets:
             return
         try:
@@ -674,16 +713,21 @@ class AgentRunner:
         """
         restorer = self.restorer
         assert restorer is not None
-        store = RocksStore(self.state_root / f"p{p}", max_age_ms=self.options.max_store_age_ms,
-                           memory=StoreMemory.shared(self.settings.state_memory_mb))
+        store = RocksStore(
+            self.state_root / f"p{p}",
+            max_age_ms=self.options.max_store_age_ms,
+            memory=StoreMemory.shared(self.settings.state_memory_mb),
+        )
         if store.wiped_reason:
             log.info("local store wiped", extra={"agent": self.spec.name, "partition": p, "reason": store.wiped_reason})
         tp = TopicPartition(self.changelog, p)
         low, high = watermarks(restorer, self.changelog, p)
         stored = store.changelog_offset
         if stored is not None and not (low <= stored + 1 <= high):
-            log.warning("store does not match its changelog, rebuilding it", extra={
-                "agent": self.spec.name, "partition": p, "stored_offset": stored, "low": low, "high": high})
+            log.warning(
+                "store does not match its changelog, rebuilding it",
+                extra={"agent": self.spec.name, "partition": p, "stored_offset": stored, "low": low, "high": high},
+            )
             store.wipe()
             stored = None
         start = low if stored is None else stored + 1
@@ -739,13 +783,23 @@ class AgentRunner:
             # Undo what was applied of the unmarked run, then make the changelog say the same.
             store.apply(undo)
             self._roll_back_changelog(p, undo, store)
-            log.warning("rolled back an incomplete changelog batch", extra={
-                "agent": self.spec.name, "partition": p, "records": len(undo)})
+            log.warning(
+                "rolled back an incomplete changelog batch",
+                extra={"agent": self.spec.name, "partition": p, "records": len(undo)},
+            )
         store.set_restoring(False)
         self.metrics.restore_remaining(p, 0)
-        log.info("store restored", extra={"agent": self.spec.name, "partition": p, "from_offset": start,
-                                          "to_offset": last, "records": applied,
-                                          "seconds": round(time.monotonic() - t0, 3)})
+        log.info(
+            "store restored",
+            extra={
+                "agent": self.spec.name,
+                "partition": p,
+                "from_offset": start,
+                "to_offset": last,
+                "records": applied,
+                "seconds": round(time.monotonic() - t0, 3),
+            },
+        )
         return store
 
     def _roll_back_changelog(self, p: int, undo: dict[bytes, bytes | None], store: RocksStore) -> None:

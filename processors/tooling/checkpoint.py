@@ -60,7 +60,7 @@ class Checkpoint:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], where: str) -> "Checkpoint":
+    def from_json(cls, data: dict[str, Any], where: str) -> Checkpoint:
         if data.get("format") != FORMAT_VERSION:
             raise ToolingError(f"{where}: unknown checkpoint format {data.get('format')!r} (expected {FORMAT_VERSION})")
         try:
@@ -83,7 +83,7 @@ class Checkpoint:
         write_atomically(path, json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "Checkpoint":
+    def load(cls, path: Path) -> Checkpoint:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:

@@ -59,7 +59,7 @@ class StreamDigest:
         joined = b"".join(sorted(self.chains.values()))
         return hashlib.sha256(joined).hexdigest()
 
-    def copy(self) -> "StreamDigest":
+    def copy(self) -> StreamDigest:
         return StreamDigest(dict(self.chains), dict(self.counts))
 
     # The checkpoint format: plain JSON, partition numbers as string keys.
@@ -67,11 +67,13 @@ class StreamDigest:
         return {
             "count": self.count,
             "digest": self.digest,
-            "partitions": {str(p): {"count": self.counts[p], "chain": self.chains[p].hex()} for p in sorted(self.chains)},
+            "partitions": {
+                str(p): {"count": self.counts[p], "chain": self.chains[p].hex()} for p in sorted(self.chains)
+            },
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "StreamDigest":
+    def from_json(cls, data: dict[str, Any]) -> StreamDigest:
         out = cls()
         for part, entry in data.get("partitions", {}).items():
             out.chains[int(part)] = bytes.fromhex(entry["chain"])

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import typer
 from confluent_kafka import KafkaException
@@ -26,12 +26,16 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # error lines stay whole for grep
 out = Console(highlight=False, soft_wrap=True)
 
-BootstrapOption = typer.Option(None, "--bootstrap", help="Kafka bootstrap servers HOST:PORT [default: $KAFKA_BOOTSTRAP_SERVERS or the config file].")
+BootstrapOption = typer.Option(
+    None,
+    "--bootstrap",
+    help="Kafka bootstrap servers HOST:PORT [default: $KAFKA_BOOTSTRAP_SERVERS or the config file].",
+)
 ConfigOption = typer.Option(None, "--config", help="choreo.toml with settings and [kafka] client properties.")
 JsonOption = typer.Option(False, "--json", help="Machine-readable JSON on stdout instead of tables.")
 
 
-def load_settings(bootstrap: Optional[str], config: Optional[Path]) -> Settings:
+def load_settings(bootstrap: str | None, config: Path | None) -> Settings:
     try:
         return Settings.load(config_file=config, bootstrap_servers=bootstrap)
     except SettingsError as exc:
@@ -43,7 +47,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise typer.Exit(code)
 
 
-def time_ms(option: str, text: Optional[str]) -> Optional[int]:
+def time_ms(option: str, text: str | None) -> int | None:
     if text is None:
         return None
     try:
@@ -68,7 +72,9 @@ class StopFlag:
     """Ctrl-C (or SIGTERM) asks a long run to stop at the next record and checkpoint; a second
     Ctrl-C aborts at once."""
 
-    def __init__(self, notice: str | None = "stopping after the records in flight are confirmed (Ctrl-C again to abort)") -> None:
+    def __init__(
+        self, notice: str | None = "stopping after the records in flight are confirmed (Ctrl-C again to abort)"
+    ) -> None:
         self.requested = False
         self.notice = notice
         self._previous: dict[int, Any] = {}
@@ -83,7 +89,7 @@ class StopFlag:
         if self.notice:
             err.print(f"\n{signal.Signals(signum).name}: {self.notice}")
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self

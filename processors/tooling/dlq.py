@@ -20,8 +20,17 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 from processors.runtime import conventions as conv
 from processors.settings import Settings
 from processors.tooling.kafka_io import (
-    Headers, ProgressReporter, RateLimiter, ToolingError, existing_topics, header_value,
-    headers_dict, plan_ranges, read_ranges, reader_config, topic_partitions,
+    Headers,
+    ProgressReporter,
+    RateLimiter,
+    ToolingError,
+    existing_topics,
+    header_value,
+    headers_dict,
+    plan_ranges,
+    read_ranges,
+    reader_config,
+    topic_partitions,
 )
 from processors.tooling.timeparse import format_ms
 
@@ -42,10 +51,17 @@ class DeadLetter:
     headers: Headers
 
     @classmethod
-    def from_message(cls, msg: Message) -> "DeadLetter":
+    def from_message(cls, msg: Message) -> DeadLetter:
         ts_type, ts = msg.timestamp()
-        return cls(msg.topic(), msg.partition(), msg.offset(), ts if ts_type else None, msg.key(), msg.value(),
-                   list(msg.headers() or []))
+        return cls(
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            ts if ts_type else None,
+            msg.key(),
+            msg.value(),
+            list(msg.headers() or []),
+        )
 
     def header(self, name: str) -> str | None:
         return header_value(self.headers, name)
@@ -89,10 +105,14 @@ class DeadLetter:
     def summary(self) -> dict[str, Any]:
         """The error metadata, for tables and JSON."""
         return {
-            "topic": self.topic, "partition": self.partition, "offset": self.offset,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
             "timestamp": format_ms(self.timestamp),
             "key": None if self.key is None else self.key.decode("utf-8", "backslashreplace"),
-            "reason": self.reason, "error_class": self.error_class, "agent": self.agent,
+            "reason": self.reason,
+            "error_class": self.error_class,
+            "agent": self.agent,
             "error_message": self.header(conv.DLQ_ERROR_MESSAGE),
             "attempts": self.header(conv.DLQ_ATTEMPTS),
             "first_failure": self.header(conv.DLQ_FIRST_FAILURE),
@@ -122,8 +142,15 @@ class DlqFilter:
 
     @property
     def selects_all(self) -> bool:
-        return not (self.reasons or self.agents or self.error_classes or self.offsets or self.partition is not None
-                    or self.since_ms is not None or self.until_ms is not None)
+        return not (
+            self.reasons
+            or self.agents
+            or self.error_classes
+            or self.offsets
+            or self.partition is not None
+            or self.since_ms is not None
+            or self.until_ms is not None
+        )
 
     def matches(self, rec: DeadLetter) -> bool:
         if self.reasons and rec.reason not in self.reasons:
@@ -158,9 +185,13 @@ class DlqSummary:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "topic": self.topic, "original_topic": self.original_topic, "total": self.total,
-            "by_error_class": dict(self.by_error_class.most_common()), "by_reason": dict(self.by_reason.most_common()),
-            "oldest": format_ms(self.oldest), "newest": format_ms(self.newest),
+            "topic": self.topic,
+            "original_topic": self.original_topic,
+            "total": self.total,
+            "by_error_class": dict(self.by_error_class.most_common()),
+            "by_reason": dict(self.by_reason.most_common()),
+            "oldest": format_ms(self.oldest),
+            "newest": format_ms(self.newest),
         }
 
 
@@ -179,10 +210,16 @@ class RedriveResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "topic": self.topic, "dry_run": self.dry_run, "selected": self.selected, "redriven": self.redriven,
-            "failed": self.failed, "skipped_duplicates": self.skipped_duplicates,
-            "skipped_max_redrives": self.skipped_max_redrives, "errors": self.errors,
-            "by_destination": dict(self.by_destination), "items": self.items,
+            "topic": self.topic,
+            "dry_run": self.dry_run,
+            "selected": self.selected,
+            "redriven": self.redriven,
+            "failed": self.failed,
+            "skipped_duplicates": self.skipped_duplicates,
+            "skipped_max_redrives": self.skipped_max_redrives,
+            "errors": self.errors,
+            "by_destination": dict(self.by_destination),
+            "items": self.items,
         }
 
 
@@ -196,7 +233,7 @@ class DlqInspector:
     def close(self) -> None:
         self._consumer.close()
 
-    def __enter__(self) -> "DlqInspector":
+    def __enter__(self) -> DlqInspector:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -217,7 +254,9 @@ class DlqInspector:
         raise ToolingError(f"no DLQ topic {topic!r} or {conv.dlq_topic(topic)!r} (DLQ topics: {known})")
 
     # ------------------------------------------------------------------ reading
-    def records(self, topic: str, filt: DlqFilter | None = None, stop: Callable[[], bool] | None = None) -> Iterator[DeadLetter]:
+    def records(
+        self, topic: str, filt: DlqFilter | None = None, stop: Callable[[], bool] | None = None
+    ) -> Iterator[DeadLetter]:
         """Matching dead letters of one DLQ topic, up to its end at the time of the call."""
         filt = filt or DlqFilter()
         ranges = plan_ranges(self._consumer, topic, filt.partition, since_ms=filt.since_ms, until_ms=filt.until_ms)
@@ -242,7 +281,9 @@ class DlqInspector:
         return out
 
     # ------------------------------------------------------------------ redrive
-    def select_for_redrive(self, topic: str, filt: DlqFilter, max_redrives: int | None) -> tuple[list[DeadLetter], RedriveResult]:
+    def select_for_redrive(
+        self, topic: str, filt: DlqFilter, max_redrives: int | None
+    ) -> tuple[list[DeadLetter], RedriveResult]:
         """The dead letters to send back: one per idempotency key (the latest, which carries the
         highest redrive count), none that has been redriven `max_redrives` times already."""
         result = RedriveResult(topic, dry_run=False)
@@ -287,8 +328,14 @@ class DlqInspector:
         self._send(chosen, result, RateLimiter(rate), progress, stop or (lambda: False))
         return result
 
-    def _send(self, chosen: list[DeadLetter], result: RedriveResult, limiter: RateLimiter, progress: bool,
-              stop: Callable[[], bool]) -> None:
+    def _send(
+        self,
+        chosen: list[DeadLetter],
+        result: RedriveResult,
+        limiter: RateLimiter,
+        progress: bool,
+        stop: Callable[[], bool],
+    ) -> None:
         producer = Producer(self.settings.producer_config())
 
         def report(rec: DeadLetter, err: KafkaError | None, _msg: Message) -> None:
@@ -306,8 +353,13 @@ class DlqInspector:
                 limiter.acquire()
                 while True:
                     try:
-                        producer.produce(rec.original_topic, key=rec.key, value=rec.value, headers=rec.redrive_headers(),
-                                         on_delivery=lambda err, msg, rec=rec: report(rec, err, msg))
+                        producer.produce(
+                            rec.original_topic,
+                            key=rec.key,
+                            value=rec.value,
+                            headers=rec.redrive_headers(),
+                            on_delivery=lambda err, msg, rec=rec: report(rec, err, msg),
+                        )
                         break
                     except BufferError:
                         producer.poll(0.2)
@@ -318,5 +370,11 @@ class DlqInspector:
 
 
 def _item(rec: DeadLetter) -> dict[str, Any]:
-    return {"partition": rec.partition, "offset": rec.offset, "to": rec.original_topic, "reason": rec.reason,
-            "idempotency_key": rec.idempotency_key, "redrive_count": rec.redrive_count + 1}
+    return {
+        "partition": rec.partition,
+        "offset": rec.offset,
+        "to": rec.original_topic,
+        "reason": rec.reason,
+        "idempotency_key": rec.idempotency_key,
+        "redrive_count": rec.redrive_count + 1,
+    }

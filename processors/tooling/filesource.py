@@ -25,8 +25,21 @@ from processors.tooling.kafka_io import Headers, ToolingError, encode_headers
 from processors.tooling.replay import FILE_PARTITION, SourceRecord, file_sha256
 
 AVRO_MAGIC = b"Obj\x01"
-WRAPPER_KEYS = frozenset({"topic", "partition", "offset", "timestamp", "key", "event_type", "headers", "value",
-                          "error", "envelope_error", "redacted"})
+WRAPPER_KEYS = frozenset(
+    {
+        "topic",
+        "partition",
+        "offset",
+        "timestamp",
+        "key",
+        "event_type",
+        "headers",
+        "value",
+        "error",
+        "envelope_error",
+        "redacted",
+    }
+)
 MAX_REPORTED = 20
 SOURCE = "urn:choreo:replay"
 
@@ -34,8 +47,9 @@ SOURCE = "urn:choreo:replay"
 class FileSource:
     """A file as a replay source: one pseudo-partition (-1) whose positions are record indexes."""
 
-    def __init__(self, path: Path, destination: str, registry: ContractRegistry, codec: AvroCodec,
-                 event_type: str | None = None) -> None:
+    def __init__(
+        self, path: Path, destination: str, registry: ContractRegistry, codec: AvroCodec, event_type: str | None = None
+    ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ToolingError(f"--file {self.path}: no such file")
@@ -47,8 +61,13 @@ class FileSource:
         self._sha256 = file_sha256(self.path)
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": "file", "path": str(self.path.resolve()), "sha256": self._sha256,
-                "format": self.format, "event_type": self.contract.event_type}
+        return {
+            "kind": "file",
+            "path": str(self.path.resolve()),
+            "sha256": self._sha256,
+            "format": self.format,
+            "event_type": self.contract.event_type,
+        }
 
     def label(self) -> str:
         return self.path.name
@@ -61,7 +80,11 @@ class FileSource:
             try:
                 self._encode(item)
             except (ContractError, ToolingError) as exc:
-                lines = [f"{where}: {p}" for p in exc.problems] if isinstance(exc, ContractViolation) else [f"{where}: {exc}"]
+                lines = (
+                    [f"{where}: {p}" for p in exc.problems]
+                    if isinstance(exc, ContractViolation)
+                    else [f"{where}: {exc}"]
+                )
                 if len(problems) < MAX_REPORTED:
                     problems.extend(lines)
                 else:
@@ -151,8 +174,9 @@ def _with_envelope(contract: Contract, value: dict[str, Any], headers: Headers) 
     present = {name for name, _ in headers}
     existing = dict(headers)
     key = existing.get("ce_idempotencykey")
-    envelope = Envelope.new(contract.event_type, SOURCE,
-                            idempotency_key=key.decode() if key else content_key(contract.event_type, value))
+    envelope = Envelope.new(
+        contract.event_type, SOURCE, idempotency_key=key.decode() if key else content_key(contract.event_type, value)
+    )
     return list(headers) + [(n, v) for n, v in envelope.to_headers() if n not in present]
 
 

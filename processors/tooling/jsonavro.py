@@ -92,7 +92,7 @@ def _iso_datetime(text: str, local: bool) -> dt.datetime | None:
         return None
     if local:
         return parsed.replace(tzinfo=None)
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
 
 
 def _iso_date(text: str) -> dt.date | None:
@@ -127,7 +127,7 @@ def to_json_text(value: Any) -> str:
 
 def _canonical_default(value: Any) -> Any:
     if isinstance(value, dt.datetime):
-        aware = value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
         return int(aware.timestamp() * 1000)
     return _default(value)
 

@@ -45,7 +45,7 @@ def read_json_records(text: str) -> Iterator[JsonRecord]:
         pos = _skip(text, end)
 
 
-def _array(text: str, pos: int, lines: "_LineIndex") -> Iterator[JsonRecord]:
+def _array(text: str, pos: int, lines: _LineIndex) -> Iterator[JsonRecord]:
     start_line = lines.line(pos)
     pos = _skip(text, pos + 1)
     if pos < len(text) and text[pos] == "]":
@@ -54,7 +54,10 @@ def _array(text: str, pos: int, lines: "_LineIndex") -> Iterator[JsonRecord]:
         try:
             value, end = _DECODER.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            yield JsonRecord(lines.line(exc.pos), error=f"not valid JSON: {exc.msg} (column {lines.column(exc.pos)}); the rest of the array is not read")
+            yield JsonRecord(
+                lines.line(exc.pos),
+                error=f"not valid JSON: {exc.msg} (column {lines.column(exc.pos)}); the rest of the array is not read",
+            )
             return
         yield JsonRecord(lines.line(pos), value=value)
         pos = _skip(text, end)
@@ -67,7 +70,9 @@ def _array(text: str, pos: int, lines: "_LineIndex") -> Iterator[JsonRecord]:
                 yield JsonRecord(lines.line(trailing), error="unexpected content after the closing ] of the array")
             return
         break
-    yield JsonRecord(lines.line(min(pos, max(0, len(text) - 1))), error=f"array opened on line {start_line} is not closed with ]")
+    yield JsonRecord(
+        lines.line(min(pos, max(0, len(text) - 1))), error=f"array opened on line {start_line} is not closed with ]"
+    )
 
 
 def _skip(text: str, pos: int) -> int:

@@ -110,7 +110,9 @@ def plan_ranges(
             raise ToolingError(f"topic {topic!r} has no partition {partition} (partitions 0..{len(parts) - 1})")
         parts = [partition]
     if (from_offset is not None or to_offset is not None) and len(parts) > 1:
-        raise ToolingError(f"--from-offset/--to-offset are per partition: topic {topic!r} has {len(parts)}, pick one with --partition")
+        raise ToolingError(
+            f"--from-offset/--to-offset are per partition: topic {topic!r} has {len(parts)}, pick one with --partition"
+        )
     if from_offset is not None and since_ms is not None:
         raise ToolingError("give either --since or --from-offset, not both")
     if to_offset is not None and until_ms is not None:
@@ -279,17 +281,27 @@ class ProgressReporter:
         if enabled and sys.stderr.isatty():
             from rich.console import Console
             from rich.progress import (
-                BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                TimeElapsedColumn, TimeRemainingColumn,
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
             )
 
             self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                TimeElapsedColumn(), TimeRemainingColumn(),
-                console=Console(stderr=True), transient=False,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
             )
 
-    def __enter__(self) -> "ProgressReporter":
+    def __enter__(self) -> ProgressReporter:
         if self._progress is not None:
             self._progress.start()
             self._task = self._progress.add_task(self.description, total=self.total, completed=self.done)

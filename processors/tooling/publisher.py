@@ -19,7 +19,14 @@ from processors.contracts.errors import MISSING, Problem
 from processors.settings import Settings
 from processors.tooling.jsonavro import content_key, from_json
 from processors.tooling.jsoninput import JsonRecord
-from processors.tooling.kafka_io import Headers, ProgressReporter, RateLimiter, ToolingError, reader_config, topic_partitions
+from processors.tooling.kafka_io import (
+    Headers,
+    ProgressReporter,
+    RateLimiter,
+    ToolingError,
+    reader_config,
+    topic_partitions,
+)
 
 DEFAULT_SOURCE = "urn:choreo:publish"
 
@@ -79,9 +86,16 @@ class PublishResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "event_type": self.event_type, "topic": self.topic, "total": self.total, "sent": self.sent,
-            "rejected": self.rejected, "failed": self.failed, "refused": self.refused, "dry_run": self.dry_run,
-            "rejects": [r.to_json() for r in self.rejects], "errors": self.errors,
+            "event_type": self.event_type,
+            "topic": self.topic,
+            "total": self.total,
+            "sent": self.sent,
+            "rejected": self.rejected,
+            "failed": self.failed,
+            "refused": self.refused,
+            "dry_run": self.dry_run,
+            "rejects": [r.to_json() for r in self.rejects],
+            "errors": self.errors,
         }
 
 
@@ -128,10 +142,17 @@ class Publisher:
             raise ContractViolation(event_type, [Problem("", "a JSON object", type(value).__name__)])
         avro_value = from_json(contract.raw_schema(version), value)
         payload = self.codec.encode(event_type, avro_value, version=version)
-        key = idempotency_key or _key_from_field(event_type, value, idempotency_field) or content_key(event_type, avro_value)
-        envelope = Envelope.new(event_type, self.source, idempotency_key=key, correlation_id=correlation_id, tenant=tenant)
-        return PreparedEvent(line, contract.topic, str(avro_value[contract.key_field]).encode(), payload,
-                             envelope.to_headers(), envelope)
+        key = (
+            idempotency_key
+            or _key_from_field(event_type, value, idempotency_field)
+            or content_key(event_type, avro_value)
+        )
+        envelope = Envelope.new(
+            event_type, self.source, idempotency_key=key, correlation_id=correlation_id, tenant=tenant
+        )
+        return PreparedEvent(
+            line, contract.topic, str(avro_value[contract.key_field]).encode(), payload, envelope.to_headers(), envelope
+        )
 
     def check(
         self, event_type: str, records: Iterable[JsonRecord | dict[str, Any]], **options: Any
@@ -158,8 +179,9 @@ class Publisher:
         event = self.prepare(event_type, value, **options)
         self._ensure_topic(self.registry.get(event_type))
         outcome: list[Delivery | KafkaError] = []
-        self._send([event], RateLimiter(None), None,
-                   lambda ev, err, msg: outcome.append(err if err else _delivery(ev, msg)))
+        self._send(
+            [event], RateLimiter(None), None, lambda ev, err, msg: outcome.append(err if err else _delivery(ev, msg))
+        )
         self.producer.flush(timeout)
         if not outcome:
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"no delivery report within {timeout}s"))
@@ -182,8 +204,9 @@ class Publisher:
         contract = self.registry.get(event_type)
         limiter = RateLimiter(rate)
         prepared, rejects = self.check(event_type, records, **options)
-        result = PublishResult(event_type, contract.topic, total=len(prepared) + len(rejects), rejects=rejects,
-                               dry_run=dry_run)
+        result = PublishResult(
+            event_type, contract.topic, total=len(prepared) + len(rejects), rejects=rejects, dry_run=dry_run
+        )
         if rejects and not skip_invalid:
             result.refused = True
             return result
@@ -206,7 +229,10 @@ class Publisher:
         return result
 
     def _send(
-        self, events: list[PreparedEvent], limiter: RateLimiter, bar: ProgressReporter | None,
+        self,
+        events: list[PreparedEvent],
+        limiter: RateLimiter,
+        bar: ProgressReporter | None,
         report: Callable[[PreparedEvent, KafkaError | None, Message | None], None],
     ) -> None:
         producer = self.producer
@@ -214,8 +240,13 @@ class Publisher:
             limiter.acquire()
             while True:
                 try:
-                    producer.produce(event.topic, key=event.key, value=event.value, headers=event.headers,
-                                     on_delivery=lambda err, msg, ev=event: report(ev, err, msg))
+                    producer.produce(
+                        event.topic,
+                        key=event.key,
+                        value=event.value,
+                        headers=event.headers,
+                        on_delivery=lambda err, msg, ev=event: report(ev, err, msg),
+                    )
                     break
                 except BufferError:
                     producer.poll(0.2)
@@ -232,7 +263,9 @@ class Publisher:
         try:
             topic_partitions(consumer, contract.topic)
         except ToolingError as exc:
-            raise ToolingError(f"{exc}: create it with {contract.partitions} partitions (contract {contract.event_type})") from None
+            raise ToolingError(
+                f"{exc}: create it with {contract.partitions} partitions (contract {contract.event_type})"
+            ) from None
         finally:
             consumer.close()
         self._checked_topics.add(contract.topic)
@@ -248,7 +281,7 @@ class Publisher:
             self._producer.flush(30)
             self._producer = None
 
-    def __enter__(self) -> "Publisher":
+    def __enter__(self) -> Publisher:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -266,7 +299,9 @@ def _key_from_field(event_type: str, value: dict[str, Any], path: str | None) ->
             raise ContractViolation(event_type, [Problem(path, "the idempotency key field (--key)", MISSING)])
         current = current[part]
     if current is None or current == "" or isinstance(current, (dict, list)):
-        raise ContractViolation(event_type, [Problem(path, "a non-empty scalar for the idempotency key (--key)", repr(current))])
+        raise ContractViolation(
+            event_type, [Problem(path, "a non-empty scalar for the idempotency key (--key)", repr(current))]
+        )
     return str(current)
 
 

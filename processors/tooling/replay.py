@@ -24,8 +24,15 @@ from processors.settings import Settings
 from processors.tooling.checkpoint import Checkpoint, default_checkpoint_path
 from processors.tooling.checksums import ALGORITHM, StreamDigest
 from processors.tooling.kafka_io import (
-    Headers, PartitionRange, ProgressReporter, RateLimiter, ToolingError, plan_ranges, read_ranges,
-    reader_config, topic_partitions,
+    Headers,
+    PartitionRange,
+    ProgressReporter,
+    RateLimiter,
+    ToolingError,
+    plan_ranges,
+    read_ranges,
+    reader_config,
+    topic_partitions,
 )
 
 FILE_PARTITION = -1
@@ -144,8 +151,13 @@ class ReplayResult:
             "errors": self.errors,
             "algorithm": ALGORITHM,
             "partitions": {
-                str(p): {"start": s, "end": e, "next": self.next.get(p, s), "read": self.read.counts.get(p, 0),
-                         "written": self.written.counts.get(p, 0)}
+                str(p): {
+                    "start": s,
+                    "end": e,
+                    "next": self.next.get(p, s),
+                    "read": self.read.counts.get(p, 0),
+                    "written": self.written.counts.get(p, 0),
+                }
                 for p, (s, e) in sorted(self.ranges.items())
             },
             "elapsed_s": round(self.elapsed_s, 3),
@@ -197,9 +209,14 @@ class Replayer:
     def _run(self) -> ReplayResult:
         state = self._initial_state()
         result = ReplayResult(
-            source=self.source.identity(), destination=self.destination, dry_run=self.dry_run,
-            read=state.read.copy(), written=state.written.copy(), resumed=self.resume,
-            checkpoint=None if self.dry_run else str(self.checkpoint_path), ranges=dict(state.ranges),
+            source=self.source.identity(),
+            destination=self.destination,
+            dry_run=self.dry_run,
+            read=state.read.copy(),
+            written=state.written.copy(),
+            resumed=self.resume,
+            checkpoint=None if self.dry_run else str(self.checkpoint_path),
+            ranges=dict(state.ranges),
         )
         if state.completed:
             result.completed = True
@@ -273,11 +290,17 @@ class Replayer:
         finally:
             consumer.close()
         if self.source.identity().get("topic") == self.destination:
-            raise ToolingError(f"--to {self.destination!r} is the source topic: replaying a topic into itself duplicates it")
+            raise ToolingError(
+                f"--to {self.destination!r} is the source topic: replaying a topic into itself duplicates it"
+            )
         return Producer(self.settings.producer_config())
 
     def _deliver(
-        self, producer: Producer, state: Checkpoint, batch: list[SourceRecord], result: ReplayResult,
+        self,
+        producer: Producer,
+        state: Checkpoint,
+        batch: list[SourceRecord],
+        result: ReplayResult,
         progress: ProgressReporter,
     ) -> bool:
         """Produce a batch, wait for every delivery report, then checkpoint. Returns False when the
@@ -314,7 +337,11 @@ class Replayer:
         return True
 
     def _record_failure(
-        self, state: Checkpoint, handled: list[SourceRecord], delivered: list[Any], failures: list[str],
+        self,
+        state: Checkpoint,
+        handled: list[SourceRecord],
+        delivered: list[Any],
+        failures: list[str],
         result: ReplayResult,
     ) -> None:
         read, written = state.read.copy(), state.written.copy()

@@ -19,8 +19,15 @@ from processors.runtime.audit import Redactor
 from processors.settings import Settings
 from processors.tooling.jsonavro import to_json_bytes
 from processors.tooling.kafka_io import (
-    Headers, PartitionRange, ToolingError, headers_dict, offsets_for_time, read_ranges, reader_config,
-    topic_partitions, watermarks,
+    Headers,
+    PartitionRange,
+    ToolingError,
+    headers_dict,
+    offsets_for_time,
+    read_ranges,
+    reader_config,
+    topic_partitions,
+    watermarks,
 )
 from processors.tooling.timeparse import format_ms
 
@@ -56,10 +63,14 @@ class ReceivedEvent:
         redacting = redactor is not None and bool(redactor) and self.value is not None
         value = redactor.redact(self.value) if redacting else self.value  # type: ignore[union-attr]
         out: dict[str, Any] = {
-            "topic": self.topic, "partition": self.partition, "offset": self.offset,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
             "timestamp": format_ms(self.timestamp),
             "key": None if self.key is None else self.key.decode("utf-8", "backslashreplace"),
-            "event_type": self.event_type, "headers": self.header_dict(), "value": value,
+            "event_type": self.event_type,
+            "headers": self.header_dict(),
+            "value": value,
         }
         if self.error is not None:
             out["error"] = self.error
@@ -80,10 +91,12 @@ class FieldFilter:
     expected: str
 
     @classmethod
-    def parse(cls, text: str) -> "FieldFilter":
+    def parse(cls, text: str) -> FieldFilter:
         path, sep, expected = text.partition("=")
         if not sep or not path.strip():
-            raise ToolingError(f"--filter {text!r}: expected FIELD=VALUE, e.g. customer_id=c-42 or headers.ce_tenant=acme")
+            raise ToolingError(
+                f"--filter {text!r}: expected FIELD=VALUE, e.g. customer_id=c-42 or headers.ce_tenant=acme"
+            )
         return cls(path.strip(), expected)
 
     def needs_value(self) -> bool:
@@ -92,7 +105,7 @@ class FieldFilter:
     def matches(self, event: ReceivedEvent) -> bool | None:
         """True/False, or None when the event could not be decoded and the filter needs its value."""
         if self.path.startswith("headers."):
-            return event.header_dict().get(self.path[len("headers."):]) == self.expected
+            return event.header_dict().get(self.path[len("headers.") :]) == self.expected
         if self.path == "@key":
             return event.key is not None and event.key.decode("utf-8", "backslashreplace") == self.expected
         if self.path == "@type":
@@ -177,8 +190,14 @@ class Subscriber:
         self._poll_timeout = poll_timeout
         overrides: dict[str, Any] = {"enable.partition.eof": not follow}
         if group_id is not None:
-            overrides.update({"group.id": group_id, "enable.auto.commit": True, "enable.partition.eof": False,
-                              "auto.offset.reset": "earliest" if from_beginning else "latest"})
+            overrides.update(
+                {
+                    "group.id": group_id,
+                    "enable.auto.commit": True,
+                    "enable.partition.eof": False,
+                    "auto.offset.reset": "earliest" if from_beginning else "latest",
+                }
+            )
         self._consumer = Consumer(reader_config(self.settings, **overrides))
 
     # ------------------------------------------------------------------ iteration
@@ -248,8 +267,16 @@ class Subscriber:
             envelope = Envelope.from_headers(headers)
         except ContractError as exc:
             envelope_error = str(exc)
-        base = dict(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), timestamp=ts if ts_type else None,
-                    key=msg.key(), headers=headers, envelope=envelope, envelope_error=envelope_error)
+        base = dict(
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+            timestamp=ts if ts_type else None,
+            key=msg.key(),
+            headers=headers,
+            envelope=envelope,
+            envelope_error=envelope_error,
+        )
         data = msg.value()
         if data is None:
             return ReceivedEvent(**base, error="tombstone: null value")
@@ -271,7 +298,7 @@ class Subscriber:
     def close(self) -> None:
         self._consumer.close()
 
-    def __enter__(self) -> "Subscriber":
+    def __enter__(self) -> Subscriber:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -67,7 +67,9 @@ def build_app(
         version="3",
         transient=(FlakyError, ConnectionError),
         retry=RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05, max_elapsed_s=2.0),
-        dependencies={"flaky-api": BreakerPolicy(failure_rate_threshold=0.5, window_size=4, min_calls=2, open_seconds=60)},
+        dependencies={
+            "flaky-api": BreakerPolicy(failure_rate_threshold=0.5, window_size=4, min_calls=2, open_seconds=60)
+        },
         on_timer=on_timer,
     )
     def counter(event, ctx):
@@ -81,8 +83,10 @@ def build_app(
         if by == -2:
             raise FlakyError("dependency timed out")
         if by == -3:
+
             def down():
                 raise ConnectionError("flaky-api is down")
+
             ctx.call("flaky-api", down)
         if by == 1000:
             ctx.schedule_timer("nudge", delay_s=1.0, payload={"by": 1})

@@ -51,24 +51,52 @@ class EngineEnv:
 
     def worker_env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-            "ENGINE_APP_ID": self.prefix,
-            "ENGINE_CONTRACTS_DIR": str(self.contracts),
-            "ENGINE_SCHEMAS_DIR": str(self.schemas),
-            "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-        })
+        env.update(
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+                "ENGINE_APP_ID": self.prefix,
+                "ENGINE_CONTRACTS_DIR": str(self.contracts),
+                "ENGINE_SCHEMAS_DIR": str(self.schemas),
+                "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+            }
+        )
         env.update(extra)
         return env
 
-    def start_worker(self, worker_id: str, guarantee: str, state_dir: Path, agents: str = "counter",
-                     log: Path | None = None, args: tuple[str, ...] = (), **extra: str) -> subprocess.Popen:
+    def start_worker(
+        self,
+        worker_id: str,
+        guarantee: str,
+        state_dir: Path,
+        agents: str = "counter",
+        log: Path | None = None,
+        args: tuple[str, ...] = (),
+        **extra: str,
+    ) -> subprocess.Popen:
         log = log or (self.tmp / f"worker-{worker_id}-{uuid.uuid4().hex[:4]}.log")
         out = open(log, "wb")
         return subprocess.Popen(
-            [sys.executable, "-m", "processors.cli.main", "worker", "--app", "tests.engine.app:app",
-             "--agents", agents, "--worker-id", worker_id, "--guarantee", guarantee, "--state-dir", str(state_dir), *args],
-            cwd=REPO, env=self.worker_env(**extra), stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "processors.cli.main",
+                "worker",
+                "--app",
+                "tests.engine.app:app",
+                "--agents",
+                agents,
+                "--worker-id",
+                worker_id,
+                "--guarantee",
+                guarantee,
+                "--state-dir",
+                str(state_dir),
+                *args,
+            ],
+            cwd=REPO,
+            env=self.worker_env(**extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -80,16 +108,23 @@ def make_env(bootstrap: str, tmp: Path, name: str) -> EngineEnv:
 
 def load_counter_events(env: EngineEnv, app: App, keys: int, per_key: int, by: int = 1) -> list[Envelope]:
     """Produce keys*per_key counter.incremented events, interleaved across keys; returns envelopes."""
-    producer = Producer({"bootstrap.servers": env.bootstrap, "partitioner": "murmur2_random",
-                         "enable.idempotence": True, "linger.ms": 20})
+    producer = Producer(
+        {
+            "bootstrap.servers": env.bootstrap,
+            "partitioner": "murmur2_random",
+            "enable.idempotence": True,
+            "linger.ms": 20,
+        }
+    )
     topic = env.topic("counter.incremented")
     out = []
     for i in range(per_key):
         for k in range(keys):
             name = f"key-{k}"
             e = Envelope.new("counter.incremented", "/test/load")
-            producer.produce(topic, app.codec.encode("counter.incremented", {"name": name, "by": by}), name,
-                             headers=e.to_headers())
+            producer.produce(
+                topic, app.codec.encode("counter.incremented", {"name": name, "by": by}), name, headers=e.to_headers()
+            )
             out.append(e)
             if len(out) % 10000 == 0:
                 producer.flush()
@@ -102,11 +137,19 @@ def count_committed(bootstrap: str, topic: str) -> int:
     return len(read_topic(bootstrap, topic, None, timeout=30))
 
 
-def wait_for_count(bootstrap: str, topic: str, at_least: int, timeout: float, proc: subprocess.Popen | None = None) -> int:
+def wait_for_count(
+    bootstrap: str, topic: str, at_least: int, timeout: float, proc: subprocess.Popen | None = None
+) -> int:
     """Follow a topic (read_committed) until at least ``at_least`` records are visible."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"wait-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "isolation.level": "read_committed"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"wait-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
     consumer.subscribe([topic])
     seen = 0
     deadline = time.monotonic() + timeout
@@ -157,5 +200,6 @@ def assert_no_duplicate_effects(records: list[ReadRecord], keys: int, per_key: i
     distinct = set(by_idem.values())
     expected = {(f"key-{k}", s, s) for k in range(keys) for s in range(1, per_key + 1)}
     assert distinct == expected, (
-        f"missing {sorted(expected - distinct)[:5]}, unexpected {sorted(distinct - expected)[:5]}")
+        f"missing {sorted(expected - distinct)[:5]}, unexpected {sorted(distinct - expected)[:5]}"
+    )
     return len(records) - len(distinct)

@@ -24,16 +24,28 @@ def test_full_flow_reaches_terminal_states_and_verify_agrees(kafka_bootstrap: st
 
     settings = Settings.load(bootstrap_servers=kafka_bootstrap)
     app.configure(settings)
-    options = DemoOptions(orders=60, bad_ratio=0.1, duplicate_ratio=0.15, workers=2, timeout_s=4.0, seed=11,
-                          mix=OrderMix(declined=0.15, out_of_stock=0.15, timeout=0.1, invalid=0.1),
-                          work_dir=tmp_path / "demo")
+    options = DemoOptions(
+        orders=60,
+        bad_ratio=0.1,
+        duplicate_ratio=0.15,
+        workers=2,
+        timeout_s=4.0,
+        seed=11,
+        mix=OrderMix(declined=0.15, out_of_stock=0.15, timeout=0.1, invalid=0.1),
+        work_dir=tmp_path / "demo",
+    )
     summary = run_demo(app, settings, options)
 
     assert summary["non_terminal"] == 0
     assert summary["invariant_violations"] == []
     assert summary["orders"] == 60
-    assert set(summary["terminal"]) == {"confirmed", "cancelled_payment_declined", "cancelled_out_of_stock",
-                                        "cancelled_timeout", "cancelled_invalid"}
+    assert set(summary["terminal"]) == {
+        "confirmed",
+        "cancelled_payment_declined",
+        "cancelled_out_of_stock",
+        "cancelled_timeout",
+        "cancelled_invalid",
+    }
     assert sum(summary["terminal"].values()) == 60
     assert summary["shipped"] == summary["terminal"]["confirmed"]
     assert summary["dead_lettered"].get("undecodable") == summary["published"]["undecodable"] > 0
@@ -42,9 +54,11 @@ def test_full_flow_reaches_terminal_states_and_verify_agrees(kafka_bootstrap: st
     assert summary["audit_completeness"] == 1.0
 
     verified = subprocess.run(
-        [sys.executable, "-m", "processors.cli.main", "verify", "--json",
-         "--order-prefix", f"ord-{summary['run_id']}"],
-        capture_output=True, text=True, timeout=180, env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap},
+        [sys.executable, "-m", "processors.cli.main", "verify", "--json", "--order-prefix", f"ord-{summary['run_id']}"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap},
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
     result = orjson.loads(verified.stdout.strip().splitlines()[-1])

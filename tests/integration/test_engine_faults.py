@@ -98,8 +98,9 @@ def test_two_workers_rebalancing_under_load_lose_nothing(env, tmp_path, guarante
     slow = {"ENGINE_SLOW_S": "0.001"}
     out_topic = env.topic("counter.total")
     inputs: list = []
-    loader = threading.Thread(target=lambda: inputs.extend(
-        sum((load_counter_events(env, app, KEYS, PER_KEY // 5) for _ in range(5)), [])))
+    loader = threading.Thread(
+        target=lambda: inputs.extend(sum((load_counter_events(env, app, KEYS, PER_KEY // 5) for _ in range(5)), []))
+    )
     w1 = env.start_worker("w1", guarantee, tmp_path / "state-1", **slow)
     w2 = None
     try:

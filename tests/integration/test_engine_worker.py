@@ -15,8 +15,8 @@ from confluent_kafka import Producer
 
 from processors.contracts import Envelope
 from processors.localbroker.broker import free_port
-from processors.runtime.state import keys as K
 from processors.runtime import WorkerOptions
+from processors.runtime.state import keys as K
 from processors.runtime.testing import read_topic, run_agents
 from tests.engine.harness import REPO, assert_exact_outputs, make_env, stop_worker, wait_for_count
 
@@ -93,10 +93,18 @@ def test_poison_events_go_to_the_dlq_while_the_rest_flows(env, guarantee):
     with run_agents(app, env.bootstrap, ["counter"], guarantee=guarantee) as running:
         p = Producer({"bootstrap.servers": env.bootstrap, "partitioner": "murmur2_random"})
         p.produce(topic, b"\xc3\x01garbage-bytes", b"p1", headers=good_headers)
-        p.produce(topic, app.codec.encode("counter.incremented", {"name": "p2", "by": 1}), b"p2",
-                  headers=[h for h in Envelope.new("counter.incremented", "/t").to_headers() if h[0] != "ce_idempotencykey"])
-        p.produce(topic, app.codec.encode("counter.reset", {"name": "p3"}), b"p3",
-                  headers=Envelope.new("counter.incremented", "/t").to_headers())
+        p.produce(
+            topic,
+            app.codec.encode("counter.incremented", {"name": "p2", "by": 1}),
+            b"p2",
+            headers=[h for h in Envelope.new("counter.incremented", "/t").to_headers() if h[0] != "ce_idempotencykey"],
+        )
+        p.produce(
+            topic,
+            app.codec.encode("counter.reset", {"name": "p3"}),
+            b"p3",
+            headers=Envelope.new("counter.incremented", "/t").to_headers(),
+        )
         p.flush(10)
         running.publish("counter.incremented", {"name": "p4", "by": -1, "email": "eve@example.com"})
         running.publish("counter.incremented", {"name": "p5", "by": -2})
@@ -107,8 +115,12 @@ def test_poison_events_go_to_the_dlq_while_the_rest_flows(env, guarantee):
         audit = running.read(env.audit_topic, 25)
     by_key = {d.key: d for d in dlq}
     assert {k: d.headers["choreo_dlq_reason"] for k, d in by_key.items()} == {
-        "p1": "undecodable", "p2": "missing_header", "p3": "undecodable", "p4": "handler_error",
-        "p5": "retries_exhausted"}
+        "p1": "undecodable",
+        "p2": "missing_header",
+        "p3": "undecodable",
+        "p4": "handler_error",
+        "p5": "retries_exhausted",
+    }
     p1 = by_key["p1"]
     assert p1.raw_value == b"\xc3\x01garbage-bytes"  # original value untouched
     assert p1.headers["ce_id"] == dict(good_headers)["ce_id"].decode()  # original headers kept
@@ -198,10 +210,17 @@ def test_runtime_loop_is_dead_lettered(env):
 
 def test_worker_refuses_an_unbounded_cycle_at_start(env):
     proc = subprocess.run(
-        [sys.executable, "-c",
-         "import sys; from tests.engine import app as m; m.app = m.build_app('cyc', ping_bound=None); "
-         "from processors.cli.main import main; sys.argv=['choreo','worker','--app','tests.engine.app:app']; main()"],
-        cwd=REPO, env=env.worker_env(), capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from tests.engine import app as m; m.app = m.build_app('cyc', ping_bound=None); "
+            "from processors.cli.main import main; sys.argv=['choreo','worker','--app','tests.engine.app:app']; main()",
+        ],
+        cwd=REPO,
+        env=env.worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2, proc.stderr
     assert "cycle" in proc.stderr and "ping -> pong -> ping" in proc.stderr
@@ -248,8 +267,14 @@ def test_worker_command_drains_and_exits_zero_on_sigterm(env, tmp_path, guarante
     assert code == 0
     assert 'choreo_events_in_total{agent="counter",event_type="counter.incremented"} 200.0' in metrics
     assert 'choreo_events_out_total{agent="counter",event_type="counter.total"} 200.0' in metrics
-    for name in ("choreo_handler_seconds_bucket", "choreo_batch_size_bucket", "choreo_consumer_lag",
-                 "choreo_commit_seconds_bucket", "choreo_circuit_state", "choreo_restore_remaining_records"):
+    for name in (
+        "choreo_handler_seconds_bucket",
+        "choreo_batch_size_bucket",
+        "choreo_consumer_lag",
+        "choreo_commit_seconds_bucket",
+        "choreo_circuit_state",
+        "choreo_restore_remaining_records",
+    ):
         assert name in metrics, name
     outputs = read_topic(env.bootstrap, env.topic("counter.total"), None, app=app)
     assert_exact_outputs(outputs, keys=5, per_key=40)

@@ -32,8 +32,14 @@ def test_produce_and_consume_in_a_consumer_group(kafka_bootstrap, unique_name, c
         producer.produce(topic, key=f"k{i % 7}".encode(), value=value)
     assert producer.flush(30) == 0
 
-    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group,
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     try:
         received = _drain(consumer, len(sent))
@@ -63,9 +69,15 @@ def test_committed_transaction_is_visible_and_aborted_one_is_not(kafka_bootstrap
     producer.commit_transaction(30)
 
     def read(isolation: str) -> list[bytes]:
-        consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": unique_name(isolation),
-                             "auto.offset.reset": "earliest", "isolation.level": isolation,
-                             "enable.partition.eof": True})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": kafka_bootstrap,
+                "group.id": unique_name(isolation),
+                "auto.offset.reset": "earliest",
+                "isolation.level": isolation,
+                "enable.partition.eof": True,
+            }
+        )
         consumer.assign([TopicPartition(topic, 0, 0)])
         try:
             values, deadline = [], time.monotonic() + 30

@@ -20,7 +20,11 @@ pytestmark = pytest.mark.kafka
 def choreo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "processors.cli.main", *args],
-        capture_output=True, text=True, timeout=180, env={**os.environ, **(env or {})}, check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, **(env or {})},
+        check=False,
     )
 
 
@@ -75,8 +79,9 @@ def test_stale_pid_file_does_not_block_start(tmp_path: Path):
 
 
 def test_missing_java_names_the_fix(tmp_path: Path):
-    result = choreo("broker", "start", "--port", str(free_port()), "--data-dir", str(tmp_path),
-                    env={"PATH": str(tmp_path)})
+    result = choreo(
+        "broker", "start", "--port", str(free_port()), "--data-dir", str(tmp_path), env={"PATH": str(tmp_path)}
+    )
     assert result.returncode == 1
     assert "Java not found on PATH" in result.stderr
 
@@ -85,10 +90,17 @@ def test_old_java_names_the_fix(tmp_path: Path):
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     java = fake_bin / "java"
-    java.write_text('#!/bin/sh\necho \'openjdk version "11.0.22" 2024-01-16\' >&2\n')
+    java.write_text("#!/bin/sh\necho 'openjdk version \"11.0.22\" 2024-01-16' >&2\n")
     java.chmod(0o755)
-    result = choreo("broker", "start", "--port", str(free_port()), "--data-dir", str(tmp_path / "d"),
-                    env={"PATH": f"{fake_bin}:/usr/bin:/bin"})
+    result = choreo(
+        "broker",
+        "start",
+        "--port",
+        str(free_port()),
+        "--data-dir",
+        str(tmp_path / "d"),
+        env={"PATH": f"{fake_bin}:/usr/bin:/bin"},
+    )
     assert result.returncode == 1
     assert "Java 11 found" in result.stderr and "needs Java 17 or newer" in result.stderr
 

@@ -53,8 +53,13 @@ def _dead_letters(iso: Isolated) -> list[tuple[str, str]]:
             key, value, headers = prepared.key, prepared.value, list(prepared.headers)
         headers += list(extra.items())
         failure = Failure(reason, error_class, f"{error_class}: boom {offset}", 3, T0, T0 + 500)
-        producer.produce(conv.dlq_topic(topic), key=key, value=value, partition=0,
-                         headers=dlq_headers(headers, failure, agent, topic, 1, 100 + offset))
+        producer.produce(
+            conv.dlq_topic(topic),
+            key=key,
+            value=value,
+            partition=0,
+            headers=dlq_headers(headers, failure, agent, topic, 1, 100 + offset),
+        )
     assert producer.flush(30) == 0
     return [(p[1], p[2]) for p in plan]
 
@@ -75,7 +80,9 @@ def test_list_counts_dead_letters_by_error_class(iso: Isolated) -> None:
 def test_show_filters_and_decodes_with_error_headers(iso: Isolated) -> None:
     _dead_letters(iso)
     topic = iso.topics["order.created"]
-    result = runner.invoke(app, iso.cli("dlq", "show", topic, "--agent", "payments", "--reason", "handler_error", "--json"))
+    result = runner.invoke(
+        app, iso.cli("dlq", "show", topic, "--agent", "payments", "--reason", "handler_error", "--json")
+    )
     assert result.exit_code == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [r["offset"] for r in rows] == [0, 1, 4]
@@ -87,8 +94,11 @@ def test_show_filters_and_decodes_with_error_headers(iso: Isolated) -> None:
     assert first["payload"]["value"]["card_token"] == "***"
     assert rows[2]["redrive_count"] == 1
 
-    undecodable = json.loads(runner.invoke(app, iso.cli("dlq", "show", conv.dlq_topic(topic), "--error-class",
-                                                        "DecodeError", "--json")).stdout)
+    undecodable = json.loads(
+        runner.invoke(
+            app, iso.cli("dlq", "show", conv.dlq_topic(topic), "--error-class", "DecodeError", "--json")
+        ).stdout
+    )
     assert len(undecodable) == 1 and "undecodable" in undecodable[0]["payload"]["error"]
     by_offset = json.loads(runner.invoke(app, iso.cli("dlq", "show", topic, "--offset", "0:2", "--json")).stdout)
     assert [r["reason"] for r in by_offset] == ["retries_exhausted"]
@@ -107,7 +117,9 @@ def test_redrive_sends_originals_back_once_with_a_redrive_counter(iso: Isolated)
     assert dry.exit_code == 0, dry.stderr
     assert json.loads(dry.stdout)["items"] and read_all(iso.settings(), topic) == []
 
-    result = runner.invoke(app, iso.cli("dlq", "redrive", topic, "--error-class", "ValueError", "--rate", "50", "--json"))
+    result = runner.invoke(
+        app, iso.cli("dlq", "redrive", topic, "--error-class", "ValueError", "--rate", "50", "--json")
+    )
 
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -136,7 +148,8 @@ def test_redrive_needs_a_selection_and_honours_max_redrives(iso: Isolated) -> No
     assert bad_offset.exit_code == 2 and "PARTITION:OFFSET" in bad_offset.stderr
 
     with DlqInspector(iso.settings()) as inspector:
-        result = inspector.redrive(conv.dlq_topic(topic), DlqFilter(reasons=frozenset({"handler_error"})),
-                                   max_redrives=1, progress=False)
+        result = inspector.redrive(
+            conv.dlq_topic(topic), DlqFilter(reasons=frozenset({"handler_error"})), max_redrives=1, progress=False
+        )
     assert (result.selected, result.skipped_max_redrives, result.redriven) == (3, 1, 2)
     assert sorted(m.key() for m in read_all(iso.settings(), topic)) == [b"o-1", b"o-2"]

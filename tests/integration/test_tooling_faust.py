@@ -21,7 +21,7 @@ from tests.integration.tooling_support import isolate_contracts, order
 pytest.importorskip("faust", reason="the [faust] extra (faust-streaming) is not installed")
 pytestmark = pytest.mark.kafka
 
-APP = '''
+APP = """
 import json, os
 import faust
 import processors.contracts.faust_codec  # noqa: F401 - registers "choreo-avro"
@@ -38,7 +38,7 @@ async def collect(stream):
         with open(os.environ["OUT"], "a") as out:
             headers = {k: v.decode() for k, v in (event.headers or {}).items()}
             out.write(json.dumps({"key": event.key.decode(), "value": event.value, "headers": headers}, default=str) + "\\n")
-'''
+"""
 
 
 def test_a_faust_agent_decodes_our_events(tmp_path: Path, kafka_bootstrap: str, create_topics) -> None:
@@ -50,12 +50,23 @@ def test_a_faust_agent_decodes_our_events(tmp_path: Path, kafka_bootstrap: str, 
         publisher.publish("order.created", order(2, promo_code="SPRING"), idempotency_key="k-2")
     (tmp_path / "app.py").write_text(APP)
     out = tmp_path / "out.ndjson"
-    env = {**os.environ, "APP_ID": f"faust-choreo-{uuid.uuid4().hex[:8]}", "BOOTSTRAP": kafka_bootstrap,
-           "TOPIC": topic, "OUT": str(out), "CHOREO_CONTRACTS_DIR": str(iso.contracts_dir),
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)])}
+    env = {
+        **os.environ,
+        "APP_ID": f"faust-choreo-{uuid.uuid4().hex[:8]}",
+        "BOOTSTRAP": kafka_bootstrap,
+        "TOPIC": topic,
+        "OUT": str(out),
+        "CHOREO_CONTRACTS_DIR": str(iso.contracts_dir),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)]),
+    }
     log = (tmp_path / "faust.log").open("w")
-    worker = subprocess.Popen([sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
-                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):

@@ -34,8 +34,20 @@ def test_publish_validates_encodes_and_sets_envelope_headers(iso: Isolated, tmp_
     events = [order(1), order(2, created_at=1714564800000), order(3)]
     source = _ndjson(tmp_path / "orders.ndjson", events)
 
-    result = runner.invoke(app, iso.cli("publish", "order.created", "--file", str(source), "--key", "order_id",
-                                        "--correlation-id", "flow-7", "--json"))
+    result = runner.invoke(
+        app,
+        iso.cli(
+            "publish",
+            "order.created",
+            "--file",
+            str(source),
+            "--key",
+            "order_id",
+            "--correlation-id",
+            "flow-7",
+            "--json",
+        ),
+    )
 
     assert result.exit_code == 0, result.output + result.stderr
     summary = json.loads(result.stdout)
@@ -59,13 +71,14 @@ def test_one_invalid_record_refuses_the_whole_file_naming_line_and_field(iso: Is
     bad_qty = order(2)
     bad_qty["items"][0]["qty"] = "3"
     source = tmp_path / "orders.ndjson"
-    source.write_text(json.dumps(order(1)) + "\n" + json.dumps(bad_qty) + "\n{broken\n"
-                      + json.dumps(order(4, currency=None)) + "\n")
+    source.write_text(
+        json.dumps(order(1)) + "\n" + json.dumps(bad_qty) + "\n{broken\n" + json.dumps(order(4, currency=None)) + "\n"
+    )
 
     result = runner.invoke(app, iso.cli("publish", "order.created", "--file", str(source)))
 
     assert result.exit_code == 2
-    assert f"{source}:2: items[0].qty: expected int, got string \"3\"" in result.stderr
+    assert f'{source}:2: items[0].qty: expected int, got string "3"' in result.stderr
     assert f"{source}:3: not valid JSON" in result.stderr
     assert f"{source}:4: currency: expected string, got null" in result.stderr
     assert "nothing sent" in result.stderr
@@ -77,8 +90,12 @@ def test_skip_invalid_sends_the_valid_and_writes_rejects(iso: Isolated, tmp_path
     source.write_text(json.dumps([order(1), order(2, total_minor="lots"), order(3)], indent=2))
     rejects = tmp_path / "rejects.ndjson"
 
-    result = runner.invoke(app, iso.cli("publish", "order.created", "--file", str(source), "--skip-invalid",
-                                        "--rejects", str(rejects), "--json"))
+    result = runner.invoke(
+        app,
+        iso.cli(
+            "publish", "order.created", "--file", str(source), "--skip-invalid", "--rejects", str(rejects), "--json"
+        ),
+    )
 
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -94,7 +111,10 @@ def test_publishing_the_same_file_twice_reuses_idempotency_keys(iso: Isolated, t
     source = _ndjson(tmp_path / "orders.ndjson", [order(1)])
     for _ in range(2):
         assert runner.invoke(app, iso.cli("publish", "order.created", "-f", str(source))).exit_code == 0
-    keys = [Envelope.from_headers(m.headers()).idempotency_key for m in read_all(iso.settings(), iso.topics["order.created"])]
+    keys = [
+        Envelope.from_headers(m.headers()).idempotency_key
+        for m in read_all(iso.settings(), iso.topics["order.created"])
+    ]
     assert len(keys) == 2 and keys[0] == keys[1]
 
 
@@ -113,8 +133,13 @@ def test_usage_errors_exit_2_with_a_message(iso: Isolated, tmp_path: Path) -> No
 
 
 def test_a_missing_topic_is_refused_not_auto_created(iso: Isolated, tmp_path: Path) -> None:
-    payment = {"order_id": "o-1", "payment_id": "p-1", "amount_minor": 100, "currency": "EUR",
-               "authorized_at": "2024-05-01T12:00:00Z"}
+    payment = {
+        "order_id": "o-1",
+        "payment_id": "p-1",
+        "amount_minor": 100,
+        "currency": "EUR",
+        "authorized_at": "2024-05-01T12:00:00Z",
+    }
     source = _ndjson(tmp_path / "payments.ndjson", [payment])
     result = runner.invoke(app, iso.cli("publish", "payment.authorized", "-f", str(source)))
     assert result.exit_code == 2, result.stderr
@@ -126,7 +151,9 @@ def test_publisher_api_single_event_and_stdin(iso: Isolated) -> None:
     with Publisher(iso.settings(), registry=iso.registry(), source="urn:test") as publisher:
         delivery = publisher.publish("order.created", order(9), idempotency_key="fixed-key")
         assert delivery.topic == iso.topics["order.created"] and delivery.offset >= 0
-    via_stdin = runner.invoke(app, iso.cli("publish", "order.created", "--dry-run", "--json"), input=json.dumps(order(5)))
+    via_stdin = runner.invoke(
+        app, iso.cli("publish", "order.created", "--dry-run", "--json"), input=json.dumps(order(5))
+    )
     assert via_stdin.exit_code == 0 and json.loads(via_stdin.stdout)["sent"] == 0
     [msg] = read_all(iso.settings(), iso.topics["order.created"])
     envelope = Envelope.from_headers(msg.headers())

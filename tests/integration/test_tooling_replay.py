@@ -37,8 +37,12 @@ def _fill(bootstrap: str, topic: str, count: int, start: int = 0) -> None:
     producer = Producer(Settings.load(bootstrap_servers=bootstrap).producer_config())
     for n in range(start, start + count):
         value = None if n == start + 5 else f"value-{n}".encode() * (1 + n % 3)
-        producer.produce(topic, key=f"key-{n % 50}".encode(), value=value,
-                         headers=[("ce_idempotencykey", f"idem-{n}".encode()), ("trace", b"\x00\xff")])
+        producer.produce(
+            topic,
+            key=f"key-{n % 50}".encode(),
+            value=value,
+            headers=[("ce_idempotencykey", f"idem-{n}".encode()), ("trace", b"\x00\xff")],
+        )
     assert producer.flush(30) == 0
 
 
@@ -63,11 +67,27 @@ def test_interrupted_replay_resumes_where_it_stopped_and_checksums_match(
     source, dest = topics
     _fill(kafka_bootstrap, source, 400)
     checkpoint = tmp_path / "cp.json"
-    base = ["replay", "--from", source, "--to", dest, "--checkpoint", str(checkpoint), "--bootstrap", kafka_bootstrap, "--json"]
+    base = [
+        "replay",
+        "--from",
+        source,
+        "--to",
+        dest,
+        "--checkpoint",
+        str(checkpoint),
+        "--bootstrap",
+        kafka_bootstrap,
+        "--json",
+    ]
 
-    proc = subprocess.Popen([sys.executable, "-m", "processors.cli.main", *base, "--rate", "150", "--batch", "25"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "processors.cli.main", *base, "--rate", "150", "--batch", "25"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if checkpoint.exists() and Checkpoint.load(checkpoint).written.count >= 100:
@@ -97,13 +117,19 @@ def test_interrupted_replay_resumes_where_it_stopped_and_checksums_match(
     # Independent checks: a fresh dry run of the source gives the same digest, the destination holds
     # every record exactly once with its key, value and headers, and (same partition count,
     # murmur2 keys) reading the destination back gives the same digest again.
-    dry_source = _json(runner.invoke(app, ["replay", "--from", source, "--to", dest, "--dry-run", "--json",
-                                           "--bootstrap", kafka_bootstrap]))
+    dry_source = _json(
+        runner.invoke(
+            app, ["replay", "--from", source, "--to", dest, "--dry-run", "--json", "--bootstrap", kafka_bootstrap]
+        )
+    )
     assert dry_source["read"] == second["read"]
     settings = Settings.load(bootstrap_servers=kafka_bootstrap)
     assert _contents(settings, dest) == _contents(settings, source)
-    dry_dest = _json(runner.invoke(app, ["replay", "--from", dest, "--to", source, "--dry-run", "--json",
-                                         "--bootstrap", kafka_bootstrap]))
+    dry_dest = _json(
+        runner.invoke(
+            app, ["replay", "--from", dest, "--to", source, "--dry-run", "--json", "--bootstrap", kafka_bootstrap]
+        )
+    )
     assert dry_dest["read"]["digest"] == second["written"]["digest"]
 
     again = runner.invoke(app, [*base, "--resume"])
@@ -120,8 +146,11 @@ def test_ranges_by_partition_offsets_and_time(kafka_bootstrap: str, topics: tupl
     _fill(kafka_bootstrap, source, 30, start=1000)
     common = ["--to", dest, "--dry-run", "--json", "--bootstrap", kafka_bootstrap]
 
-    by_offsets = _json(runner.invoke(app, ["replay", "--from", source, "--partition", "1", "--from-offset", "2",
-                                           "--to-offset", "5", *common]))
+    by_offsets = _json(
+        runner.invoke(
+            app, ["replay", "--from", source, "--partition", "1", "--from-offset", "2", "--to-offset", "5", *common]
+        )
+    )
     assert by_offsets["read"]["count"] == 4 and list(by_offsets["partitions"]) == ["1"]
     since = _json(runner.invoke(app, ["replay", "--from", source, "--since", boundary, *common]))
     until = _json(runner.invoke(app, ["replay", "--from", source, "--until", boundary, *common]))
@@ -133,12 +162,27 @@ def test_ranges_by_partition_offsets_and_time(kafka_bootstrap: str, topics: tupl
     assert bad_partition.exit_code == 2 and "has no partition 9" in bad_partition.stderr
 
 
-def test_dry_run_produces_nothing_and_bad_arguments_exit_2(kafka_bootstrap: str, topics: tuple[str, str], tmp_path: Path) -> None:
+def test_dry_run_produces_nothing_and_bad_arguments_exit_2(
+    kafka_bootstrap: str, topics: tuple[str, str], tmp_path: Path
+) -> None:
     source, dest = topics
     _fill(kafka_bootstrap, source, 20)
     checkpoint = tmp_path / "cp.json"
-    dry = runner.invoke(app, ["replay", "--from", source, "--to", dest, "--dry-run", "--checkpoint", str(checkpoint),
-                              "--bootstrap", kafka_bootstrap])
+    dry = runner.invoke(
+        app,
+        [
+            "replay",
+            "--from",
+            source,
+            "--to",
+            dest,
+            "--dry-run",
+            "--checkpoint",
+            str(checkpoint),
+            "--bootstrap",
+            kafka_bootstrap,
+        ],
+    )
     assert dry.exit_code == 0 and "dry run" in dry.stdout
     assert not checkpoint.exists()
     assert read_all(Settings.load(bootstrap_servers=kafka_bootstrap), dest) == []
@@ -158,18 +202,33 @@ def test_dry_run_produces_nothing_and_bad_arguments_exit_2(kafka_bootstrap: str,
     assert neither.exit_code == 2 and "exactly one source" in neither.stderr
 
 
-def test_resume_refuses_a_checkpoint_of_another_replay(kafka_bootstrap: str, topics: tuple[str, str], tmp_path: Path,
-                                                       create_topics, unique_name) -> None:
+def test_resume_refuses_a_checkpoint_of_another_replay(
+    kafka_bootstrap: str, topics: tuple[str, str], tmp_path: Path, create_topics, unique_name
+) -> None:
     source, dest = topics
     other = unique_name("replay.other")
     create_topics([other])
     _fill(kafka_bootstrap, source, 5)
     checkpoint = tmp_path / "cp.json"
-    ok = runner.invoke(app, ["replay", "--from", source, "--to", dest, "--checkpoint", str(checkpoint),
-                             "--bootstrap", kafka_bootstrap])
+    ok = runner.invoke(
+        app, ["replay", "--from", source, "--to", dest, "--checkpoint", str(checkpoint), "--bootstrap", kafka_bootstrap]
+    )
     assert ok.exit_code == 0, ok.stderr
-    wrong = runner.invoke(app, ["replay", "--from", source, "--to", other, "--checkpoint", str(checkpoint), "--resume",
-                                "--bootstrap", kafka_bootstrap])
+    wrong = runner.invoke(
+        app,
+        [
+            "replay",
+            "--from",
+            source,
+            "--to",
+            other,
+            "--checkpoint",
+            str(checkpoint),
+            "--resume",
+            "--bootstrap",
+            kafka_bootstrap,
+        ],
+    )
     assert wrong.exit_code == 2 and "checkpoint is for" in wrong.stderr
 
 
@@ -189,8 +248,10 @@ def test_ndjson_backfill_keeps_exported_headers_and_derives_keys_for_bare_events
     export = tmp_path / "export.ndjson"
     export.write_text(exported.stdout + json.dumps(order(2)) + "\n\n" + json.dumps(order(3)) + "\n")
 
-    result = runner.invoke(app, iso.cli("replay", "--file", str(export), "--to", topic, "--json",
-                                        "--checkpoint", str(tmp_path / "cp.json")))
+    result = runner.invoke(
+        app,
+        iso.cli("replay", "--file", str(export), "--to", topic, "--json", "--checkpoint", str(tmp_path / "cp.json")),
+    )
 
     assert result.exit_code == 0, result.stderr
     summary = _json(result)
@@ -199,8 +260,10 @@ def test_ndjson_backfill_keeps_exported_headers_and_derives_keys_for_bare_events
     assert keys["original-key-1"] == 2  # the original and its backfilled copy: agents drop the copy
     assert len(keys) == 3
 
-    twice = runner.invoke(app, iso.cli("replay", "--file", str(export), "--to", topic, "--json",
-                                       "--checkpoint", str(tmp_path / "cp2.json")))
+    twice = runner.invoke(
+        app,
+        iso.cli("replay", "--file", str(export), "--to", topic, "--json", "--checkpoint", str(tmp_path / "cp2.json")),
+    )
     assert twice.exit_code == 0
     again = Counter(Envelope.from_headers(m.headers()).idempotency_key for m in read_all(iso.settings(), topic))
     assert set(again) == set(keys)  # bare events got the same content-derived keys the second time
@@ -235,8 +298,11 @@ def test_avro_container_backfill_of_an_old_schema_version_resumes(iso: Isolated,
     v1 = json.loads((REPO_ROOT / "schemas" / "order.created" / "v1.avsc").read_text())
     path = tmp_path / "orders.avro"
     with path.open("wb") as handle:
-        fastavro.writer(handle, fastavro.parse_schema(v1),
-                        [{**order(n), "created_at": datetime(2024, 5, 1, tzinfo=UTC)} for n in range(30)])
+        fastavro.writer(
+            handle,
+            fastavro.parse_schema(v1),
+            [{**order(n), "created_at": datetime(2024, 5, 1, tzinfo=UTC)} for n in range(30)],
+        )
     registry = iso.registry()
     codec = AvroCodec(registry)
     checkpoint = tmp_path / "cp.json"
@@ -246,16 +312,32 @@ def test_avro_container_backfill_of_an_old_schema_version_resumes(iso: Isolated,
         checks["n"] += 1
         return checks["n"] > 12
 
-    first = Replayer(iso.settings(), FileSource(path, topic, registry, codec), topic, batch=10,
-                     checkpoint_path=checkpoint, stop=stop_soon, progress=False).run()
+    first = Replayer(
+        iso.settings(),
+        FileSource(path, topic, registry, codec),
+        topic,
+        batch=10,
+        checkpoint_path=checkpoint,
+        stop=stop_soon,
+        progress=False,
+    ).run()
     assert first.interrupted and 0 < first.written.count < 30 and first.match
 
-    second = Replayer(iso.settings(), FileSource(path, topic, registry, codec), topic, batch=10,
-                      checkpoint_path=checkpoint, resume=True, progress=False).run()
+    second = Replayer(
+        iso.settings(),
+        FileSource(path, topic, registry, codec),
+        topic,
+        batch=10,
+        checkpoint_path=checkpoint,
+        resume=True,
+        progress=False,
+    ).run()
 
     assert second.completed and second.match and second.written.count == 30
     records = read_all(iso.settings(), topic)
-    assert sorted(codec.decode("order.created", m.value())["order_id"] for m in records) == sorted(f"o-{n}" for n in range(30))
+    assert sorted(codec.decode("order.created", m.value())["order_id"] for m in records) == sorted(
+        f"o-{n}" for n in range(30)
+    )
     assert all(codec.decode("order.created", m.value())["shipping_address"] is None for m in records)
 
 
@@ -273,8 +355,23 @@ def test_a_failed_delivery_exits_1_and_keeps_the_checkpoint_at_the_last_complete
 
     # --batch 1: each record is flushed alone, so the broker refuses exactly the big one (in one
     # produce request with neighbours, they would all be refused with it)
-    result = runner.invoke(app, ["replay", "--from", source, "--to", dest, "--batch", "1", "--checkpoint",
-                                 str(checkpoint), "--json", "--bootstrap", kafka_bootstrap])
+    result = runner.invoke(
+        app,
+        [
+            "replay",
+            "--from",
+            source,
+            "--to",
+            dest,
+            "--batch",
+            "1",
+            "--checkpoint",
+            str(checkpoint),
+            "--json",
+            "--bootstrap",
+            kafka_bootstrap,
+        ],
+    )
 
     assert result.exit_code == 1, result.stderr
     summary = _json(result)
@@ -283,6 +380,20 @@ def test_a_failed_delivery_exits_1_and_keeps_the_checkpoint_at_the_last_complete
     assert summary["read"]["count"] == 7 and summary["written"]["count"] == 6
     saved = Checkpoint.load(checkpoint)
     assert saved.next == {0: 6} and saved.written.count == 6  # the last confirmed batch
-    resumed = runner.invoke(app, ["replay", "--from", source, "--to", dest, "--checkpoint", str(checkpoint),
-                                  "--resume", "--json", "--bootstrap", kafka_bootstrap])
+    resumed = runner.invoke(
+        app,
+        [
+            "replay",
+            "--from",
+            source,
+            "--to",
+            dest,
+            "--checkpoint",
+            str(checkpoint),
+            "--resume",
+            "--json",
+            "--bootstrap",
+            kafka_bootstrap,
+        ],
+    )
     assert resumed.exit_code == 1 and "offset 6" in _json(resumed)["errors"][0]  # still refused, never skipped

@@ -50,8 +50,14 @@ def test_tail_decodes_every_version_and_shows_undecodable_records(iso: Isolated)
     topic = iso.topics["order.created"]
     v1 = order(1)
     _publish(iso, v1, version=1)
-    _publish(iso, order(2, shipping_address={"name": "A", "line1": "Main 1", "city": "X", "postal_code": "1",
-                                             "country": "DE"}, promo_code="SPRING"))
+    _publish(
+        iso,
+        order(
+            2,
+            shipping_address={"name": "A", "line1": "Main 1", "city": "X", "postal_code": "1", "country": "DE"},
+            promo_code="SPRING",
+        ),
+    )
     _raw(iso, topic, (b"o-3", b"not avro at all"), (b"o-4", None))
 
     result = runner.invoke(app, iso.cli("tail", topic, "--from-beginning", "--format", "json", "--show-pii"))
@@ -82,8 +88,9 @@ def test_tail_redacts_pii_by_default_and_filters(iso: Isolated) -> None:
     assert decoded == ["o-1", "o-4"]
     assert [e["key"] for e in events if "error" in e] == ["junk"]  # cannot be matched: shown, not hidden
     assert all(e["value"]["customer_email"] == "***" and e["redacted"] for e in events if "error" not in e)
-    by_key = runner.invoke(app, iso.cli("tail", topic, "--from-beginning", "--json", "--filter", "@key=o-2",
-                                        "--filter", "items[0].qty=3"))
+    by_key = runner.invoke(
+        app, iso.cli("tail", topic, "--from-beginning", "--json", "--filter", "@key=o-2", "--filter", "items[0].qty=3")
+    )
     assert [e["key"] for e in _lines(by_key.stdout)] == ["o-2"]
 
 
@@ -125,8 +132,14 @@ def test_subscriber_follows_new_events(iso: Isolated) -> None:
     later = threading.Timer(1.0, _publish, args=(iso, order(7), order(8)))
     seen = []
     deadline = time.monotonic() + 30
-    with Subscriber([iso.topics["order.created"]], iso.settings(), registry=iso.registry(), follow=True,
-                    filters=[FieldFilter.parse("order_id=o-8")], stop=lambda: time.monotonic() > deadline) as sub:
+    with Subscriber(
+        [iso.topics["order.created"]],
+        iso.settings(),
+        registry=iso.registry(),
+        follow=True,
+        filters=[FieldFilter.parse("order_id=o-8")],
+        stop=lambda: time.monotonic() > deadline,
+    ) as sub:
         later.start()
         for event in sub:
             seen.append(event)
@@ -144,8 +157,14 @@ def test_subscriber_as_a_group_member_resumes_from_its_commits(iso: Isolated) ->
     def consume(expect: int) -> list[str]:
         got: list[str] = []
         deadline = time.monotonic() + 30
-        with Subscriber([topic], iso.settings(), registry=iso.registry(), group_id=group, from_beginning=True,
-                        stop=lambda: len(got) >= expect or time.monotonic() > deadline) as sub:
+        with Subscriber(
+            [topic],
+            iso.settings(),
+            registry=iso.registry(),
+            group_id=group,
+            from_beginning=True,
+            stop=lambda: len(got) >= expect or time.monotonic() > deadline,
+        ) as sub:
             for event in sub:
                 got.append(event.value["order_id"])
         return got

@@ -48,7 +48,7 @@ def isolate_contracts(tmp_path: Path, suffix: str, bootstrap: str) -> Isolated:
         assert match, path
         topic = f"{match.group(1)}.{suffix}"
         topics[path.stem] = topic
-        (contracts / path.name).write_text(text[: match.start()] + f"topic: {topic}" + text[match.end():])
+        (contracts / path.name).write_text(text[: match.start()] + f"topic: {topic}" + text[match.end() :])
     config = tmp_path / "choreo.toml"
     config.write_text(f'contracts_dir = "{contracts}"\nschemas_dir = "{REPO_ROOT / "schemas"}"\n')
     return Isolated(config, contracts, bootstrap, topics)
@@ -57,9 +57,14 @@ def isolate_contracts(tmp_path: Path, suffix: str, bootstrap: str) -> Isolated:
 def order(n: int, **overrides: Any) -> dict[str, Any]:
     """An order.created event (schema v2) as JSON people write it."""
     event = {
-        "order_id": f"o-{n}", "customer_id": f"c-{n % 3}", "customer_email": f"buyer{n}@example.com",
-        "card_token": f"tok_{n}", "items": [{"sku": f"sku-{n}", "qty": 1 + n % 4, "unit_price_minor": 250}],
-        "total_minor": 250 * (1 + n % 4), "currency": "EUR", "created_at": "2024-05-01T12:00:00Z",
+        "order_id": f"o-{n}",
+        "customer_id": f"c-{n % 3}",
+        "customer_email": f"buyer{n}@example.com",
+        "card_token": f"tok_{n}",
+        "items": [{"sku": f"sku-{n}", "qty": 1 + n % 4, "unit_price_minor": 250}],
+        "total_minor": 250 * (1 + n % 4),
+        "currency": "EUR",
+        "created_at": "2024-05-01T12:00:00Z",
     }
     event.update(overrides)
     return event
@@ -72,4 +77,3 @@ def read_all(settings: Settings, topic: str) -> list[Any]:
         return list(read_ranges(consumer, plan_ranges(consumer, topic)))
     finally:
         consumer.close()
-

@@ -8,7 +8,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-_UTC = dt.timezone.utc
+_UTC = dt.UTC
 _PRIMITIVES = {
     "null": st.none(),
     "boolean": st.booleans(),

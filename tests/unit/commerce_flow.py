@@ -32,8 +32,14 @@ class CommerceFlow:
         """Publish an order.created as a producer would and let the flow settle."""
         driver = self.drivers["orders"]
         env = driver.envelope("order.created", idempotency_key=f"create-{order['order_id']}")
-        first = Emitted("order.created", "order.created", order["order_id"], order, env,
-                        self.app.codec.encode("order.created", order))
+        first = Emitted(
+            "order.created",
+            "order.created",
+            order["order_id"],
+            order,
+            env,
+            self.app.codec.encode("order.created", order),
+        )
         self.deliver([first])
 
     def deliver(self, events: list[Emitted]) -> None:
@@ -71,11 +77,22 @@ class CommerceFlow:
         return [(name, r) for name, r in self.results if r.outcome == "DEAD_LETTERED"]
 
 
-def order(order_id: str = "ord-1", *, card: str = "tok_ok", skus: tuple[str, ...] = ("SKU-0001", "SKU-0002"),
-          qty: int = 2, total_delta: int = 0) -> dict:
+def order(
+    order_id: str = "ord-1",
+    *,
+    card: str = "tok_ok",
+    skus: tuple[str, ...] = ("SKU-0001", "SKU-0002"),
+    qty: int = 2,
+    total_delta: int = 0,
+) -> dict:
     items = [{"sku": sku, "qty": qty, "unit_price_minor": 1250} for sku in skus]
     return {
-        "order_id": order_id, "customer_id": "cust-1", "customer_email": "ada@example.com", "card_token": card,
-        "items": items, "total_minor": sum(i["qty"] * i["unit_price_minor"] for i in items) + total_delta,
-        "currency": "EUR", "created_at": NOW_MS,
+        "order_id": order_id,
+        "customer_id": "cust-1",
+        "customer_email": "ada@example.com",
+        "card_token": card,
+        "items": items,
+        "total_minor": sum(i["qty"] * i["unit_price_minor"] for i in items) + total_delta,
+        "currency": "EUR",
+        "created_at": NOW_MS,
     }

@@ -40,7 +40,7 @@ from processors.runtime.state import BatchView, MemoryStore
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "data" / "golden" / "processor_records.json"
 BASE_MS = 1_763_780_400_123  # 2025-11-22T03:00:00.123Z
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 class FrozenWallClock:
@@ -63,7 +63,9 @@ class FrozenWallClock:
 @contextmanager
 def frozen_wall_clock() -> Iterator[FrozenWallClock]:
     clock = FrozenWallClock()
-    shim = SimpleNamespace(datetime=SimpleNamespace(now=clock.now), timezone=dt.timezone, timedelta=dt.timedelta)
+    shim = SimpleNamespace(
+        datetime=SimpleNamespace(now=clock.now), timezone=dt.timezone, UTC=dt.UTC, timedelta=dt.timedelta
+    )
     saved = (context_module.dt, processor_module.dt)
     context_module.dt = shim  # type: ignore[assignment]
     processor_module.dt = shim  # type: ignore[assignment]
@@ -101,12 +103,20 @@ def order_app() -> App:
         state["total_minor"] = state.get("total_minor", 0) + order["total_minor"]
         state["customer_email"] = order["customer_email"]  # PII: redacted in the audit record
         state["address"] = order["shipping_address"]  # PII, nested: redacted whole
-        state["recent"] = ([{"order": order["order_id"], "card_token": order["card_token"], "n": [1, {"x": None}]}]
-                           + state.get("recent", []))[:2]
-        ctx.emit("order.confirmed", event.key, {
-            "order_id": order["order_id"], "total_minor": order["total_minor"],
-            "currency": order["currency"], "confirmed_at": 1_763_780_400_000 + state["orders"],
-        })
+        state["recent"] = (
+            [{"order": order["order_id"], "card_token": order["card_token"], "n": [1, {"x": None}]}]
+            + state.get("recent", [])
+        )[:2]
+        ctx.emit(
+            "order.confirmed",
+            event.key,
+            {
+                "order_id": order["order_id"],
+                "total_minor": order["total_minor"],
+                "currency": order["currency"],
+                "confirmed_at": 1_763_780_400_000 + state["orders"],
+            },
+        )
 
     return app
 
@@ -142,19 +152,41 @@ def serialise(result: HandleResult | None, writes: dict[bytes, bytes | None]) ->
         "event_type": result.event_type,
         "reason": result.reason,
         "key": _hex(result.key),
-        "failure": None if result.failure is None else [
-            result.failure.reason, result.failure.error_class, result.failure.message, result.failure.attempts,
-            result.failure.first_failure_ms, result.failure.last_failure_ms],
-        "records": [{
-            "kind": r.kind, "topic": r.topic, "key": _hex(r.key), "value": _hex(r.value),
-            "headers": [[name, _hex(v) if not isinstance(v, str) else {"str": v}] for name, v in r.headers],
-            "event_type": r.event_type, "partition": r.partition,
-        } for r in result.records],
-        "emitted": [{
-            "event_type": e.event_type, "topic": e.topic, "key": e.key, "value": _plain(e.value),
-            "data": e.data.hex(), "id": e.id, "idempotency_key": e.idempotency_key,
-            "envelope": _plain({f: getattr(e.envelope, f) for f in Envelope.__slots__}),
-        } for e in result.emitted],
+        "failure": None
+        if result.failure is None
+        else [
+            result.failure.reason,
+            result.failure.error_class,
+            result.failure.message,
+            result.failure.attempts,
+            result.failure.first_failure_ms,
+            result.failure.last_failure_ms,
+        ],
+        "records": [
+            {
+                "kind": r.kind,
+                "topic": r.topic,
+                "key": _hex(r.key),
+                "value": _hex(r.value),
+                "headers": [[name, _hex(v) if not isinstance(v, str) else {"str": v}] for name, v in r.headers],
+                "event_type": r.event_type,
+                "partition": r.partition,
+            }
+            for r in result.records
+        ],
+        "emitted": [
+            {
+                "event_type": e.event_type,
+                "topic": e.topic,
+                "key": e.key,
+                "value": _plain(e.value),
+                "data": e.data.hex(),
+                "id": e.id,
+                "idempotency_key": e.idempotency_key,
+                "envelope": _plain({f: getattr(e.envelope, f) for f in Envelope.__slots__}),
+            }
+            for e in result.emitted
+        ],
         "audit": _plain(result.audit),
         "writes": [[_hex(k), _hex(v)] for k, v in writes.items()],
     }
@@ -171,17 +203,33 @@ class Harness:
         self.store = MemoryStore()
         self.offsets: dict[tuple[str, int], int] = {}
         spec = app.select([agent])[0]
-        self.processor = Processor(app, spec, worker_id, metrics=None, clock_ms=lambda: self.now_ms,
-                                   sleep=self._sleep, monotonic=lambda: self.mono,
-                                   rng=lambda a, b: (a + b) / 2, breaker_clock=lambda: self.mono)
+        self.processor = Processor(
+            app,
+            spec,
+            worker_id,
+            metrics=None,
+            clock_ms=lambda: self.now_ms,
+            sleep=self._sleep,
+            monotonic=lambda: self.mono,
+            rng=lambda a, b: (a + b) / 2,
+            breaker_clock=lambda: self.mono,
+        )
         self.out: list[dict[str, Any]] = []
 
     def _sleep(self, seconds: float) -> None:
         self.mono += seconds
         self.now_ms += int(seconds * 1000)
 
-    def raw(self, label: str, topic: str, key: bytes | None, value: bytes | None,
-            headers: list[tuple[str, Any]] | None, partition: int = 0, advance_ms: int = 137) -> None:
+    def raw(
+        self,
+        label: str,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, Any]] | None,
+        partition: int = 0,
+        advance_ms: int = 137,
+    ) -> None:
         self.now_ms += advance_ms
         off = self.offsets.get((topic, partition), 0)
         self.offsets[(topic, partition)] = off + 1
@@ -190,12 +238,26 @@ class Harness:
         self.store.apply(view.writes)
         self.out.append({"label": label, **serialise(result, view.writes)})
 
-    def send(self, label: str, event_type: str, value: dict[str, Any], key: str | None, env: Envelope,
-             partition: int = 0, extra_headers: list[tuple[str, Any]] | None = None) -> None:
+    def send(
+        self,
+        label: str,
+        event_type: str,
+        value: dict[str, Any],
+        key: str | None,
+        env: Envelope,
+        partition: int = 0,
+        extra_headers: list[tuple[str, Any]] | None = None,
+    ) -> None:
         contract = self.app.registry.get(event_type)
         data = self.app.codec.encode(event_type, value)
-        self.raw(label, contract.topic, None if key is None else key.encode(), data,
-                 env.to_headers() + (extra_headers or []), partition)
+        self.raw(
+            label,
+            contract.topic,
+            None if key is None else key.encode(),
+            data,
+            env.to_headers() + (extra_headers or []),
+            partition,
+        )
 
     def fire_due(self, label: str, advance_ms: int) -> None:
         self.now_ms += advance_ms
@@ -210,9 +272,12 @@ def envelope(i: int, event_type: str, **kw: Any) -> Envelope:
     """A fixed input envelope: id, time and key from ``i`` unless given."""
     micro = 0 if i % 3 == 0 else (i * 104_729) % 1_000_000
     fields: dict[str, Any] = {
-        "id": f"00000000-0000-4000-8000-{i:012d}", "type": event_type, "source": "/golden/load",
+        "id": f"00000000-0000-4000-8000-{i:012d}",
+        "type": event_type,
+        "source": "/golden/load",
         "time": dt.datetime(2025, 11, 22, 2, 59, i % 60, micro, tzinfo=UTC),
-        "idempotency_key": f"idem-{i}", "correlation_id": f"corr-{i % 7}",
+        "idempotency_key": f"idem-{i}",
+        "correlation_id": f"corr-{i % 7}",
     }
     fields.update(kw)
     return Envelope(**fields)
@@ -243,32 +308,67 @@ def counter_scenario(out: list[dict[str, Any]]) -> None:
             kw["hop_count"] = 3
         if n % 9 == 6:
             kw["causation_id"] = "cause-1"
-        h.send(f"counter {n}", "counter.incremented", value, name if n % 10 else None, envelope(i, "counter.incremented", **kw),
-               partition=n % 3)
+        h.send(
+            f"counter {n}",
+            "counter.incremented",
+            value,
+            name if n % 10 else None,
+            envelope(i, "counter.incremented", **kw),
+            partition=n % 3,
+        )
         if n % 11 == 7:  # the same input again: a duplicate
             h.send(f"counter dup {n}", "counter.incremented", value, name, envelope(i, "counter.incremented", **kw))
     # non-ASCII state and key, a key of odd bytes
     i += 1
-    h.send("unicode", "counter.incremented", {"name": "ключ✓", "by": 3, "email": "ü@example.com"}, "ключ✓",
-           envelope(i, "counter.incremented", tenant="tenänt"))
+    h.send(
+        "unicode",
+        "counter.incremented",
+        {"name": "ключ✓", "by": 3, "email": "ü@example.com"},
+        "ключ✓",
+        envelope(i, "counter.incremented", tenant="tenänt"),
+    )
     i += 1
-    h.raw("odd key bytes", "counter.incremented", b"\xff\xfekey", h.app.codec.encode("counter.incremented", {"name": "x", "by": 1}),
-          envelope(i, "counter.incremented").to_headers())
+    h.raw(
+        "odd key bytes",
+        "counter.incremented",
+        b"\xff\xfekey",
+        h.app.codec.encode("counter.incremented", {"name": "x", "by": 1}),
+        envelope(i, "counter.incremented").to_headers(),
+    )
     # failures of the handler
     i += 1
-    h.send("handler error with PII", "counter.incremented", {"name": "a", "by": -1, "email": "bob@example.com"}, "a",
-           envelope(i, "counter.incremented"))
+    h.send(
+        "handler error with PII",
+        "counter.incremented",
+        {"name": "a", "by": -1, "email": "bob@example.com"},
+        "a",
+        envelope(i, "counter.incremented"),
+    )
     i += 1
-    h.send("transient, retries exhausted", "counter.incremented", {"name": "a", "by": -2}, "a", envelope(i, "counter.incremented"))
+    h.send(
+        "transient, retries exhausted",
+        "counter.incremented",
+        {"name": "a", "by": -2},
+        "a",
+        envelope(i, "counter.incremented"),
+    )
     i += 1
     h.send("circuit breaker", "counter.incremented", {"name": "a", "by": -3}, "a", envelope(i, "counter.incremented"))
     # timers
     i += 1
-    h.send("schedule timer", "counter.incremented", {"name": "t", "by": 1000}, "t", envelope(i, "counter.incremented", tenant="tt"))
+    h.send(
+        "schedule timer",
+        "counter.incremented",
+        {"name": "t", "by": 1000},
+        "t",
+        envelope(i, "counter.incremented", tenant="tt"),
+    )
     h.fire_due("timer not yet due", 500)
     h.fire_due("timer due", 700)
     i += 1
-    h.send("schedule timer 2", "counter.incremented", {"name": "u", "by": 1000}, "u", envelope(i, "counter.incremented"))
+    h.send(
+        "schedule timer 2", "counter.incremented", {"name": "u", "by": 1000}, "u", envelope(i, "counter.incremented")
+    )
     i += 1
     h.send("reset cancels", "counter.reset", {"name": "u"}, "u", envelope(i, "counter.reset"))
     h.fire_due("nothing due", 5000)
@@ -281,32 +381,92 @@ def counter_scenario(out: list[dict[str, Any]]) -> None:
     h.raw("missing ce_id", "counter.incremented", b"p", data, [x for x in good if x[0] != "ce_id"])
     h.raw("empty ce_type", "counter.incremented", b"p", data, [(k, b"" if k == "ce_type" else v) for k, v in good])
     h.raw("no headers", "counter.incremented", b"p", data, None)
-    h.raw("bad specversion", "counter.incremented", b"p", data, [(k, b"0.3" if k == "ce_specversion" else v) for k, v in good])
+    h.raw(
+        "bad specversion",
+        "counter.incremented",
+        b"p",
+        data,
+        [(k, b"0.3" if k == "ce_specversion" else v) for k, v in good],
+    )
     h.raw("bad time", "counter.incremented", b"p", data, [(k, b"yesterday" if k == "ce_time" else v) for k, v in good])
-    h.raw("naive time", "counter.incremented", b"p", data, [(k, b"2025-11-22T03:00:00" if k == "ce_time" else v) for k, v in good])
-    h.raw("offset time", "counter.incremented", b"p", data,
-          [(k, b"2025-11-22T04:00:00.5+01:00" if k == "ce_time" else v) for k, v in good] + [("ce_idempotencykey", b"idem-offset")])
-    h.raw("bad hop count", "counter.incremented", b"p", data, [(k, b"-1" if k == "ce_hopcount" else v) for k, v in good])
-    h.raw("non-utf8 header", "counter.incremented", b"p", data, [(k, b"\xff\xfe" if k == "ce_source" else v) for k, v in good])
-    h.raw("bad traceparent dropped", "counter.incremented", b"p", data,
-          good + [("traceparent", b"00-zzz"), ("tracestate", b"x=1"), ("ce_idempotencykey", b"idem-tp")])
-    h.raw("repeated and None headers", "counter.incremented", b"p", data,
-          good + [("ce_idempotencykey", None), ("x-other", b"1"), ("ce_tenant", b"t1"), ("ce_tenant", b"t2"),
-                  ("ce_idempotencykey", b"idem-repeat")])
-    h.raw("str header values", "counter.incremented", b"p", data,
-          [(k, v.decode()) for k, v in envelope(901, "counter.incremented").to_headers()])
+    h.raw(
+        "naive time",
+        "counter.incremented",
+        b"p",
+        data,
+        [(k, b"2025-11-22T03:00:00" if k == "ce_time" else v) for k, v in good],
+    )
+    h.raw(
+        "offset time",
+        "counter.incremented",
+        b"p",
+        data,
+        [(k, b"2025-11-22T04:00:00.5+01:00" if k == "ce_time" else v) for k, v in good]
+        + [("ce_idempotencykey", b"idem-offset")],
+    )
+    h.raw(
+        "bad hop count", "counter.incremented", b"p", data, [(k, b"-1" if k == "ce_hopcount" else v) for k, v in good]
+    )
+    h.raw(
+        "non-utf8 header",
+        "counter.incremented",
+        b"p",
+        data,
+        [(k, b"\xff\xfe" if k == "ce_source" else v) for k, v in good],
+    )
+    h.raw(
+        "bad traceparent dropped",
+        "counter.incremented",
+        b"p",
+        data,
+        good + [("traceparent", b"00-zzz"), ("tracestate", b"x=1"), ("ce_idempotencykey", b"idem-tp")],
+    )
+    h.raw(
+        "repeated and None headers",
+        "counter.incremented",
+        b"p",
+        data,
+        good
+        + [
+            ("ce_idempotencykey", None),
+            ("x-other", b"1"),
+            ("ce_tenant", b"t1"),
+            ("ce_tenant", b"t2"),
+            ("ce_idempotencykey", b"idem-repeat"),
+        ],
+    )
+    h.raw(
+        "str header values",
+        "counter.incremented",
+        b"p",
+        data,
+        [(k, v.decode()) for k, v in envelope(901, "counter.incremented").to_headers()],
+    )
     h.raw("tombstone", "counter.incremented", b"p", None, good)
     h.raw("wrong type on topic", "counter.incremented", b"p", data, envelope(902, "ping.sent").to_headers())
-    h.raw("other contract bytes", "counter.incremented", b"p", h.app.codec.encode("counter.reset", {"name": "p"}),
-          envelope(903, "counter.incremented").to_headers())
-    h.raw("no key, key from value", "counter.incremented", None, data, envelope(904, "counter.incremented").to_headers())
+    h.raw(
+        "other contract bytes",
+        "counter.incremented",
+        b"p",
+        h.app.codec.encode("counter.reset", {"name": "p"}),
+        envelope(903, "counter.incremented").to_headers(),
+    )
+    h.raw(
+        "no key, key from value", "counter.incremented", None, data, envelope(904, "counter.incremented").to_headers()
+    )
     out.extend(h.out)
 
 
 def pingpong_scenario(out: list[dict[str, Any]]) -> None:
     h = Harness(engine_app(), "ping")
     for hop in (0, 3, 4, 5):
-        h.send(f"ping hop {hop}", "ping.sent", {"chain": "c", "n": hop}, "c", envelope(100 + hop, "ping.sent", hop_count=hop))
+        h.send(
+            f"ping hop {hop}",
+            "ping.sent",
+            {"chain": "c", "n": hop},
+            "c",
+            envelope(100 + hop, "ping.sent", hop_count=hop),
+        )
     out.extend(h.out)
 
 
@@ -314,8 +474,14 @@ def bench_scenario(out: list[dict[str, Any]]) -> None:
     h = Harness(bench_counter_app(), "counter", worker_id="bench")
     for i in range(60):
         name = f"key-{i % 7}"
-        h.send(f"bench {i}", "counter.incremented", {"name": name, "by": 1}, name,
-               envelope(2000 + i, "counter.incremented", correlation_id=None if i % 2 else f"c{i}"), partition=i % 3)
+        h.send(
+            f"bench {i}",
+            "counter.incremented",
+            {"name": name, "by": 1},
+            name,
+            envelope(2000 + i, "counter.incremented", correlation_id=None if i % 2 else f"c{i}"),
+            partition=i % 3,
+        )
     out.extend(h.out)
 
 
@@ -323,31 +489,56 @@ def order_scenario(out: list[dict[str, Any]]) -> None:
     h = Harness(order_app(), "order-totals", worker_id="orders-1")
     for i in range(25):
         order = {
-            "order_id": f"o-{i}", "customer_id": f"cust-{i % 4}", "customer_email": f"c{i % 4}@example.com",
+            "order_id": f"o-{i}",
+            "customer_id": f"cust-{i % 4}",
+            "customer_email": f"c{i % 4}@example.com",
             "card_token": f"tok_{i:08d}",
             "items": [{"sku": f"sku-{j}", "qty": j + 1, "unit_price_minor": 250 * (j + 1)} for j in range(1 + i % 3)],
-            "total_minor": sum(250 * (j + 1) * (j + 1) for j in range(1 + i % 3)), "currency": "EUR",
+            "total_minor": sum(250 * (j + 1) * (j + 1) for j in range(1 + i % 3)),
+            "currency": "EUR",
             "created_at": dt.datetime(2025, 11, 22, 2, 0, i, tzinfo=UTC),
         }
-        order["shipping_address"] = None if i % 2 else {
-            "name": "Ann", "line1": "Main St 1", "line2": None if i % 4 else "Box 2", "city": "Ghent",
-            "postal_code": "9000", "country": "BE"}
+        order["shipping_address"] = (
+            None
+            if i % 2
+            else {
+                "name": "Ann",
+                "line1": "Main St 1",
+                "line2": None if i % 4 else "Box 2",
+                "city": "Ghent",
+                "postal_code": "9000",
+                "country": "BE",
+            }
+        )
         order["promo_code"] = None if i % 3 else f"P{i}"
-        h.send(f"order {i}", "order.created", order, f"cust-{i % 4}", envelope(3000 + i, "order.created", tenant="shop"))
+        h.send(
+            f"order {i}", "order.created", order, f"cust-{i % 4}", envelope(3000 + i, "order.created", tenant="shop")
+        )
     out.extend(h.out)
 
 
 def json_audit_scenario(out: list[dict[str, Any]]) -> None:
     h = Harness(json_audit_app(), "counter")
     for i in range(3):
-        h.send(f"json audit {i}", "counter.incremented", {"name": "j", "by": i + 1, "email": "j@example.com"}, "j",
-               envelope(4000 + i, "counter.incremented"))
-    h.send("json audit dead", "counter.incremented", {"name": "j", "by": -1}, "j", envelope(4010, "counter.incremented"))
+        h.send(
+            f"json audit {i}",
+            "counter.incremented",
+            {"name": "j", "by": i + 1, "email": "j@example.com"},
+            "j",
+            envelope(4000 + i, "counter.incremented"),
+        )
+    h.send(
+        "json audit dead", "counter.incremented", {"name": "j", "by": -1}, "j", envelope(4010, "counter.incremented")
+    )
     out.extend(h.out)
 
 
 SCENARIOS: list[Callable[[list[dict[str, Any]]], None]] = [
-    counter_scenario, pingpong_scenario, bench_scenario, order_scenario, json_audit_scenario,
+    counter_scenario,
+    pingpong_scenario,
+    bench_scenario,
+    order_scenario,
+    json_audit_scenario,
 ]
 
 

@@ -136,8 +136,11 @@ def test_peer_codec_reads_our_bytes_and_writes_bytes_we_read():
     peer = peer_common.Workload("peer")
     key, value, headers = loadgen.EventSource(loadgen.LoadSpec("t", events=1), codec).next()
     assert peer.codec.decode_order(value) == codec.decode("order.created", value)
-    v1 = codec.encode("order.created", {k: v for k, v in codec.decode("order.created", value).items()
-                                        if k not in ("shipping_address", "promo_code")}, version=1)
+    v1 = codec.encode(
+        "order.created",
+        {k: v for k, v in codec.decode("order.created", value).items() if k not in ("shipping_address", "promo_code")},
+        version=1,
+    )
     assert peer.codec.decode_order(v1) == codec.decode("order.created", v1)  # v1 writer resolved to v2
 
     order = peer.codec.decode_order(value)

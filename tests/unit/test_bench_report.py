@@ -16,16 +16,27 @@ import report  # noqa: E402
 
 
 def run(system: str, guarantee: str, rate: float | None, rss: float = 100.0, error: str | None = None) -> dict:
-    return {"system": system, "guarantee": guarantee, "events": 1000, "events_per_s": rate,
-            "peak_rss_mb": rss, **({"error": error} if error else {})}
+    return {
+        "system": system,
+        "guarantee": guarantee,
+        "events": 1000,
+        "events_per_s": rate,
+        "peak_rss_mb": rss,
+        **({"error": error} if error else {}),
+    }
 
 
 RUNS = [
-    run("raw", "at_least_once", 50_000), run("raw", "at_least_once", 40_000), run("raw", "at_least_once", 60_000),
-    run("ours", "at_least_once", 30_000, 80), run("ours", "at_least_once", 36_000, 90),
+    run("raw", "at_least_once", 50_000),
+    run("raw", "at_least_once", 40_000),
+    run("raw", "at_least_once", 60_000),
+    run("ours", "at_least_once", 30_000, 80),
+    run("ours", "at_least_once", 36_000, 90),
     run("ours", "at_least_once", 33_000, 85),
-    run("ours", "exactly_once", 27_000), run("quix", "at-least-once", 10_000),
-    run("faust", "at_least_once", 2_000), run("faust", "at_least_once", None, error="timed out"),
+    run("ours", "exactly_once", 27_000),
+    run("quix", "at-least-once", 10_000),
+    run("faust", "at_least_once", 2_000),
+    run("faust", "at_least_once", None, error="timed out"),
 ]
 
 
@@ -53,7 +64,9 @@ def test_ratios_are_taken_between_medians_and_checked_against_the_targets():
 
 
 def test_a_ratio_with_a_failed_denominator_is_absent_not_infinite():
-    rows = report.ratios(report.summarize([run("ours", "at_least_once", 10.0), run("raw", "at_least_once", None, error="x")]))
+    rows = report.ratios(
+        report.summarize([run("ours", "at_least_once", 10.0), run("raw", "at_least_once", None, error="x")])
+    )
     assert {r["ratio"]: r["value"] for r in rows}["ours/raw (at_least_once)"] is None
 
 
@@ -129,20 +142,58 @@ def test_replace_section_appends_when_absent_and_refuses_a_wrong_heading():
 def test_the_rendered_section_states_machine_event_size_and_failed_targets():
     summary = report.summarize(RUNS)
     results = {
-        "quick": True, "started_at": "2026-01-01T00:00:00+00:00", "duration_s": 321.0, "peer_venvs_s": 40,
-        "machine": {"cores": 2, "cpu": "AMD EPYC", "memory_gib": 23.5, "os": "Linux", "python": "3.11.7",
-                    "confluent_kafka": "2.16.1", "librdkafka": "2.16.0", "fastavro": "1.13.1",
-                    "load_average_at_start": [0.1, 0.1, 0.1], "peers": {"quix": ["quixstreams==3.28.1"]}},
-        "broker": "local", "plan": {"runs": 3},
-        "comparison": {"load": {"events": 1000, "spec": {"partitions": 6, "keys": 10_000, "skew": 0.0},
-                                "mean_event_bytes": 393.0, "mean_value_bytes": 125.0, "mean_header_bytes": 256.0,
-                                "mean_key_bytes": 12.0},
-                       "summary": summary, "ratios": report.ratios(summary)},
-        "growth": {"keys": [{"keys": 1000, "partitions": 6, "events": 1000, "distinct_keys": 1000,
-                             "events_per_s": 5000.0, "peak_rss_mb": 100.0},
-                            {"keys": 1_000_000, "partitions": 6, "events": 1000, "distinct_keys": 999,
-                             "events_per_s": 4000.0, "peak_rss_mb": 130.0}],
-                   "partitions": [], "rss_spread_keys": 0.3},
+        "quick": True,
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "duration_s": 321.0,
+        "peer_venvs_s": 40,
+        "machine": {
+            "cores": 2,
+            "cpu": "AMD EPYC",
+            "memory_gib": 23.5,
+            "os": "Linux",
+            "python": "3.11.7",
+            "confluent_kafka": "2.16.1",
+            "librdkafka": "2.16.0",
+            "fastavro": "1.13.1",
+            "load_average_at_start": [0.1, 0.1, 0.1],
+            "peers": {"quix": ["quixstreams==3.28.1"]},
+        },
+        "broker": "local",
+        "plan": {"runs": 3},
+        "comparison": {
+            "load": {
+                "events": 1000,
+                "spec": {"partitions": 6, "keys": 10_000, "skew": 0.0},
+                "mean_event_bytes": 393.0,
+                "mean_value_bytes": 125.0,
+                "mean_header_bytes": 256.0,
+                "mean_key_bytes": 12.0,
+            },
+            "summary": summary,
+            "ratios": report.ratios(summary),
+        },
+        "growth": {
+            "keys": [
+                {
+                    "keys": 1000,
+                    "partitions": 6,
+                    "events": 1000,
+                    "distinct_keys": 1000,
+                    "events_per_s": 5000.0,
+                    "peak_rss_mb": 100.0,
+                },
+                {
+                    "keys": 1_000_000,
+                    "partitions": 6,
+                    "events": 1000,
+                    "distinct_keys": 999,
+                    "events_per_s": 4000.0,
+                    "peak_rss_mb": 130.0,
+                },
+            ],
+            "partitions": [],
+            "rss_spread_keys": 0.3,
+        },
         "flow": {"status": "pending", "reason": "not yet"},
     }
     text = markdown_section.render(results)
@@ -155,13 +206,15 @@ def test_the_rendered_section_states_machine_event_size_and_failed_targets():
 
 
 def test_collapse_profile_ranks_self_and_inclusive_time_of_our_code():
-    raw = "\n".join([
-        "run (/w/processors/runtime/worker.py:280);handle (/w/processors/runtime/processor.py:190);"
-        "schemaless_reader (/v/lib/python3.11/site-packages/fastavro/read.py:1) 6",
-        "run (/w/processors/runtime/worker.py:280);handle (/w/processors/runtime/processor.py:201) 3",
-        "run (/w/processors/runtime/worker.py:280);consume (/v/lib/python3.11/site-packages/confluent_kafka/x.py:3) 1",
-        "garbage line",
-    ])
+    raw = "\n".join(
+        [
+            "run (/w/processors/runtime/worker.py:280);handle (/w/processors/runtime/processor.py:190);"
+            "schemaless_reader (/v/lib/python3.11/site-packages/fastavro/read.py:1) 6",
+            "run (/w/processors/runtime/worker.py:280);handle (/w/processors/runtime/processor.py:201) 3",
+            "run (/w/processors/runtime/worker.py:280);consume (/v/lib/python3.11/site-packages/confluent_kafka/x.py:3) 1",
+            "garbage line",
+        ]
+    )
     prof = report.collapse_profile(raw, top=5)
     assert prof["samples"] == 10
     assert prof["self"][0] == {"function": "schemaless_reader (site-packages/fastavro/read.py)", "share": 0.6}

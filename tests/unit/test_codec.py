@@ -21,14 +21,17 @@ from tests.unit.avro_strategies import values_for
 REGISTRY = ContractRegistry.load()
 CODEC = AvroCodec(REGISTRY)
 SCHEMA_VERSIONS = [(c.event_type, v) for c in REGISTRY.all() for v in c.versions]
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 ORDER_V1 = {
     "order_id": "ord-1",
     "customer_id": "cus-9",
     "customer_email": "ada@example.com",
     "card_token": "tok_123",
-    "items": [{"sku": "SKU-1", "qty": 2, "unit_price_minor": 1299}, {"sku": "SKU-2", "qty": 1, "unit_price_minor": 500}],
+    "items": [
+        {"sku": "SKU-1", "qty": 2, "unit_price_minor": 1299},
+        {"sku": "SKU-2", "qty": 1, "unit_price_minor": 500},
+    ],
     "total_minor": 3098,
     "currency": "EUR",
     "created_at": dt.datetime(2024, 5, 1, 12, 30, 15, 123000, tzinfo=UTC),
@@ -63,8 +66,10 @@ def rabin64(data: bytes) -> bytes:
 def independent_canonical_form(raw: dict[str, Any]) -> str:
     """Apache avro's canonical form, normalised: it renders a primitive carrying a logical type as
     ``{"type":"long"}`` where the spec ([PRIMITIVES] rule) and Java write ``"long"``."""
-    return avro.schema.parse(json.dumps(raw)).canonical_form.replace('{"type":"long"}', '"long"').replace(
-        '{"type":"int"}', '"int"'
+    return (
+        avro.schema.parse(json.dumps(raw))
+        .canonical_form.replace('{"type":"long"}', '"long"')
+        .replace('{"type":"int"}', '"int"')
     )
 
 
@@ -167,7 +172,10 @@ def test_confluent_framing_byte_by_byte() -> None:
     assert fake.registered == [("order.confirmed-value", 0x01020304)]
     assert json.loads(fake.by_id[0x01020304].schema_str) == REGISTRY.get("order.confirmed").raw_schema()
     assert fake.by_id[0x01020304].schema_type == "AVRO"
-    assert codec.decode("order.confirmed", encoded) == {**value, "confirmed_at": dt.datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC)}
+    assert codec.decode("order.confirmed", encoded) == {
+        **value,
+        "confirmed_at": dt.datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC),
+    }
     codec.encode("order.confirmed", value)
     assert len(fake.registered) == 1, "the schema id is cached after the first registration"
 
@@ -188,7 +196,11 @@ def test_confluent_bytes_without_a_registry_are_refused() -> None:
 
 # ---------------------------------------------------------------------- errors
 def test_invalid_values_are_refused_with_paths() -> None:
-    bad = {**ORDER_V1, "items": [{"sku": "A", "qty": 1, "unit_price_minor": 1}] * 2 + [{"sku": "C", "qty": "3", "unit_price_minor": 1}]}
+    bad = {
+        **ORDER_V1,
+        "items": [{"sku": "A", "qty": 1, "unit_price_minor": 1}] * 2
+        + [{"sku": "C", "qty": "3", "unit_price_minor": 1}],
+    }
     del bad["customer_id"]
     with pytest.raises(ContractViolation) as info:
         CODEC.encode("order.created", bad)
@@ -207,7 +219,9 @@ def test_values_fastavro_would_silently_mangle_are_refused() -> None:
         with pytest.raises(ContractViolation) as info:
             CODEC.encode("order.created", {**ORDER_V1, field: wrong})
         assert [str(p) for p in info.value.problems] == [message]
-    with pytest.raises(ContractViolation, match=r"items\[0\]\.qty: expected int in \[-2147483648, 2147483647\], got long 4294967296"):
+    with pytest.raises(
+        ContractViolation, match=r"items\[0\]\.qty: expected int in \[-2147483648, 2147483647\], got long 4294967296"
+    ):
         CODEC.encode("order.created", {**ORDER_V1, "items": [{"sku": "A", "qty": 2**32, "unit_price_minor": 1}]})
 
 
@@ -241,7 +255,9 @@ def test_truncated_and_overlong_bodies() -> None:
 
 def test_decoding_as_the_wrong_event_type_is_refused() -> None:
     encoded = CODEC.encode("order.created", ORDER_V1)
-    with pytest.raises(DecodeError, match="expected a payment.authorized event, but the bytes were written with order.created v2"):
+    with pytest.raises(
+        DecodeError, match="expected a payment.authorized event, but the bytes were written with order.created v2"
+    ):
         CODEC.decode("payment.authorized", encoded)
 
 
@@ -373,10 +389,15 @@ def test_generated_encoder_leaves_unusual_values_to_fastavro() -> None:
         encode(value, b"")
     encode({**value, "f": 1.5}, b"")  # fine otherwise
     # Through the codec a float32 overflow or an absent non-null default still goes through fastavro.
-    codec_value = {"order_id": "o1", "total_minor": -3, "currency": "EUR", "confirmed_at": dt.datetime(2024, 1, 1, tzinfo=UTC)}
-    assert CODEC.encode("order.confirmed", codec_value) == CODEC.fingerprint("order.confirmed").join([b"\xc3\x01", b""]) + fastavro_bytes(
-        REGISTRY.get("order.confirmed").schema(), codec_value
-    )
+    codec_value = {
+        "order_id": "o1",
+        "total_minor": -3,
+        "currency": "EUR",
+        "confirmed_at": dt.datetime(2024, 1, 1, tzinfo=UTC),
+    }
+    assert CODEC.encode("order.confirmed", codec_value) == CODEC.fingerprint("order.confirmed").join(
+        [b"\xc3\x01", b""]
+    ) + fastavro_bytes(REGISTRY.get("order.confirmed").schema(), codec_value)
 
 
 def test_a_timestamp_beyond_datetime_range_is_a_decode_error_not_a_crash() -> None:
@@ -384,9 +405,18 @@ def test_a_timestamp_beyond_datetime_range_is_a_decode_error_not_a_crash() -> No
     DecodeError as undecodable, so the codec must say DecodeError."""
     contract = REGISTRY.get("order.confirmed")
     body = io.BytesIO()
-    fastavro.schemaless_writer(body, fastavro.parse_schema({**contract.raw_schema(), "fields": [
-        {**f, "type": "long"} if f["name"] == "confirmed_at" else f for f in contract.raw_schema()["fields"]]}),
-        {"order_id": "o", "total_minor": 1, "currency": "EUR", "confirmed_at": 2**62})
+    fastavro.schemaless_writer(
+        body,
+        fastavro.parse_schema(
+            {
+                **contract.raw_schema(),
+                "fields": [
+                    {**f, "type": "long"} if f["name"] == "confirmed_at" else f for f in contract.raw_schema()["fields"]
+                ],
+            }
+        ),
+        {"order_id": "o", "total_minor": 1, "currency": "EUR", "confirmed_at": 2**62},
+    )
     framed = b"\xc3\x01" + CODEC.fingerprint("order.confirmed") + body.getvalue()
     with pytest.raises(DecodeError, match=r"truncated or corrupt body for order.confirmed v1: OverflowError"):
         CODEC.decode("order.confirmed", framed)

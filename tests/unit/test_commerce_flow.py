@@ -13,8 +13,14 @@ from tests.unit.commerce_flow import CommerceFlow, order
 def test_happy_path_confirms_ships_and_notifies_once():
     flow = CommerceFlow()
     flow.place(order())
-    assert flow.of("order.confirmed") == [{"order_id": "ord-1", "total_minor": 5000, "currency": "EUR",
-                                          "confirmed_at": flow.of("order.confirmed")[0]["confirmed_at"]}]
+    assert flow.of("order.confirmed") == [
+        {
+            "order_id": "ord-1",
+            "total_minor": 5000,
+            "currency": "EUR",
+            "confirmed_at": flow.of("order.confirmed")[0]["confirmed_at"],
+        }
+    ]
     assert flow.of("order.cancelled") == []
     assert [s["shipment_id"] for s in flow.of("shipment.requested")] == ["shp_ord-1"]
     assert sorted(n["kind"] for n in flow.of("notification.sent")) == ["ORDER_CONFIRMED", "ORDER_SHIPPED"]
@@ -31,7 +37,9 @@ def test_declined_payment_with_stock_reserved_releases_the_stock():
     [cancelled] = flow.of("order.cancelled")
     assert cancelled["reason"] == "PAYMENT_DECLINED"
     assert flow.of("payment.declined")[0]["reason"] == "FRAUD_SUSPECTED"
-    assert [r["items"] for r in flow.of("inventory.released")] == [[{"sku": "SKU-0001", "qty": 2}, {"sku": "SKU-0002", "qty": 2}]]
+    assert [r["items"] for r in flow.of("inventory.released")] == [
+        [{"sku": "SKU-0001", "qty": 2}, {"sku": "SKU-0002", "qty": 2}]
+    ]
     assert flow.drivers["stock"].state("SKU-0001") == {"available": PLENTY}
     assert flow.of("payment.refunded") == [] and flow.gateway.charges == {}
     assert [n["kind"] for n in flow.of("notification.sent")] == ["ORDER_CANCELLED"]
@@ -110,8 +118,10 @@ def test_a_second_different_order_created_is_dead_lettered_as_invalid_transition
 
 def test_shipment_for_an_unconfirmed_order_is_dead_lettered():
     flow = CommerceFlow()
-    result = flow.drivers["orders"].send("shipment.requested", {
-        "order_id": "ord-9", "shipment_id": "shp_ord-9", "items": [], "address": None, "requested_at": 0})
+    result = flow.drivers["orders"].send(
+        "shipment.requested",
+        {"order_id": "ord-9", "shipment_id": "shp_ord-9", "items": [], "address": None, "requested_at": 0},
+    )
     assert result.outcome == "DEAD_LETTERED" and result.reason == "invalid_transition"
     assert result.emitted == [] and flow.drivers["orders"].state("ord-9") is None
 

@@ -52,8 +52,16 @@ def test_mode_cases(case: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------- our own table
-def record(*fields: dict[str, Any], name: str = "Order", namespace: str = "io.choreo.t", **extra: Any) -> dict[str, Any]:
-    return {"type": "record", "name": name, "namespace": namespace, "fields": [{"name": "id", "type": "string"}, *fields], **extra}
+def record(
+    *fields: dict[str, Any], name: str = "Order", namespace: str = "io.choreo.t", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "type": "record",
+        "name": name,
+        "namespace": namespace,
+        "fields": [{"name": "id", "type": "string"}, *fields],
+        **extra,
+    }
 
 
 def f(name: str, type_: Any, **extra: Any) -> dict[str, Any]:
@@ -72,46 +80,249 @@ BASE = record()
 # (id, new, old, mode, compatible, [(direction, path, kind)] expected when incompatible)
 OWN: list[tuple[str, Any, Any, str, bool, list[tuple[str, str, str]]]] = [
     ("add field with default, full", record(f("note", "string", default="")), BASE, "FULL", True, []),
-    ("add field without default, backward", record(f("note", "string")), BASE, "BACKWARD", False, [("backward", "note", "READER_FIELD_MISSING_DEFAULT_VALUE")]),
+    (
+        "add field without default, backward",
+        record(f("note", "string")),
+        BASE,
+        "BACKWARD",
+        False,
+        [("backward", "note", "READER_FIELD_MISSING_DEFAULT_VALUE")],
+    ),
     ("add field without default, forward", record(f("note", "string")), BASE, "FORWARD", True, []),
     ("remove field with default, full", BASE, record(f("note", "string", default="")), "FULL", True, []),
     ("remove field without default, backward", BASE, record(f("note", "string")), "BACKWARD", True, []),
-    ("remove field without default, forward", BASE, record(f("note", "string")), "FORWARD", False, [("forward", "note", "READER_FIELD_MISSING_DEFAULT_VALUE")]),
+    (
+        "remove field without default, forward",
+        BASE,
+        record(f("note", "string")),
+        "FORWARD",
+        False,
+        [("forward", "note", "READER_FIELD_MISSING_DEFAULT_VALUE")],
+    ),
     ("int to long, backward", record(f("n", "long")), record(f("n", "int")), "BACKWARD", True, []),
-    ("int to long, forward", record(f("n", "long")), record(f("n", "int")), "FORWARD", False, [("forward", "n", "TYPE_MISMATCH")]),
+    (
+        "int to long, forward",
+        record(f("n", "long")),
+        record(f("n", "int")),
+        "FORWARD",
+        False,
+        [("forward", "n", "TYPE_MISMATCH")],
+    ),
     ("long to float, backward", record(f("n", "float")), record(f("n", "long")), "BACKWARD", True, []),
     ("float to double, backward", record(f("n", "double")), record(f("n", "float")), "BACKWARD", True, []),
     ("int to double, backward", record(f("n", "double")), record(f("n", "int")), "BACKWARD", True, []),
-    ("double to float, backward", record(f("n", "float")), record(f("n", "double")), "BACKWARD", False, [("backward", "n", "TYPE_MISMATCH")]),
-    ("long to int, backward", record(f("n", "int")), record(f("n", "long")), "BACKWARD", False, [("backward", "n", "TYPE_MISMATCH")]),
+    (
+        "double to float, backward",
+        record(f("n", "float")),
+        record(f("n", "double")),
+        "BACKWARD",
+        False,
+        [("backward", "n", "TYPE_MISMATCH")],
+    ),
+    (
+        "long to int, backward",
+        record(f("n", "int")),
+        record(f("n", "long")),
+        "BACKWARD",
+        False,
+        [("backward", "n", "TYPE_MISMATCH")],
+    ),
     ("string to bytes, full", record(f("s", "bytes")), record(f("s", "string")), "FULL", True, []),
     ("bytes to string, full", record(f("s", "string")), record(f("s", "bytes")), "FULL", True, []),
-    ("string to int, backward", record(f("s", "int")), record(f("s", "string")), "BACKWARD", False, [("backward", "s", "TYPE_MISMATCH")]),
+    (
+        "string to int, backward",
+        record(f("s", "int")),
+        record(f("s", "string")),
+        "BACKWARD",
+        False,
+        [("backward", "s", "TYPE_MISMATCH")],
+    ),
     ("enum symbol added, backward", record(f("r", enum("A", "B"))), record(f("r", enum("A"))), "BACKWARD", True, []),
-    ("enum symbol added, forward", record(f("r", enum("A", "B"))), record(f("r", enum("A"))), "FORWARD", False, [("forward", "r", "MISSING_ENUM_SYMBOLS")]),
-    ("enum symbol added, old reader has default", record(f("r", enum("A", "U", "B", default="U"))), record(f("r", enum("A", "U", default="U"))), "FULL", True, []),
-    ("enum symbol removed, backward", record(f("r", enum("A"))), record(f("r", enum("A", "B"))), "BACKWARD", False, [("backward", "r", "MISSING_ENUM_SYMBOLS")]),
-    ("enum symbol removed, new reader has default", record(f("r", enum("A", "U", default="U"))), record(f("r", enum("A", "U", "B"))), "BACKWARD", True, []),
-    ("union branch added, backward", record(f("u", ["null", "string", "int"], default=None)), record(f("u", ["null", "string"], default=None)), "BACKWARD", True, []),
-    ("union branch added, forward", record(f("u", ["null", "string", "int"], default=None)), record(f("u", ["null", "string"], default=None)), "FORWARD", False, [("forward", "u <writer branch 2>", "MISSING_UNION_BRANCH")]),
-    ("union branch removed, backward", record(f("u", ["null", "string"], default=None)), record(f("u", ["null", "string", "int"], default=None)), "BACKWARD", False, [("backward", "u <writer branch 2>", "MISSING_UNION_BRANCH")]),
+    (
+        "enum symbol added, forward",
+        record(f("r", enum("A", "B"))),
+        record(f("r", enum("A"))),
+        "FORWARD",
+        False,
+        [("forward", "r", "MISSING_ENUM_SYMBOLS")],
+    ),
+    (
+        "enum symbol added, old reader has default",
+        record(f("r", enum("A", "U", "B", default="U"))),
+        record(f("r", enum("A", "U", default="U"))),
+        "FULL",
+        True,
+        [],
+    ),
+    (
+        "enum symbol removed, backward",
+        record(f("r", enum("A"))),
+        record(f("r", enum("A", "B"))),
+        "BACKWARD",
+        False,
+        [("backward", "r", "MISSING_ENUM_SYMBOLS")],
+    ),
+    (
+        "enum symbol removed, new reader has default",
+        record(f("r", enum("A", "U", default="U"))),
+        record(f("r", enum("A", "U", "B"))),
+        "BACKWARD",
+        True,
+        [],
+    ),
+    (
+        "union branch added, backward",
+        record(f("u", ["null", "string", "int"], default=None)),
+        record(f("u", ["null", "string"], default=None)),
+        "BACKWARD",
+        True,
+        [],
+    ),
+    (
+        "union branch added, forward",
+        record(f("u", ["null", "string", "int"], default=None)),
+        record(f("u", ["null", "string"], default=None)),
+        "FORWARD",
+        False,
+        [("forward", "u <writer branch 2>", "MISSING_UNION_BRANCH")],
+    ),
+    (
+        "union branch removed, backward",
+        record(f("u", ["null", "string"], default=None)),
+        record(f("u", ["null", "string", "int"], default=None)),
+        "BACKWARD",
+        False,
+        [("backward", "u <writer branch 2>", "MISSING_UNION_BRANCH")],
+    ),
     ("plain to nullable, backward", record(f("s", ["null", "string"])), record(f("s", "string")), "BACKWARD", True, []),
-    ("plain to nullable, forward", record(f("s", ["null", "string"])), record(f("s", "string")), "FORWARD", False, [("forward", "s <writer branch 0>", "TYPE_MISMATCH")]),
-    ("nested field added without default", record(f("a", address(f("zip", "string")))), record(f("a", address())), "BACKWARD", False, [("backward", "a.zip", "READER_FIELD_MISSING_DEFAULT_VALUE")]),
-    ("nested field added with default", record(f("a", address(f("zip", "string", default="")))), record(f("a", address())), "FULL", True, []),
-    ("nested in nullable union", record(f("a", ["null", address(f("zip", "string"))], default=None)), record(f("a", ["null", address()], default=None)), "BACKWARD", False, [("backward", "a <writer branch 1>", "MISSING_UNION_BRANCH")]),
-    ("array items widened", record(f("xs", {"type": "array", "items": "long"})), record(f("xs", {"type": "array", "items": "int"})), "BACKWARD", True, []),
-    ("array items narrowed", record(f("xs", {"type": "array", "items": "int"})), record(f("xs", {"type": "array", "items": "long"})), "BACKWARD", False, [("backward", "xs[]", "TYPE_MISMATCH")]),
-    ("array of records field added", record(f("xs", {"type": "array", "items": address(f("zip", "string"))})), record(f("xs", {"type": "array", "items": address()})), "BACKWARD", False, [("backward", "xs[].zip", "READER_FIELD_MISSING_DEFAULT_VALUE")]),
-    ("map values changed", record(f("m", {"type": "map", "values": "string"})), record(f("m", {"type": "map", "values": "int"})), "BACKWARD", False, [("backward", "m{}", "TYPE_MISMATCH")]),
-    ("map values widened", record(f("m", {"type": "map", "values": "double"})), record(f("m", {"type": "map", "values": "int"})), "BACKWARD", True, []),
-    ("fixed size changed", record(f("h", {"type": "fixed", "name": "Hash", "size": 32})), record(f("h", {"type": "fixed", "name": "Hash", "size": 16})), "BACKWARD", False, [("backward", "h", "FIXED_SIZE_MISMATCH")]),
-    ("fixed renamed", record(f("h", {"type": "fixed", "name": "Digest", "size": 16})), record(f("h", {"type": "fixed", "name": "Hash", "size": 16})), "BACKWARD", False, [("backward", "h", "NAME_MISMATCH")]),
-    ("field renamed with alias, backward", record(f("total", "long", aliases=["amount"])), record(f("amount", "long")), "BACKWARD", True, []),
-    ("field renamed with alias, forward", record(f("total", "long", aliases=["amount"])), record(f("amount", "long")), "FORWARD", False, [("forward", "amount", "READER_FIELD_MISSING_DEFAULT_VALUE")]),
-    ("record renamed without alias", record(name="Purchase"), BASE, "BACKWARD", False, [("backward", "<root>", "NAME_MISMATCH")]),
-    ("record renamed with full alias", record(name="Purchase", aliases=["io.choreo.t.Order"]), BASE, "BACKWARD", True, []),
-    ("record renamed with short alias (Java qualifies it)", record(name="Purchase", aliases=["Order"]), BASE, "BACKWARD", True, []),
+    (
+        "plain to nullable, forward",
+        record(f("s", ["null", "string"])),
+        record(f("s", "string")),
+        "FORWARD",
+        False,
+        [("forward", "s <writer branch 0>", "TYPE_MISMATCH")],
+    ),
+    (
+        "nested field added without default",
+        record(f("a", address(f("zip", "string")))),
+        record(f("a", address())),
+        "BACKWARD",
+        False,
+        [("backward", "a.zip", "READER_FIELD_MISSING_DEFAULT_VALUE")],
+    ),
+    (
+        "nested field added with default",
+        record(f("a", address(f("zip", "string", default="")))),
+        record(f("a", address())),
+        "FULL",
+        True,
+        [],
+    ),
+    (
+        "nested in nullable union",
+        record(f("a", ["null", address(f("zip", "string"))], default=None)),
+        record(f("a", ["null", address()], default=None)),
+        "BACKWARD",
+        False,
+        [("backward", "a <writer branch 1>", "MISSING_UNION_BRANCH")],
+    ),
+    (
+        "array items widened",
+        record(f("xs", {"type": "array", "items": "long"})),
+        record(f("xs", {"type": "array", "items": "int"})),
+        "BACKWARD",
+        True,
+        [],
+    ),
+    (
+        "array items narrowed",
+        record(f("xs", {"type": "array", "items": "int"})),
+        record(f("xs", {"type": "array", "items": "long"})),
+        "BACKWARD",
+        False,
+        [("backward", "xs[]", "TYPE_MISMATCH")],
+    ),
+    (
+        "array of records field added",
+        record(f("xs", {"type": "array", "items": address(f("zip", "string"))})),
+        record(f("xs", {"type": "array", "items": address()})),
+        "BACKWARD",
+        False,
+        [("backward", "xs[].zip", "READER_FIELD_MISSING_DEFAULT_VALUE")],
+    ),
+    (
+        "map values changed",
+        record(f("m", {"type": "map", "values": "string"})),
+        record(f("m", {"type": "map", "values": "int"})),
+        "BACKWARD",
+        False,
+        [("backward", "m{}", "TYPE_MISMATCH")],
+    ),
+    (
+        "map values widened",
+        record(f("m", {"type": "map", "values": "double"})),
+        record(f("m", {"type": "map", "values": "int"})),
+        "BACKWARD",
+        True,
+        [],
+    ),
+    (
+        "fixed size changed",
+        record(f("h", {"type": "fixed", "name": "Hash", "size": 32})),
+        record(f("h", {"type": "fixed", "name": "Hash", "size": 16})),
+        "BACKWARD",
+        False,
+        [("backward", "h", "FIXED_SIZE_MISMATCH")],
+    ),
+    (
+        "fixed renamed",
+        record(f("h", {"type": "fixed", "name": "Digest", "size": 16})),
+        record(f("h", {"type": "fixed", "name": "Hash", "size": 16})),
+        "BACKWARD",
+        False,
+        [("backward", "h", "NAME_MISMATCH")],
+    ),
+    (
+        "field renamed with alias, backward",
+        record(f("total", "long", aliases=["amount"])),
+        record(f("amount", "long")),
+        "BACKWARD",
+        True,
+        [],
+    ),
+    (
+        "field renamed with alias, forward",
+        record(f("total", "long", aliases=["amount"])),
+        record(f("amount", "long")),
+        "FORWARD",
+        False,
+        [("forward", "amount", "READER_FIELD_MISSING_DEFAULT_VALUE")],
+    ),
+    (
+        "record renamed without alias",
+        record(name="Purchase"),
+        BASE,
+        "BACKWARD",
+        False,
+        [("backward", "<root>", "NAME_MISMATCH")],
+    ),
+    (
+        "record renamed with full alias",
+        record(name="Purchase", aliases=["io.choreo.t.Order"]),
+        BASE,
+        "BACKWARD",
+        True,
+        [],
+    ),
+    (
+        "record renamed with short alias (Java qualifies it)",
+        record(name="Purchase", aliases=["Order"]),
+        BASE,
+        "BACKWARD",
+        True,
+        [],
+    ),
     ("namespace changed (names match unqualified)", record(namespace="io.choreo.v2"), BASE, "FULL", True, []),
     ("mode NONE accepts anything", {"type": "int"}, BASE, "NONE", True, []),
 ]
@@ -151,15 +362,24 @@ def test_non_transitive_mode_ignores_older_versions() -> None:
 
 def test_recursive_schemas_terminate() -> None:
     def node(value_type: str) -> dict[str, Any]:
-        return {"type": "record", "name": "Node", "fields": [f("v", value_type), f("next", ["null", "Node"], default=None)]}
+        return {
+            "type": "record",
+            "name": "Node",
+            "fields": [f("v", value_type), f("next", ["null", "Node"], default=None)],
+        }
 
     assert check_compatibility(node("long"), [node("int")], "BACKWARD").compatible
     result = check_compatibility(node("long"), [node("int")], "FORWARD")
-    assert [(p.path, p.kind) for p in result.problems] == [("v", "TYPE_MISMATCH"), ("next <writer branch 1>", "MISSING_UNION_BRANCH")]
+    assert [(p.path, p.kind) for p in result.problems] == [
+        ("v", "TYPE_MISMATCH"),
+        ("next <writer branch 1>", "MISSING_UNION_BRANCH"),
+    ]
 
 
 def test_reasons_are_readable() -> None:
-    [problem] = check_compatibility(record(f("r", enum("A"))), [record(f("r", enum("A", "C", "B")))], "BACKWARD").problems
+    [problem] = check_compatibility(
+        record(f("r", enum("A"))), [record(f("r", enum("A", "C", "B")))], "BACKWARD"
+    ).problems
     assert problem.reason == "reader enum lacks symbol(s) B, C the writer may write (or give the reader enum a default)"
     assert str(problem) == f"backward vs previous[0] at r: {problem.reason}"
 
@@ -169,4 +389,12 @@ def test_invalid_input() -> None:
         check_compatibility(BASE, [{"type": "record", "name": "X", "fields": [{"name": "a", "type": "nope"}]}], "FULL")
     with pytest.raises(ValueError, match="unknown compatibility mode 'SIDEWAYS'"):
         check_compatibility(BASE, [BASE], "SIDEWAYS")
-    assert MODES == ("NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE")
+    assert MODES == (
+        "NONE",
+        "BACKWARD",
+        "BACKWARD_TRANSITIVE",
+        "FORWARD",
+        "FORWARD_TRANSITIVE",
+        "FULL",
+        "FULL_TRANSITIVE",
+    )

@@ -52,7 +52,9 @@ def test_check_passes_on_the_repository() -> None:
     assert code == 0
     report = json.loads(out)
     assert report["ok"] is True and report["violations"] == []
-    assert {"event_type": "order.created", "versions": [1, 2], "compatibility": "FULL_TRANSITIVE"} in report["contracts"]
+    assert {"event_type": "order.created", "versions": [1, 2], "compatibility": "FULL_TRANSITIVE"} in report[
+        "contracts"
+    ]
 
 
 def test_check_human_output() -> None:
@@ -62,7 +64,10 @@ def test_check_human_output() -> None:
 
 
 def test_check_reports_an_incompatible_new_version(tree: Path) -> None:
-    rewrite(tree / "schemas" / "order.created" / "v2.avsc", lambda s: s["fields"].append({"name": "channel", "type": "string", "doc": "x"}))
+    rewrite(
+        tree / "schemas" / "order.created" / "v2.avsc",
+        lambda s: s["fields"].append({"name": "channel", "type": "string", "doc": "x"}),
+    )
     code, out, _ = run("check", "--json", *dirs(tree))
     assert code == 1
     assert json.loads(out)["violations"] == [
@@ -87,7 +92,9 @@ def test_check_base_catches_changed_and_removed_versions(tree: Path) -> None:
     # Removing a version (and un-listing it).
     (tree / "schemas" / "order.created" / "v2.avsc").unlink()
     contract = tree / "contracts" / "order.created.yaml"
-    contract.write_text(contract.read_text().replace("versions: [1, 2]", "versions: [1]").replace("  - shipping_address\n", ""))
+    contract.write_text(
+        contract.read_text().replace("versions: [1, 2]", "versions: [1]").replace("  - shipping_address\n", "")
+    )
     # Rewording a doc is allowed.
     rewrite(tree / "schemas" / "order.confirmed" / "v1.avsc", lambda s: s.update(doc="Reworded."))
     code, out, _ = run("check", "--base", "HEAD", "--json", *dirs(tree))
@@ -113,7 +120,13 @@ def test_check_exit_2_on_unknown_revision(tree: Path) -> None:
 
 # ---------------------------------------------------------------------- compat
 def test_compat_compatible() -> None:
-    code, out, _ = run("compat", str(SCHEMAS / "order.created" / "v2.avsc"), str(SCHEMAS / "order.created" / "v1.avsc"), "--mode", "FULL_TRANSITIVE")
+    code, out, _ = run(
+        "compat",
+        str(SCHEMAS / "order.created" / "v2.avsc"),
+        str(SCHEMAS / "order.created" / "v1.avsc"),
+        "--mode",
+        "FULL_TRANSITIVE",
+    )
     assert code == 0 and "compatible" in out
 
 
@@ -179,7 +192,18 @@ def test_compat_unreadable_schema_exit_2(tmp_path: Path) -> None:
 
 def test_registered_in_the_choreo_command() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "processors.cli.main", "contracts", "compat", str(SCHEMAS / "order.created" / "v2.avsc"), str(SCHEMAS / "order.created" / "v1.avsc"), "--mode", "FULL", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "processors.cli.main",
+            "contracts",
+            "compat",
+            str(SCHEMAS / "order.created" / "v2.avsc"),
+            str(SCHEMAS / "order.created" / "v1.avsc"),
+            "--mode",
+            "FULL",
+            "--json",
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -31,7 +31,12 @@ def test_repository_contracts_load() -> None:
     registry = ContractRegistry.load()
     assert set(COMMERCE + ["audit.record"]) <= set(registry.event_types())
     created = registry.get("order.created")
-    assert (created.topic, created.key_field, created.versions, created.current_version) == ("order.created", "order_id", (1, 2), 2)
+    assert (created.topic, created.key_field, created.versions, created.current_version) == (
+        "order.created",
+        "order_id",
+        (1, 2),
+        2,
+    )
     assert created.pii_fields == ("customer_email", "card_token", "shipping_address")
     assert (created.partitions, created.retention_ms, created.compatibility) == (6, 7 * 86_400_000, "FULL_TRANSITIVE")
     assert created.schema()["name"] == "io.choreo.commerce.OrderCreated"
@@ -92,19 +97,55 @@ def test_copied_tree_loads(tree: Path) -> None:
 @pytest.mark.parametrize(
     "old,new,message",
     [
-        ("key_field: order_id", "key_field: orderid", "order.created.yaml: key_field: 'orderid' is not a field of schema v1"),
-        ("key_field: order_id", "key_field: items", 'order.created.yaml: key_field: \'items\' has type {"type": "array"'),
-        ("compatibility: FULL_TRANSITIVE", "compatibility: SOMETIMES", "order.created.yaml: compatibility: 'SOMETIMES' is not one of NONE, BACKWARD"),
+        (
+            "key_field: order_id",
+            "key_field: orderid",
+            "order.created.yaml: key_field: 'orderid' is not a field of schema v1",
+        ),
+        (
+            "key_field: order_id",
+            "key_field: items",
+            'order.created.yaml: key_field: \'items\' has type {"type": "array"',
+        ),
+        (
+            "compatibility: FULL_TRANSITIVE",
+            "compatibility: SOMETIMES",
+            "order.created.yaml: compatibility: 'SOMETIMES' is not one of NONE, BACKWARD",
+        ),
         ("versions: [1, 2]", "versions: [2, 1]", "order.created.yaml: versions: [2, 1] must be strictly increasing"),
-        ("versions: [1, 2]", "versions: [1, 2, 3]", "schemas/order.created/v3.avsc: schema file missing for a listed version"),
+        (
+            "versions: [1, 2]",
+            "versions: [1, 2, 3]",
+            "schemas/order.created/v3.avsc: schema file missing for a listed version",
+        ),
         ("versions: [1, 2]", "versions: [1]", "schemas/order.created/v2.avsc exists but is not listed in versions [1]"),
-        ("partitions: 6", "partitions: zero", "order.created.yaml: partitions: expected a positive integer, got 'zero'"),
-        ("retention: 7d", "retention: 7 days", "order.created.yaml: retention: expected milliseconds (or -1 for forever) or a duration like 7d, 12h, 30m, got '7 days'"),
-        ("  - card_token", "  - card.token", "order.created.yaml: pii_fields[1]: 'card.token' is not a field of any schema version [1, 2]"),
-        ("event_type: order.created", "event_type: order.placed", "order.created.yaml: event_type: 'order.placed' does not match the file name 'order.created'"),
+        (
+            "partitions: 6",
+            "partitions: zero",
+            "order.created.yaml: partitions: expected a positive integer, got 'zero'",
+        ),
+        (
+            "retention: 7d",
+            "retention: 7 days",
+            "order.created.yaml: retention: expected milliseconds (or -1 for forever) or a duration like 7d, 12h, 30m, got '7 days'",
+        ),
+        (
+            "  - card_token",
+            "  - card.token",
+            "order.created.yaml: pii_fields[1]: 'card.token' is not a field of any schema version [1, 2]",
+        ),
+        (
+            "event_type: order.created",
+            "event_type: order.placed",
+            "order.created.yaml: event_type: 'order.placed' does not match the file name 'order.created'",
+        ),
         ("owner: team-orders\n", "", "order.created.yaml: owner: required field missing"),
         ("owner: team-orders", "owner: team-orders\nownr: typo", "order.created.yaml: ownr: unknown field"),
-        ("external_producers: [storefront]", "external_producers: storefront", "order.created.yaml: external_producers: expected a list of system names, got 'storefront'"),
+        (
+            "external_producers: [storefront]",
+            "external_producers: storefront",
+            "order.created.yaml: external_producers: expected a list of system names, got 'storefront'",
+        ),
     ],
 )
 def test_mistakes_name_the_file_and_field(tree: Path, old: str, new: str, message: str) -> None:
@@ -132,7 +173,14 @@ def test_invalid_schema_files_are_named(tree: Path) -> None:
 
 @pytest.mark.parametrize(
     "retention,expected_ms",
-    [("retention: 7d", 604_800_000), ("retention: 12h", 43_200_000), ("retention: 500ms", 500), ("retention: 2w", 1_209_600_000), ("retention: -1", -1), ("retention: 60000", 60_000)],
+    [
+        ("retention: 7d", 604_800_000),
+        ("retention: 12h", 43_200_000),
+        ("retention: 500ms", 500),
+        ("retention: 2w", 1_209_600_000),
+        ("retention: -1", -1),
+        ("retention: 60000", 60_000),
+    ],
 )
 def test_retention_forms(tree: Path, retention: str, expected_ms: int) -> None:
     edit(tree, "order.created", "retention: 7d", retention)

@@ -23,8 +23,11 @@ def test_kafka_service_is_a_single_node_kraft_apache_kafka_4():
     assert re.fullmatch(r"apache/kafka:4\.\d+\.\d+", kafka["image"])
     env = kafka["environment"]
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
-                "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+    for key in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+    ):
         assert env[key] == "1", key
     internal = re.search(r"INTERNAL://([\w.-]+):(\d+)", env["KAFKA_ADVERTISED_LISTENERS"])
     assert internal and internal.group(1) == "kafka"
@@ -70,10 +73,16 @@ def test_alerts_and_dashboards_only_use_metrics_the_engine_exports():
 
     from processors.runtime import metrics
 
-    exported = {family.name for value in vars(metrics).values() if isinstance(value, MetricWrapperBase)
-                for family in value.describe()}
+    exported = {
+        family.name
+        for value in vars(metrics).values()
+        if isinstance(value, MetricWrapperBase)
+        for family in value.describe()
+    }
     assert exported, "the engine exports no metrics"
-    texts = (ROOT / "ops/prometheus/alerts.yml").read_text() + (ROOT / "ops/grafana/dashboards/choreo-streams.json").read_text()
+    texts = (ROOT / "ops/prometheus/alerts.yml").read_text() + (
+        ROOT / "ops/grafana/dashboards/choreo-streams.json"
+    ).read_text()
     used = set(re.findall(r"\b(choreo_[a-z_]+?)(?:_bucket|_total)?\b", texts))
     unknown = {name for name in used if name not in exported and name.removesuffix("_total") not in exported}
     assert not unknown, f"alerts/dashboards use metrics the engine does not export: {sorted(unknown)}"

@@ -221,8 +221,9 @@ def test_unserialisable_state_is_dead_lettered(app):
 
 
 def test_events_of_other_types_on_a_consumed_topic_are_ignored(tmp_path):
-    from tests.engine.app import write_contracts
     import yaml
+
+    from tests.engine.app import write_contracts
 
     contracts, schemas = write_contracts(tmp_path, "t")
     # put counter.reset on the same topic as counter.incremented
@@ -264,8 +265,15 @@ def test_metrics_count_inputs_outputs_duplicates_and_dead_letters(app):
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
     d = AgentDriver(app, "counter")
-    d.processor = Processor(app, d.spec, "m", metrics=AgentMetrics("counter"), clock_ms=lambda: d.now_ms,
-                            sleep=d._sleep, monotonic=lambda: d._mono)
+    d.processor = Processor(
+        app,
+        d.spec,
+        "m",
+        metrics=AgentMetrics("counter"),
+        clock_ms=lambda: d.now_ms,
+        sleep=d._sleep,
+        monotonic=lambda: d._mono,
+    )
     before = value("choreo_retries_total", agent="counter")
     d.send("counter.incremented", {"name": "a", "by": -2})
     assert value("choreo_retries_total", agent="counter") == before + 2
@@ -282,8 +290,10 @@ def test_json_log_lines_carry_context_fields():
     stream = io.StringIO()
     configure_logging("INFO", stream=stream)
     try:
-        logging.getLogger("choreo.runtime").warning("dead-lettered", extra={
-            "agent": "counter", "partition": 2, "offset": 17, "event_id": "e1", "correlation_id": "c1"})
+        logging.getLogger("choreo.runtime").warning(
+            "dead-lettered",
+            extra={"agent": "counter", "partition": 2, "offset": 17, "event_id": "e1", "correlation_id": "c1"},
+        )
     finally:
         root = logging.getLogger()
         for h in list(root.handlers):
@@ -292,4 +302,9 @@ def test_json_log_lines_carry_context_fields():
     line = json.loads(stream.getvalue().strip().splitlines()[-1])
     assert line["msg"] == "dead-lettered" and line["level"] == "warning"
     assert (line["agent"], line["partition"], line["offset"], line["event_id"], line["correlation_id"]) == (
-        "counter", 2, 17, "e1", "c1")
+        "counter",
+        2,
+        17,
+        "e1",
+        "c1",
+    )

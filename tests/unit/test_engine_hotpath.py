@@ -36,15 +36,40 @@ from processors.runtime.state import keys as K
 REPO = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------------------- envelope headers
-KNOWN = ["ce_id", "ce_type", "ce_source", "ce_specversion", "ce_time", "ce_idempotencykey", "content-type",
-         "ce_correlationid", "ce_causationid", "ce_tenant", "ce_hopcount", "traceparent", "tracestate"]
+KNOWN = [
+    "ce_id",
+    "ce_type",
+    "ce_source",
+    "ce_specversion",
+    "ce_time",
+    "ce_idempotencykey",
+    "content-type",
+    "ce_correlationid",
+    "ce_causationid",
+    "ce_tenant",
+    "ce_hopcount",
+    "traceparent",
+    "tracestate",
+]
 GOOD = {
-    "ce_id": [b"e-1", b"", "e-2"], "ce_type": [b"order.created", b""], "ce_source": [b"/s", b""],
+    "ce_id": [b"e-1", b"", "e-2"],
+    "ce_type": [b"order.created", b""],
+    "ce_source": [b"/s", b""],
     "ce_specversion": [b"1.0", b"0.3", b"", "1.0"],
-    "ce_time": [b"2024-05-01T12:30:15.123Z", b"2024-05-01T12:30:15+02:00", b"2024-05-01", b"nope",
-                b"2024-05-01T12:30:15", b"2024-05-01 12:30:15Z", b""],
-    "ce_idempotencykey": [b"k-1", b"", "k-2"], "content-type": [b"application/avro", b"application/json"],
-    "ce_correlationid": [b"c", b""], "ce_causationid": [b"x"], "ce_tenant": [b"acme", "t\u00e9"],
+    "ce_time": [
+        b"2024-05-01T12:30:15.123Z",
+        b"2024-05-01T12:30:15+02:00",
+        b"2024-05-01",
+        b"nope",
+        b"2024-05-01T12:30:15",
+        b"2024-05-01 12:30:15Z",
+        b"",
+    ],
+    "ce_idempotencykey": [b"k-1", b"", "k-2"],
+    "content-type": [b"application/avro", b"application/json"],
+    "ce_correlationid": [b"c", b""],
+    "ce_causationid": [b"x"],
+    "ce_tenant": [b"acme", "t\u00e9"],
     "ce_hopcount": [b"0", b"3", b"-1", b"x", "\u0663", b""],
     "traceparent": [b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", b"00-zz", b""],
     "tracestate": [b"a=1"],
@@ -78,11 +103,11 @@ def test_fast_header_read_equals_the_reference_pass(headers):
     reference = _outcome(_fields_reference, headers)
     if fast == ("ok", None):  # the fast read declined: from_headers runs the reference pass
         assert len({n for n, _ in headers}) != len(headers) or any(
-            isinstance(v, bytes) and n in KNOWN and _not_utf8(v) for n, v in headers)
+            isinstance(v, bytes) and n in KNOWN and _not_utf8(v) for n, v in headers
+        )
     else:
         assert fast == reference
-    assert _outcome(Envelope.from_headers, headers) == _outcome(
-        lambda h: Envelope(*_fields_reference(h)), headers)
+    assert _outcome(Envelope.from_headers, headers) == _outcome(lambda h: Envelope(*_fields_reference(h)), headers)
 
 
 def _not_utf8(raw: bytes) -> bool:
@@ -94,8 +119,13 @@ def _not_utf8(raw: bytes) -> bool:
 
 
 def test_repeated_header_names_keep_the_last_non_none_value():
-    base = [("ce_id", b"a"), ("ce_type", b"t"), ("ce_source", b"/s"), ("ce_specversion", b"1.0"),
-            ("ce_time", b"2024-05-01T12:30:15Z")]
+    base = [
+        ("ce_id", b"a"),
+        ("ce_type", b"t"),
+        ("ce_source", b"/s"),
+        ("ce_specversion", b"1.0"),
+        ("ce_time", b"2024-05-01T12:30:15Z"),
+    ]
     env = Envelope.from_headers(base + [("ce_idempotencykey", b"k1"), ("ce_idempotencykey", None)])
     assert env.idempotency_key == "k1"
     env = Envelope.from_headers(base + [("ce_idempotencykey", b"k1"), ("ce_idempotencykey", b"k2")])
@@ -106,14 +136,14 @@ def test_repeated_header_names_keep_the_last_non_none_value():
 
 
 def test_parse_time_unchanged_acceptance():
-    assert parse_time("2024-05-01T12:30:15.5+02:00") == dt.datetime(2024, 5, 1, 10, 30, 15, 500000, tzinfo=dt.timezone.utc)
+    assert parse_time("2024-05-01T12:30:15.5+02:00") == dt.datetime(2024, 5, 1, 10, 30, 15, 500000, tzinfo=dt.UTC)
     for bad in ("2024-05-01", "2024-05-01T12:30:15", "yesterday"):
         with pytest.raises(EnvelopeError):
             parse_time(bad)
 
 
 # ---------------------------------------------------------------------------- slot-built dataclasses
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 @given(st.text(max_size=8), st.text(max_size=8), st.integers(0, 50), st.none() | st.text(max_size=5))
@@ -125,8 +155,10 @@ def test_slot_built_envelope_event_emitted_equal_init(ident, key, hops, tenant):
     assert type(built) is Envelope
     with pytest.raises(dataclasses.FrozenInstanceError):
         built.id = "other"  # type: ignore[misc]
-    for cls, args in ((Event, ("t.x", key, {"a": 1}, init, "topic", 1, 2, 3)),
-                      (Emitted, ("t.x", "topic", key, {"a": 1}, init, b"data"))):
+    for cls, args in (
+        (Event, ("t.x", key, {"a": 1}, init, "topic", 1, 2, 3)),
+        (Emitted, ("t.x", "topic", key, {"a": 1}, init, b"data")),
+    ):
         b, i = slot_builder(cls)(*args), cls(*args)
         assert b == i and type(b) is cls and repr(b) == repr(i)
 
@@ -156,14 +188,17 @@ json_values = st.recursive(
     json_leaf,
     lambda children: st.one_of(
         st.lists(children, max_size=3),
-        st.dictionaries(st.sampled_from(["a", "email", "card_token", "n", "items"]), children, max_size=4)),
+        st.dictionaries(st.sampled_from(["a", "email", "card_token", "n", "items"]), children, max_size=4),
+    ),
     max_leaves=12,
 )
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.dictionaries(st.sampled_from(["a", "email", "card_token", "n", "items"]), json_values, max_size=5),
-       st.sampled_from([[], ["email"], ["items[].card_token", "email"]]))
+@given(
+    st.dictionaries(st.sampled_from(["a", "email", "card_token", "n", "items"]), json_values, max_size=5),
+    st.sampled_from([[], ["email"], ["items[].card_token", "email"]]),
+)
 def test_state_json_redacts_only_what_redact_would(state, pii):
     redactor = Redactor(pii)
     reference = orjson.dumps(redactor.redact(state), option=orjson.OPT_SORT_KEYS).decode()
@@ -196,10 +231,22 @@ def test_zigzag_table_and_memo_equal_the_loop(n):
 @given(st.integers(0, 20_000), st.integers(0, 9000), st.integers(-2, 2**40))
 def test_long_strings_and_arrays_in_the_audit_writer(n, m, ts):
     record = {
-        "agent_name": "a" * n, "agent_version": "1", "worker_id": "é" * m, "input_event_id": "x",
-        "input_event_type": "t", "topic": "t", "partition": 0, "offset": ts, "outcome": "PROCESSED",
-        "state_before": "s" * m, "state_after": None, "emitted_event_ids": ["i" * m, ""],
-        "correlation_id": None, "received_at": ts, "handled_at": ts + 1, "error": "e" * n,
+        "agent_name": "a" * n,
+        "agent_version": "1",
+        "worker_id": "é" * m,
+        "input_event_id": "x",
+        "input_event_type": "t",
+        "topic": "t",
+        "partition": 0,
+        "offset": ts,
+        "outcome": "PROCESSED",
+        "state_before": "s" * m,
+        "state_after": None,
+        "emitted_event_ids": ["i" * m, ""],
+        "correlation_id": None,
+        "received_at": ts,
+        "handled_at": ts + 1,
+        "error": "e" * n,
     }
     out = io.BytesIO()
     fastavro.schemaless_writer(out, PARSED, record)
@@ -219,12 +266,18 @@ def test_batched_handler_histogram_equals_observe():
     metrics.flush()
 
     def buckets(metric, label):
-        return [(s.labels["le"], s.value) for s in metric.collect()[0].samples
-                if s.name.endswith("_bucket") and s.labels.get("agent", "") == label]
+        return [
+            (s.labels["le"], s.value)
+            for s in metric.collect()[0].samples
+            if s.name.endswith("_bucket") and s.labels.get("agent", "") == label
+        ]
 
     assert buckets(HANDLER_SECONDS, "hotpath-test") == buckets(reference, "")
-    count = [s.value for s in HANDLER_SECONDS.collect()[0].samples
-             if s.name.endswith("_count") and s.labels["agent"] == "hotpath-test"]
+    count = [
+        s.value
+        for s in HANDLER_SECONDS.collect()[0].samples
+        if s.name.endswith("_count") and s.labels["agent"] == "hotpath-test"
+    ]
     assert count == [len(samples)]
     metrics.flush()  # nothing new: nothing added
     assert buckets(HANDLER_SECONDS, "hotpath-test") == buckets(reference, "")
@@ -232,10 +285,20 @@ def test_batched_handler_histogram_equals_observe():
 
 # ---------------------------------------------------------------------------- store apply with known reads
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from([b"a", b"b", b"c"]), st.sampled_from(["seen", "timer", "state"]),
-                          st.one_of(st.none(), st.integers(0, 5))), max_size=12),
-       st.lists(st.tuples(st.sampled_from([b"a", b"b", b"c"]), st.sampled_from(["seen", "timer"]),
-                          st.integers(0, 5)), max_size=6))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"a", b"b", b"c"]),
+            st.sampled_from(["seen", "timer", "state"]),
+            st.one_of(st.none(), st.integers(0, 5)),
+        ),
+        max_size=12,
+    ),
+    st.lists(
+        st.tuples(st.sampled_from([b"a", b"b", b"c"]), st.sampled_from(["seen", "timer"]), st.integers(0, 5)),
+        max_size=6,
+    ),
+)
 def test_apply_with_the_batch_reads_equals_apply_reading_again(ops, initial):
     def key(k: bytes, kind: str) -> bytes:
         return {"seen": K.SEEN + k, "timer": K.TIMER + k + b"\x00n", "state": K.STATE + k}[kind]

@@ -43,8 +43,12 @@ def _fail():
 def test_breaker_opens_on_failure_rate_and_recovers_through_half_open_probe():
     clock = Clock()
     changes = []
-    breaker = CircuitBreaker("psp", BreakerPolicy(failure_rate_threshold=0.5, window_size=4, min_calls=4, open_seconds=10),
-                             clock=clock, on_state_change=lambda old, new: changes.append(new))
+    breaker = CircuitBreaker(
+        "psp",
+        BreakerPolicy(failure_rate_threshold=0.5, window_size=4, min_calls=4, open_seconds=10),
+        clock=clock,
+        on_state_change=lambda old, new: changes.append(new),
+    )
     assert breaker.call(lambda: 1) == 1
     assert breaker.call(lambda: 2) == 2
     with pytest.raises(ConnectionError):
@@ -86,18 +90,21 @@ def test_half_open_lets_one_probe_at_a_time():
 
 # ------------------------------------------------------------------ topology
 def _spec(name, consumes, produces, max_hops=None):
-    return AgentSpec(name=name, consumes=tuple(consumes), produces=tuple(produces), handler=lambda e, c: None,
-                     max_hops=max_hops)
+    return AgentSpec(
+        name=name, consumes=tuple(consumes), produces=tuple(produces), handler=lambda e, c: None, max_hops=max_hops
+    )
 
 
 def test_topology_finds_cycles_and_refuses_unbounded_ones():
-    topo = Topology.from_specs([
-        _spec("orders", ["order.created", "payment.authorized"], ["order.confirmed"]),
-        _spec("payments", ["order.created"], ["payment.authorized"]),
-        _spec("a", ["x"], ["y"]),
-        _spec("b", ["y"], ["x"]),
-        _spec("self", ["z"], ["z"]),
-    ])
+    topo = Topology.from_specs(
+        [
+            _spec("orders", ["order.created", "payment.authorized"], ["order.confirmed"]),
+            _spec("payments", ["order.created"], ["payment.authorized"]),
+            _spec("a", ["x"], ["y"]),
+            _spec("b", ["y"], ["x"]),
+            _spec("self", ["z"], ["z"]),
+        ]
+    )
     assert topo.cycles() == [["a", "b", "a"], ["self", "self"]]
     with pytest.raises(TopologyError, match="a -> b -> a"):
         topo.check()
@@ -116,9 +123,13 @@ def test_a_bound_on_one_agent_of_the_cycle_allows_it():
 
 def test_bound_must_cut_every_cycle():
     # a <-> b and b <-> c; bounding only a leaves b <-> c
-    topo = Topology.from_specs([
-        _spec("a", ["x"], ["y"], max_hops=4), _spec("b", ["y"], ["x", "w"]), _spec("c", ["w"], ["y"]),
-    ])
+    topo = Topology.from_specs(
+        [
+            _spec("a", ["x"], ["y"], max_hops=4),
+            _spec("b", ["y"], ["x", "w"]),
+            _spec("c", ["w"], ["y"]),
+        ]
+    )
     assert topo.unbounded_cycles() == [["b", "c", "b"]]
     with pytest.raises(TopologyError):
         topo.check()
@@ -134,8 +145,10 @@ def test_copartitioning_check():
 def _exercise_store(store):
     seen_a, seen_b = K.seen_key("a"), K.seen_key("b")
     t1 = K.timer_key(b"order-1", "timeout")
-    store.apply({seen_a: K.pack_u64(100), seen_b: K.pack_u64(300), K.state_key(b"k"): b'{"n":1}',
-                 t1: K.pack_u64(50) + b"{}"}, changelog_offset=7)
+    store.apply(
+        {seen_a: K.pack_u64(100), seen_b: K.pack_u64(300), K.state_key(b"k"): b'{"n":1}', t1: K.pack_u64(50) + b"{}"},
+        changelog_offset=7,
+    )
     assert store.changelog_offset == 7
     assert store.expired_seen_keys(200, 10) == [seen_a]
     assert store.due_timers(49, 10) == []

@@ -31,7 +31,7 @@ def test_from_headers_reads_every_attribute() -> None:
         id="evt-1",
         type="order.created",
         source="/shop/checkout",
-        time=dt.datetime(2024, 5, 1, 12, 30, 15, 123000, tzinfo=dt.timezone.utc),
+        time=dt.datetime(2024, 5, 1, 12, 30, 15, 123000, tzinfo=dt.UTC),
         idempotency_key="checkout-42",
         correlation_id="flow-7",
         causation_id=None,
@@ -61,10 +61,10 @@ def test_to_headers_round_trips_and_uses_binding_names() -> None:
 
 
 def test_new_generates_id_time_and_defaults_keys_to_the_id() -> None:
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     env = Envelope.new("order.created", "/shop")
     assert len(env.id) == 36 and env.idempotency_key == env.id and env.correlation_id == env.id
-    assert before <= env.time <= dt.datetime.now(dt.timezone.utc)
+    assert before <= env.time <= dt.datetime.now(dt.UTC)
     assert (env.specversion, env.content_type, env.hop_count, env.causation_id) == ("1.0", "application/avro", 0, None)
     assert Envelope.new("order.created", "/shop").id != env.id
 
@@ -99,7 +99,11 @@ def test_missing_required_header_is_named(header: str) -> None:
         ("ce_hopcount", b"-1", "header ce_hopcount: expected a non-negative decimal integer, got '-1'"),
         ("ce_hopcount", b"two", "header ce_hopcount: expected a non-negative decimal integer, got 'two'"),
         ("ce_time", b"yesterday", "header ce_time: not an RFC 3339 timestamp: 'yesterday'"),
-        ("ce_time", b"2024-05-01T12:30:15", "header ce_time: not an RFC 3339 timestamp (needs a date, 'T', a time and an offset): '2024-05-01T12:30:15'"),
+        (
+            "ce_time",
+            b"2024-05-01T12:30:15",
+            "header ce_time: not an RFC 3339 timestamp (needs a date, 'T', a time and an offset): '2024-05-01T12:30:15'",
+        ),
         ("ce_specversion", b"0.3", "header ce_specversion: unsupported CloudEvents version '0.3', expected '1.0'"),
         ("ce_id", b"", "header ce_id: empty"),
         ("ce_type", b"\xff\xfe", "header ce_type: not UTF-8 text: b'\\xff\\xfe'"),
@@ -118,9 +122,19 @@ def test_no_headers_at_all() -> None:
 
 
 def test_optional_headers_default_and_bad_traceparent_is_dropped() -> None:
-    required = [h for h in HEADERS if h[0] in ("ce_id", "ce_type", "ce_source", "ce_specversion", "ce_time", "ce_idempotencykey")]
+    required = [
+        h
+        for h in HEADERS
+        if h[0] in ("ce_id", "ce_type", "ce_source", "ce_specversion", "ce_time", "ce_idempotencykey")
+    ]
     env = Envelope.from_headers(required + [("traceparent", b"garbage"), ("tracestate", b"a=b")])
-    assert (env.hop_count, env.correlation_id, env.tenant, env.traceparent, env.tracestate) == (0, None, None, None, None)
+    assert (env.hop_count, env.correlation_id, env.tenant, env.traceparent, env.tracestate) == (
+        0,
+        None,
+        None,
+        None,
+        None,
+    )
     assert env.content_type == "application/avro"
 
 
@@ -145,7 +159,7 @@ def test_fast_construction_equals_the_dataclass_constructor() -> None:
         id="evt-1",
         type="order.created",
         source="/shop/checkout",
-        time=dt.datetime(2024, 5, 1, 12, 30, 15, 123000, tzinfo=dt.timezone.utc),
+        time=dt.datetime(2024, 5, 1, 12, 30, 15, 123000, tzinfo=dt.UTC),
         idempotency_key="checkout-42",
         correlation_id="flow-7",
         causation_id="c-1",
@@ -179,14 +193,16 @@ def test_child_equals_dataclasses_replace() -> None:
 
 
 def _format_time_reference(value: dt.datetime) -> str:
-    utc = value.astimezone(dt.timezone.utc)
+    utc = value.astimezone(dt.UTC)
     spec = "milliseconds" if utc.microsecond % 1000 == 0 else "microseconds"
     return utc.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
 
 
-@given(st.datetimes(timezones=st.just(dt.timezone.utc)), st.booleans())
+@given(st.datetimes(timezones=st.just(dt.UTC)), st.booleans())
 def test_format_time_utc_fast_path(value: dt.datetime, whole_ms: bool) -> None:
     if whole_ms:
         value = value.replace(microsecond=value.microsecond // 1000 * 1000)
     assert format_time(value) == _format_time_reference(value)
-    assert format_time(value.astimezone(dt.timezone(dt.timedelta(hours=2))) if value.year > 1 else value) == _format_time_reference(value)
+    assert format_time(
+        value.astimezone(dt.timezone(dt.timedelta(hours=2))) if value.year > 1 else value
+    ) == _format_time_reference(value)

@@ -14,15 +14,22 @@ def test_a_clean_flow_has_no_violations_and_summarises():
     ledger = FlowLedger()
     created(ledger, "o1", at=1000)
     ledger.add_event("payment.authorized", {"order_id": "o1"}, 1010)
-    ledger.add_event("stock.line.reserved", {"order_id": "o1", "line_index": 0, "sku": "SKU-0001", "qty": 2,
-                                             "available_after": PLENTY - 2}, 1020)
+    ledger.add_event(
+        "stock.line.reserved",
+        {"order_id": "o1", "line_index": 0, "sku": "SKU-0001", "qty": 2, "available_after": PLENTY - 2},
+        1020,
+    )
     ledger.add_event("order.confirmed", {"order_id": "o1"}, 1100)
     ledger.add_event("notification.sent", {"order_id": "o1", "kind": "ORDER_CONFIRMED"}, 1200)
     created(ledger, "o2", at=2000)
     ledger.add_event("order.cancelled", {"order_id": "o2", "reason": "PAYMENT_DECLINED"}, 2300)
     ledger.add_input("orders", "order.created", 0, 5)
-    ledger.add_audit({"outcome": "PROCESSED", "agent_name": "orders", "topic": "order.created", "partition": 0, "offset": 5})
-    ledger.add_audit({"outcome": "DUPLICATE", "agent_name": "orders", "topic": "order.created", "partition": 0, "offset": 6})
+    ledger.add_audit(
+        {"outcome": "PROCESSED", "agent_name": "orders", "topic": "order.created", "partition": 0, "offset": 5}
+    )
+    ledger.add_audit(
+        {"outcome": "DUPLICATE", "agent_name": "orders", "topic": "order.created", "partition": 0, "offset": 6}
+    )
     ledger.add_dead_letter("undecodable")
     summary = ledger.summary()
     assert summary["invariant_violations"] == []
@@ -48,8 +55,11 @@ def test_each_breach_is_named():
     ledger.add_event("notification.sent", {"order_id": "twice", "kind": "ORDER_CONFIRMED"}, 1)
     ledger.add_event("notification.sent", {"order_id": "twice", "kind": "ORDER_CONFIRMED"}, 2)
     created(ledger, "held")
-    ledger.add_event("stock.line.reserved", {"order_id": "held", "line_index": 0, "sku": "OOS-01", "qty": 1,
-                                             "available_after": -1}, 1)
+    ledger.add_event(
+        "stock.line.reserved",
+        {"order_id": "held", "line_index": 0, "sku": "OOS-01", "qty": 1, "available_after": -1},
+        1,
+    )
     ledger.add_event("order.cancelled", {"order_id": "held", "reason": "OUT_OF_STOCK"}, 2)
     ledger.add_input("orders", "order.created", 0, 1)
     violations = ledger.violations()

@@ -21,9 +21,16 @@ CODEC = AvroCodec(REGISTRY)
 
 
 def order(n: int = 1, **overrides: object) -> dict:
-    event = {"order_id": f"o-{n}", "customer_id": "c-1", "customer_email": "a@example.com", "card_token": "tok",
-             "items": [{"sku": "s", "qty": 1, "unit_price_minor": 100}], "total_minor": 100, "currency": "EUR",
-             "created_at": "2024-05-01T12:00:00Z"}
+    event = {
+        "order_id": f"o-{n}",
+        "customer_id": "c-1",
+        "customer_email": "a@example.com",
+        "card_token": "tok",
+        "items": [{"sku": "s", "qty": 1, "unit_price_minor": 100}],
+        "total_minor": 100,
+        "currency": "EUR",
+        "created_at": "2024-05-01T12:00:00Z",
+    }
     event.update(overrides)
     return event
 
@@ -81,8 +88,9 @@ def test_check_collects_every_problem_with_its_line(publisher: Publisher) -> Non
 
 
 def test_idempotency_key_from_a_field(publisher: Publisher) -> None:
-    prepared, rejects = publisher.check("order.created", [order(1), order(2, customer_id="")],
-                                        idempotency_field="customer_id")
+    prepared, rejects = publisher.check(
+        "order.created", [order(1), order(2, customer_id="")], idempotency_field="customer_id"
+    )
     assert prepared[0].envelope.idempotency_key == "c-1"
     assert rejects[0].problems == ["customer_id: expected a non-empty scalar for the idempotency key (--key), got ''"]
 
@@ -125,16 +133,23 @@ def test_file_source_needs_a_type_for_an_unknown_topic(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------ tail filters
 def _event(value: dict | None, error: str | None = None) -> ReceivedEvent:
-    return ReceivedEvent("t", 0, 1, None, b"o-1", [("ce_tenant", b"acme")], "order.created" if value else None,
-                         value, None, error)
+    return ReceivedEvent(
+        "t", 0, 1, None, b"o-1", [("ce_tenant", b"acme")], "order.created" if value else None, value, None, error
+    )
 
 
 def test_filters_on_values_headers_key_and_type() -> None:
     event = _event({"customer_id": "c-1", "items": [{"qty": 3}], "paid": True, "shipping_address": None})
     assert matches_all(event, [FieldFilter.parse("customer_id=c-1"), FieldFilter.parse("items[0].qty=3")])
     assert matches_all(event, [FieldFilter.parse("paid=true"), FieldFilter.parse("shipping_address=null")])
-    assert matches_all(event, [FieldFilter.parse("headers.ce_tenant=acme"), FieldFilter.parse("@key=o-1"),
-                               FieldFilter.parse("@type=order.created")])
+    assert matches_all(
+        event,
+        [
+            FieldFilter.parse("headers.ce_tenant=acme"),
+            FieldFilter.parse("@key=o-1"),
+            FieldFilter.parse("@type=order.created"),
+        ],
+    )
     assert not matches_all(event, [FieldFilter.parse("items[1].qty=3")])
     assert not matches_all(event, [FieldFilter.parse("customer_id=c-2")])
 

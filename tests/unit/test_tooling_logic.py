@@ -155,7 +155,14 @@ def test_progress_line_shows_rate_and_eta() -> None:
 def test_checkpoint_round_trip_is_atomic_and_complete(tmp_path: Path) -> None:
     read = StreamDigest()
     read.add(0, b"k", b"v")
-    cp = Checkpoint({"kind": "topic", "topic": "a", "partition": None}, "b", {0: (0, 10), 1: (5, 5)}, {0: 1, 1: 5}, read, read.copy())
+    cp = Checkpoint(
+        {"kind": "topic", "topic": "a", "partition": None},
+        "b",
+        {0: (0, 10), 1: (5, 5)},
+        {0: 1, 1: 5},
+        read,
+        read.copy(),
+    )
     path = tmp_path / "deep" / "cp.json"
     cp.save(path)
     assert [p.name for p in path.parent.iterdir()] == ["cp.json"]  # no temp file left behind
@@ -180,24 +187,43 @@ def test_default_checkpoint_path_is_a_safe_file_name() -> None:
 
 # ------------------------------------------------------------------------------ JSON <-> Avro
 SCHEMA = {
-    "type": "record", "name": "E", "namespace": "t",
+    "type": "record",
+    "name": "E",
+    "namespace": "t",
     "fields": [
         {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
         {"name": "maybe", "type": ["null", {"type": "long", "logicalType": "timestamp-millis"}]},
         {"name": "label", "type": ["null", "string"]},
         {"name": "day", "type": {"type": "int", "logicalType": "date"}},
-        {"name": "lines", "type": {"type": "array", "items": {"type": "record", "name": "L", "fields": [
-            {"name": "when", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}}},
+        {
+            "name": "lines",
+            "type": {
+                "type": "array",
+                "items": {
+                    "type": "record",
+                    "name": "L",
+                    "fields": [{"name": "when", "type": {"type": "long", "logicalType": "timestamp-millis"}}],
+                },
+            },
+        },
         {"name": "again", "type": ["null", "L"]},
     ],
 }
 
 
 def test_iso_timestamps_become_datetimes_guided_by_the_schema() -> None:
-    out = from_json(SCHEMA, {
-        "at": "2024-05-01T12:00:00Z", "maybe": "2024-05-01T12:00:00+02:00", "label": "2024-05-01T12:00:00Z",
-        "day": "2024-05-01", "lines": [{"when": "2024-05-01T00:00:00"}], "again": {"when": 5}, "extra": 1,
-    })
+    out = from_json(
+        SCHEMA,
+        {
+            "at": "2024-05-01T12:00:00Z",
+            "maybe": "2024-05-01T12:00:00+02:00",
+            "label": "2024-05-01T12:00:00Z",
+            "day": "2024-05-01",
+            "lines": [{"when": "2024-05-01T00:00:00"}],
+            "again": {"when": 5},
+            "extra": 1,
+        },
+    )
     assert out["at"] == dt.datetime(2024, 5, 1, 12, tzinfo=dt.UTC)
     assert out["maybe"] == dt.datetime(2024, 5, 1, 10, tzinfo=dt.UTC)
     assert out["label"] == "2024-05-01T12:00:00Z"  # a string field stays a string
@@ -225,8 +251,12 @@ def test_rendering_handles_avro_python_types() -> None:
 # ------------------------------------------------------------------------------ DLQ
 def _dead_letter(offset: int = 7, **headers: str) -> DeadLetter:
     base = {
-        "ce_idempotencykey": "k-1", conv.DLQ_REASON: "handler_error", conv.DLQ_ERROR_CLASS: "ValueError",
-        conv.DLQ_AGENT: "payments", conv.DLQ_ORIGINAL_TOPIC: "order.created", conv.DLQ_ATTEMPTS: "3",
+        "ce_idempotencykey": "k-1",
+        conv.DLQ_REASON: "handler_error",
+        conv.DLQ_ERROR_CLASS: "ValueError",
+        conv.DLQ_AGENT: "payments",
+        conv.DLQ_ORIGINAL_TOPIC: "order.created",
+        conv.DLQ_ATTEMPTS: "3",
     }
     base.update(headers)
     return DeadLetter("order.created.dlq", 0, offset, 1714521600000, b"o-1", b"\x00v", encode_headers(base))

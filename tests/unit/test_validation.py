@@ -27,9 +27,19 @@ SCHEMA = {
         {"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": 5, "scale": 2}},
         {"name": "ref", "type": {"type": "string", "logicalType": "uuid"}},
         {"name": "tags", "type": {"type": "map", "values": "int"}},
-        {"name": "lines", "type": {"type": "array", "items": {"type": "record", "name": "Line", "fields": [{"name": "qty", "type": "int"}]}}},
+        {
+            "name": "lines",
+            "type": {
+                "type": "array",
+                "items": {"type": "record", "name": "Line", "fields": [{"name": "qty", "type": "int"}]},
+            },
+        },
         {"name": "note", "type": ["null", "string"], "default": None},
-        {"name": "address", "type": ["null", {"type": "record", "name": "Addr", "fields": [{"name": "city", "type": "string"}]}], "default": None},
+        {
+            "name": "address",
+            "type": ["null", {"type": "record", "name": "Addr", "fields": [{"name": "city", "type": "string"}]}],
+            "default": None,
+        },
         {"name": "other_kind", "type": ["null", "Kind"], "default": None},
         {"name": "number", "type": ["int", "string"], "default": 0},
     ],
@@ -42,7 +52,7 @@ GOOD = {
     "blob": b"\x00",
     "kind": "A",
     "digest": b"abcd",
-    "at": dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+    "at": dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
     "day": dt.date(2024, 1, 1),
     "price": decimal.Decimal("123.45"),
     "ref": "6f1c5b7e-39a4-4b8e-9a53-3f0c0e1e4d11",
@@ -72,14 +82,22 @@ def test_a_valid_value_has_no_problems() -> None:
         ("count", True, "count: expected int, got boolean true"),
         ("count", 3.0, "count: expected int, got float 3.0"),
         ("count", 2**31, "count: expected int in [-2147483648, 2147483647], got long 2147483648"),
-        ("total", 2**63, "total: expected long in [-9223372036854775808, 9223372036854775807], got long 9223372036854775808"),
+        (
+            "total",
+            2**63,
+            "total: expected long in [-9223372036854775808, 9223372036854775807], got long 9223372036854775808",
+        ),
         ("ratio", "1.5", 'ratio: expected double, got string "1.5"'),
         ("flag", 1, "flag: expected boolean, got int 1"),
         ("blob", "x", 'blob: expected bytes, got string "x"'),
         ("kind", "C", 'kind: expected one of Kind (A, B), got string "C"'),
         ("digest", b"abc", "digest: expected fixed Digest (4 bytes), got bytes of length 3"),
         ("at", "2024-01-01", 'at: expected timestamp-millis (datetime or int), got string "2024-01-01"'),
-        ("day", dt.datetime(2024, 1, 1), "day: expected date (date or int), got datetime datetime.datetime(2024, 1, 1, 0, 0)"),
+        (
+            "day",
+            dt.datetime(2024, 1, 1),
+            "day: expected date (date or int), got datetime datetime.datetime(2024, 1, 1, 0, 0)",
+        ),
         ("price", decimal.Decimal("1234.5"), "price: expected decimal(5,2), got decimal 1234.5 (too many digits)"),
         ("price", decimal.Decimal("1.234"), "price: expected decimal(5,2), got decimal 1.234 (too many digits)"),
         ("price", 1.5, "price: expected decimal(5,2), got float 1.5"),
@@ -119,7 +137,10 @@ def test_problem_fields_are_structured() -> None:
 def test_a_non_record_value_and_violation_message() -> None:
     with pytest.raises(ContractViolation) as info:
         V.validate([1])
-    assert str(info.value) == "thing: value does not match its schema (1 problem(s)):\n  <value>: expected record Thing, got array of length 1"
+    assert (
+        str(info.value)
+        == "thing: value does not match its schema (1 problem(s)):\n  <value>: expected record Thing, got array of length 1"
+    )
     assert info.value.subject == "thing"
 
 
@@ -131,7 +152,9 @@ def test_recursive_schema() -> None:
     }
     validator = Validator(node)
     assert validator.problems({"value": 1, "next": {"value": 2, "next": None}}) == []
-    assert [str(p) for p in validator.problems({"value": 1, "next": {"value": "2"}})] == ['next.value: expected int, got string "2"']
+    assert [str(p) for p in validator.problems({"value": 1, "next": {"value": "2"}})] == [
+        'next.value: expected int, got string "2"'
+    ]
 
 
 # ---------------------------------------------------------------------- quick check vs the walker
@@ -205,7 +228,9 @@ def _agree(validator: Validator, value: Any) -> None:
     assert validator.problems(value) == problems
 
 
-@pytest.mark.parametrize("name,raw", RAW_SCHEMAS + [("extra", EXTRA), ("thing", SCHEMA)], ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    "name,raw", RAW_SCHEMAS + [("extra", EXTRA), ("thing", SCHEMA)], ids=lambda x: x if isinstance(x, str) else ""
+)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_quick_check_agrees_with_the_walker(name: str, raw: dict, data: st.DataObject) -> None:

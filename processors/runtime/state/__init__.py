@@ -2,6 +2,7 @@
 agent's per-key state, its seen idempotency keys and its timers, all backed by a compacted
 changelog topic so that the local directory is only a cache."""
 
+from processors.runtime.state import keys
 from processors.runtime.state.store import (
     BatchView,
     KeyValueStore,
@@ -10,6 +11,5 @@ from processors.runtime.state.store import (
     StoreLockedError,
     StoreMemory,
 )
-from processors.runtime.state import keys
 
 __all__ = ["BatchView", "KeyValueStore", "MemoryStore", "RocksStore", "StoreLockedError", "StoreMemory", "keys"]

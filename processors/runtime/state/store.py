@@ -32,7 +32,7 @@ class StoreLockedError(RuntimeError):
 
 DEFAULT_STORE_MEMORY_MB: int = Settings.state_memory_mb  # for stores opened outside a worker
 _MAX_WRITE_BUFFER = 16 << 20
-_SHARED: dict[int, "StoreMemory"] = {}
+_SHARED: dict[int, StoreMemory] = {}
 _SHARED_LOCK = threading.Lock()
 
 
@@ -51,13 +51,12 @@ class StoreMemory:
             raise ValueError(f"store memory must be positive, got {total_bytes} bytes")
         self.total_bytes = total_bytes
         self.cache = Cache(total_bytes)
-        self.write_buffers = WriteBufferManager.new_write_buffer_manager_with_cache(
-            total_bytes // 2, False, self.cache)
+        self.write_buffers = WriteBufferManager.new_write_buffer_manager_with_cache(total_bytes // 2, False, self.cache)
         # each memtable is small enough that several stores share the memtable half between them
         self.write_buffer_size = max(1 << 20, min(_MAX_WRITE_BUFFER, total_bytes // 16))
 
     @staticmethod
-    def shared(total_mb: int = DEFAULT_STORE_MEMORY_MB) -> "StoreMemory":
+    def shared(total_mb: int = DEFAULT_STORE_MEMORY_MB) -> StoreMemory:
         """The process's budget of ``total_mb`` MiB: stores opened with the same setting share it.
         Agent threads open their stores concurrently, hence the lock: two budgets would double it."""
         with _SHARED_LOCK:
@@ -98,8 +97,12 @@ class KeyValueStore:
         return None if raw is None else K.unpack_u64(raw)
 
     # applying ------------------------------------------------------------------------------
-    def apply(self, writes: Mapping[bytes, bytes | None], changelog_offset: int | None = None,
-              known: Mapping[bytes, bytes | None] | None = None) -> None:
+    def apply(
+        self,
+        writes: Mapping[bytes, bytes | None],
+        changelog_offset: int | None = None,
+        known: Mapping[bytes, bytes | None] | None = None,
+    ) -> None:
         """Apply primary records (``None`` deletes) and their index entries atomically, and remember
         the highest changelog offset they came from.
 
@@ -207,8 +210,9 @@ class RocksStore(KeyValueStore):
     and every write carries the changelog offset it reached, so a crash loses at most a suffix that
     the next restore replays."""
 
-    def __init__(self, path: Path, max_age_ms: int | None = None, lock_wait_s: float = 20.0,
-                 memory: StoreMemory | None = None) -> None:
+    def __init__(
+        self, path: Path, max_age_ms: int | None = None, lock_wait_s: float = 20.0, memory: StoreMemory | None = None
+    ) -> None:
         self.path = Path(path)
         self.memory = memory or StoreMemory.shared()
         self.path.parent.mkdir(parents=True, exist_ok=True)
