@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from processors.contracts import Envelope  # noqa: E402
 from processors.runtime import App  # noqa: E402
-from processors.runtime.worker import Worker, WorkerOptions  # noqa: E402
+from processors.runtime import Worker, WorkerOptions  # noqa: E402
 from processors.settings import Settings  # noqa: E402
 
 DATA = REPO / "tests" / "data" / "engine"

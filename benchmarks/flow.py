@@ -32,7 +32,7 @@ from processors.agents.app import CommerceConfig, build_app
 from processors.agents.demo import wait_for_members
 from processors.agents.loadgen import OrderMix
 from processors.agents.verify import end_offsets
-from processors.runtime.worker import Worker
+from processors.runtime import Worker
 from processors.settings import Settings
 
 APP_REF = "processors.agents.app:app"

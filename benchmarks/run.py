@@ -41,7 +41,7 @@ from confluent_kafka import Consumer  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 from peers import setup as peer_setup  # noqa: E402
 
-from processors.runtime.partitions import watermarks  # noqa: E402
+from processors.runtime.topics import watermarks  # noqa: E402
 
 OUT = BENCH / "out"
 PY = sys.executable

@@ -23,7 +23,7 @@ from processors.runtime.conventions import (
     DLQ_REASON,
     dlq_topic,
 )
-from processors.runtime.partitions import watermarks
+from processors.runtime.topics import watermarks
 from processors.settings import Settings
 from processors.tooling.kafka_io import PartitionRange, header_value, read_ranges, reader_config
 

@@ -15,7 +15,9 @@ from processors.runtime.context import Context, EmitError, Emitted, InvalidState
 from processors.runtime.reject import Reject
 from processors.runtime.retry import BreakerPolicy, CircuitBreaker, CircuitOpenError, RetryPolicy
 from processors.runtime.topology import Topology, TopologyError, check_copartitioned
-from processors.runtime.worker import AT_LEAST_ONCE, EXACTLY_ONCE, Worker, WorkerError, WorkerOptions
+from processors.runtime.errors import WorkerError
+from processors.runtime.supervisor import Worker
+from processors.runtime.worker import AT_LEAST_ONCE, EXACTLY_ONCE, WorkerOptions
 
 __all__ = [
     "AT_LEAST_ONCE",

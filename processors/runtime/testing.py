@@ -37,7 +37,8 @@ from processors.runtime.context import Emitted
 from processors.runtime.processor import HandleResult, OutRecord, Processor
 from processors.runtime.state import BatchView, MemoryStore
 from processors.runtime.state import keys as K
-from processors.runtime.worker import AT_LEAST_ONCE, Worker, WorkerOptions
+from processors.runtime.supervisor import Worker
+from processors.runtime.worker import AT_LEAST_ONCE, WorkerOptions
 from processors.settings import Settings
 
 

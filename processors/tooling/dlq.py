@@ -18,13 +18,13 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from processors.runtime import conventions as conv
+from processors.runtime.topics import existing_topics
 from processors.settings import Settings
 from processors.tooling.kafka_io import (
     Headers,
     ProgressReporter,
     RateLimiter,
     ToolingError,
-    existing_topics,
     header_value,
     headers_dict,
     plan_ranges,

@@ -16,6 +16,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from processors.runtime.topics import watermarks
 from processors.settings import Settings
 
 METADATA_TIMEOUT = 15.0
@@ -50,17 +51,6 @@ def topic_partitions(consumer: Consumer, topic: str, timeout: float = METADATA_T
         reason = info.error.str() if info is not None and info.error is not None else "not found"
         raise ToolingError(f"topic {topic!r} does not exist ({reason})")
     return sorted(info.partitions)
-
-
-def existing_topics(consumer: Consumer, timeout: float = METADATA_TIMEOUT) -> dict[str, int]:
-    """All topic names with their partition counts."""
-    metadata = consumer.list_topics(timeout=timeout)
-    return {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
-
-
-def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = METADATA_TIMEOUT) -> tuple[int, int]:
-    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout, cached=False)
-    return int(low), int(high)
 
 
 def offsets_for_time(consumer: Consumer, topic: str, partitions: list[int], epoch_ms: int) -> dict[int, int | None]:

@@ -134,19 +134,19 @@ def _install_crash_point() -> None:
         return
     import signal
 
-    from processors.runtime.worker import AgentRunner
+    from processors.runtime._commit import Batch
 
-    original = AgentRunner._apply
+    original = Batch.write_stores
     calls = {"n": 0}
 
-    def apply(self, views):
-        if any(v.writes for v in views.values()):
+    def write_stores(self, reached):
+        if self.dirty:
             calls["n"] += 1
             if calls["n"] >= n:
                 os.kill(os.getpid(), signal.SIGKILL)
-        return original(self, views)
+        return original(self, reached)
 
-    AgentRunner._apply = apply
+    Batch.write_stores = write_stores  # type: ignore[method-assign]
 
 
 _install_crash_point()

@@ -45,7 +45,7 @@ class EngineEnv:
     def create_topics(self, app: App) -> None:
         """Every topic the app's agents need, as the worker would create them (so producers that
         start before the worker do not auto-create inputs with the broker's default partitions)."""
-        from processors.runtime.worker import ensure_topics, plan_topics
+        from processors.runtime.topics import ensure_topics, plan_topics
 
         ensure_topics(AdminClient({"bootstrap.servers": self.bootstrap}), plan_topics(app, app.agents.values(), {}))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from processors.runtime.partitions import watermarks
+from processors.runtime.topics import watermarks
 
 
 class FlakyClient:

@@ -1,0 +1,397 @@
+"""The commit protocol: how a batch's records, store writes and input offsets become durable.
+
+Owns the agent's producer for everything it sends (outputs, dead letters, audit records,
+changelog records and their batch markers) and the two guarantees, behind one interface:
+:meth:`Committer.send_records` while the batch runs, :meth:`Committer.commit` at its end. The
+worker loop never asks which guarantee it runs.
+
+* :class:`ExactlyOnceCommitter`: one Kafka transaction per batch — outputs, DLQ and audit
+  records, the batch's changelog records and the input offsets (``send_offsets_to_transaction``
+  with the consumer's group metadata, so a zombie from an older generation is fenced, KIP-447).
+  The transaction begins in one place (:meth:`ExactlyOnceCommitter._ensure_transaction`), before
+  the first record of a batch. The stores are written only after the commit; an abortable error
+  aborts and raises :class:`BatchAborted`, and the loop drops the overlay and rewinds.
+* :class:`AtLeastOnceCommitter`: outputs, DLQ and audit records are flushed first, then the
+  changelog, then the stores are written and the offsets committed. A crash anywhere replays the
+  batch; inputs whose seen key reached the changelog are dropped as duplicates, and those whose
+  outputs had been flushed have their seen key written only after, so nothing is lost.
+
+:meth:`Committer.commit` returns the changelog offset each partition's batch marker reached, and
+the stores record it, so a restore knows where the store stands.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from processors.runtime._clients import AgentClients
+from processors.runtime.errors import WorkerError
+from processors.runtime.state import BatchView, KeyValueStore
+from processors.runtime.state.keys import MARKER
+
+log = logging.getLogger("choreo.worker")
+
+InputPartition = tuple[str, int]
+ChangelogOffsets = dict[int, int]
+
+
+class Guarantee(StrEnum):
+    """The processing guarantee of a worker (``processing_guarantee`` in settings)."""
+
+    EXACTLY_ONCE = "exactly_once"
+    AT_LEAST_ONCE = "at_least_once"
+
+
+class BatchAborted(Exception):
+    """The batch could not be made durable: drop it and replay from its first offsets."""
+
+
+@dataclass
+class Batch:
+    """One batch of one agent: the per-partition overlays its records wrote into, where each input
+    partition started (to rewind on abort) and the offsets to commit (last handled + 1)."""
+
+    stores: Mapping[int, KeyValueStore]
+    views: dict[int, BatchView] = field(default_factory=dict)
+    first_offsets: dict[InputPartition, int] = field(default_factory=dict)
+    next_offsets: dict[InputPartition, int] = field(default_factory=dict)
+
+    def view(self, partition: int) -> BatchView | None:
+        """The overlay of ``partition``, created on first use; None when the partition has no open
+        store (revoked, or still restoring)."""
+        view = self.views.get(partition)
+        if view is None:
+            store = self.stores.get(partition)
+            if store is None:
+                return None
+            view = self.views[partition] = BatchView(store)
+        return view
+
+    def consumed(self, topic: str, partition: int, offset: int) -> None:
+        self.first_offsets.setdefault((topic, partition), offset)
+        self.next_offsets[(topic, partition)] = offset + 1
+
+    @property
+    def dirty(self) -> bool:
+        return any(view.writes for view in self.views.values())
+
+    def write_stores(self, reached: ChangelogOffsets) -> None:
+        """Apply the overlays to their stores in one write each, with the changelog offset their
+        marker reached. Called by the committer once Kafka has accepted the batch."""
+        for partition, view in self.views.items():
+            if view.writes:
+                store = self.stores.get(partition)
+                if store is not None:
+                    store.apply(view.writes, reached.get(partition), view.reads)
+
+
+@dataclass(frozen=True)
+class CommitSettings:
+    """What the commit protocol needs to know of its agent."""
+
+    agent: str
+    changelog: str
+    marker: bytes  # the value of the batch markers in the changelog: who wrote the batch
+    timeout_s: float
+
+
+class Committer(ABC):
+    """Sends an agent's records and makes its batches durable under one guarantee."""
+
+    guarantee: Guarantee
+
+    def __init__(self, producer: Producer, settings: CommitSettings, delivery_errors: list[Any] | None = None) -> None:
+        self.producer = producer
+        self.settings = settings
+        # failed deliveries reported since the last commit (the producer's callback appends)
+        self.delivery_errors: list[Any] = [] if delivery_errors is None else delivery_errors
+
+    # ------------------------------------------------------------------ sending
+    def send_records(self, records: Iterable[Any]) -> None:
+        """Produce the records of one handled input (``OutRecord``: topic, key, value, headers,
+        partition). Runs two or more times per input: the plain produce call goes straight to the
+        client, the retrying path only when its queue is full."""
+        self._ensure_transaction()
+        produce = self.producer.produce
+        for record in records:
+            if record.partition is None:
+                try:
+                    produce(record.topic, record.value, record.key, headers=record.headers)
+                except BufferError:
+                    self._produce(record.topic, record.key, record.value, record.headers)
+            else:
+                self._produce(record.topic, record.key, record.value, record.headers, record.partition)
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any = None,
+        partition: int | None = None,
+        on_delivery: Callable[[Any, Any], None] | None = None,
+    ) -> None:
+        """Produce one record, serving delivery reports while the client's queue is full."""
+        extra: dict[str, Any] = {}
+        if partition is not None:
+            extra["partition"] = partition
+        if on_delivery is not None:
+            extra["on_delivery"] = on_delivery
+        while True:
+            try:
+                self.producer.produce(topic, value, key, headers=headers, **extra)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _send_changelog(self, views: Mapping[int, BatchView]) -> ChangelogOffsets:
+        """Produce each dirty partition's writes and a closing batch marker to the changelog. The
+        returned dict fills in with the offset each marker reached as its delivery is reported,
+        i.e. once the records were flushed or the transaction committed."""
+        reached: ChangelogOffsets = {}
+        errors = self.delivery_errors
+        changelog = self.settings.changelog
+        for partition, view in views.items():
+            if not view.writes:
+                continue
+            self._ensure_transaction()
+            for key, value in view.writes.items():
+                try:
+                    self.producer.produce(changelog, value, key, partition=partition)
+                except BufferError:
+                    self._produce(changelog, key, value, None, partition)
+
+            def marker_delivered(err: Any, msg: Any, partition: int = partition) -> None:
+                if err is not None:
+                    errors.append(err)
+                else:
+                    reached[partition] = msg.offset()
+
+            self._produce(changelog, MARKER, self.settings.marker, None, partition, on_delivery=marker_delivered)
+        return reached
+
+    # ------------------------------------------------------------------ protocol
+    @abstractmethod
+    def _ensure_transaction(self) -> None:
+        """Begin the batch's transaction if the guarantee has one and it is not begun."""
+
+    @property
+    @abstractmethod
+    def pending(self) -> bool:
+        """Records were sent that no commit covers yet (a batch with no input still commits)."""
+
+    @abstractmethod
+    def commit(self, batch: Batch) -> ChangelogOffsets:
+        """Make ``batch`` durable, write its overlays to the stores (:meth:`Batch.write_stores`)
+        and return the changelog offsets its markers reached. Raises :class:`BatchAborted` when
+        the batch must be replayed, :class:`WorkerError` when the agent cannot go on."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop what was sent since the last commit, where the guarantee can."""
+
+    @abstractmethod
+    def revoke(self, partitions: set[int]) -> None:
+        """Partitions are about to go to another worker: settle what is theirs."""
+
+    def close(self) -> None:
+        """The agent stops: abort an open transaction or commit what is done, flush the producer."""
+        self.producer.flush(5)
+
+
+class ExactlyOnceCommitter(Committer):
+    """One transaction per batch, input offsets inside it (KIP-447)."""
+
+    guarantee = Guarantee.EXACTLY_ONCE
+
+    def __init__(self, producer: Producer, consumer: Consumer, settings: CommitSettings) -> None:
+        super().__init__(producer, settings)
+        self.consumer = consumer
+        self.in_transaction = False
+
+    def initialize(self) -> None:
+        """Register the transactional id, fencing older instances of it."""
+        self._call(lambda: self.producer.init_transactions(self.settings.timeout_s))
+
+    def _ensure_transaction(self) -> None:
+        if not self.in_transaction:
+            self._call(self.producer.begin_transaction)
+            self.in_transaction = True
+
+    @property
+    def pending(self) -> bool:
+        return self.in_transaction
+
+    def commit(self, batch: Batch) -> ChangelogOffsets:
+        self.delivery_errors.clear()
+        producer, timeout = self.producer, self.settings.timeout_s
+        try:
+            self._ensure_transaction()
+            reached = self._send_changelog(batch.views)
+            if batch.next_offsets:
+                offsets = [TopicPartition(t, p, o) for (t, p), o in batch.next_offsets.items()]
+                metadata = self.consumer.consumer_group_metadata()
+                self._call(lambda: producer.send_offsets_to_transaction(offsets, metadata, timeout))
+            self._call(lambda: producer.commit_transaction(timeout))
+            self.in_transaction = False
+        except BatchAborted:
+            self.abort()
+            raise
+        producer.poll(0)  # serve the markers' delivery reports: the changelog offsets reached
+        batch.write_stores(reached)
+        return reached
+
+    def abort(self) -> None:
+        if not self.in_transaction:
+            return
+        try:
+            self.producer.abort_transaction(self.settings.timeout_s)
+        except KafkaException as exc:
+            if exc.args[0].fatal():
+                raise WorkerError(f"agent {self.settings.agent}: producer fatal error on abort: {exc}") from exc
+            raise WorkerError(f"agent {self.settings.agent}: cannot abort transaction: {exc}") from exc
+        finally:
+            self.in_transaction = False
+            self.producer.poll(0)
+
+    def revoke(self, partitions: set[int]) -> None:
+        """Nothing to settle: input offsets are committed inside each batch's transaction."""
+
+    def close(self) -> None:
+        try:
+            self.abort()
+        except WorkerError:
+            pass
+        finally:
+            super().close()
+
+    def _call(self, call: Callable[[], Any]) -> None:
+        """Run a transactional call: retry retriable errors, turn abortable ones into BatchAborted,
+        fatal ones (fenced by a newer instance of this transactional id) into WorkerError."""
+        deadline = time.monotonic() + self.settings.timeout_s
+        while True:
+            try:
+                call()
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.fatal():
+                    raise WorkerError(f"agent {self.settings.agent}: fatal producer error (fenced?): {err}") from exc
+                if err.txn_requires_abort():
+                    raise BatchAborted(str(err)) from exc
+                if err.retriable() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                raise BatchAborted(str(err)) from exc
+
+
+class AtLeastOnceCommitter(Committer):
+    """Flush outputs, then the changelog, then write the stores and commit offsets."""
+
+    guarantee = Guarantee.AT_LEAST_ONCE
+
+    def __init__(
+        self, producer: Producer, consumer: Consumer, settings: CommitSettings, delivery_errors: list[Any]
+    ) -> None:
+        super().__init__(producer, settings, delivery_errors)
+        self.consumer = consumer
+        self.committed: dict[InputPartition, int] = {}  # offsets handed to an async commit
+
+    def _ensure_transaction(self) -> None:
+        return None
+
+    @property
+    def pending(self) -> bool:
+        return False
+
+    def commit(self, batch: Batch) -> ChangelogOffsets:
+        self._flush()  # outputs, dead letters, audit: durable before the seen keys are
+        reached: ChangelogOffsets = {}
+        if batch.dirty:
+            reached = self._send_changelog(batch.views)
+            self._flush()
+        batch.write_stores(reached)
+        if batch.next_offsets:
+            self._commit_offsets(batch.next_offsets)
+        return reached
+
+    def _commit_offsets(self, next_offsets: Mapping[InputPartition, int]) -> None:
+        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            log.warning(
+                "offset commit failed; the batch will be replayed and deduplicated",
+                extra={"agent": self.settings.agent, "error": str(exc)},
+            )
+        self.committed.update(next_offsets)
+
+    def _flush(self) -> None:
+        self.delivery_errors.clear()
+        timeout = self.settings.timeout_s
+        remaining = self.producer.flush(timeout)
+        if remaining:
+            raise BatchAborted(f"{remaining} record(s) not delivered within {timeout}s")
+        if self.delivery_errors:
+            errors = list(self.delivery_errors)
+            self.delivery_errors.clear()
+            raise BatchAborted(f"{len(errors)} record(s) failed delivery, first: {errors[0]}")
+
+    def abort(self) -> None:
+        """Sent records cannot be taken back; the replay's dedupe makes them harmless."""
+
+    def revoke(self, partitions: set[int]) -> None:
+        self._commit_sync(partitions)
+
+    def close(self) -> None:
+        try:
+            self._commit_sync(None)
+        finally:
+            super().close()
+
+    def _commit_sync(self, partitions: set[int] | None) -> None:
+        offsets = [
+            TopicPartition(t, p, o) for (t, p), o in self.committed.items() if partitions is None or p in partitions
+        ]
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("offset commit on revoke failed", extra={"agent": self.settings.agent, "error": str(exc)})
+        for tp in offsets:
+            self.committed.pop((tp.topic, tp.partition), None)
+
+
+def open_committer(
+    guarantee: Guarantee,
+    clients: AgentClients,
+    consumer: Consumer,
+    settings: CommitSettings,
+    transaction_timeout_ms: int,
+) -> Committer:
+    """The agent's producer and the commit protocol of ``guarantee`` around it, ready to send
+    (under exactly-once the transactional id is registered, fencing older instances of it)."""
+    if guarantee is Guarantee.EXACTLY_ONCE:
+        producer = Producer(clients.producer(True, transaction_timeout_ms))
+        exactly_once = ExactlyOnceCommitter(producer, consumer, settings)
+        exactly_once.initialize()
+        return exactly_once
+    # At-least-once must see every failed delivery before it commits offsets (under exactly-once
+    # a failed delivery fails the commit instead).
+    errors: list[Any] = []
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+
+    producer = Producer(clients.producer(False, transaction_timeout_ms, on_delivery))
+    return AtLeastOnceCommitter(producer, consumer, settings, errors)
