@@ -12,11 +12,11 @@ Running: ``choreo worker --app MODULE:APP`` or :class:`Worker`; testing:
 from processors.runtime.agent import AgentSpec, Event, Timer
 from processors.runtime.app import App, AppError
 from processors.runtime.context import Context, EmitError, Emitted, InvalidStateError, TimerError
+from processors.runtime.errors import WorkerError
 from processors.runtime.reject import Reject
 from processors.runtime.retry import BreakerPolicy, CircuitBreaker, CircuitOpenError, RetryPolicy
-from processors.runtime.topology import Topology, TopologyError, check_copartitioned
-from processors.runtime.errors import WorkerError
 from processors.runtime.supervisor import Worker
+from processors.runtime.topology import Topology, TopologyError, check_copartitioned
 from processors.runtime.worker import AT_LEAST_ONCE, EXACTLY_ONCE, WorkerOptions
 
 __all__ = [

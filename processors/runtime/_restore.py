@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from processors.kafka_types import records
 from processors.runtime._commit import Batch, BatchAborted, Committer
 from processors.runtime.errors import WorkerError
 from processors.runtime.metrics import AgentMetrics
@@ -191,7 +192,7 @@ class ChangelogRestorer:
 
     def _read_chunk(self) -> dict[int, RocksStore]:
         done: list[int] = []
-        msgs = self.consumer.consume(1000, self.options.poll_s)
+        msgs = records(self.consumer.consume(1000, self.options.poll_s))
         for msg in msgs:
             p = msg.partition()
             progress = self.restoring.get(p)
@@ -205,6 +206,8 @@ class ChangelogRestorer:
                     raise WorkerError(f"restore of {self.changelog}[{p}]: {err}")
                 continue
             key = msg.key()
+            if key is None:  # not a record the engine wrote: a changelog key is never null
+                continue
             if key == MARKER:
                 self.metrics.restored(progress.mark(msg.offset()))
             else:

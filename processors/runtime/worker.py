@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from processors.kafka_types import ConsumedRecord, records
 from processors.runtime import audit
 from processors.runtime._assignment import Assignment
 from processors.runtime._clients import AgentClients
@@ -185,7 +186,7 @@ class AgentRunner:
         )
 
     # ------------------------------------------------------------------ batch
-    def _next_batch(self, timeout: float) -> list[Message]:
+    def _next_batch(self, timeout: float) -> list[ConsumedRecord]:
         """Wait up to ``timeout`` for one record, then up to ``batch_linger_s`` for more, up to
         ``batch_size``. ``consume(n, timeout)`` alone waits out its whole timeout unless ``n``
         records arrive: at low load that added the poll timeout to every hop of a flow. This way a
@@ -196,10 +197,10 @@ class AgentRunner:
         if first is None:
             return []
         if opts.batch_size <= 1:
-            return [first]
-        return [first, *self.consumer.consume(opts.batch_size - 1, opts.batch_linger_s)]
+            return records([first])
+        return records([first, *self.consumer.consume(opts.batch_size - 1, opts.batch_linger_s)])
 
-    def _process(self, msgs: list[Message]) -> None:
+    def _process(self, msgs: list[ConsumedRecord]) -> None:
         batch = Batch(self.assignment.stores)
         if msgs:
             self.metrics.batch(len(msgs))
@@ -211,7 +212,7 @@ class AgentRunner:
             self._commit(batch, handled)
         self.housekeeping.report_lag(self.consumer)
 
-    def _handle_records(self, msgs: list[Message], batch: Batch) -> int:
+    def _handle_records(self, msgs: list[ConsumedRecord], batch: Batch) -> int:
         """Hand each record to the processor, in partition order; returns how many were handled.
         Past ``max_batch_s`` the rest is handed back to the next poll."""
         deadline = time.monotonic() + self.options.max_batch_s
@@ -309,7 +310,7 @@ class AgentRunner:
             log.info("agent stopped", extra={"agent": self.spec.name, "batches": self.batches})
 
 
-def _first_offsets(msgs: Iterable[Message]) -> dict[tuple[str, int], int]:
+def _first_offsets(msgs: Iterable[ConsumedRecord]) -> dict[tuple[str, int], int]:
     first: dict[tuple[str, int], int] = {}
     for msg in msgs:
         if msg.error() is None:

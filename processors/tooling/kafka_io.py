@@ -12,12 +12,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from processors.kafka_types import ConsumedRecord, record
 from processors.runtime.topics import watermarks
 from processors.settings import Settings
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 METADATA_TIMEOUT = 15.0
 Headers = list[tuple[str, bytes | None]]
@@ -116,12 +120,14 @@ def plan_ranges(
         if from_offset is not None:
             start = from_offset
         elif since_ms is not None:
-            start = high if since[p] is None else since[p]
+            since_offset = since[p]
+            start = high if since_offset is None else since_offset
         end = high
+        until_offset = until.get(p)
         if to_offset is not None:
             end = to_offset + 1
-        elif until_ms is not None and until[p] is not None:
-            end = until[p]
+        elif until_ms is not None and until_offset is not None:
+            end = until_offset
         start = min(max(start, low), high)
         end = min(max(end, start), high)
         ranges.append(PartitionRange(topic, p, start, end))
@@ -133,7 +139,7 @@ def read_ranges(
     ranges: Iterable[PartitionRange],
     stop: Callable[[], bool] | None = None,
     poll_timeout: float = 0.5,
-) -> Iterator[Message]:
+) -> Iterator[ConsumedRecord]:
     """Yield the records of the ranges (in order within each partition) and return once every
     range is exhausted. Offsets may have gaps (transaction markers, compaction), so a partition
     also ends at its first offset >= end or at end-of-partition."""
@@ -145,9 +151,10 @@ def read_ranges(
         while pending:
             if stop is not None and stop():
                 return
-            msg = consumer.poll(poll_timeout)
-            if msg is None:
+            polled = consumer.poll(poll_timeout)
+            if polled is None:
                 continue
+            msg = record(polled)  # an end-of-partition event has coordinates too
             coords = (msg.topic(), msg.partition())
             if msg.error() is not None:
                 _handle_read_error(msg, pending, consumer)
@@ -170,8 +177,10 @@ def _finish(consumer: Consumer, pending: dict[tuple[str, int], PartitionRange], 
     consumer.pause([TopicPartition(coords[0], coords[1])])
 
 
-def _handle_read_error(msg: Message, pending: dict[tuple[str, int], PartitionRange], consumer: Consumer) -> None:
+def _handle_read_error(msg: ConsumedRecord, pending: dict[tuple[str, int], PartitionRange], consumer: Consumer) -> None:
     err = msg.error()
+    if err is None:
+        return
     if err.code() == KafkaError._PARTITION_EOF:
         _finish(consumer, pending, (msg.topic(), msg.partition()))
         return
@@ -266,8 +275,8 @@ class ProgressReporter:
         self._interval = interval
         self._started = time.monotonic()
         self._last_line = self._started
-        self._progress = None
-        self._task = None
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
         if enabled and sys.stderr.isatty():
             from rich.console import Console
             from rich.progress import (
