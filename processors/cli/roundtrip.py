@@ -79,7 +79,7 @@ def roundtrip(
         address = ensure_broker(bootstrap)
     except (BrokerError, ToolchainError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     settings = Settings.load(bootstrap_servers=address)
     topic = f"choreo.roundtrip.{uuid.uuid4().hex[:8]}"
     err.print(f"broker {address}: topic {topic} with {partitions} partitions")

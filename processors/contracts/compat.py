@@ -99,7 +99,8 @@ def check_compatibility(new_schema: Any, previous: list[Any], mode: str) -> Comp
         return CompatResult(mode, True)
     targets = olds if mode.endswith("_TRANSITIVE") else olds[:1]
     problems: list[CompatProblem] = []
-    for index, (old_raw, old) in enumerate(zip(previous, targets)):
+    # targets is all of previous (transitive) or only its first entry: zip stops at the shorter.
+    for index, (old_raw, old) in enumerate(zip(previous, targets, strict=False)):
         if mode.startswith(("BACKWARD", "FULL")):
             problems += _reader_writer(new_schema, new, old, index, "backward")
         if mode.startswith(("FORWARD", "FULL")):

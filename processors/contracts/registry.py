@@ -224,7 +224,8 @@ def parse_retention(where: str, value: Any) -> int:
     match = _DURATION.match(value.strip()) if isinstance(value, str) else None
     if match is None or int(match.group(1)) == 0:
         raise ContractError(
-            f"{where}: retention: expected milliseconds (or -1 for forever) or a duration like 7d, 12h, 30m, got {value!r}"
+            f"{where}: retention: expected milliseconds (or -1 for forever) or a duration like 7d, 12h, 30m, "
+            f"got {value!r}"
         )
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
@@ -266,7 +267,8 @@ def _check_key_field(where: str, key_field: str, raw: Mapping[int, dict[str, Any
             raise ContractError(f"{where}: key_field: {key_field!r} is not a field of schema v{version}")
         if fields[key_field]["type"] != "string":
             raise ContractError(
-                f"{where}: key_field: {key_field!r} has type {json.dumps(fields[key_field]['type'])} in schema v{version}; keys must be strings"
+                f"{where}: key_field: {key_field!r} has type {json.dumps(fields[key_field]['type'])} "
+                f"in schema v{version}; keys must be strings"
             )
 
 

@@ -159,9 +159,9 @@ class DlqFilter:
             return False
         if self.error_classes and rec.error_class not in self.error_classes:
             return False
-        if self.offsets and (rec.partition, rec.offset) not in self.offsets and (None, rec.offset) not in self.offsets:
-            return False
-        return True
+        return not (
+            self.offsets and (rec.partition, rec.offset) not in self.offsets and (None, rec.offset) not in self.offsets
+        )
 
 
 def parse_offset(text: str) -> tuple[int | None, int]:

@@ -137,10 +137,11 @@ def test_problem_fields_are_structured() -> None:
 def test_a_non_record_value_and_violation_message() -> None:
     with pytest.raises(ContractViolation) as info:
         V.validate([1])
-    assert (
-        str(info.value)
-        == "thing: value does not match its schema (1 problem(s)):\n  <value>: expected record Thing, got array of length 1"
+    expected = (
+        "thing: value does not match its schema (1 problem(s)):\n"
+        "  <value>: expected record Thing, got array of length 1"
     )
+    assert str(info.value) == expected
     assert info.value.subject == "thing"
 
 
