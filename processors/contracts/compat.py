@@ -172,17 +172,17 @@ _apache_incompatible = apache.incompatible
 
 
 def _observed_incompatible(
-    kind: SchemaIncompatibilityType, message: str, location: list[str]
+    incompat_type: SchemaIncompatibilityType, message: str, location: list[str]
 ) -> SchemaCompatibilityResult:
     """Apache's ``incompatible`` plus a note of (kind, message, location) for the active check.
 
     Installed once in place of the module function the checker calls; behaves identically when no
     check of ours is recording, so other users of ``avro.compatibility`` are unaffected.
     """
-    result = _apache_incompatible(kind, message, location)
+    result = _apache_incompatible(incompat_type, message, location)
     sink = _sink.get()
     if sink is not None:
-        sink.append((kind, message, next(iter(result.locations))))
+        sink.append((incompat_type, message, next(iter(result.locations))))
     return result
 
 

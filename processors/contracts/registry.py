@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 import yaml
@@ -245,7 +245,8 @@ def _read_schema(path: Path) -> dict[str, Any]:
 
 def _parse_schema(path: Path, schema: dict[str, Any]) -> dict[str, Any]:
     try:
-        return fastavro.parse_schema(schema, _force=True)
+        # parse_schema returns the shape it was given (fastavro types it as any schema): a record in, a dict out.
+        return cast("dict[str, Any]", fastavro.parse_schema(schema, _force=True))
     except Exception as exc:  # fastavro raises several unrelated types for invalid schemas
         raise ContractError(f"{display_path(path)}: invalid Avro schema: {exc}") from exc
 

@@ -216,10 +216,10 @@ def _mutate(value: Any, data: st.DataObject, depth: int = 0) -> Any:
             out[key] = _mutate(out[key], data, depth + 1)
         return out
     if isinstance(value, list) and value and depth < 6:
-        out = list(value)
-        index = data.draw(st.integers(0, len(out) - 1))
-        out[index] = _mutate(out[index], data, depth + 1)
-        return out
+        items = list(value)
+        index = data.draw(st.integers(0, len(items) - 1))
+        items[index] = _mutate(items[index], data, depth + 1)
+        return items
     return value
 
 
