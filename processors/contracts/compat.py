@@ -43,6 +43,8 @@ from avro.compatibility import (
     merge,
 )
 
+from processors.errors import ChoreoError
+
 MODES = (
     "NONE",
     "BACKWARD",
@@ -54,7 +56,7 @@ MODES = (
 )
 
 
-class SchemaParseError(ValueError):
+class SchemaParseError(ChoreoError, ValueError):
     """A schema given to the compatibility check is not valid Avro."""
 
 

@@ -19,13 +19,14 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+from processors.errors import ChoreoError
 from processors.localbroker.jars import LOG4J_CONFIG, KafkaJars, java_major_version
 
 DEFAULT_PORT = 9092
 DEFAULT_HEAP = "1g"
 
 
-class BrokerError(RuntimeError):
+class BrokerError(ChoreoError, RuntimeError):
     """The broker could not be started or stopped; the message says why and what to do."""
 
 
