@@ -7,11 +7,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv install broker-jars broker-start broker-stop test test-unit test-soak demo bench bench-quick clean
+.PHONY: help venv install broker-jars broker-start broker-stop lint test test-unit test-soak demo bench bench-quick clean
 
 help:
 	@echo "make demo        run the commerce flow on the embedded local Kafka broker"
 	@echo "make test        install everything and run the default test suite"
+	@echo "make lint        ruff (lint and format check) and mypy over the whole tree; no broker needed"
 	@echo "make test-soak   long fault and soak runs (marker: soak)"
 	@echo "make bench       benchmarks against the local broker (bench-quick: the short variant)"
 
@@ -21,7 +22,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,faust,registry]'
+	$(BIN)/python -m pip install --quiet -e '.[test,faust,registry,lint]'
 	@touch $(STAMP)
 
 venv install: $(STAMP)
@@ -34,6 +35,11 @@ broker-start: broker-jars
 
 broker-stop: $(STAMP)
 	$(BIN)/choreo broker stop
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: broker-jars
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -48,7 +54,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test,faust,registry,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,faust,registry,lint,bench]'
 	@touch $(BENCH_STAMP)
 
 bench: broker-jars $(BENCH_STAMP)

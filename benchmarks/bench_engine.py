@@ -88,7 +88,12 @@ def preload(bootstrap: str, app: App, topic: str, events: int, keys: int) -> Non
         while True:
             try:
                 producer.produce(
-                    topic, encode("counter.incremented", {"name": name, "by": 1}), name, headers=env.to_headers()
+                    topic,
+                    encode("counter.incremented", {"name": name, "by": 1}),
+                    name,
+                    # confluent-kafka's stub types produce(headers=) as an invariant List of
+                    # (str, str | bytes | None), refusing our read-only list of bytes pairs.
+                    headers=env.to_headers(),  # type: ignore[arg-type]
                 )
                 break
             except BufferError:
@@ -143,7 +148,9 @@ def raw_loop(bootstrap: str, topic: str, out_topic: str, events: int, eos: bool,
                         break
                     except BufferError:
                         producer.poll(0.05)
-                offsets[(m.topic(), m.partition())] = m.offset() + 1
+                in_topic, partition, offset = m.topic(), m.partition(), m.offset()
+                assert in_topic is not None and partition is not None and offset is not None  # set when error() is None
+                offsets[(in_topic, partition)] = offset + 1
                 done += 1
             tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
             if eos:
@@ -254,7 +261,12 @@ def main() -> int:
     preload(args.bootstrap, loader_app, topic, args.events, args.keys)
     print(f"  loaded in {time.perf_counter() - t0:.1f}s", flush=True)
 
-    cases = {"raw at_least_once": [], "agent at_least_once": [], "raw exactly_once": [], "agent exactly_once": []}
+    cases: dict[str, list[float]] = {
+        "raw at_least_once": [],
+        "agent at_least_once": [],
+        "raw exactly_once": [],
+        "agent exactly_once": [],
+    }
     for run in range(args.runs):
         for name in cases:
             eos = name.endswith("exactly_once")

@@ -246,7 +246,9 @@ def preload(
             distinct.add(key)
         while True:
             try:
-                producer.produce(spec.topic, value, key, headers=headers, on_delivery=on_delivery)
+                # confluent-kafka's stub types produce(headers=) as an invariant List of
+                # (str, str | bytes | None), refusing our read-only list of bytes pairs.
+                producer.produce(spec.topic, value, key, headers=headers, on_delivery=on_delivery)  # type: ignore[arg-type]
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -287,7 +289,9 @@ def paced(
         pacer.wait()
         key, value, headers = source.next()
         stats.add(key, value, headers)
-        producer.produce(spec.topic, value, key, headers=headers)
+        # confluent-kafka's stub types produce(headers=) as an invariant List of
+        # (str, str | bytes | None), refusing our read-only list of bytes pairs.
+        producer.produce(spec.topic, value, key, headers=headers)  # type: ignore[arg-type]
         if on_sent is not None:
             on_sent(key, int(time.time() * 1000))
         producer.poll(0)

@@ -45,11 +45,12 @@ def render(results: dict[str, Any]) -> str:
     comp = results.get("comparison")
     if comp:
         load = comp["load"]
+        skew = "uniform" if not load["spec"]["skew"] else "Zipf s=" + str(load["spec"]["skew"])
         parts.append(f"### Throughput, one process (median of {plan.get('runs')} runs)")
         parts.append("")
         parts.append(
             f"Input: {load['events']:,} events on {load['spec']['partitions']} partitions, "
-            f"{load['spec']['keys']:,} keys ({'uniform' if not load['spec']['skew'] else 'Zipf s=' + str(load['spec']['skew'])}); "
+            f"{load['spec']['keys']:,} keys ({skew}); "
             f"event size {load['mean_event_bytes']:.0f} bytes on the wire (Avro value "
             f"{load['mean_value_bytes']:.0f} B, headers {load['mean_header_bytes']:.0f} B, key "
             f"{load['mean_key_bytes']:.0f} B)."

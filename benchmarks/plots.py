@@ -37,8 +37,8 @@ def _throughput(comp: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 1.6))
     labels = [label for label, _ in rows]
     medians = [row["events_per_s"] for _, row in rows]
-    lo = [m - row["min_events_per_s"] for m, (_, row) in zip(medians, rows)]
-    hi = [row["max_events_per_s"] - m for m, (_, row) in zip(medians, rows)]
+    lo = [m - row["min_events_per_s"] for m, (_, row) in zip(medians, rows, strict=True)]
+    hi = [row["max_events_per_s"] - m for m, (_, row) in zip(medians, rows, strict=True)]
     colors = ["#9e9e9e" if "raw" in label else "#1f77b4" if "choreo" in label else "#ff7f0e" for label in labels]
     y = range(len(rows))
     ax.barh(list(y), medians, xerr=[lo, hi], color=colors, capsize=3)
@@ -46,7 +46,7 @@ def _throughput(comp: dict[str, Any], path: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("events/s (log scale; median, whiskers: min–max of the runs)")
-    for i, (m, (_, row)) in enumerate(zip(medians, rows)):
+    for i, (m, (_, row)) in enumerate(zip(medians, rows, strict=True)):
         ax.text(row["max_events_per_s"] * 1.1, i, f"{m:,.0f}", va="center", fontsize=8)
     ax.set_xlim(right=max(row["max_events_per_s"] for _, row in rows) * 3)
     load = comp["load"]
@@ -81,7 +81,7 @@ def _latency(fl: dict[str, Any], path: Path) -> Path:
 def _growth(grow: dict[str, Any], path: Path) -> Path:
     panels = [(axis, grow[axis]) for axis in ("keys", "partitions") if grow.get(axis)]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    for ax, (axis, points) in zip(axes[0], panels):
+    for ax, (axis, points) in zip(axes[0], panels, strict=True):
         x = [p[axis] for p in points]
         ax.plot(x, [p.get("events_per_s") for p in points], "o-", color="#1f77b4")
         ax.set_xlabel(axis)

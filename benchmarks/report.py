@@ -144,14 +144,14 @@ def flow_table(points: Sequence[Mapping[str, Any]]) -> str:
         "| offered load | orders/s offered | orders/s completed | p50 ms | p95 ms | p99 ms |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def ms(p: Mapping[str, Any], key: str) -> str:
+        return "—" if p.get(key) is None else f"{p[key]:,.0f}"
+
     for p in points:
-
-        def ms(key: str) -> str:
-            return "—" if p.get(key) is None else f"{p[key]:,.0f}"
-
         lines.append(
             f"| {p['load_pct']:.0f}% | {_fmt_rate(p.get('offered_per_s'))} | "
-            f"{_fmt_rate(p.get('completed_per_s'))} | {ms('p50_ms')} | {ms('p95_ms')} | {ms('p99_ms')} |"
+            f"{_fmt_rate(p.get('completed_per_s'))} | {ms(p, 'p50_ms')} | {ms(p, 'p95_ms')} | {ms(p, 'p99_ms')} |"
         )
     return "\n".join(lines)
 

@@ -20,13 +20,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from processors.errors import ChoreoError
+
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _SECRET_MARKERS = ("password", "secret", "token", "key.pem", "private", "credentials", "sasl.jaas")
 _KAFKA_ENV_PREFIX = "CHOREO_KAFKA_"
 
 
-class SettingsError(ValueError):
+class SettingsError(ChoreoError, ValueError):
     """A setting is missing or malformed; the message names the source and the key."""
 
 

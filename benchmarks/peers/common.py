@@ -27,7 +27,7 @@ import time
 import uuid
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -61,7 +61,8 @@ SOURCE = "/bench/peer"
 def _load(event_type: str, version: int) -> tuple[dict[str, Any], bytes]:
     raw = json.loads((SCHEMAS / event_type / f"v{version}.avsc").read_text())
     fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(raw), "CRC-64-AVRO"))
-    return fastavro.parse_schema(raw), MAGIC + fp
+    # parse_schema returns the shape it was given (fastavro types it as any schema): a record in, a dict out.
+    return cast("dict[str, Any]", fastavro.parse_schema(raw)), MAGIC + fp
 
 
 class Codec:
@@ -81,7 +82,8 @@ class Codec:
         writer, reader = self.writers[bytes(data[2:HEADER_LEN])]
         stream = BytesIO(data)
         stream.seek(HEADER_LEN)
-        return fastavro.schemaless_reader(stream, writer, reader)
+        # A record schema reads as a dict; fastavro types the result as any Avro value.
+        return cast("dict[str, Any]", fastavro.schemaless_reader(stream, writer, reader))
 
     @staticmethod
     def _encode(header: bytes, schema: dict[str, Any], value: dict[str, Any]) -> bytes:

@@ -24,11 +24,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import DEDUPE_TTL_MS, Workload, header, now_ms, result_line, update_state  # noqa: E402
 from quixstreams import Application, State, message_context  # noqa: E402
 from quixstreams.models.serializers import Deserializer  # noqa: E402
+
+from peers.common import DEDUPE_TTL_MS, Workload, header, now_ms, result_line, update_state  # noqa: E402
 
 SEEN = "seen:"
 TOTALS = "totals"

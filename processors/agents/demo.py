@@ -173,16 +173,18 @@ def publish_orders(app: App, settings: Settings, options: DemoOptions, run_id: s
         orders.append(generated)
         env = Envelope.new("order.created", SOURCE, idempotency_key=f"order-created-{generated.order_id}")
         value = app.codec.encode("order.created", generated.value)
-        producer.produce(contract.topic, value, generated.order_id.encode(), headers=env.to_headers())
+        # confluent-kafka's stub types produce(headers=) as an invariant List of (str, str | bytes | None),
+        # refusing our read-only list of bytes pairs (the same below).
+        producer.produce(contract.topic, value, generated.order_id.encode(), headers=env.to_headers())  # type: ignore[arg-type]
         if rng.random() < options.duplicate_ratio:
-            producer.produce(contract.topic, value, generated.order_id.encode(), headers=env.to_headers())
+            producer.produce(contract.topic, value, generated.order_id.encode(), headers=env.to_headers())  # type: ignore[arg-type]
             duplicates += 1
         if rng.random() < options.bad_ratio:
             producer.produce(
                 contract.topic,
                 _poison(rng, generated.order_id),
                 generated.order_id.encode(),
-                headers=Envelope.new("order.created", SOURCE).to_headers(),
+                headers=Envelope.new("order.created", SOURCE).to_headers(),  # type: ignore[arg-type]
             )
             bad += 1
         producer.poll(0)

@@ -166,7 +166,11 @@ class FlowLedger:
             events = self.terminal.get(order_id)
             if events:
                 kind, reason, _ = events[0]
-                counts["confirmed" if kind == "order.confirmed" else f"cancelled_{reason.lower()}"] += 1
+                if kind == "order.confirmed":
+                    counts["confirmed"] += 1
+                else:
+                    assert reason is not None, "order.cancelled requires a reason (its schema has no default)"
+                    counts[f"cancelled_{reason.lower()}"] += 1
         return dict(sorted(counts.items()))
 
     def non_terminal(self) -> list[str]:

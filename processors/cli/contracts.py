@@ -20,6 +20,7 @@ from rich.table import Table
 from processors.contracts.compat import MODES, SchemaParseError, check_compatibility
 from processors.contracts.errors import ContractError
 from processors.contracts.registry import Contract, ContractRegistry, display_path
+from processors.errors import ChoreoError
 from processors.settings import Settings, SettingsError
 
 app = typer.Typer(help="Data contracts: schema compatibility checks.", no_args_is_help=True)
@@ -39,7 +40,7 @@ class Violation:
     reason: str
 
 
-class InputError(Exception):
+class InputError(ChoreoError):
     """Input the check cannot read: reported on stderr with exit code 2."""
 
 

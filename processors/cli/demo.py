@@ -32,7 +32,7 @@ def _settings(bootstrap: str | None) -> Settings:
         return Settings.load(bootstrap_servers=ensure_broker(bootstrap))
     except (BrokerError, ToolchainError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 def demo(

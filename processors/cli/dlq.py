@@ -181,7 +181,8 @@ def redrive(
         filt = _filter(reason, agent, error_class, since, until, offset, partition)
         if filt.selects_all and not all_records:
             fail(
-                "select what to redrive (--reason, --agent, --error-class, --since/--until, --offset, --partition) or pass --all",
+                "select what to redrive (--reason, --agent, --error-class, --since/--until, --offset, --partition)"
+                " or pass --all",
                 EXIT_USAGE,
             )
         result = inspector.redrive(

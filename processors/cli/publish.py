@@ -48,7 +48,10 @@ def publish(
     rejects: Path | None = typer.Option(
         None,
         "--rejects",
-        help="NDJSON file for refused records with their problems [default with --skip-invalid: <event_type>.rejects.ndjson].",
+        help=(
+            "NDJSON file for refused records with their problems "
+            "[default with --skip-invalid: <event_type>.rejects.ndjson]."
+        ),
     ),
     correlation_id: str | None = typer.Option(
         None, "--correlation-id", help="Correlation id for every event [default: each event starts its own flow]."

@@ -34,7 +34,10 @@ def replay(
     file: Path | None = typer.Option(
         None,
         "--file",
-        help="Source file instead: NDJSON (events, or `choreo tail --format json --show-pii` output) or an Avro container file.",
+        help=(
+            "Source file instead: NDJSON (events, or `choreo tail --format json --show-pii` output) "
+            "or an Avro container file."
+        ),
     ),
     to: str = typer.Option(..., "--to", help="Destination topic (must exist)."),
     partition: int | None = typer.Option(None, "--partition", min=0, help="Only this source partition."),

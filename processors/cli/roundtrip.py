@@ -21,6 +21,7 @@ from rich.table import Table
 from processors.localbroker import BrokerError, ToolchainError
 from processors.localbroker.embedded import ensure_broker
 from processors.settings import Settings
+from processors.tooling.messages import coordinates
 
 err = Console(stderr=True)
 
@@ -57,12 +58,16 @@ def _consume(consumer: Consumer, count: int, timeout: float) -> tuple[dict[int, 
     deadline = time.monotonic() + timeout
     while sum(per_partition.values()) < count and time.monotonic() < deadline:
         for msg in consumer.consume(num_messages=500, timeout=0.5):
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    raise RuntimeError(f"consume error: {msg.error()}")
+            error = msg.error()
+            if error:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    raise RuntimeError(f"consume error: {error}")
                 continue
-            per_partition[msg.partition()] = per_partition.get(msg.partition(), 0) + 1
-            latencies_ms.append((time.time_ns() - orjson.loads(msg.value())["sent_ns"]) / 1e6)
+            _, partition, _ = coordinates(msg)
+            per_partition[partition] = per_partition.get(partition, 0) + 1
+            value = msg.value()
+            assert value is not None, "roundtrip sends every record with a value"
+            latencies_ms.append((time.time_ns() - orjson.loads(value)["sent_ns"]) / 1e6)
     consumer.commit(asynchronous=False)
     return per_partition, latencies_ms
 
@@ -79,7 +84,7 @@ def roundtrip(
         address = ensure_broker(bootstrap)
     except (BrokerError, ToolchainError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     settings = Settings.load(bootstrap_servers=address)
     topic = f"choreo.roundtrip.{uuid.uuid4().hex[:8]}"
     err.print(f"broker {address}: topic {topic} with {partitions} partitions")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -29,7 +29,7 @@ TABLE_FLUSH_S = 1.0
 HIDDEN_HEADERS = ("ce_specversion", "content-type")  # constant for our events; --format json has them all
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     json = "json"
     table = "table"
 
@@ -83,10 +83,8 @@ def tail(
             stop=stop,
         ) as subscriber:
             printer = _JsonPrinter(subscriber, show_pii) if as_json else _TablePrinter(subscriber, show_pii)
-            shown = 0
-            for event in subscriber:
+            for shown, event in enumerate(subscriber, start=1):
                 printer.add(event)
-                shown += 1
                 if max_events is not None and shown >= max_events:
                     break
             printer.flush()

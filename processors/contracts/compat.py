@@ -43,6 +43,8 @@ from avro.compatibility import (
     merge,
 )
 
+from processors.errors import ChoreoError
+
 MODES = (
     "NONE",
     "BACKWARD",
@@ -54,7 +56,7 @@ MODES = (
 )
 
 
-class SchemaParseError(ValueError):
+class SchemaParseError(ChoreoError, ValueError):
     """A schema given to the compatibility check is not valid Avro."""
 
 
@@ -99,7 +101,8 @@ def check_compatibility(new_schema: Any, previous: list[Any], mode: str) -> Comp
         return CompatResult(mode, True)
     targets = olds if mode.endswith("_TRANSITIVE") else olds[:1]
     problems: list[CompatProblem] = []
-    for index, (old_raw, old) in enumerate(zip(previous, targets)):
+    # targets is all of previous (transitive) or only its first entry: zip stops at the shorter.
+    for index, (old_raw, old) in enumerate(zip(previous, targets, strict=False)):
         if mode.startswith(("BACKWARD", "FULL")):
             problems += _reader_writer(new_schema, new, old, index, "backward")
         if mode.startswith(("FORWARD", "FULL")):
@@ -171,17 +174,17 @@ _apache_incompatible = apache.incompatible
 
 
 def _observed_incompatible(
-    kind: SchemaIncompatibilityType, message: str, location: list[str]
+    incompat_type: SchemaIncompatibilityType, message: str, location: list[str]
 ) -> SchemaCompatibilityResult:
     """Apache's ``incompatible`` plus a note of (kind, message, location) for the active check.
 
     Installed once in place of the module function the checker calls; behaves identically when no
     check of ours is recording, so other users of ``avro.compatibility`` are unaffected.
     """
-    result = _apache_incompatible(kind, message, location)
+    result = _apache_incompatible(incompat_type, message, location)
     sink = _sink.get()
     if sink is not None:
-        sink.append((kind, message, next(iter(result.locations))))
+        sink.append((incompat_type, message, next(iter(result.locations))))
     return result
 
 

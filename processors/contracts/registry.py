@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 import yaml
@@ -224,7 +224,8 @@ def parse_retention(where: str, value: Any) -> int:
     match = _DURATION.match(value.strip()) if isinstance(value, str) else None
     if match is None or int(match.group(1)) == 0:
         raise ContractError(
-            f"{where}: retention: expected milliseconds (or -1 for forever) or a duration like 7d, 12h, 30m, got {value!r}"
+            f"{where}: retention: expected milliseconds (or -1 for forever) or a duration like 7d, 12h, 30m, "
+            f"got {value!r}"
         )
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
@@ -244,7 +245,8 @@ def _read_schema(path: Path) -> dict[str, Any]:
 
 def _parse_schema(path: Path, schema: dict[str, Any]) -> dict[str, Any]:
     try:
-        return fastavro.parse_schema(schema, _force=True)
+        # parse_schema returns the shape it was given (fastavro types it as any schema): a record in, a dict out.
+        return cast("dict[str, Any]", fastavro.parse_schema(schema, _force=True))
     except Exception as exc:  # fastavro raises several unrelated types for invalid schemas
         raise ContractError(f"{display_path(path)}: invalid Avro schema: {exc}") from exc
 
@@ -266,7 +268,8 @@ def _check_key_field(where: str, key_field: str, raw: Mapping[int, dict[str, Any
             raise ContractError(f"{where}: key_field: {key_field!r} is not a field of schema v{version}")
         if fields[key_field]["type"] != "string":
             raise ContractError(
-                f"{where}: key_field: {key_field!r} has type {json.dumps(fields[key_field]['type'])} in schema v{version}; keys must be strings"
+                f"{where}: key_field: {key_field!r} has type {json.dumps(fields[key_field]['type'])} "
+                f"in schema v{version}; keys must be strings"
             )
 
 

@@ -382,7 +382,9 @@ def _compile_quick_check(schema: Any) -> Guard | None:
     the generator does not mirror exactly (say a name defined twice), leaving only the walker."""
     try:
         return _QuickCheck().build(schema)
-    except Exception:
+    # Deliberately broad: the quick check is only an accelerator, and whatever the generator cannot
+    # build (KeyError on an odd schema, SyntaxError, RecursionError, ...) falls back to the walker.
+    except Exception:  # noqa: BLE001
         return None
 
 

@@ -19,13 +19,14 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+from processors.errors import ChoreoError
 from processors.localbroker.jars import LOG4J_CONFIG, KafkaJars, java_major_version
 
 DEFAULT_PORT = 9092
 DEFAULT_HEAP = "1g"
 
 
-class BrokerError(RuntimeError):
+class BrokerError(ChoreoError, RuntimeError):
     """The broker could not be started or stopped; the message says why and what to do."""
 
 
@@ -302,7 +303,9 @@ def _metadata_ok(bootstrap: str, timeout: float) -> bool:
             "bootstrap.servers": bootstrap,
             "socket.connection.setup.timeout.ms": 2000,
             "log_level": 0,
-            "logger": _silent_logger,
+            # confluent-kafka's stub types AdminClient's config values as str | int | float | bool;
+            # the client also takes a logger object here (documented, and what the Producer stub allows).
+            "logger": _silent_logger,  # type: ignore[dict-item]
         }
     )
     try:

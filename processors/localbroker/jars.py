@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from processors.errors import ChoreoError
 from processors.settings import REPO_ROOT
 
 POM_PATH = REPO_ROOT / "ops" / "kafka" / "pom.xml"
@@ -21,7 +22,7 @@ LOG4J_CONFIG = REPO_ROOT / "ops" / "kafka" / "log4j2.properties"
 MIN_JAVA = 17
 
 
-class ToolchainError(RuntimeError):
+class ToolchainError(ChoreoError, RuntimeError):
     """Java or Maven is missing or unusable; the message says how to fix it."""
 
 

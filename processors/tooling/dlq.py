@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
@@ -32,6 +33,8 @@ from processors.tooling.kafka_io import (
     reader_config,
     topic_partitions,
 )
+from processors.tooling.messages import coordinates
+from processors.tooling.messages import headers as message_headers
 from processors.tooling.timeparse import format_ms
 
 IDEMPOTENCY_HEADER = "ce_idempotencykey"  # processors.contracts.envelope.CE_IDEMPOTENCYKEY
@@ -53,15 +56,8 @@ class DeadLetter:
     @classmethod
     def from_message(cls, msg: Message) -> DeadLetter:
         ts_type, ts = msg.timestamp()
-        return cls(
-            msg.topic(),
-            msg.partition(),
-            msg.offset(),
-            ts if ts_type else None,
-            msg.key(),
-            msg.value(),
-            list(msg.headers() or []),
-        )
+        topic, partition, offset = coordinates(msg)
+        return cls(topic, partition, offset, ts if ts_type else None, msg.key(), msg.value(), message_headers(msg))
 
     def header(self, name: str) -> str | None:
         return header_value(self.headers, name)
@@ -159,9 +155,9 @@ class DlqFilter:
             return False
         if self.error_classes and rec.error_class not in self.error_classes:
             return False
-        if self.offsets and (rec.partition, rec.offset) not in self.offsets and (None, rec.offset) not in self.offsets:
-            return False
-        return True
+        return not (
+            self.offsets and (rec.partition, rec.offset) not in self.offsets and (None, rec.offset) not in self.offsets
+        )
 
 
 def parse_offset(text: str) -> tuple[int | None, int]:
@@ -357,8 +353,10 @@ class DlqInspector:
                             rec.original_topic,
                             key=rec.key,
                             value=rec.value,
-                            headers=rec.redrive_headers(),
-                            on_delivery=lambda err, msg, rec=rec: report(rec, err, msg),
+                            # confluent-kafka's stub types produce(headers=) as an invariant List of
+                            # (str, str | bytes | None), refusing our read-only list of bytes pairs.
+                            headers=rec.redrive_headers(),  # type: ignore[arg-type]
+                            on_delivery=partial(report, rec),
                         )
                         break
                     except BufferError:

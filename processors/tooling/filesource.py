@@ -74,7 +74,8 @@ class FileSource:
 
     def plan(self) -> dict[int, tuple[int, int]]:
         """Validate every record; refuse the file naming each bad line/record and field."""
-        count, problems, more = 0, [], 0
+        count, more = 0, 0
+        problems: list[str] = []
         for where, item in self._items():
             count += 1
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
@@ -20,13 +21,13 @@ from processors.settings import Settings
 from processors.tooling.jsonavro import content_key, from_json
 from processors.tooling.jsoninput import JsonRecord
 from processors.tooling.kafka_io import (
-    Headers,
     ProgressReporter,
     RateLimiter,
     ToolingError,
     reader_config,
     topic_partitions,
 )
+from processors.tooling.messages import coordinates
 
 DEFAULT_SOURCE = "urn:choreo:publish"
 
@@ -39,7 +40,7 @@ class PreparedEvent:
     topic: str
     key: bytes
     value: bytes
-    headers: Headers
+    headers: list[tuple[str, bytes]]
     envelope: Envelope
 
 
@@ -233,7 +234,7 @@ class Publisher:
         events: list[PreparedEvent],
         limiter: RateLimiter,
         bar: ProgressReporter | None,
-        report: Callable[[PreparedEvent, KafkaError | None, Message | None], None],
+        report: Callable[[PreparedEvent, KafkaError | None, Message], None],
     ) -> None:
         producer = self.producer
         for event in events:
@@ -244,8 +245,10 @@ class Publisher:
                         event.topic,
                         key=event.key,
                         value=event.value,
-                        headers=event.headers,
-                        on_delivery=lambda err, msg, ev=event: report(ev, err, msg),
+                        # confluent-kafka's stub types produce(headers=) as an invariant List of
+                        # (str, str | bytes | None), refusing our read-only list of bytes pairs.
+                        headers=event.headers,  # type: ignore[arg-type]
+                        on_delivery=partial(report, event),
                     )
                     break
                 except BufferError:
@@ -306,4 +309,4 @@ def _key_from_field(event_type: str, value: dict[str, Any], path: str | None) ->
 
 
 def _delivery(event: PreparedEvent, msg: Message) -> Delivery:
-    return Delivery(msg.topic(), msg.partition(), msg.offset(), event.envelope.idempotency_key)
+    return Delivery(*coordinates(msg), event.envelope.idempotency_key)

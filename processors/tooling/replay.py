@@ -34,6 +34,8 @@ from processors.tooling.kafka_io import (
     reader_config,
     topic_partitions,
 )
+from processors.tooling.messages import coordinates
+from processors.tooling.messages import headers as message_headers
 
 FILE_PARTITION = -1
 
@@ -96,7 +98,8 @@ class TopicSource:
     def records(self, ranges: dict[int, tuple[int, int]], stop: Callable[[], bool]) -> Iterator[SourceRecord]:
         planned = [PartitionRange(self.topic, p, start, end) for p, (start, end) in sorted(ranges.items())]
         for msg in read_ranges(self._consumer, planned, stop=stop):
-            yield SourceRecord(msg.partition(), msg.offset(), msg.key(), msg.value(), list(msg.headers() or []))
+            _, partition, offset = coordinates(msg)
+            yield SourceRecord(partition, offset, msg.key(), msg.value(), message_headers(msg))
 
     def close(self) -> None:
         if self._reader is not None:
@@ -358,7 +361,15 @@ def _produce(producer: Producer, topic: str, rec: SourceRecord, callback: Callab
     """Produce, waiting for queue space instead of failing when librdkafka's buffer is full."""
     while True:
         try:
-            producer.produce(topic, key=rec.key, value=rec.value, headers=rec.headers or None, on_delivery=callback)
+            producer.produce(
+                topic,
+                key=rec.key,
+                value=rec.value,
+                # confluent-kafka's stub types produce(headers=) as an invariant List of
+                # (str, str | bytes | None), refusing our read-only list of bytes pairs.
+                headers=rec.headers or None,  # type: ignore[arg-type]
+                on_delivery=callback,
+            )
             producer.poll(0)
             return
         except BufferError:

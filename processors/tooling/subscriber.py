@@ -29,6 +29,8 @@ from processors.tooling.kafka_io import (
     topic_partitions,
     watermarks,
 )
+from processors.tooling.messages import coordinates
+from processors.tooling.messages import headers as message_headers
 from processors.tooling.timeparse import format_ms
 
 _INDEX = re.compile(r"^(.*?)\[(\d+)\]$")
@@ -220,8 +222,9 @@ class Subscriber:
             msg = self._consumer.poll(self._poll_timeout)
             if msg is None:
                 continue
-            if msg.error() is not None:
-                _raise_unless_transient(msg)
+            err = msg.error()
+            if err is not None:
+                _raise_unless_transient(msg, err)
                 continue
             yield msg
 
@@ -231,8 +234,9 @@ class Subscriber:
             msg = self._consumer.poll(self._poll_timeout)
             if msg is None:
                 continue
-            if msg.error() is not None:
-                _raise_unless_transient(msg)
+            err = msg.error()
+            if err is not None:
+                _raise_unless_transient(msg, err)
                 continue
             yield msg
             # Resumed: the caller asked for the next event, so it is done with this one. A caller
@@ -249,7 +253,8 @@ class Subscriber:
                 if self.from_beginning:
                     start = low
                 elif self.since_ms is not None:
-                    start = high if since[p] is None else since[p]
+                    at = since[p]
+                    start = high if at is None else at
                 elif self.last is not None:
                     start = max(low, high - self.last)
                 else:
@@ -261,16 +266,17 @@ class Subscriber:
     def decode(self, msg: Message) -> ReceivedEvent:
         """Decode one record; failures become fields of the event, never exceptions."""
         ts_type, ts = msg.timestamp()
-        headers = list(msg.headers() or [])
+        topic, partition, offset = coordinates(msg)
+        headers = message_headers(msg)
         envelope, envelope_error = None, None
         try:
             envelope = Envelope.from_headers(headers)
         except ContractError as exc:
             envelope_error = str(exc)
-        base = dict(
-            topic=msg.topic(),
-            partition=msg.partition(),
-            offset=msg.offset(),
+        base: dict[str, Any] = dict(
+            topic=topic,
+            partition=partition,
+            offset=offset,
             timestamp=ts if ts_type else None,
             key=msg.key(),
             headers=headers,
@@ -305,8 +311,7 @@ class Subscriber:
         self.close()
 
 
-def _raise_unless_transient(msg: Message) -> None:
-    err: KafkaError = msg.error()
+def _raise_unless_transient(msg: Message, err: KafkaError) -> None:
     if err.code() == KafkaError._PARTITION_EOF:
         return
     if err.fatal() or err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED):

@@ -11,12 +11,14 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, timedelta
 
+from processors.errors import ChoreoError
+
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _RELATIVE = re.compile(r"^(?:(\d+)(ms|s|m|h|d|w))+$")
 _PART = re.compile(r"(\d+)(ms|s|m|h|d|w)")
 
 
-class TimeArgError(ValueError):
+class TimeArgError(ChoreoError, ValueError):
     """A time argument is neither ISO-8601 nor a relative duration; the message shows both forms."""
 
 

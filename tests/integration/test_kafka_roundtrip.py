@@ -15,11 +15,14 @@ def _drain(consumer: Consumer, expected: int, timeout: float = 30.0) -> list[byt
     deadline = time.monotonic() + timeout
     while len(values) < expected and time.monotonic() < deadline:
         for msg in consumer.consume(num_messages=100, timeout=0.5):
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
+            error = msg.error()
+            if error:
+                if error.code() == KafkaError._PARTITION_EOF:
                     continue
-                raise AssertionError(msg.error())
-            values.append(msg.value())
+                raise AssertionError(error)
+            value = msg.value()
+            assert value is not None, "every record of this test has a value"
+            values.append(value)
     return values
 
 
@@ -68,7 +71,7 @@ def test_committed_transaction_is_visible_and_aborted_one_is_not(kafka_bootstrap
     producer.produce(topic, value=b"committed-3")
     producer.commit_transaction(30)
 
-    def read(isolation: str) -> list[bytes]:
+    def read(isolation: str) -> list[bytes | None]:
         consumer = Consumer(
             {
                 "bootstrap.servers": kafka_bootstrap,
@@ -80,15 +83,17 @@ def test_committed_transaction_is_visible_and_aborted_one_is_not(kafka_bootstrap
         )
         consumer.assign([TopicPartition(topic, 0, 0)])
         try:
-            values, deadline = [], time.monotonic() + 30
+            values: list[bytes | None] = []
+            deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 msg = consumer.poll(0.5)
                 if msg is None:
                     continue
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                error = msg.error()
+                if error:
+                    if error.code() == KafkaError._PARTITION_EOF:
                         break
-                    raise AssertionError(msg.error())
+                    raise AssertionError(error)
                 values.append(msg.value())
             return values
         finally:

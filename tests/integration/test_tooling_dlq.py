@@ -58,7 +58,9 @@ def _dead_letters(iso: Isolated) -> list[tuple[str, str]]:
             key=key,
             value=value,
             partition=0,
-            headers=dlq_headers(headers, failure, agent, topic, 1, 100 + offset),
+            # confluent-kafka's stub types produce(headers=) as an invariant List of
+            # (str, str | bytes | None), refusing our read-only list of (str, bytes | None) pairs.
+            headers=dlq_headers(headers, failure, agent, topic, 1, 100 + offset),  # type: ignore[arg-type]
         )
     assert producer.flush(30) == 0
     return [(p[1], p[2]) for p in plan]

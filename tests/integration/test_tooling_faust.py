@@ -37,7 +37,8 @@ async def collect(stream):
     async for event in stream.events():
         with open(os.environ["OUT"], "a") as out:
             headers = {k: v.decode() for k, v in (event.headers or {}).items()}
-            out.write(json.dumps({"key": event.key.decode(), "value": event.value, "headers": headers}, default=str) + "\\n")
+            record = {"key": event.key.decode(), "value": event.value, "headers": headers}
+            out.write(json.dumps(record, default=str) + "\\n")
 """
 
 

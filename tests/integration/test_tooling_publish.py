@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ def iso(tmp_path: Path, kafka_bootstrap: str, create_topics) -> Isolated:
     return iso
 
 
-def _ndjson(path: Path, events: list[object]) -> Path:
+def _ndjson(path: Path, events: Sequence[object]) -> Path:
     path.write_text("".join(json.dumps(e) + "\n" for e in events))
     return path
 

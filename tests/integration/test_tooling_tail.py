@@ -145,7 +145,7 @@ def test_subscriber_follows_new_events(iso: Isolated) -> None:
             seen.append(event)
             break
     later.join()
-    assert [e.value["order_id"] for e in seen] == ["o-8"]
+    assert [e.value["order_id"] if e.value else None for e in seen] == ["o-8"]
     assert seen[0].envelope is not None and seen[0].envelope.type == "order.created"
 
 
@@ -166,6 +166,7 @@ def test_subscriber_as_a_group_member_resumes_from_its_commits(iso: Isolated) ->
             stop=lambda: len(got) >= expect or time.monotonic() > deadline,
         ) as sub:
             for event in sub:
+                assert event.value is not None, event.error
                 got.append(event.value["order_id"])
         return got
 

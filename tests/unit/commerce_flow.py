@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from processors.agents.app import CommerceConfig, build_app
 from processors.agents.gateway import SimulatedPaymentGateway
@@ -73,6 +74,13 @@ class CommerceFlow:
     def of(self, event_type: str) -> list[dict]:
         return [e.value for e in self.log if e.event_type == event_type]
 
+    def stored(self, agent: str, key: str) -> dict[str, Any]:
+        """The agent's state for ``key`` when the test expects one: a missing state fails by name
+        instead of as a TypeError on ``None``."""
+        state = self.drivers[agent].state(key)
+        assert state is not None, f"{agent} holds no state for {key!r}"
+        return state
+
     def dead_letters(self) -> list[tuple[str, DriverResult]]:
         return [(name, r) for name, r in self.results if r.outcome == "DEAD_LETTERED"]
 
@@ -85,7 +93,7 @@ def order(
     qty: int = 2,
     total_delta: int = 0,
 ) -> dict:
-    items = [{"sku": sku, "qty": qty, "unit_price_minor": 1250} for sku in skus]
+    items: list[dict[str, Any]] = [{"sku": sku, "qty": qty, "unit_price_minor": 1250} for sku in skus]
     return {
         "order_id": order_id,
         "customer_id": "cust-1",

@@ -211,7 +211,8 @@ def test_collapse_profile_ranks_self_and_inclusive_time_of_our_code():
             "run (/w/processors/runtime/worker.py:280);handle (/w/processors/runtime/processor.py:190);"
             "schemaless_reader (/v/lib/python3.11/site-packages/fastavro/read.py:1) 6",
             "run (/w/processors/runtime/worker.py:280);handle (/w/processors/runtime/processor.py:201) 3",
-            "run (/w/processors/runtime/worker.py:280);consume (/v/lib/python3.11/site-packages/confluent_kafka/x.py:3) 1",
+            "run (/w/processors/runtime/worker.py:280);"
+            "consume (/v/lib/python3.11/site-packages/confluent_kafka/x.py:3) 1",
             "garbage line",
         ]
     )

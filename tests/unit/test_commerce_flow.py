@@ -24,7 +24,7 @@ def test_happy_path_confirms_ships_and_notifies_once():
     assert flow.of("order.cancelled") == []
     assert [s["shipment_id"] for s in flow.of("shipment.requested")] == ["shp_ord-1"]
     assert sorted(n["kind"] for n in flow.of("notification.sent")) == ["ORDER_CONFIRMED", "ORDER_SHIPPED"]
-    assert flow.drivers["orders"].state("ord-1")["status"] == "SHIPPED"
+    assert flow.stored("orders", "ord-1")["status"] == "SHIPPED"
     assert flow.drivers["stock"].state("SKU-0001") == {"available": PLENTY - 2}
     assert flow.gateway.charges == {"ord-1": 1} and flow.gateway.refunds == {}
     assert flow.drivers["orders"].timers("ord-1") == {}
@@ -62,7 +62,7 @@ def test_silent_payment_times_out_cancels_and_compensates():
     flow = CommerceFlow(timeout_s=60)
     flow.place(order(card="tok_silent_1"))
     assert flow.of("order.cancelled") == []
-    assert flow.drivers["orders"].state("ord-1")["status"] == "AWAITING"
+    assert flow.stored("orders", "ord-1")["status"] == "AWAITING"
     flow.advance(59)
     assert flow.of("order.cancelled") == []
     flow.advance(2)
@@ -83,7 +83,7 @@ def test_timeout_while_stock_answers_are_in_flight_releases_them_when_they_arriv
     flow.release_parked()
     assert sorted(r["sku"] for r in flow.of("stock.release.requested")) == ["SKU-0001", "SKU-0002"]
     assert flow.drivers["stock"].state("SKU-0002") == {"available": PLENTY}
-    assert flow.drivers["inventory"].state("ord-1")["status"] == "RELEASED"
+    assert flow.stored("inventory", "ord-1")["status"] == "RELEASED"
 
 
 def test_timeout_after_authorization_refunds():
@@ -95,7 +95,7 @@ def test_timeout_after_authorization_refunds():
     assert [r["reason"] for r in flow.of("payment.refunded")] == ["TIMEOUT"]
     flow.release_parked()
     assert flow.of("order.confirmed") == []
-    assert flow.drivers["orders"].state("ord-1")["status"] == "CANCELLED"
+    assert flow.stored("orders", "ord-1")["status"] == "CANCELLED"
 
 
 def test_invalid_order_is_cancelled_and_never_charged_or_reserved():
@@ -113,7 +113,7 @@ def test_a_second_different_order_created_is_dead_lettered_as_invalid_transition
     again = flow.drivers["orders"].send("order.created", order(), idempotency_key="another-key")
     assert again.outcome == "DEAD_LETTERED" and again.reason == "invalid_transition"
     assert "already created" in again.dlq_headers["choreo_dlq_error_message"]
-    assert flow.drivers["orders"].state("ord-1")["status"] == "SHIPPED"
+    assert flow.stored("orders", "ord-1")["status"] == "SHIPPED"
 
 
 def test_shipment_for_an_unconfirmed_order_is_dead_lettered():
@@ -136,7 +136,7 @@ def test_redelivered_events_have_no_second_effect():
     assert redelivery and all(r.outcome == "DUPLICATE" and r.emitted == [] for r in redelivery)
     assert flow.gateway.charges == {"ord-1": 1}
     assert flow.drivers["stock"].state("SKU-0001") == {"available": PLENTY - 2}
-    assert flow.drivers["notifications"].state("ord-1")["sent"] == ["ORDER_CONFIRMED", "ORDER_SHIPPED"]
+    assert flow.stored("notifications", "ord-1")["sent"] == ["ORDER_CONFIRMED", "ORDER_SHIPPED"]
 
 
 def test_cancellation_overtaking_its_order_means_no_charge_and_no_reservation():

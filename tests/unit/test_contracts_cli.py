@@ -7,7 +7,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -40,7 +42,7 @@ def dirs(tree: Path) -> list[str]:
     return ["--contracts-dir", str(tree / "contracts"), "--schemas-dir", str(tree / "schemas")]
 
 
-def rewrite(path: Path, change) -> None:  # type: ignore[no-untyped-def]
+def rewrite(path: Path, change: Callable[[dict[str, Any]], object]) -> None:
     schema = json.loads(path.read_text())
     change(schema)
     path.write_text(json.dumps(schema, indent=2))

@@ -127,7 +127,8 @@ def test_copied_tree_loads(tree: Path) -> None:
         (
             "retention: 7d",
             "retention: 7 days",
-            "order.created.yaml: retention: expected milliseconds (or -1 for forever) or a duration like 7d, 12h, 30m, got '7 days'",
+            "order.created.yaml: retention: expected milliseconds (or -1 for forever) or a duration like 7d, 12h, 30m, "
+            "got '7 days'",
         ),
         (
             "  - card_token",

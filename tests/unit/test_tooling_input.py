@@ -41,7 +41,7 @@ def test_ndjson_records_carry_their_line_and_bad_lines_do_not_stop_reading() -> 
     records = list(read_json_records(text))
     assert [(r.line, r.value) for r in records if r.error is None] == [(1, {"a": 1}), (3, {"a": 2}), (5, [1, 2])]
     [bad] = [r for r in records if r.error]
-    assert bad.line == 4 and bad.error.startswith("not valid JSON")
+    assert bad.line == 4 and (bad.error or "").startswith("not valid JSON")
 
 
 def test_array_elements_and_pretty_objects_get_the_line_they_start_on() -> None:
@@ -54,11 +54,11 @@ def test_array_elements_and_pretty_objects_get_the_line_they_start_on() -> None:
 
 def test_broken_arrays_are_reported() -> None:
     [*_, unclosed] = read_json_records('[{"a": 1},\n{"b": 2}')
-    assert "not closed" in unclosed.error
+    assert "not closed" in (unclosed.error or "")
     [_, trailing] = read_json_records('[{"a": 1}] x')
-    assert "after the closing ]" in trailing.error
+    assert "after the closing ]" in (trailing.error or "")
     [bad] = read_json_records('[\n{"a": }]')
-    assert bad.line == 2 and "rest of the array is not read" in bad.error
+    assert bad.line == 2 and "rest of the array is not read" in (bad.error or "")
 
 
 # ------------------------------------------------------------------------------ publishing

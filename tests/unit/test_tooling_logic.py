@@ -249,7 +249,7 @@ def test_rendering_handles_avro_python_types() -> None:
 
 
 # ------------------------------------------------------------------------------ DLQ
-def _dead_letter(offset: int = 7, **headers: str) -> DeadLetter:
+def _dead_letter(offset: int = 7, headers: dict[str, str] | None = None) -> DeadLetter:
     base = {
         "ce_idempotencykey": "k-1",
         conv.DLQ_REASON: "handler_error",
@@ -258,7 +258,7 @@ def _dead_letter(offset: int = 7, **headers: str) -> DeadLetter:
         conv.DLQ_ORIGINAL_TOPIC: "order.created",
         conv.DLQ_ATTEMPTS: "3",
     }
-    base.update(headers)
+    base.update(headers or {})
     return DeadLetter("order.created.dlq", 0, offset, 1714521600000, b"o-1", b"\x00v", encode_headers(base))
 
 
@@ -266,7 +266,7 @@ def test_redrive_headers_strip_dlq_headers_and_count_redrives() -> None:
     first = _dead_letter()
     out = dict(first.redrive_headers())
     assert out == {"ce_idempotencykey": b"k-1", conv.REDRIVE_COUNT: b"1"}
-    again = _dead_letter(**{conv.REDRIVE_COUNT: "2"})
+    again = _dead_letter(headers={conv.REDRIVE_COUNT: "2"})
     assert dict(again.redrive_headers())[conv.REDRIVE_COUNT] == b"3"
     assert [k for k, _ in again.redrive_headers()].count(conv.REDRIVE_COUNT) == 1
 

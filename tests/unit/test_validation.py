@@ -137,10 +137,11 @@ def test_problem_fields_are_structured() -> None:
 def test_a_non_record_value_and_violation_message() -> None:
     with pytest.raises(ContractViolation) as info:
         V.validate([1])
-    assert (
-        str(info.value)
-        == "thing: value does not match its schema (1 problem(s)):\n  <value>: expected record Thing, got array of length 1"
+    expected = (
+        "thing: value does not match its schema (1 problem(s)):\n"
+        "  <value>: expected record Thing, got array of length 1"
     )
+    assert str(info.value) == expected
     assert info.value.subject == "thing"
 
 
@@ -215,10 +216,10 @@ def _mutate(value: Any, data: st.DataObject, depth: int = 0) -> Any:
             out[key] = _mutate(out[key], data, depth + 1)
         return out
     if isinstance(value, list) and value and depth < 6:
-        out = list(value)
-        index = data.draw(st.integers(0, len(out) - 1))
-        out[index] = _mutate(out[index], data, depth + 1)
-        return out
+        items = list(value)
+        index = data.draw(st.integers(0, len(items) - 1))
+        items[index] = _mutate(items[index], data, depth + 1)
+        return items
     return value
 
 
