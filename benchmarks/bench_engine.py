@@ -39,8 +39,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from processors.contracts import Envelope  # noqa: E402
-from processors.runtime import App  # noqa: E402
-from processors.runtime import Worker, WorkerOptions  # noqa: E402
+from processors.runtime import (  # noqa: E402
+    App,  # noqa: E402
+    Worker,
+    WorkerOptions,
+)
 from processors.settings import Settings  # noqa: E402
 
 DATA = REPO / "tests" / "data" / "engine"

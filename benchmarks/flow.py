@@ -163,7 +163,7 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
                 spec,
                 rate,
                 plan.flow_seconds,
-                on_sent=lambda oid, ms: sent.__setitem__(oid, ms),
+                on_sent=sent.__setitem__,
                 mix=OrderMix(),
                 run_id=f"{app_id}-{int(share * 100)}-",
             )
@@ -183,7 +183,8 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
             points.append(point)
             log(
                 f"flow: {share * 100:.0f}% ({rate:,.0f}/s offered): {len(done)}/{len(sent)} terminal, "
-                f"p50 {point['p50_ms'] or 0:,.0f} ms, p95 {point['p95_ms'] or 0:,.0f} ms, p99 {point['p99_ms'] or 0:,.0f} ms"
+                f"p50 {point['p50_ms'] or 0:,.0f} ms, p95 {point['p95_ms'] or 0:,.0f} ms, "
+                f"p99 {point['p99_ms'] or 0:,.0f} ms"
             )
         return {
             "status": "ok",

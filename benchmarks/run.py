@@ -143,7 +143,7 @@ def kafka(keep: bool = False) -> Iterator[tuple[str, str]]:
 def delete_prefix(bootstrap: str, prefix: str) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     names = [
-        t for t in admin.list_topics(timeout=15).topics if t.startswith(prefix + ".") or t.startswith(prefix + "-")
+        t for t in admin.list_topics(timeout=15).topics if t.startswith((prefix + ".", prefix + "-"))
     ]
     if names:
         for future in admin.delete_topics(names, operation_timeout=30).values():
@@ -515,8 +515,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.render:
-        results = json.loads(args.render.read_text())
-        write_outputs(results, args.out, None if args.no_results_md else args.results_md)
+        rendered = json.loads(args.render.read_text())
+        write_outputs(rendered, args.out, None if args.no_results_md else args.results_md)
         return 0
 
     plan = Plan.make(args.quick)

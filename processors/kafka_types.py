@@ -1,9 +1,12 @@
 """Typed views of confluent-kafka objects, where its type stubs are looser than what we use.
 
-confluent-kafka types ``Message.topic()``, ``partition()`` and ``offset()`` as optional because an
-error event (end of partition, a broker error) carries no coordinates. Code that reads records
-checks ``error()`` first and from then on deals with a record that has them; :func:`records`
-says so once per batch, instead of a check per field per record on the hot path.
+confluent-kafka types every ``Message`` accessor as optional, and ``headers()`` as the union
+``produce()`` accepts (a dict or a list), because the same class also carries error events (end
+of partition, a broker error) that have no coordinates. A record a consumer returned without
+``error()``, or one a delivery report acknowledged, always has a topic, partition and offset, and
+its headers are a list of ``(name, bytes | None)`` pairs. Code that reads records checks
+``error()`` first and from then on says so here, once (:func:`records` once per batch on the hot
+path), instead of an ``assert`` or a ``cast`` at each call site.
 """
 
 from __future__ import annotations
@@ -37,3 +40,13 @@ def records(messages: Sequence[Message]) -> list[ConsumedRecord]:
 def record(message: Message) -> ConsumedRecord:
     """One consumed message, typed for reading once its error was checked."""
     return cast(ConsumedRecord, message)
+
+
+def coordinates(message: Message | ConsumedRecord) -> tuple[str, int, int]:
+    """Topic, partition and offset of a delivered record."""
+    return cast(str, message.topic()), cast(int, message.partition()), cast(int, message.offset())
+
+
+def headers(message: Message | ConsumedRecord) -> Headers:
+    """A fresh list of the record's headers (empty when it has none)."""
+    return list(cast("Headers | None", message.headers()) or [])

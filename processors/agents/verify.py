@@ -107,7 +107,7 @@ def _ingest(ledger: FlowLedger, app: App, consumers_of: dict[str, list[str]], ms
         value = app.codec.decode(event_type, msg.value()) if event_type else None
     except ContractError:
         value = None
-    if value is None:
+    if value is None or event_type is None:
         ledger.undecodable.append(f"{topic}[{msg.partition()}]@{msg.offset()}")
         return
     ledger.add_event(event_type, value, msg.timestamp()[1])
@@ -161,9 +161,10 @@ def _records_after(consumer: Consumer, positions: list[TopicPartition], timeout:
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
-            if msg.error() is None:
+            err = msg.error()
+            if err is None:
                 return True
-            if msg.error().code() == KafkaError._PARTITION_EOF:
+            if err.code() == KafkaError._PARTITION_EOF:
                 open_partitions.discard((msg.topic(), msg.partition()))
         return bool(open_partitions)
     finally:

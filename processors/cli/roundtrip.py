@@ -18,10 +18,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
 
+from processors.kafka_types import coordinates
 from processors.localbroker import BrokerError, ToolchainError
 from processors.localbroker.embedded import ensure_broker
 from processors.settings import Settings
-from processors.tooling.messages import coordinates
 
 err = Console(stderr=True)
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
+from processors.kafka_types import ConsumedRecord, coordinates
+from processors.kafka_types import headers as message_headers
 from processors.runtime import conventions as conv
 from processors.runtime.topics import existing_topics
 from processors.settings import Settings
@@ -33,8 +35,6 @@ from processors.tooling.kafka_io import (
     reader_config,
     topic_partitions,
 )
-from processors.tooling.messages import coordinates
-from processors.tooling.messages import headers as message_headers
 from processors.tooling.timeparse import format_ms
 
 IDEMPOTENCY_HEADER = "ce_idempotencykey"  # processors.contracts.envelope.CE_IDEMPOTENCYKEY
@@ -54,7 +54,7 @@ class DeadLetter:
     headers: Headers
 
     @classmethod
-    def from_message(cls, msg: Message) -> DeadLetter:
+    def from_message(cls, msg: Message | ConsumedRecord) -> DeadLetter:
         ts_type, ts = msg.timestamp()
         topic, partition, offset = coordinates(msg)
         return cls(topic, partition, offset, ts if ts_type else None, msg.key(), msg.value(), message_headers(msg))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from processors.kafka_types import ConsumedRecord, record
+from processors.kafka_types import ConsumedRecord, Headers, record
 from processors.runtime.topics import watermarks
 from processors.settings import Settings
 
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
 METADATA_TIMEOUT = 15.0
-Headers = list[tuple[str, bytes | None]]
 
 
 class ToolingError(Exception):

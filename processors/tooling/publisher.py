@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from processors.contracts import AvroCodec, Contract, ContractError, ContractRegistry, ContractViolation, Envelope
 from processors.contracts.errors import MISSING, Problem
+from processors.kafka_types import coordinates
 from processors.settings import Settings
 from processors.tooling.jsonavro import content_key, from_json
 from processors.tooling.jsoninput import JsonRecord
@@ -27,7 +28,6 @@ from processors.tooling.kafka_io import (
     reader_config,
     topic_partitions,
 )
-from processors.tooling.messages import coordinates
 
 DEFAULT_SOURCE = "urn:choreo:publish"
 

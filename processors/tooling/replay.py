@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
+from processors.kafka_types import coordinates
+from processors.kafka_types import headers as message_headers
 from processors.settings import Settings
 from processors.tooling.checkpoint import Checkpoint, default_checkpoint_path
 from processors.tooling.checksums import ALGORITHM, StreamDigest
@@ -34,8 +36,6 @@ from processors.tooling.kafka_io import (
     reader_config,
     topic_partitions,
 )
-from processors.tooling.messages import coordinates
-from processors.tooling.messages import headers as message_headers
 
 FILE_PARTITION = -1
 

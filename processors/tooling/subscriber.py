@@ -15,6 +15,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from processors.contracts import AvroCodec, ContractError, ContractRegistry, Envelope
+from processors.kafka_types import coordinates
+from processors.kafka_types import headers as message_headers
 from processors.runtime.audit import Redactor
 from processors.settings import Settings
 from processors.tooling.jsonavro import to_json_bytes
@@ -29,8 +31,6 @@ from processors.tooling.kafka_io import (
     topic_partitions,
     watermarks,
 )
-from processors.tooling.messages import coordinates
-from processors.tooling.messages import headers as message_headers
 from processors.tooling.timeparse import format_ms
 
 _INDEX = re.compile(r"^(.*?)\[(\d+)\]$")

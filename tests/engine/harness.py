@@ -74,30 +74,31 @@ class EngineEnv:
         **extra: str,
     ) -> subprocess.Popen:
         log = log or (self.tmp / f"worker-{worker_id}-{uuid.uuid4().hex[:4]}.log")
-        out = open(log, "wb")
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "processors.cli.main",
-                "worker",
-                "--app",
-                "tests.engine.app:app",
-                "--agents",
-                agents,
-                "--worker-id",
-                worker_id,
-                "--guarantee",
-                guarantee,
-                "--state-dir",
-                str(state_dir),
-                *args,
-            ],
-            cwd=REPO,
-            env=self.worker_env(**extra),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        # the child gets its own copy of the file descriptor: ours can close at once
+        with open(log, "wb") as out:
+            return subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "processors.cli.main",
+                    "worker",
+                    "--app",
+                    "tests.engine.app:app",
+                    "--agents",
+                    agents,
+                    "--worker-id",
+                    worker_id,
+                    "--guarantee",
+                    guarantee,
+                    "--state-dir",
+                    str(state_dir),
+                    *args,
+                ],
+                cwd=REPO,
+                env=self.worker_env(**extra),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
 
 def make_env(bootstrap: str, tmp: Path, name: str) -> EngineEnv:
@@ -118,7 +119,7 @@ def load_counter_events(env: EngineEnv, app: App, keys: int, per_key: int, by: i
     )
     topic = env.topic("counter.incremented")
     out = []
-    for i in range(per_key):
+    for _ in range(per_key):
         for k in range(keys):
             name = f"key-{k}"
             e = Envelope.new("counter.incremented", "/test/load")

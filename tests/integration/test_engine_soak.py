@@ -44,9 +44,9 @@ def test_repeated_sigkills_lose_and_duplicate_nothing(kafka_bootstrap, tmp_path,
             proc.wait(30)
             if kill % 3 == 2:
                 shutil.rmtree(state, ignore_errors=True)  # lose the local state too
-            crash = {"ENGINE_KILL_IN_APPLY": str(rng.randint(1, 4))} if kill % 4 == 1 else {}
-            proc = env.start_worker("soak", guarantee, state, ENGINE_SLOW_S="0.0005", **crash)
-            if crash:
+            crash = str(rng.randint(1, 4)) if kill % 4 == 1 else "0"  # "0": no crash point
+            proc = env.start_worker("soak", guarantee, state, ENGINE_SLOW_S="0.0005", ENGINE_KILL_IN_APPLY=crash)
+            if crash != "0":
                 try:
                     proc.wait(60)  # it kills itself at its Nth batch...
                 except subprocess.TimeoutExpired:
