@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from processors.localbroker import LocalBroker
 from processors.localbroker.broker import free_port
+from processors.runtime.topics import wait_for_topics
 
 
 def _docker_engine_answers() -> bool:
@@ -77,6 +78,7 @@ def create_topics(kafka_bootstrap: str) -> Callable[..., None]:
         )
         for future in futures.values():
             future.result(timeout=60)
+        assert wait_for_topics(admin, names, timeout=60), f"topics {names} not visible with leaders after 60 s"
 
     return create
 

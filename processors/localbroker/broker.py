@@ -210,7 +210,7 @@ class LocalBroker:
         ]
 
     def _format(self, classpath: str) -> None:
-        cluster_id = _kraft_cluster_id()
+        cluster_id = kraft_cluster_id()
         cmd = self._java_base(classpath) + [
             "kafka.tools.StorageTool",
             "format",
@@ -263,11 +263,16 @@ class LocalBroker:
             return "(no log written)"
 
 
-def _kraft_cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (22 chars)."""
+def kraft_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (22 chars). One that
+    begins with '-' (1 in 64) would be read by the storage tool's argument parser as an option,
+    so such ids are drawn again, as Kafka's own ``Uuid.randomUuid`` does."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _pid_alive(pid: int) -> bool:

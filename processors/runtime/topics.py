@@ -133,17 +133,29 @@ def ensure_topics(admin: AdminClient, plan: TopicPlan, timeout: float = 30.0) ->
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise TopicError(f"cannot create topic {name}: {exc}") from exc
-    _wait_visible(admin, plan, timeout)
+    wait_for_topics(admin, plan, timeout)
     return created
 
 
-def _wait_visible(admin: AdminClient, topics: Iterable[str], timeout: float) -> None:
+def wait_for_topics(client: MetadataClient, topics: Iterable[str], timeout: float = 30.0) -> bool:
+    """Wait until every one of ``topics`` is listed with a leader for each partition: a topic just
+    created may be missing from a broker's metadata, or leaderless, for a moment. False when the
+    wait ran out."""
     deadline = time.monotonic() + timeout
     wanted = set(topics)
-    while time.monotonic() < deadline:
-        if wanted <= set(existing_topics(admin)):
-            return
+    while True:
+        metadata = client.list_topics(timeout=METADATA_TIMEOUT_S)
+        if all(_has_leaders(metadata.topics.get(name)) for name in wanted):
+            return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.2)
+
+
+def _has_leaders(topic: Any) -> bool:
+    if topic is None or topic.error is not None or not topic.partitions:
+        return False
+    return all(p.leader >= 0 for p in topic.partitions.values())
 
 
 # ---------------------------------------------------------------------------------- checking
