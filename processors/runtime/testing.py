@@ -33,8 +33,8 @@ from confluent_kafka import Consumer, KafkaError, Producer
 from processors.contracts import Envelope
 from processors.runtime import audit as A
 from processors.runtime.app import App
-from processors.runtime.context import Emitted
-from processors.runtime.processor import HandleResult, OutRecord, Processor
+from processors.runtime._processor import HandleResult, OutRecord, Processor
+from processors.runtime.emitter import Emitted
 from processors.runtime.state import BatchView, MemoryStore
 from processors.runtime.state import keys as K
 from processors.runtime.worker import AT_LEAST_ONCE, Worker, WorkerOptions

@@ -20,7 +20,7 @@ peer_common = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(peer_common)
 
 from processors.contracts import AvroCodec, ContractRegistry, Envelope  # noqa: E402
-from processors.contracts.envelope import derive_key  # noqa: E402
+from processors.contracts.ids import child_key as derive_key  # noqa: E402
 
 
 class FakeClock:

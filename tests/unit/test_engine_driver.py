@@ -259,7 +259,7 @@ def test_metrics_count_inputs_outputs_duplicates_and_dead_letters(app):
     from prometheus_client import REGISTRY
 
     from processors.runtime.metrics import AgentMetrics
-    from processors.runtime.processor import Processor
+    from processors.runtime._processor import Processor
 
     def value(name, **labels):
         return REGISTRY.get_sample_value(name, labels) or 0.0

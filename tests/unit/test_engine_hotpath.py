@@ -27,8 +27,10 @@ from processors.contracts.envelope import _build, _fields_fast, _fields_referenc
 from processors.contracts.slotted import slot_builder
 from processors.runtime.agent import Event
 from processors.runtime.audit import Redactor, state_json
-from processors.runtime.context import Emitted, derived_id, uuid_from_sha1
-from processors.runtime.fastavro_writer import _zigzag, compile_writer, zigzag
+from processors.contracts.codegen import compile_writer, zigzag
+from processors.contracts.codegen import zigzag_varint as _zigzag
+from processors.contracts.ids import derived_id, uuid_from_sha1
+from processors.runtime.context import Emitted
 from processors.runtime.metrics import HANDLER_BUCKETS, AgentMetrics
 from processors.runtime.state import BatchView, MemoryStore
 from processors.runtime.state import keys as K

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from processors.contracts import ContractError, Envelope, EnvelopeError
-from processors.contracts.envelope import derive_key
+from processors.contracts.ids import child_key as derive_key
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 HEADERS = [
