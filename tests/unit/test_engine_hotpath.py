@@ -316,3 +316,31 @@ def test_apply_with_the_batch_reads_equals_apply_reading_again(ops, initial):
     stores[0].apply(views[0].writes, 7, views[0].reads)
     stores[1].apply(views[1].writes, 7)
     assert stores[0].items() == stores[1].items()
+
+
+def test_batched_histogram_exposes_what_a_prometheus_histogram_does():
+    from prometheus_client import generate_latest
+
+    from processors.runtime.metrics import BatchedHistogram
+
+    ours_registry, reference_registry = CollectorRegistry(), CollectorRegistry()
+    ours = BatchedHistogram("h_seconds", "doc", ["agent"], HANDLER_BUCKETS, registry=ours_registry)
+    reference = Histogram("h_seconds", "doc", ["agent"], buckets=HANDLER_BUCKETS, registry=reference_registry)
+    samples = [0.0, 0.00005, 0.0003, 0.01, 4.9, 7.5, -0.001, float("nan")]
+    for agent in ("a", "b"):
+        binned = [0] * len(ours.bounds)
+        total = 0.0
+        for x in samples:
+            reference.labels(agent).observe(x)
+            if x >= 0.0:
+                binned[next(i for i, b in enumerate(ours.bounds) if x <= b)] += 1
+                total += x
+            else:
+                ours.labels(agent).observe(x)
+        ours.labels(agent).add(binned, total)
+
+    def exposition(registry: CollectorRegistry) -> list[str]:
+        return [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+
+    assert exposition(ours_registry) == exposition(reference_registry)
+    assert [m.name for m in ours_registry.collect()] == [m.name for m in reference_registry.collect()]
