@@ -32,9 +32,9 @@ sys.path.insert(0, str(BENCH))
 from bench_engine import build_app, write_contracts  # noqa: E402
 
 from processors.contracts import Envelope  # noqa: E402
+from processors.runtime._processor import Processor  # noqa: E402
 from processors.runtime.app import App  # noqa: E402
 from processors.runtime.metrics import AgentMetrics  # noqa: E402
-from processors.runtime._processor import Processor  # noqa: E402
 from processors.runtime.state import BatchView, MemoryStore, RocksStore  # noqa: E402
 from processors.runtime.state.store import KeyValueStore  # noqa: E402
 

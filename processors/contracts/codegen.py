@@ -322,7 +322,7 @@ def compile_writer(schema: dict[str, Any]) -> Callable[[Any], bytes]:
     flat = _compile_flat_record(schema)
     if flat is not None:
         return flat
-    parsed = fastavro.parse_schema(schema)
+    parsed: dict[str, Any] = fastavro.parse_schema(schema)  # type: ignore[assignment] # a record's is a dict
     encoder = compile_encoder(parsed)
 
     def by_fastavro(value: Any) -> bytes:
@@ -378,9 +378,8 @@ def _compile_flat_record(schema: Any) -> Callable[[Any], bytes] | None:
         ind = "    "
         lines.append(f"    x = v[{name!r}]")
         if nullable:
-            lines.append(
-                f"    if x is None:\n        a({zigzag(null_index)!r})\n    else:\n        a({zigzag(1 - null_index)!r})"
-            )
+            lines.append(f"    if x is None:\n        a({zigzag(null_index)!r})")
+            lines.append(f"    else:\n        a({zigzag(1 - null_index)!r})")
             ind = "        "
         if base == "string":
             lines.append(

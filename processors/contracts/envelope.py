@@ -14,6 +14,7 @@ import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, cast
 
 from processors.contracts.errors import EnvelopeError
 from processors.contracts.ids import child_key
@@ -177,7 +178,7 @@ def _fields_fast(headers: list[tuple[str, bytes | str | None]]) -> tuple | None:
     loop over it. None when a name repeats or a known header is not UTF-8 text: the reference pass
     (:func:`_fields_reference`) then decides, so which value wins and which error is raised stay
     exactly as they were. The required checks run in the reference's order, with its messages."""
-    values = dict(headers)
+    values: dict[str, Any] = dict(headers)  # values: bytes, or str (checked by class below)
     if len(values) != len(headers):
         return None
     get = values.get
@@ -267,7 +268,7 @@ def _fields_reference(headers: Headers) -> tuple:
     for name, raw in headers or ():
         if name in _KNOWN and raw is not None:
             try:
-                values[name] = raw if raw.__class__ is str else raw.decode()
+                values[name] = raw if raw.__class__ is str else cast(bytes, raw).decode()
             except UnicodeDecodeError:
                 raise EnvelopeError(name, f"not UTF-8 text: {raw[:40]!r}") from None
     for name in REQUIRED_HEADERS:
@@ -325,7 +326,7 @@ def format_time(value: dt.datetime) -> str:
                 _SECOND_TEXT.clear()
             prefix = _SECOND_TEXT[second] = value.replace(microsecond=0).isoformat()[:-6]
         micro = value.microsecond
-        return prefix + (".%06dZ" % micro if micro % 1000 else ".%03dZ" % (micro // 1000))
+        return prefix + (f".{micro:06d}Z" if micro % 1000 else f".{micro // 1000:03d}Z")
     if value.tzinfo is None:
         raise ValueError("envelope time must be timezone-aware")
     utc = value.astimezone(dt.UTC)

@@ -57,7 +57,9 @@ def derived_id(name: str) -> str:
 def emit_key(cause_key: str, agent: str, event_type: str, ordinal: int) -> str:
     """Idempotency key of the ``ordinal``-th ``event_type`` event ``agent`` emits for the cause
     keyed ``cause_key``."""
-    return uuid_from_sha1(EMIT_KEY_PREFIX + cause_key.encode("utf-8") + emit_key_suffix(agent, event_type) + str(ordinal).encode())
+    return uuid_from_sha1(
+        EMIT_KEY_PREFIX + cause_key.encode("utf-8") + emit_key_suffix(agent, event_type) + str(ordinal).encode()
+    )
 
 
 def emit_key_suffix(agent: str, event_type: str) -> bytes:
@@ -68,7 +70,7 @@ def emit_key_suffix(agent: str, event_type: str) -> bytes:
 
 def child_key(cause_key: str, event_type: str) -> str:
     """Idempotency key of the ``event_type`` event caused by an event keyed ``cause_key``."""
-    return uuid_from_sha1(CHILD_KEY_NAMESPACE.bytes + f"{cause_key}{SEPARATOR}{event_type}".encode("utf-8"))
+    return uuid_from_sha1(CHILD_KEY_NAMESPACE.bytes + f"{cause_key}{SEPARATOR}{event_type}".encode())
 
 
 def audit_id_prefix(agent: str) -> bytes:

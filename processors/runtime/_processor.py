@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -52,6 +52,11 @@ _unpack_u64 = keys.unpack_u64
 _pack_u64 = keys.pack_u64
 
 
+# Headers of a consumed record (a list from Kafka; any sequence from a test), and of one to produce.
+InputHeaders = Sequence[tuple[str, bytes | None]] | None
+RecordHeaders = list[tuple[str, bytes]] | list[tuple[str, bytes | None]]
+
+
 class RecordKind(StrEnum):
     """Where an :class:`OutRecord` goes (the values are what the worker and tests compare)."""
 
@@ -68,7 +73,7 @@ class OutRecord:
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes | None]]
+    headers: RecordHeaders
     event_type: str | None = None
     partition: int | None = None
 
@@ -191,7 +196,7 @@ class Processor:
         offset: int,
         key: bytes | None,
         value: bytes | None,
-        headers: list[tuple[str, bytes | None]] | None,
+        headers: InputHeaders,
         timestamp_ms: int = 0,
     ) -> HandleResult:
         received = self.clock_ms()
@@ -418,9 +423,7 @@ class Processor:
             self.metrics.retry()
         return delay
 
-    def _log_retry(
-        self, exc: BaseException, envelope: Envelope, partition: int, attempts: int, delay: float
-    ) -> None:
+    def _log_retry(self, exc: BaseException, envelope: Envelope, partition: int, attempts: int, delay: float) -> None:
         log.info(
             "transient failure, retrying",
             extra={
@@ -498,7 +501,7 @@ class Processor:
         offset: int,
         key: bytes | None,
         value: bytes | None,
-        headers: list[tuple[str, bytes | None]] | None,
+        headers: InputHeaders,
         received: int,
         dlq_to: str | None = None,
     ) -> HandleResult:
@@ -690,9 +693,7 @@ class Processor:
         )
 
 
-def _fallback_envelope(
-    headers: list[tuple[str, bytes | None]] | None, topic: str, partition: int, offset: int, source: str
-) -> Envelope:
+def _fallback_envelope(headers: InputHeaders, topic: str, partition: int, offset: int, source: str) -> Envelope:
     """An envelope for audit/log lines of a record whose headers could not be read."""
     values = {}
     for name, raw in headers or ():

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 from processors.contracts import AvroCodec, ContractError, ContractRegistry
 from processors.runtime.agent import AgentSpec, Handler, TimerHandler
 from processors.runtime.conventions import AUDIT_TOPIC, changelog_topic
-from processors.runtime.retry import BreakerPolicy, RetryPolicy
 from processors.runtime.errors import AppError, TopologyError
+from processors.runtime.retry import BreakerPolicy, RetryPolicy
 from processors.runtime.topology import Topology
 
 if TYPE_CHECKING:  # pragma: no cover

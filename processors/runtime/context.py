@@ -22,7 +22,7 @@ from processors.runtime.errors import EmitError, InvalidStateError, TimerError
 from processors.runtime.inputs import Event, Timer
 from processors.runtime.retry import Dependencies
 from processors.runtime.state import keys
-from processors.runtime.state.store import StateView
+from processors.runtime.state.store import KeyValueStore, StateView
 
 T = TypeVar("T")
 
@@ -206,7 +206,7 @@ class Context:
     def timers(self) -> dict[str, int]:
         """Pending timers of this key: name → due ms."""
         out: dict[str, int] = {}
-        store = getattr(self._view, "store", self._view)
+        store: KeyValueStore = getattr(self._view, "store", None) or self._view  # type: ignore[assignment]
         prefix = keys.TIMER + self._key + b"\x00"
         for tk, raw in store.timers_of(self._key):
             out[tk[len(prefix) :].decode()] = keys.unpack_u64(raw)

@@ -13,7 +13,9 @@ DLQ_SUFFIX = ".dlq"
 
 # Headers the engine adds to a dead-lettered record; the original key, value and headers are
 # kept untouched beside them.
-DLQ_REASON = "choreo_dlq_reason"  # short machine code: undecodable, contract_violation, missing_header, handler_error, retries_exhausted, loop, invalid_transition, ...
+# DLQ_REASON: a short machine code, one of DlqReason (undecodable, contract_violation, ...) or the
+# reason of an agent's Reject (invalid_transition, ...).
+DLQ_REASON = "choreo_dlq_reason"
 DLQ_ERROR_CLASS = "choreo_dlq_error_class"
 DLQ_ERROR_MESSAGE = "choreo_dlq_error_message"
 DLQ_ATTEMPTS = "choreo_dlq_attempts"
@@ -57,8 +59,6 @@ def changelog_topic(app_id: str, agent: str, store: str) -> str:
     """Compacted changelog of one agent's state store; partition N backs the store of input
     partition N, so state moves with partitions."""
     return f"{app_id}.{agent}.{store}.changelog"
-
-
 
 
 class DlqReason(StrEnum):

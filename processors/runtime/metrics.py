@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.metrics_core import Metric
@@ -94,15 +94,15 @@ class BatchedHistogram(Histogram):
                 series = self._series[key] = HistogramSeries(self.bounds)
             return series
 
-    def collect(self) -> Iterable[Metric]:
+    def collect(self) -> list[Metric]:
         metric = Metric(self.name, self.documentation, "histogram")
         with self._lock:
             series = list(self._series.items())
         for values, one in series:
-            labels = dict(zip(self.labelnames, values))
+            labels = dict(zip(self.labelnames, values, strict=True))
             counts, total, created = one.snapshot()
             acc = 0.0
-            for le, n in zip(self._le, counts):
+            for le, n in zip(self._le, counts, strict=True):
                 acc += n
                 metric.add_sample(self.name + "_bucket", {**labels, "le": le}, acc)
             metric.add_sample(self.name + "_count", labels, acc)

@@ -14,6 +14,7 @@ import datetime as dt
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import fastavro
 import orjson
@@ -23,13 +24,13 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
 from processors.contracts import Envelope, EnvelopeError
+from processors.contracts.codegen import compile_writer, zigzag
+from processors.contracts.codegen import zigzag_varint as _zigzag
 from processors.contracts.envelope import _build, _fields_fast, _fields_reference, parse_time
+from processors.contracts.ids import derived_id, uuid_from_sha1
 from processors.contracts.slotted import slot_builder
 from processors.runtime.agent import Event
 from processors.runtime.audit import Redactor, state_json
-from processors.contracts.codegen import compile_writer, zigzag
-from processors.contracts.codegen import zigzag_varint as _zigzag
-from processors.contracts.ids import derived_id, uuid_from_sha1
 from processors.runtime.context import Emitted
 from processors.runtime.metrics import HANDLER_BUCKETS, AgentMetrics
 from processors.runtime.state import BatchView, MemoryStore
@@ -53,7 +54,7 @@ KNOWN = [
     "traceparent",
     "tracestate",
 ]
-GOOD = {
+GOOD: dict[str, list[Any]] = {
     "ce_id": [b"e-1", b"", "e-2"],
     "ce_type": [b"order.created", b""],
     "ce_source": [b"/s", b""],

@@ -102,7 +102,8 @@ def test_missing_required_header_is_named(header: str) -> None:
         (
             "ce_time",
             b"2024-05-01T12:30:15",
-            "header ce_time: not an RFC 3339 timestamp (needs a date, 'T', a time and an offset): '2024-05-01T12:30:15'",
+            "header ce_time: not an RFC 3339 timestamp (needs a date, 'T', a time and an offset): "
+            "'2024-05-01T12:30:15'",
         ),
         ("ce_specversion", b"0.3", "header ce_specversion: unsupported CloudEvents version '0.3', expected '1.0'"),
         ("ce_id", b"", "header ce_id: empty"),

@@ -13,4 +13,13 @@ from processors.runtime.state.store import (
     StoreMemory,
 )
 
-__all__ = ["BatchView", "KeyValueStore", "MemoryStore", "RocksStore", "StateView", "StoreLockedError", "StoreMemory", "keys"]
+__all__ = [
+    "BatchView",
+    "KeyValueStore",
+    "MemoryStore",
+    "RocksStore",
+    "StateView",
+    "StoreLockedError",
+    "StoreMemory",
+    "keys",
+]

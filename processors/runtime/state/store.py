@@ -19,8 +19,8 @@ from typing import Protocol
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager, WriteOptions
 
-from processors.runtime.state import keys
 from processors.errors import ChoreoError
+from processors.runtime.state import keys
 from processors.settings import Settings
 
 _OFFSET = keys.meta_key("changelog_offset")
@@ -228,7 +228,7 @@ class RocksStore(KeyValueStore):
         self.memory.configure(self._options, table)
         self._options.set_block_based_table_factory(table)
         self._write_opts = WriteOptions()
-        self._write_opts.disable_wal = True
+        self._write_opts.disable_wal = True  # type: ignore[method-assign,assignment] # a property, stubbed as a method
         self._db = self._open(lock_wait_s)
         self.wiped_reason: str | None = None
         if self._db.get(_RESTORING) is not None:
@@ -260,9 +260,9 @@ class RocksStore(KeyValueStore):
 
     def range(self, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db.items(from_key=lo):
-            if key >= hi:
+            if key >= hi:  # type: ignore[operator] # raw_mode: keys are bytes
                 return
-            yield key, value
+            yield key, value  # type: ignore[misc]
 
     def _write(self, puts: dict[bytes, bytes], deletes: set[bytes]) -> None:
         batch = WriteBatch(raw_mode=True)
