@@ -1,4 +1,8 @@
-"""Avro binary encoders and decoders generated per schema, for the codec's hot path.
+"""Avro binary encoders and decoders generated per schema, for the codec's and the engine's hot paths.
+
+One generator module: :func:`compile_encoder` / :func:`compile_decoder` for contract events (the
+codec), and :func:`compile_writer` for the engine's own records (the audit record), which adds a
+straight-line form for flat records and otherwise uses :func:`compile_encoder`.
 
 fastavro is generic: per value it looks the schema node's type up, and to pick a union branch it
 validates the value against each branch (for ``["null", Address]`` that is a full second validation

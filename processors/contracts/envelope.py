@@ -112,7 +112,7 @@ class Envelope:
                 content_type=AVRO_CONTENT_TYPE,
             )
         # dataclasses.replace, field for field, without its generic machinery.
-        return _build(
+        return build_envelope(
             str(uuid.uuid4()),
             event_type,
             source,
@@ -165,18 +165,18 @@ class Envelope:
         receiver restarts the trace, and an event must not be dead-lettered for its tracing.
         """
         if headers.__class__ is list:
-            fields = _fields_fast(headers)
+            fields = read_header_fields(headers)
             if fields is not None:
-                return _build(*fields) if cls is Envelope else cls(*fields)
-        fields = _fields_reference(headers)
-        return _build(*fields) if cls is Envelope else cls(*fields)
+                return build_envelope(*fields) if cls is Envelope else cls(*fields)
+        fields = read_header_fields_reference(headers)
+        return build_envelope(*fields) if cls is Envelope else cls(*fields)
 
 
-def _fields_fast(headers: list[tuple[str, bytes | str | None]]) -> tuple | None:
+def read_header_fields(headers: list[tuple[str, bytes | str | None]]) -> tuple | None:
     """The envelope fields of a header list in which no name repeats (what every producer of ours
     and every CloudEvents binding writes), from one ``dict()`` of the list instead of a Python
     loop over it. None when a name repeats or a known header is not UTF-8 text: the reference pass
-    (:func:`_fields_reference`) then decides, so which value wins and which error is raised stay
+    (:func:`read_header_fields_reference`) then decides, so which value wins and which error is raised stay
     exactly as they were. The required checks run in the reference's order, with its messages."""
     values: dict[str, Any] = dict(headers)  # values: bytes, or str (checked by class below)
     if len(values) != len(headers):
@@ -261,7 +261,7 @@ def _fields_fast(headers: list[tuple[str, bytes | str | None]]) -> tuple | None:
     )
 
 
-def _fields_reference(headers: Headers) -> tuple:
+def read_header_fields_reference(headers: Headers) -> tuple:
     """The envelope fields by one pass over the headers in order (a repeated name: the last
     non-None value wins; the first known header that is not UTF-8 is the error)."""
     values: dict[str, str] = {}
@@ -304,7 +304,6 @@ def _fields_reference(headers: Headers) -> tuple:
 # field (about 1.8 µs for an envelope); the per-event paths build it with every field given, without
 # __init__ (see processors.contracts.slotted, ~0.4 µs).
 build_envelope: Callable[..., Envelope] = slot_builder(Envelope)
-_build = build_envelope
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)

@@ -24,17 +24,15 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
 from processors.contracts import Envelope, EnvelopeError
-from processors.contracts.codegen import compile_writer, zigzag
-from processors.contracts.codegen import zigzag_varint as _zigzag
-from processors.contracts.envelope import _build, _fields_fast, _fields_reference, parse_time
+from processors.contracts.codegen import compile_writer, zigzag, zigzag_varint
+from processors.contracts.envelope import build_envelope, parse_time, read_header_fields, read_header_fields_reference
 from processors.contracts.ids import derived_id, uuid_from_sha1
 from processors.contracts.slotted import slot_builder
 from processors.runtime.agent import Event
 from processors.runtime.audit import Redactor, state_json
 from processors.runtime.context import Emitted
 from processors.runtime.metrics import HANDLER_BUCKETS, AgentMetrics
-from processors.runtime.state import BatchView, MemoryStore
-from processors.runtime.state import keys as K
+from processors.runtime.state import BatchView, MemoryStore, keys
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,15 +100,17 @@ def _outcome(fn, headers):
 @settings(max_examples=1500, deadline=None)
 @given(header_lists())
 def test_fast_header_read_equals_the_reference_pass(headers):
-    fast = _outcome(_fields_fast, headers)
-    reference = _outcome(_fields_reference, headers)
+    fast = _outcome(read_header_fields, headers)
+    reference = _outcome(read_header_fields_reference, headers)
     if fast == ("ok", None):  # the fast read declined: from_headers runs the reference pass
         assert len({n for n, _ in headers}) != len(headers) or any(
             isinstance(v, bytes) and n in KNOWN and _not_utf8(v) for n, v in headers
         )
     else:
         assert fast == reference
-    assert _outcome(Envelope.from_headers, headers) == _outcome(lambda h: Envelope(*_fields_reference(h)), headers)
+    assert _outcome(Envelope.from_headers, headers) == _outcome(
+        lambda h: Envelope(*read_header_fields_reference(h)), headers
+    )
 
 
 def _not_utf8(raw: bytes) -> bool:
@@ -153,7 +153,7 @@ UTC = dt.UTC
 def test_slot_built_envelope_event_emitted_equal_init(ident, key, hops, tenant):
     now = dt.datetime(2025, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
     fields = (ident, "t.x", "/s", now, key, None, ident, tenant, hops, None, None, "application/avro", "1.0")
-    built, init = _build(*fields), Envelope(*fields)
+    built, init = build_envelope(*fields), Envelope(*fields)
     assert built == init and hash(built) == hash(init) and repr(built) == repr(init)
     assert type(built) is Envelope
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -226,7 +226,7 @@ ENCODE = compile_writer(AUDIT)
 @settings(max_examples=100, deadline=None)
 @given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
 def test_zigzag_table_and_memo_equal_the_loop(n):
-    assert zigzag(n) == _zigzag(n)
+    assert zigzag(n) == zigzag_varint(n)
     assert zigzag(n) == zigzag(n)  # from the memo the second time
 
 
@@ -304,16 +304,16 @@ def test_batched_handler_histogram_equals_observe():
 )
 def test_apply_with_the_batch_reads_equals_apply_reading_again(ops, initial):
     def key(k: bytes, kind: str) -> bytes:
-        return {"seen": K.SEEN + k, "timer": K.TIMER + k + b"\x00n", "state": K.STATE + k}[kind]
+        return {"seen": keys.SEEN + k, "timer": keys.TIMER + k + b"\x00n", "state": keys.STATE + k}[kind]
 
     stores = MemoryStore(), MemoryStore()
     for store in stores:
-        store.apply({key(k, kind): K.pack_u64(v) + b"r" for k, kind, v in initial})
+        store.apply({key(k, kind): keys.pack_u64(v) + b"r" for k, kind, v in initial})
     views = [BatchView(s) for s in stores]
     for k, kind, v in ops:
         for view in views:
             view.get(key(k, kind))
-            view.put(key(k, kind), None if v is None else K.pack_u64(v) + b"w")
+            view.put(key(k, kind), None if v is None else keys.pack_u64(v) + b"w")
     stores[0].apply(views[0].writes, 7, views[0].reads)
     stores[1].apply(views[1].writes, 7)
     assert stores[0].items() == stores[1].items()

@@ -151,7 +151,7 @@ from dataclasses import replace  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from processors.contracts.envelope import _build, format_time  # noqa: E402
+from processors.contracts.envelope import build_envelope, format_time  # noqa: E402
 
 
 def test_fast_construction_equals_the_dataclass_constructor() -> None:
@@ -172,7 +172,7 @@ def test_fast_construction_equals_the_dataclass_constructor() -> None:
     assert type(env) is Envelope and hash(env) == hash(replace(env))
     with pytest.raises(AttributeError):
         env.id = "x"  # type: ignore[misc]
-    assert _build(*(getattr(env, name) for name in Envelope.__slots__)) == env
+    assert build_envelope(*(getattr(env, name) for name in Envelope.__slots__)) == env
 
 
 def test_child_equals_dataclasses_replace() -> None:
