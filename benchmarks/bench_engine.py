@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from processors.contracts import Envelope  # noqa: E402
+from processors.kafka_types import produce_headers  # noqa: E402
 from processors.runtime import (  # noqa: E402
     App,  # noqa: E402
     Worker,
@@ -96,7 +97,7 @@ def preload(bootstrap: str, app: App, topic: str, events: int, keys: int) -> Non
                     name,
                     # confluent-kafka's stub types produce(headers=) as an invariant List of
                     # (str, str | bytes | None), refusing our read-only list of bytes pairs.
-                    headers=env.to_headers(),  # type: ignore[arg-type]
+                    headers=produce_headers(env.to_headers()),
                 )
                 break
             except BufferError:

@@ -32,6 +32,7 @@ from processors.agents.app import CommerceConfig, build_app
 from processors.agents.demo import wait_for_members
 from processors.agents.loadgen import OrderMix
 from processors.agents.verify import end_offsets
+from processors.kafka_types import produce_headers
 from processors.runtime import Worker
 from processors.settings import Settings
 
@@ -96,7 +97,7 @@ def _publish_burst(bootstrap: str, topic: str, partitions: int, orders: int, run
     for _ in range(orders):
         key, value, headers = source.next()
         sent[key] = int(time.time() * 1000)
-        producer.produce(topic, value, key, headers=headers)
+        producer.produce(topic, value, key, headers=produce_headers(headers))
         producer.poll(0)
     producer.flush(60)
     return sent

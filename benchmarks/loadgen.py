@@ -29,6 +29,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from processors.agents.loadgen import OrderGenerator, OrderMix  # noqa: E402
 from processors.contracts import AvroCodec, ContractRegistry, Envelope  # noqa: E402
+from processors.kafka_types import produce_headers  # noqa: E402
 
 EVENT_TYPE = "order.created"
 SOURCE = "/bench/loadgen"
@@ -248,7 +249,7 @@ def preload(
             try:
                 # confluent-kafka's stub types produce(headers=) as an invariant List of
                 # (str, str | bytes | None), refusing our read-only list of bytes pairs.
-                producer.produce(spec.topic, value, key, headers=headers, on_delivery=on_delivery)  # type: ignore[arg-type]
+                producer.produce(spec.topic, value, key, headers=produce_headers(headers), on_delivery=on_delivery)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -291,7 +292,7 @@ def paced(
         stats.add(key, value, headers)
         # confluent-kafka's stub types produce(headers=) as an invariant List of
         # (str, str | bytes | None), refusing our read-only list of bytes pairs.
-        producer.produce(spec.topic, value, key, headers=headers)  # type: ignore[arg-type]
+        producer.produce(spec.topic, value, key, headers=produce_headers(headers))
         if on_sent is not None:
             on_sent(key, int(time.time() * 1000))
         producer.poll(0)

@@ -1,6 +1,6 @@
 """Per-event cost of ``Processor.handle`` without Kafka: the engine's hot path in isolation.
 
-Drives the real :class:`~processors.runtime.processor.Processor` of the ``bench_engine`` counter
+Drives the real :class:`~processors.runtime._processor.Processor` of the ``bench_engine`` counter
 agent (decode → dedupe → state → encode → emit + audit) over the same workload the engine benchmark
 pre-loads (``counter.incremented``, ``--keys`` keys, fresh envelopes), in batches of ``--batch``
 through a :class:`BatchView` that is applied to the store after each batch, as the worker does. No
@@ -32,9 +32,9 @@ sys.path.insert(0, str(BENCH))
 from bench_engine import build_app, write_contracts  # noqa: E402
 
 from processors.contracts import Envelope  # noqa: E402
+from processors.runtime._processor import Processor  # noqa: E402
 from processors.runtime.app import App  # noqa: E402
 from processors.runtime.metrics import AgentMetrics  # noqa: E402
-from processors.runtime.processor import Processor  # noqa: E402
 from processors.runtime.state import BatchView, MemoryStore, RocksStore  # noqa: E402
 from processors.runtime.state.store import KeyValueStore  # noqa: E402
 

@@ -142,9 +142,7 @@ def kafka(keep: bool = False) -> Iterator[tuple[str, str]]:
 
 def delete_prefix(bootstrap: str, prefix: str) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    names = [
-        t for t in admin.list_topics(timeout=15).topics if t.startswith((prefix + ".", prefix + "-"))
-    ]
+    names = [t for t in admin.list_topics(timeout=15).topics if t.startswith((prefix + ".", prefix + "-"))]
     if names:
         for future in admin.delete_topics(names, operation_timeout=30).values():
             with contextlib.suppress(Exception):

@@ -50,3 +50,13 @@ def coordinates(message: Message | ConsumedRecord) -> tuple[str, int, int]:
 def headers(message: Message | ConsumedRecord) -> Headers:
     """A fresh list of the record's headers (empty when it has none)."""
     return list(cast("Headers | None", message.headers()) or [])
+
+
+ProduceHeaders = list[tuple[str, str | bytes | None]]
+
+
+def produce_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> ProduceHeaders | None:
+    """Our header lists as ``Producer.produce`` is typed to take them. Its stub types ``headers``
+    as an invariant list of ``(str, str | bytes | None)`` pairs, which refuses a list of
+    ``(str, bytes)`` pairs although the client takes it as it is: nothing is converted here."""
+    return cast("ProduceHeaders | None", headers)

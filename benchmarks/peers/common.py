@@ -49,7 +49,8 @@ SCHEMAS = Path(os.environ.get("CHOREO_SCHEMAS_DIR", REPO_ROOT / "schemas"))
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
 DEDUPE_TTL_MS = 7 * 24 * 3600 * 1000
-# Same namespace as processors.contracts.envelope.derive_key, so derived keys match the engine's.
+# A copy of processors.contracts.ids.child_key (namespace CHILD_KEY_NAMESPACE) for peer venvs without our
+# package: keep the two identical, so derived keys match the engine's.
 _KEY_NAMESPACE = uuid.UUID("5b0c4a9e-3f57-4c0e-9d4b-2f4d7c1e8a61")
 
 INPUT_TYPE = "order.created"

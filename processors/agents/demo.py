@@ -26,6 +26,7 @@ from confluent_kafka.admin import AdminClient
 from processors.agents.loadgen import Expected, GeneratedOrder, OrderGenerator, OrderMix
 from processors.agents.verify import collect, end_offsets, wait_settled, watched_topics
 from processors.contracts import Envelope
+from processors.kafka_types import produce_headers
 from processors.runtime import App, Worker
 from processors.settings import Settings
 from processors.tooling.kafka_io import reader_config
@@ -175,16 +176,18 @@ def publish_orders(app: App, settings: Settings, options: DemoOptions, run_id: s
         value = app.codec.encode("order.created", generated.value)
         # confluent-kafka's stub types produce(headers=) as an invariant List of (str, str | bytes | None),
         # refusing our read-only list of bytes pairs (the same below).
-        producer.produce(contract.topic, value, generated.order_id.encode(), headers=env.to_headers())  # type: ignore[arg-type]
+        producer.produce(contract.topic, value, generated.order_id.encode(), headers=produce_headers(env.to_headers()))
         if rng.random() < options.duplicate_ratio:
-            producer.produce(contract.topic, value, generated.order_id.encode(), headers=env.to_headers())  # type: ignore[arg-type]
+            producer.produce(
+                contract.topic, value, generated.order_id.encode(), headers=produce_headers(env.to_headers())
+            )
             duplicates += 1
         if rng.random() < options.bad_ratio:
             producer.produce(
                 contract.topic,
                 _poison(rng, generated.order_id),
                 generated.order_id.encode(),
-                headers=Envelope.new("order.created", SOURCE).to_headers(),  # type: ignore[arg-type]
+                headers=produce_headers(Envelope.new("order.created", SOURCE).to_headers()),
             )
             bad += 1
         producer.poll(0)

@@ -18,7 +18,7 @@ import json
 import struct
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -135,7 +135,7 @@ class AvroCodec:
             if plan.encoder is not None:
                 try:
                     return plan.encoder(value, header)
-                except Exception:  # a value the generated code leaves to fastavro (see codegen)
+                except Exception:  # noqa: BLE001 - a value the generated code leaves to fastavro (see codegen)
                     pass
         else:
             if validate:
@@ -179,7 +179,7 @@ class AvroCodec:
             if known is not None and known[0] == event_type:
                 try:
                     value, end = known[1](data, _SINGLE_OBJECT_HEADER)
-                except Exception:  # corrupt, or bytes the generated code leaves to fastavro: see below
+                except Exception:  # noqa: BLE001 - corrupt, or bytes the generated code leaves to fastavro: see below
                     pass
                 else:
                     if end == len(data):
@@ -211,7 +211,8 @@ class AvroCodec:
                 raise DecodeError(f"truncated Confluent header: {len(data)} bytes, need {_CONFLUENT_HEADER}")
             return self._writer_for_id(_SCHEMA_ID.unpack_from(data, 1)[0]), _CONFLUENT_HEADER
         raise DecodeError(
-            f"unknown magic bytes {bytes(data[:2]).hex() or '(empty)'}: expected c301 (Avro single-object) or 00 (Confluent)"
+            f"unknown magic bytes {bytes(data[:2]).hex() or '(empty)'}: "
+            "expected c301 (Avro single-object) or 00 (Confluent)"
         )
 
     def _read(self, writer: WriterSchema, reader: WriterSchema, data: bytes, offset: int) -> dict[str, Any]:
@@ -219,7 +220,7 @@ class AvroCodec:
         if decoder is not None and data.__class__ is bytes and self._by_fingerprint.get(writer.fingerprint) is writer:
             try:
                 value, end = decoder(data, offset)
-            except Exception:  # corrupt, or bytes the generated code leaves to fastavro (see codegen)
+            except Exception:  # noqa: BLE001 - corrupt, or bytes the generated code leaves to fastavro (see codegen)
                 pass
             else:
                 if end == len(data):
@@ -242,9 +243,10 @@ class AvroCodec:
             raise DecodeError(f"truncated or corrupt body for {writer.event_type} v{writer.version}: {exc!r}") from exc
         if stream.tell() != len(data):
             raise DecodeError(
-                f"{len(data) - stream.tell()} trailing byte(s) after a {writer.event_type} v{writer.version} body: corrupt or wrong schema"
+                f"{len(data) - stream.tell()} trailing byte(s) after a {writer.event_type} v{writer.version} body: "
+                "corrupt or wrong schema"
             )
-        return value
+        return cast(dict[str, Any], value)  # a contract's schema is a record
 
     # ------------------------------------------------------------------ Confluent Schema Registry
     def _confluent_header(self, writer: WriterSchema) -> bytes:
@@ -288,7 +290,8 @@ class AvroCodec:
         fullname = _fullname(raw)
         for event_type, current in self._current.items():
             if _fullname(self.registry.get(event_type).raw_schema(current.version)) == fullname:
-                return WriterSchema(event_type, 0, fastavro.parse_schema(raw), fp, SINGLE_OBJECT_MAGIC + fp)
+                parsed = cast(dict[str, Any], fastavro.parse_schema(raw))  # a record's parsed schema
+                return WriterSchema(event_type, 0, parsed, fp, SINGLE_OBJECT_MAGIC + fp)
         raise DecodeError(f"schema id {schema_id} ({fullname}) is not the schema of any contract")
 
 

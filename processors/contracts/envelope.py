@@ -14,8 +14,10 @@ import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, cast
 
 from processors.contracts.errors import EnvelopeError
+from processors.contracts.ids import child_key
 from processors.contracts.slotted import slot_builder
 
 CE_ID = "ce_id"
@@ -40,8 +42,6 @@ _KNOWN = frozenset(
 )
 _UTC = dt.UTC
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
-# Derived idempotency keys: deterministic, fixed length however long the causal chain grows.
-_KEY_NAMESPACE = uuid.UUID("5b0c4a9e-3f57-4c0e-9d4b-2f4d7c1e8a61")
 
 Headers = Sequence[tuple[str, bytes | str | None]] | None
 
@@ -105,19 +105,19 @@ class Envelope:
                 type=event_type,
                 source=source,
                 time=dt.datetime.now(dt.UTC),
-                idempotency_key=idempotency_key or derive_key(self.idempotency_key, event_type),
+                idempotency_key=idempotency_key or child_key(self.idempotency_key, event_type),
                 correlation_id=self.correlation_id or self.id,
                 causation_id=self.id,
                 hop_count=self.hop_count + 1,
                 content_type=AVRO_CONTENT_TYPE,
             )
         # dataclasses.replace, field for field, without its generic machinery.
-        return _build(
+        return build_envelope(
             str(uuid.uuid4()),
             event_type,
             source,
             dt.datetime.now(dt.UTC),
-            idempotency_key or derive_key(self.idempotency_key, event_type),
+            idempotency_key or child_key(self.idempotency_key, event_type),
             self.correlation_id or self.id,
             self.id,
             self.tenant,
@@ -165,20 +165,20 @@ class Envelope:
         receiver restarts the trace, and an event must not be dead-lettered for its tracing.
         """
         if headers.__class__ is list:
-            fields = _fields_fast(headers)
+            fields = read_header_fields(headers)
             if fields is not None:
-                return _build(*fields) if cls is Envelope else cls(*fields)
-        fields = _fields_reference(headers)
-        return _build(*fields) if cls is Envelope else cls(*fields)
+                return build_envelope(*fields) if cls is Envelope else cls(*fields)
+        fields = read_header_fields_reference(headers)
+        return build_envelope(*fields) if cls is Envelope else cls(*fields)
 
 
-def _fields_fast(headers: list[tuple[str, bytes | str | None]]) -> tuple | None:
+def read_header_fields(headers: list[tuple[str, bytes | str | None]]) -> tuple | None:
     """The envelope fields of a header list in which no name repeats (what every producer of ours
     and every CloudEvents binding writes), from one ``dict()`` of the list instead of a Python
     loop over it. None when a name repeats or a known header is not UTF-8 text: the reference pass
-    (:func:`_fields_reference`) then decides, so which value wins and which error is raised stay
+    (:func:`read_header_fields_reference`) then decides, so which value wins and which error is raised stay
     exactly as they were. The required checks run in the reference's order, with its messages."""
-    values = dict(headers)
+    values: dict[str, Any] = dict(headers)  # values: bytes, or str (checked by class below)
     if len(values) != len(headers):
         return None
     get = values.get
@@ -261,14 +261,14 @@ def _fields_fast(headers: list[tuple[str, bytes | str | None]]) -> tuple | None:
     )
 
 
-def _fields_reference(headers: Headers) -> tuple:
+def read_header_fields_reference(headers: Headers) -> tuple:
     """The envelope fields by one pass over the headers in order (a repeated name: the last
     non-None value wins; the first known header that is not UTF-8 is the error)."""
     values: dict[str, str] = {}
     for name, raw in headers or ():
         if name in _KNOWN and raw is not None:
             try:
-                values[name] = raw if raw.__class__ is str else raw.decode()
+                values[name] = raw if raw.__class__ is str else cast(bytes, raw).decode()
             except UnicodeDecodeError:
                 raise EnvelopeError(name, f"not UTF-8 text: {raw[:40]!r}") from None
     for name in REQUIRED_HEADERS:
@@ -303,12 +303,7 @@ def _fields_reference(headers: Headers) -> tuple:
 # Building a frozen dataclass through its __init__ costs one ``object.__setattr__`` lookup and call per
 # field (about 1.8 µs for an envelope); the per-event paths build it with every field given, without
 # __init__ (see processors.contracts.slotted, ~0.4 µs).
-_build: Callable[..., Envelope] = slot_builder(Envelope)
-
-
-def derive_key(cause_key: str, event_type: str) -> str:
-    """Deterministic idempotency key of the ``event_type`` event caused by an event keyed ``cause_key``."""
-    return str(uuid.uuid5(_KEY_NAMESPACE, f"{cause_key}\x1f{event_type}"))
+build_envelope: Callable[..., Envelope] = slot_builder(Envelope)
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
@@ -330,7 +325,7 @@ def format_time(value: dt.datetime) -> str:
                 _SECOND_TEXT.clear()
             prefix = _SECOND_TEXT[second] = value.replace(microsecond=0).isoformat()[:-6]
         micro = value.microsecond
-        return prefix + (".%06dZ" % micro if micro % 1000 else ".%03dZ" % (micro // 1000))
+        return prefix + (f".{micro:06d}Z" if micro % 1000 else f".{micro // 1000:03d}Z")
     if value.tzinfo is None:
         raise ValueError("envelope time must be timezone-aware")
     utc = value.astimezone(dt.UTC)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from processors.errors import ChoreoError
 
-class ContractError(Exception):
+
+class ContractError(ChoreoError):
     """A contract file, schema or event does not honour its contract."""
 
 

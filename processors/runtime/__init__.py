@@ -9,14 +9,24 @@ Running: ``choreo worker --app MODULE:APP`` or :class:`Worker`; testing:
 :mod:`processors.runtime.testing` (``AgentDriver``, ``run_agents``).
 """
 
-from processors.runtime.agent import AgentSpec, Event, Timer
-from processors.runtime.app import App, AppError
-from processors.runtime.context import Context, EmitError, Emitted, InvalidStateError, TimerError
-from processors.runtime.errors import WorkerError
+from processors.runtime.agent import AgentSpec
+from processors.runtime.app import App
+from processors.runtime.context import Context
+from processors.runtime.emitter import Emitted
+from processors.runtime.errors import (
+    AppError,
+    EmitError,
+    InvalidStateError,
+    TimerError,
+    TopicError,
+    TopologyError,
+    WorkerError,
+)
+from processors.runtime.inputs import Event, Timer
 from processors.runtime.reject import Reject
 from processors.runtime.retry import BreakerPolicy, CircuitBreaker, CircuitOpenError, RetryPolicy
 from processors.runtime.supervisor import Worker
-from processors.runtime.topology import Topology, TopologyError, check_copartitioned
+from processors.runtime.topology import Topology, check_copartitioned
 from processors.runtime.worker import AT_LEAST_ONCE, EXACTLY_ONCE, WorkerOptions
 
 __all__ = [
@@ -37,6 +47,7 @@ __all__ = [
     "RetryPolicy",
     "Timer",
     "TimerError",
+    "TopicError",
     "Topology",
     "TopologyError",
     "Worker",

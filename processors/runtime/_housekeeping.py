@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaException
 
 from processors.runtime._commit import Batch
+from processors.runtime._processor import HandleResult, Processor
 from processors.runtime.metrics import AgentMetrics
-from processors.runtime.processor import HandleResult, Processor
 from processors.runtime.state import KeyValueStore
 
 

@@ -5,58 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
+from processors.runtime.context import Context
+from processors.runtime.inputs import Event, Timer
 from processors.runtime.retry import BreakerPolicy, RetryPolicy
 
-if TYPE_CHECKING:  # pragma: no cover
-    from processors.contracts import Envelope
-    from processors.runtime.context import Context
-
-Handler = Callable[["Event", "Context"], None]
-TimerHandler = Callable[["Timer", "Context"], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A decoded input event: its contract type, Kafka key, Avro value, CloudEvents envelope and
-    coordinates."""
-
-    type: str
-    key: str | None
-    value: dict[str, Any]
-    envelope: Envelope
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-
-    @property
-    def id(self) -> str:
-        return self.envelope.id
-
-    @property
-    def correlation_id(self) -> str | None:
-        return self.envelope.correlation_id
-
-    @property
-    def idempotency_key(self) -> str:
-        return self.envelope.idempotency_key or self.envelope.id
-
-
-@dataclass(frozen=True, slots=True)
-class Timer:
-    """A durable per-key timer that came due. ``id`` is stable for one scheduling (key, name, due
-    time), so follow-ups it emits get the same idempotency keys if it ever fires again."""
-
-    name: str
-    key: str
-    due_ms: int
-    payload: Any
-    id: str
-    correlation_id: str | None
-    hop_count: int
-    tenant: str | None
+Handler = Callable[[Event, Context], None]
+TimerHandler = Callable[[Timer, Context], None]
 
 
 @dataclass(frozen=True)
@@ -91,3 +46,6 @@ class AgentSpec:
         if isinstance(deps, Mapping):
             return {name: (policy or BreakerPolicy()) for name, policy in deps.items()}
         return {name: BreakerPolicy() for name in deps}
+
+
+__all__ = ["AgentSpec", "Event", "Handler", "Timer", "TimerHandler"]

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING
 from processors.contracts import AvroCodec, ContractError, ContractRegistry
 from processors.runtime.agent import AgentSpec, Handler, TimerHandler
 from processors.runtime.conventions import AUDIT_TOPIC, changelog_topic
+from processors.runtime.errors import AppError, TopologyError
 from processors.runtime.retry import BreakerPolicy, RetryPolicy
-from processors.runtime.topology import Topology, TopologyError
+from processors.runtime.topology import Topology
 
 if TYPE_CHECKING:  # pragma: no cover
     from processors.settings import Settings
@@ -34,10 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_MAX_HOPS = 16
 DEFAULT_DEDUPE_TTL_S = 7 * 24 * 3600.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class AppError(ValueError):
-    """The app's declarations are inconsistent (unknown event type, duplicate agent, ...)."""
 
 
 class App:

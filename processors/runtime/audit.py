@@ -9,13 +9,25 @@ state, in error messages and in log lines.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from enum import StrEnum
 from typing import Any
 
 import orjson
 
-PROCESSED = "PROCESSED"
-DUPLICATE = "DUPLICATE"
-DEAD_LETTERED = "DEAD_LETTERED"
+
+class Outcome(StrEnum):
+    """What became of one input. The values are the audit contract's ``outcome`` symbols (and the
+    metrics' label values); ``IGNORED`` inputs get no audit record."""
+
+    PROCESSED = "PROCESSED"
+    DUPLICATE = "DUPLICATE"
+    DEAD_LETTERED = "DEAD_LETTERED"
+    IGNORED = "IGNORED"
+
+
+PROCESSED = Outcome.PROCESSED
+DUPLICATE = Outcome.DUPLICATE
+DEAD_LETTERED = Outcome.DEAD_LETTERED
 REDACTED = "***"
 
 
@@ -48,7 +60,7 @@ class Redactor:
         if isinstance(value, dict):
             if not names.isdisjoint(value):
                 return True
-            for v in value.values():
+            for v in value.values():  # noqa: SIM110 - a loop: any() over a generator costs more here
                 if isinstance(v, (dict, list)) and self.touches(v):
                     return True
             return False

@@ -8,84 +8,35 @@ so a retried attempt starts from the same state and a failed one leaves no trace
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
 from processors.contracts import Envelope
-from processors.contracts.envelope import AVRO_CONTENT_TYPE, SPEC_VERSION
-from processors.contracts.envelope import _build as _envelope
-from processors.contracts.slotted import slot_builder
-from processors.runtime.agent import Event, Timer
-from processors.runtime.state import keys as K
-
-if TYPE_CHECKING:  # pragma: no cover
-    from processors.runtime.processor import Processor
+from processors.runtime.emitter import Emitted, Emitter
+from processors.runtime.errors import EmitError, InvalidStateError, TimerError
+from processors.runtime.inputs import Event, Timer
+from processors.runtime.retry import Dependencies
+from processors.runtime.state import keys
+from processors.runtime.state.store import KeyValueStore, StateView
 
 T = TypeVar("T")
 
 
-class EmitError(ValueError):
-    """``ctx.emit`` of an event type the agent did not declare in ``produces``."""
-
-
-class TimerError(ValueError):
-    """A timer call the agent cannot honour (no ``on_timer`` handler, no due time)."""
-
-
-class InvalidStateError(TypeError):
-    """The state is not JSON-serialisable (orjson refused it)."""
-
-
 @dataclass(frozen=True, slots=True)
-class Emitted:
-    """One follow-up event produced by a handler: decoded form plus what goes on the wire."""
+class AgentServices:
+    """What every invocation of one agent's handlers shares, built once per agent by the processor:
+    its name, whether it may schedule timers (it has an ``on_timer`` handler), how its follow-ups
+    are made and the breakers of its dependencies."""
 
-    event_type: str
-    topic: str
-    key: str | None
-    value: dict[str, Any]
-    envelope: Envelope
-    data: bytes
-
-    @property
-    def id(self) -> str:
-        return self.envelope.id
-
-    @property
-    def idempotency_key(self) -> str:
-        return self.envelope.idempotency_key
-
-
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
-
-
-def uuid_from_sha1(
-    data: bytes, _sha1: Callable[[bytes], Any] = hashlib.sha1, _variant: dict[str, str] = _VARIANT
-) -> str:
-    """RFC 4122 version-5 UUID text of sha1(``data``) (what ``uuid.uuid5`` computes for
-    ``namespace.bytes + name``), formatted without building a UUID object (three per input: the
-    variant nibble comes from a table rather than ``int(..., 16)``)."""
-    h = _sha1(data).hexdigest()
-    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_variant[h[16]]}{h[17:20]}-{h[20:32]}"
-
-
-_ID_NS = uuid.UUID("7d0d8a52-0a43-4b7e-8f39-2b1b9d6a4c11").bytes
-
-
-def derived_id(idempotency_key: str) -> str:
-    """A stable CloudEvents id for an event whose idempotency key is known."""
-    return uuid_from_sha1(_ID_NS + idempotency_key.encode("utf-8"))
-
-
-# Emitted is frozen; one is built per follow-up, with every field, so without its __init__.
-_emitted = slot_builder(Emitted)
+    agent: str
+    handles_timers: bool
+    emitter: Emitter
+    dependencies: Dependencies
 
 
 class Context:
@@ -95,8 +46,8 @@ class Context:
 
     def __init__(
         self,
-        processor: Processor,
-        view: Any,
+        services: AgentServices,
+        view: StateView,
         key: bytes,
         envelope: Envelope,
         event: Event | None = None,
@@ -104,7 +55,7 @@ class Context:
         partition: int = 0,
         now_ms: int | None = None,
     ) -> None:
-        self._p = processor
+        self._services = services
         self._view = view
         self._key = key
         self.envelope = envelope
@@ -112,7 +63,7 @@ class Context:
         self.timer = timer
         self.partition = partition
         self.now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        self._state_raw = view.get(K.state_key(key))
+        self._state_raw = view.get(keys.state_key(key))
         self._state: dict[str, Any] | None = None
         self.emitted: list[Emitted] = []
         self._type_counts: dict[str, int] = {}
@@ -125,8 +76,9 @@ class Context:
     def log(self) -> logging.LoggerAdapter:
         """A logger whose JSON lines carry agent, partition, offset, event id and correlation id."""
         if self._log is None:
+            agent = self._services.agent
             extra = {
-                "agent": self._p.spec.name,
+                "agent": agent,
                 "partition": self.partition,
                 "event_id": self.envelope.id,
                 "correlation_id": self.envelope.correlation_id,
@@ -134,7 +86,7 @@ class Context:
             if self.event is not None:
                 extra["offset"] = self.event.offset
                 extra["topic"] = self.event.topic
-            self._log = logging.LoggerAdapter(logging.getLogger(f"choreo.agent.{self._p.spec.name}"), extra)
+            self._log = logging.LoggerAdapter(logging.getLogger(f"choreo.agent.{agent}"), extra)
         return self._log
 
     @property
@@ -146,7 +98,7 @@ class Context:
     # ------------------------------------------------------------------ identity
     @property
     def agent(self) -> str:
-        return self._p.spec.name
+        return self._services.agent
 
     @property
     def key(self) -> str:
@@ -205,52 +157,20 @@ class Context:
         as ``invalid_output`` unless the handler catches it). The idempotency key defaults to one
         derived from the cause, this agent, the type and the emit's ordinal, so a replay emits the
         same key; the event id is derived from the key. Returns the envelope."""
-        p = self._p
-        plan = p.emit_plans.get(event_type)
+        emitter = self._services.emitter
+        plan = emitter.plans.get(event_type)
         if plan is None:
-            raise EmitError(
-                f"agent {p.spec.name!r} emitted {event_type!r}, which it does not declare in produces "
-                f"({', '.join(p.spec.produces) or 'nothing'})"
-            )
-        topic, key_field, key_suffix = plan
-        data = p.codec.encode(event_type, value)
+            raise emitter.undeclared(event_type)
+        data = emitter.encode(event_type, value)
         counts = self._type_counts
         n = counts.get(event_type, 0)
         counts[event_type] = n + 1
-        cause = self.envelope
-        if idempotency_key is None:
-            # p.derive_key(cause key, type, n), the prefix and suffix bytes precomputed per type
-            idempotency_key = uuid_from_sha1(
-                p.key_prefix + cause.idempotency_key.encode("utf-8") + key_suffix + str(n).encode()
-            )
-        # What Envelope.child() gives (same flow and trace, caused by this event, one hop further),
-        # built in one step, with an id derived from the key so a replay emits the same id.
         now = self._now_dt
         if now is None:
             now = self.now_dt
-        cause_id = cause.id
-        env = _envelope(
-            uuid_from_sha1(_ID_NS + idempotency_key.encode("utf-8")),
-            event_type,
-            p.source,
-            now,
-            idempotency_key,
-            cause.correlation_id or cause_id,
-            cause_id,
-            tenant if tenant is not None else cause.tenant,
-            cause.hop_count + 1,
-            cause.traceparent,
-            cause.tracestate,
-            AVRO_CONTENT_TYPE,
-            SPEC_VERSION,
-        )
-        if key is None:
-            key_value = value.get(key_field)
-            key = None if key_value is None else str(key_value)
-        elif isinstance(key, bytes):
-            key = key.decode("utf-8")
-        self.emitted.append(_emitted(event_type, topic, key, value, env, data))
-        return env
+        emitted = emitter.build(plan, self.envelope, event_type, key, value, data, idempotency_key, tenant, n, now)
+        self.emitted.append(emitted)
+        return emitted.envelope
 
     # ------------------------------------------------------------------ timers
     def schedule_timer(
@@ -259,7 +179,7 @@ class Context:
         """A durable timer for this key, replacing any timer of the same name; fires once, after
         restarts and rebalances too, by calling the agent's ``on_timer(timer, ctx)``. Returns the due
         time in ms since the epoch."""
-        if self._p.spec.on_timer is None:
+        if not self._services.handles_timers:
             raise TimerError(f"agent {self.agent!r} schedules timer {name!r} but declares no on_timer handler")
         if (delay_s is None) == (at_ms is None):
             raise TimerError("schedule_timer needs exactly one of delay_s or at_ms")
@@ -273,12 +193,12 @@ class Context:
                 "scheduled_by": self.envelope.id,
             }
         )
-        self.timer_writes[K.timer_key(self._key, name)] = K.pack_u64(max(0, due)) + record
+        self.timer_writes[keys.timer_key(self._key, name)] = keys.pack_u64(max(0, due)) + record
         return due
 
     def cancel_timer(self, name: str) -> bool:
         """Cancel this key's timer ``name``; True when there was one."""
-        tk = K.timer_key(self._key, name)
+        tk = keys.timer_key(self._key, name)
         existed = (self.timer_writes[tk] if tk in self.timer_writes else self._view.get(tk)) is not None
         self.timer_writes[tk] = None
         return existed
@@ -286,10 +206,10 @@ class Context:
     def timers(self) -> dict[str, int]:
         """Pending timers of this key: name → due ms."""
         out: dict[str, int] = {}
-        store = getattr(self._view, "store", self._view)
-        prefix = K.TIMER + self._key + b"\x00"
+        store: KeyValueStore = getattr(self._view, "store", None) or self._view  # type: ignore[assignment]
+        prefix = keys.TIMER + self._key + b"\x00"
         for tk, raw in store.timers_of(self._key):
-            out[tk[len(prefix) :].decode()] = K.unpack_u64(raw)
+            out[tk[len(prefix) :].decode()] = keys.unpack_u64(raw)
         writes = getattr(self._view, "writes", {})
         for tk, raw in list(writes.items()) + list(self.timer_writes.items()):
             if tk.startswith(prefix):
@@ -297,18 +217,14 @@ class Context:
                 if raw is None:
                     out.pop(name, None)
                 else:
-                    out[name] = K.unpack_u64(raw)
+                    out[name] = keys.unpack_u64(raw)
         return out
 
     # ------------------------------------------------------------------ dependencies
     def call(self, dependency: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call an external dependency through its circuit breaker. An open breaker raises
         :class:`~processors.runtime.retry.CircuitOpenError`, which the engine retries with backoff."""
-        try:
-            breaker = self._p.breakers[dependency]
-        except KeyError:
-            raise KeyError(
-                f"agent {self.agent!r} calls dependency {dependency!r} it does not declare "
-                f"(declared: {', '.join(self._p.breakers) or 'none'})"
-            ) from None
-        return breaker.call(fn, *args, **kwargs)
+        return self._services.dependencies.call(dependency, fn, *args, **kwargs)
+
+
+__all__ = ["AgentServices", "Context", "EmitError", "Emitted", "InvalidStateError", "TimerError"]

@@ -6,12 +6,16 @@ Kept in one place so a dead-lettered record written by a worker is read the same
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 AUDIT_TOPIC = "choreo.audit"
 DLQ_SUFFIX = ".dlq"
 
 # Headers the engine adds to a dead-lettered record; the original key, value and headers are
 # kept untouched beside them.
-DLQ_REASON = "choreo_dlq_reason"  # short machine code: undecodable, contract_violation, missing_header, handler_error, retries_exhausted, loop, invalid_transition, ...
+# DLQ_REASON: a short machine code, one of DlqReason (undecodable, contract_violation, ...) or the
+# reason of an agent's Reject (invalid_transition, ...).
+DLQ_REASON = "choreo_dlq_reason"
 DLQ_ERROR_CLASS = "choreo_dlq_error_class"
 DLQ_ERROR_MESSAGE = "choreo_dlq_error_message"
 DLQ_ATTEMPTS = "choreo_dlq_attempts"
@@ -57,24 +61,27 @@ def changelog_topic(app_id: str, agent: str, store: str) -> str:
     return f"{app_id}.{agent}.{store}.changelog"
 
 
-# Reason codes the engine writes in DLQ_REASON (an agent adds its own with `Reject(reason, ...)`).
-REASON_UNDECODABLE = "undecodable"  # bytes the codec cannot read (unknown framing, corrupt body, tombstone)
-REASON_CONTRACT_VIOLATION = "contract_violation"  # a type that has no business on this topic
-REASON_MISSING_HEADER = "missing_header"  # a required CloudEvents header missing or malformed
-REASON_HANDLER_ERROR = "handler_error"  # the handler raised a non-transient exception
-REASON_RETRIES_EXHAUSTED = "retries_exhausted"  # transient failures past the retry budget
-REASON_LOOP = "loop"  # hop count past the agent's bound
-REASON_INVALID_OUTPUT = "invalid_output"  # the handler emitted an undeclared type or a value its contract refuses
-REASON_INVALID_STATE = "invalid_state"  # the handler left state that is not JSON-serialisable
-REASON_TIMER_ERROR = "timer_error"  # a timer handler failed (dead-lettered to `<app>.<agent>.timers.dlq`)
-ENGINE_REASONS = (
-    REASON_UNDECODABLE,
-    REASON_CONTRACT_VIOLATION,
-    REASON_MISSING_HEADER,
-    REASON_HANDLER_ERROR,
-    REASON_RETRIES_EXHAUSTED,
-    REASON_LOOP,
-    REASON_INVALID_OUTPUT,
-    REASON_INVALID_STATE,
-    REASON_TIMER_ERROR,
-)
+class DlqReason(StrEnum):
+    """Reason codes the engine writes in DLQ_REASON (an agent adds its own with ``Reject(reason, ...)``)."""
+
+    UNDECODABLE = "undecodable"  # bytes the codec cannot read (unknown framing, corrupt body, tombstone)
+    CONTRACT_VIOLATION = "contract_violation"  # a type that has no business on this topic
+    MISSING_HEADER = "missing_header"  # a required CloudEvents header missing or malformed
+    HANDLER_ERROR = "handler_error"  # the handler raised a non-transient exception
+    RETRIES_EXHAUSTED = "retries_exhausted"  # transient failures past the retry budget
+    LOOP = "loop"  # hop count past the agent's bound
+    INVALID_OUTPUT = "invalid_output"  # the handler emitted an undeclared type or a value its contract refuses
+    INVALID_STATE = "invalid_state"  # the handler left state that is not JSON-serialisable
+    TIMER_ERROR = "timer_error"  # a timer handler failed (dead-lettered to `<app>.<agent>.timers.dlq`)
+
+
+REASON_UNDECODABLE = DlqReason.UNDECODABLE
+REASON_CONTRACT_VIOLATION = DlqReason.CONTRACT_VIOLATION
+REASON_MISSING_HEADER = DlqReason.MISSING_HEADER
+REASON_HANDLER_ERROR = DlqReason.HANDLER_ERROR
+REASON_RETRIES_EXHAUSTED = DlqReason.RETRIES_EXHAUSTED
+REASON_LOOP = DlqReason.LOOP
+REASON_INVALID_OUTPUT = DlqReason.INVALID_OUTPUT
+REASON_INVALID_STATE = DlqReason.INVALID_STATE
+REASON_TIMER_ERROR = DlqReason.TIMER_ERROR
+ENGINE_REASONS = tuple(DlqReason)

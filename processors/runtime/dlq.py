@@ -8,18 +8,18 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from processors.runtime import conventions as C
+from processors.runtime import conventions
 
 # Reasons (the value of the DLQ_REASON header), defined with the other shared names.
-UNDECODABLE = C.REASON_UNDECODABLE
-CONTRACT_VIOLATION = C.REASON_CONTRACT_VIOLATION
-MISSING_HEADER = C.REASON_MISSING_HEADER
-HANDLER_ERROR = C.REASON_HANDLER_ERROR
-RETRIES_EXHAUSTED = C.REASON_RETRIES_EXHAUSTED
-LOOP = C.REASON_LOOP
-INVALID_OUTPUT = C.REASON_INVALID_OUTPUT
-INVALID_STATE = C.REASON_INVALID_STATE
-TIMER_ERROR = C.REASON_TIMER_ERROR
+UNDECODABLE = conventions.REASON_UNDECODABLE
+CONTRACT_VIOLATION = conventions.REASON_CONTRACT_VIOLATION
+MISSING_HEADER = conventions.REASON_MISSING_HEADER
+HANDLER_ERROR = conventions.REASON_HANDLER_ERROR
+RETRIES_EXHAUSTED = conventions.REASON_RETRIES_EXHAUSTED
+LOOP = conventions.REASON_LOOP
+INVALID_OUTPUT = conventions.REASON_INVALID_OUTPUT
+INVALID_STATE = conventions.REASON_INVALID_STATE
+TIMER_ERROR = conventions.REASON_TIMER_ERROR
 
 MAX_MESSAGE_BYTES = 2000
 
@@ -28,7 +28,7 @@ MAX_MESSAGE_BYTES = 2000
 class Failure:
     """Why an input could not be handled."""
 
-    reason: str
+    reason: str  # a conventions.DlqReason, or the reason of a Reject
     error_class: str
     message: str
     attempts: int
@@ -52,14 +52,14 @@ def dlq_headers(
     a repeated name sees this failure, not an earlier one carried by a redriven record)."""
     message = failure.message.encode("utf-8", "replace")[:MAX_MESSAGE_BYTES]
     return list(original or ()) + [
-        (C.DLQ_REASON, failure.reason.encode()),
-        (C.DLQ_ERROR_CLASS, failure.error_class.encode()),
-        (C.DLQ_ERROR_MESSAGE, message),
-        (C.DLQ_ATTEMPTS, str(failure.attempts).encode()),
-        (C.DLQ_AGENT, agent.encode()),
-        (C.DLQ_FIRST_FAILURE, rfc3339_ms(failure.first_failure_ms).encode()),
-        (C.DLQ_LAST_FAILURE, rfc3339_ms(failure.last_failure_ms).encode()),
-        (C.DLQ_ORIGINAL_TOPIC, topic.encode()),
-        (C.DLQ_ORIGINAL_PARTITION, str(partition).encode()),
-        (C.DLQ_ORIGINAL_OFFSET, str(offset).encode()),
+        (conventions.DLQ_REASON, failure.reason.encode()),
+        (conventions.DLQ_ERROR_CLASS, failure.error_class.encode()),
+        (conventions.DLQ_ERROR_MESSAGE, message),
+        (conventions.DLQ_ATTEMPTS, str(failure.attempts).encode()),
+        (conventions.DLQ_AGENT, agent.encode()),
+        (conventions.DLQ_FIRST_FAILURE, rfc3339_ms(failure.first_failure_ms).encode()),
+        (conventions.DLQ_LAST_FAILURE, rfc3339_ms(failure.last_failure_ms).encode()),
+        (conventions.DLQ_ORIGINAL_TOPIC, topic.encode()),
+        (conventions.DLQ_ORIGINAL_PARTITION, str(partition).encode()),
+        (conventions.DLQ_ORIGINAL_OFFSET, str(offset).encode()),
     ]

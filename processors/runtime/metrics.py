@@ -7,12 +7,110 @@ retries; circuit state per dependency; consumer lag per partition; restore progr
 
 from __future__ import annotations
 
+import math
+import os
+import threading
+import time
 from bisect import bisect_left
-from typing import Any
+from collections.abc import Sequence
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.utils import floatToGoString
 
 from processors.runtime.retry import CIRCUIT_STATES
+
+
+class HistogramSeries:
+    """One label set of a :class:`BatchedHistogram`: per-bucket counts (not cumulative) and sum."""
+
+    __slots__ = ("bounds", "counts", "sum", "created", "_lock")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0.0] * len(bounds)
+        self.sum = 0.0
+        self.created = time.time()
+        self._lock = threading.Lock()
+
+    def add(self, counts: Sequence[int], total: float) -> None:
+        """Observations already binned by the caller (``counts[i]``: values whose first upper bound
+        at or above them is ``bounds[i]``), summing to ``total``."""
+        with self._lock:
+            mine = self.counts
+            for i, n in enumerate(counts):
+                if n:
+                    mine[i] += n
+            self.sum += total
+
+    def observe(self, amount: float) -> None:
+        """One observation, as ``prometheus_client.Histogram.observe`` counts it (NaN: sum only)."""
+        with self._lock:
+            self.sum += amount
+            for i, bound in enumerate(self.bounds):
+                if amount <= bound:
+                    self.counts[i] += 1
+                    break
+
+    def snapshot(self) -> tuple[list[float], float, float]:
+        with self._lock:
+            return list(self.counts), self.sum, self.created
+
+
+class BatchedHistogram(Histogram):
+    """A labelled histogram exposed exactly as ``prometheus_client.Histogram`` exposes one (same
+    sample names, labels and ``le`` texts), that also takes a batch of observations at once: the
+    per-event path bins handler latencies in a list and adds them per batch, where ``observe`` would
+    take a lock and scan the buckets for each value (~2 µs). prometheus-client has no public bulk
+    observe, so the series are our own (:class:`HistogramSeries`), behind the public ``labels`` and
+    ``collect`` of a ``Histogram`` (which keeps its declaration: name, help, type, registration)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry | None = REGISTRY,
+    ) -> None:
+        super().__init__(name, documentation, labelnames, buckets=buckets, registry=registry)
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = (*buckets, math.inf)
+        self._le = tuple(floatToGoString(b) for b in self.bounds)
+        self._series: dict[tuple[str, ...], HistogramSeries] = {}
+        self._lock = threading.Lock()
+        # the switch prometheus-client documents for its own _created series
+        self._created = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False").lower() not in ("true", "1", "t")
+
+    def labels(self, *values: str) -> HistogramSeries:  # type: ignore[override]
+        key = tuple(str(v) for v in values)
+        if len(key) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {key}")
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = HistogramSeries(self.bounds)
+            return series
+
+    def collect(self) -> list[Metric]:
+        metric = Metric(self.name, self.documentation, "histogram")
+        with self._lock:
+            series = list(self._series.items())
+        for values, one in series:
+            labels = dict(zip(self.labelnames, values, strict=True))
+            counts, total, created = one.snapshot()
+            acc = 0.0
+            for le, n in zip(self._le, counts, strict=True):
+                acc += n
+                metric.add_sample(self.name + "_bucket", {**labels, "le": le}, acc)
+            metric.add_sample(self.name + "_count", labels, acc)
+            metric.add_sample(self.name + "_sum", labels, total)
+            if self._created:
+                metric.add_sample(self.name + "_created", labels, created)
+        return [metric]
+
 
 EVENTS_IN = Counter("choreo_events_in_total", "Input events read by an agent", ["agent", "event_type"])
 EVENTS_OUT = Counter("choreo_events_out_total", "Follow-up events emitted by an agent", ["agent", "event_type"])
@@ -21,7 +119,7 @@ DUPLICATES = Counter("choreo_events_duplicate_total", "Inputs dropped as duplica
 IGNORED = Counter("choreo_events_ignored_total", "Inputs of a type the agent does not consume", ["agent", "event_type"])
 AUDIT_RECORDS = Counter("choreo_audit_records_total", "Audit records written", ["agent", "outcome"])
 HANDLER_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
-HANDLER_SECONDS = Histogram(
+HANDLER_SECONDS = BatchedHistogram(
     "choreo_handler_seconds",
     "Handler latency (one successful attempt); every attempt is observed, added to the histogram once per batch",
     ["agent"],
@@ -62,10 +160,9 @@ class AgentMetrics:
         self._handler = HANDLER_SECONDS.labels(agent)
         # Handler latencies are binned here per event and added to the histogram per batch (flush),
         # like the counters: observe() takes a lock per value and scans the buckets (~2 µs).
-        self._handler_bounds = (*HANDLER_BUCKETS, float("inf"))
+        self._handler_bounds = HANDLER_SECONDS.bounds
         self._handler_counts = [0] * len(self._handler_bounds)
         self._handler_sum = 0.0
-        self._handler_bulk = _bulk_capable(self._handler, self._handler_bounds)
         self._batch = BATCH_SIZE.labels(agent)
         self._retries = RETRIES.labels(agent)
         self._commit = COMMIT_SECONDS.labels(agent, guarantee)
@@ -90,13 +187,10 @@ class AgentMetrics:
 
     def flush(self) -> None:
         """Add the tallies of the batch to the counters and the handler latency histogram."""
-        if self._handler_sum or any(self._handler_counts):
-            child: Any = self._handler
-            child._sum.inc(self._handler_sum)
-            for i, n in enumerate(self._handler_counts):
-                if n:
-                    child._buckets[i].inc(n)
-                    self._handler_counts[i] = 0
+        counts = self._handler_counts
+        if self._handler_sum or any(counts):
+            self._handler.add(counts, self._handler_sum)
+            counts[:] = [0] * len(counts)
             self._handler_sum = 0.0
         for tally, metric in (
             (self._in, EVENTS_IN),
@@ -117,11 +211,11 @@ class AgentMetrics:
 
     def handler_latency(self, seconds: float) -> None:
         """One successful attempt's duration; counted exactly, published at the next flush."""
-        if self._handler_bulk and seconds >= 0.0:
+        if seconds >= 0.0:
             # the bucket observe() would pick: the first upper bound >= seconds
             self._handler_counts[bisect_left(self._handler_bounds, seconds)] += 1
             self._handler_sum += seconds
-        else:  # a client library whose histogram we cannot add to in bulk, or a value to pass as is
+        else:  # negative or NaN (a clock step): as observe() counts it
             self._handler.observe(seconds)
 
     def batch(self, size: int) -> None:
@@ -153,20 +247,6 @@ class AgentMetrics:
 
     def assigned(self, n: int) -> None:
         self._assigned.set(n)
-
-
-def _bulk_capable(child: Any, bounds: tuple[float, ...]) -> bool:
-    """Whether a histogram child has the per-bucket values and sum that ``observe`` increments
-    (prometheus-client's layout), with our bounds, so a batch of observations can be added at once."""
-    try:
-        return (
-            list(child._upper_bounds) == list(bounds)
-            and len(child._buckets) == len(bounds)
-            and all(callable(getattr(b, "inc", None)) for b in child._buckets)
-            and callable(getattr(child._sum, "inc", None))
-        )
-    except AttributeError:
-        return False
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:

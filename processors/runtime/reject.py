@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 
+from processors.errors import ChoreoError
+
 _REASON = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-class Reject(Exception):
+class Reject(ChoreoError):
     """Refuse the current input: it goes to the DLQ with ``reason`` and ``message``; nothing the
     handler staged (state, emits, timers) is applied."""
 

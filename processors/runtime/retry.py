@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from processors.errors import ChoreoError
+
 T = TypeVar("T")
 
 CLOSED = "closed"
@@ -24,7 +26,7 @@ HALF_OPEN = "half_open"
 CIRCUIT_STATES = {CLOSED: 0, OPEN: 1, HALF_OPEN: 2}
 
 
-class CircuitOpenError(Exception):
+class CircuitOpenError(ChoreoError):
     """The dependency's breaker is open: the call was short-circuited without reaching it.
     Always treated as transient by the engine."""
 
@@ -158,3 +160,26 @@ class CircuitBreaker:
             old, self._state = self._state, state
             if self._on_state_change is not None:
                 self._on_state_change(old, state)
+
+
+class Dependencies:
+    """The external systems one agent declared, each behind its own breaker: what ``ctx.call``
+    goes through. Built once per agent; the breakers are shared by every invocation."""
+
+    __slots__ = ("agent", "breakers")
+
+    def __init__(self, agent: str, breakers: dict[str, CircuitBreaker]) -> None:
+        self.agent = agent
+        self.breakers = breakers
+
+    def call(self, dependency: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` through the breaker of ``dependency``; an open breaker raises
+        :class:`CircuitOpenError` without calling it, an undeclared dependency ``KeyError``."""
+        try:
+            breaker = self.breakers[dependency]
+        except KeyError:
+            raise KeyError(
+                f"agent {self.agent!r} calls dependency {dependency!r} it does not declare "
+                f"(declared: {', '.join(self.breakers) or 'none'})"
+            ) from None
+        return breaker.call(fn, *args, **kwargs)

@@ -22,7 +22,7 @@ import contextlib
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,11 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Producer
 
 from processors.contracts import Envelope
-from processors.runtime import audit as A
+from processors.runtime import audit
+from processors.runtime._processor import HandleResult, OutRecord, Processor
 from processors.runtime.app import App
-from processors.runtime.context import Emitted
-from processors.runtime.processor import HandleResult, OutRecord, Processor
-from processors.runtime.state import BatchView, MemoryStore
-from processors.runtime.state import keys as K
+from processors.runtime.emitter import Emitted
+from processors.runtime.state import BatchView, MemoryStore, keys
 from processors.runtime.supervisor import Worker
 from processors.runtime.worker import AT_LEAST_ONCE, WorkerOptions
 from processors.settings import Settings
@@ -137,7 +136,7 @@ class AgentDriver:
         )
 
     def send_raw(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]] | None
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
     ) -> DriverResult:
         """Feed a record exactly as it would come off Kafka (for poison-event tests)."""
         offset = self._offsets.get(topic, 0)
@@ -150,7 +149,7 @@ class AgentDriver:
     def advance(self, seconds: float = 0.0, *, to_ms: int | None = None) -> list[DriverResult]:
         """Move the clock and fire the timers now due, earliest first."""
         self.now_ms = to_ms if to_ms is not None else self.now_ms + int(seconds * 1000)
-        out = []
+        out: list[DriverResult] = []
         if self.spec.on_timer is None:
             return out
         while True:
@@ -174,16 +173,16 @@ class AgentDriver:
 
     # ------------------------------------------------------------------ inspection
     def state(self, key: str) -> dict[str, Any] | None:
-        raw = self.store.get(K.state_key(key.encode()))
+        raw = self.store.get(keys.state_key(key.encode()))
         return None if raw is None else orjson.loads(raw)
 
     def timers(self, key: str) -> dict[str, int]:
-        prefix = K.TIMER + key.encode() + b"\x00"
-        return {tk[len(prefix) :].decode(): K.unpack_u64(raw) for tk, raw in self.store.timers_of(key.encode())}
+        prefix = keys.TIMER + key.encode() + b"\x00"
+        return {tk[len(prefix) :].decode(): keys.unpack_u64(raw) for tk, raw in self.store.timers_of(key.encode())}
 
     def seen(self, idempotency_key: str) -> bool:
-        raw = self.store.get(K.seen_key(idempotency_key))
-        return raw is not None and K.unpack_u64(raw) > self.now_ms
+        raw = self.store.get(keys.seen_key(idempotency_key))
+        return raw is not None and keys.unpack_u64(raw) > self.now_ms
 
     @property
     def emitted(self) -> list[Emitted]:
@@ -191,7 +190,7 @@ class AgentDriver:
 
     @property
     def dead_letters(self) -> list[DriverResult]:
-        return [r for r in self.results if r.outcome == A.DEAD_LETTERED]
+        return [r for r in self.results if r.outcome == audit.DEAD_LETTERED]
 
 
 # ============================================================================ real broker
@@ -231,7 +230,8 @@ def publish(
     producer = producer or Producer(
         {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "enable.idempotence": True}
     )
-    producer.produce(contract.topic, app.codec.encode(event_type, value), key, headers=env.to_headers())
+    headers: list[tuple[str, str | bytes | None]] = list(env.to_headers())
+    producer.produce(contract.topic, app.codec.encode(event_type, value), key, headers=headers)
     if flush or own:
         producer.flush(30)
     return env
@@ -262,7 +262,7 @@ def read_topic(
     try:
         consumer.subscribe([topic])
         deadline = time.monotonic() + timeout
-        eof: set[int] = set()
+        eof: set[int | None] = set()
         partitions: int | None = None
         while time.monotonic() < deadline:
             if count is not None and len(out) >= count:
@@ -291,10 +291,8 @@ def _read_record(m: Any, app: App | None) -> ReadRecord:
     headers = {k: (v.decode("utf-8", "replace") if v is not None else "") for k, v in (m.headers() or [])}
     value: Any = m.value()
     if app is not None and value is not None and headers.get("ce_type") in set(app.registry.event_types()):
-        try:
+        with contextlib.suppress(Exception):  # poison records stay raw
             value = app.codec.decode(headers["ce_type"], value)
-        except Exception:  # noqa: BLE001 - poison records stay raw
-            pass
     elif headers.get("content-type") == "application/json" and value is not None:
         value = orjson.loads(value)
     key = m.key().decode("utf-8", "replace") if m.key() is not None else None

@@ -12,12 +12,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from processors.runtime.errors import TopologyError
+
 if TYPE_CHECKING:  # pragma: no cover
     from processors.runtime.agent import AgentSpec
-
-
-class TopologyError(ValueError):
-    """The agent graph cannot run: an undeclared cycle, or inputs that are not co-partitioned."""
 
 
 @dataclass(frozen=True)

@@ -38,12 +38,12 @@ from processors.runtime._assignment import Assignment
 from processors.runtime._clients import AgentClients
 from processors.runtime._commit import Batch, BatchAborted, CommitSettings, Guarantee, open_committer
 from processors.runtime._housekeeping import Housekeeping, HousekeepingOptions
+from processors.runtime._processor import IGNORED, HandleResult, Processor
 from processors.runtime._restore import ChangelogRestorer, RestoreOptions
 from processors.runtime.agent import AgentSpec
 from processors.runtime.app import App
 from processors.runtime.errors import WorkerError
 from processors.runtime.metrics import AgentMetrics
-from processors.runtime.processor import IGNORED, HandleResult, Processor
 from processors.runtime.state import RocksStore, StoreMemory
 from processors.runtime.topics import CHANGELOG_DELETE_RETENTION_MS
 from processors.settings import Settings

@@ -18,7 +18,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
-from processors.kafka_types import ConsumedRecord, coordinates
+from processors.kafka_types import ConsumedRecord, coordinates, produce_headers
 from processors.kafka_types import headers as message_headers
 from processors.runtime import conventions as conv
 from processors.runtime.topics import existing_topics
@@ -355,7 +355,7 @@ class DlqInspector:
                             value=rec.value,
                             # confluent-kafka's stub types produce(headers=) as an invariant List of
                             # (str, str | bytes | None), refusing our read-only list of bytes pairs.
-                            headers=rec.redrive_headers(),  # type: ignore[arg-type]
+                            headers=produce_headers(rec.redrive_headers()),
                             on_delivery=partial(report, rec),
                         )
                         break

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from processors.contracts import AvroCodec, Contract, ContractError, ContractRegistry, ContractViolation, Envelope
 from processors.contracts.errors import MISSING, Problem
-from processors.kafka_types import coordinates
+from processors.kafka_types import coordinates, produce_headers
 from processors.settings import Settings
 from processors.tooling.jsonavro import content_key, from_json
 from processors.tooling.jsoninput import JsonRecord
@@ -247,7 +247,7 @@ class Publisher:
                         value=event.value,
                         # confluent-kafka's stub types produce(headers=) as an invariant List of
                         # (str, str | bytes | None), refusing our read-only list of bytes pairs.
-                        headers=event.headers,  # type: ignore[arg-type]
+                        headers=produce_headers(event.headers),
                         on_delivery=partial(report, event),
                     )
                     break

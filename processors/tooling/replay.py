@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
-from processors.kafka_types import coordinates
+from processors.kafka_types import coordinates, produce_headers
 from processors.kafka_types import headers as message_headers
 from processors.settings import Settings
 from processors.tooling.checkpoint import Checkpoint, default_checkpoint_path
@@ -367,7 +367,7 @@ def _produce(producer: Producer, topic: str, rec: SourceRecord, callback: Callab
                 value=rec.value,
                 # confluent-kafka's stub types produce(headers=) as an invariant List of
                 # (str, str | bytes | None), refusing our read-only list of bytes pairs.
-                headers=rec.headers or None,  # type: ignore[arg-type]
+                headers=produce_headers(rec.headers or None),
                 on_delivery=callback,
             )
             producer.poll(0)

@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from processors.contracts import AvroCodec, ContractError, ContractRegistry, Envelope
-from processors.kafka_types import coordinates
+from processors.kafka_types import ConsumedRecord, coordinates, record
 from processors.kafka_types import headers as message_headers
 from processors.runtime.audit import Redactor
 from processors.settings import Settings
@@ -209,7 +209,7 @@ class Subscriber:
             if matches_all(event, self.filters):
                 yield event
 
-    def _messages(self) -> Iterator[Message]:
+    def _messages(self) -> Iterator[ConsumedRecord]:
         if self.group_id is not None:
             yield from self._group_messages()
             return
@@ -226,9 +226,9 @@ class Subscriber:
             if err is not None:
                 _raise_unless_transient(msg, err)
                 continue
-            yield msg
+            yield record(msg)
 
-    def _group_messages(self) -> Iterator[Message]:
+    def _group_messages(self) -> Iterator[ConsumedRecord]:
         self._consumer.subscribe(self.topics)
         while not self._stop():
             msg = self._consumer.poll(self._poll_timeout)
@@ -238,7 +238,7 @@ class Subscriber:
             if err is not None:
                 _raise_unless_transient(msg, err)
                 continue
-            yield msg
+            yield record(msg)
             # Resumed: the caller asked for the next event, so it is done with this one. A caller
             # that breaks out instead never gets here, and the event is delivered again.
             self._consumer.store_offsets(msg)
@@ -263,7 +263,7 @@ class Subscriber:
         return ranges
 
     # ------------------------------------------------------------------ decoding
-    def decode(self, msg: Message) -> ReceivedEvent:
+    def decode(self, msg: Message | ConsumedRecord) -> ReceivedEvent:
         """Decode one record; failures become fields of the event, never exceptions."""
         ts_type, ts = msg.timestamp()
         topic, partition, offset = coordinates(msg)

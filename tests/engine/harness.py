@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from processors.contracts import Envelope
+from processors.kafka_types import produce_headers
 from processors.runtime import App
 from processors.runtime.testing import ReadRecord, read_topic
 from tests.engine.app import build_app, write_contracts
@@ -124,7 +125,10 @@ def load_counter_events(env: EngineEnv, app: App, keys: int, per_key: int, by: i
             name = f"key-{k}"
             e = Envelope.new("counter.incremented", "/test/load")
             producer.produce(
-                topic, app.codec.encode("counter.incremented", {"name": name, "by": by}), name, headers=e.to_headers()
+                topic,
+                app.codec.encode("counter.incremented", {"name": name, "by": by}),
+                name,
+                headers=produce_headers(e.to_headers()),
             )
             out.append(e)
             if len(out) % 10000 == 0:

@@ -11,6 +11,7 @@ from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
 from processors.contracts import Envelope
+from processors.kafka_types import produce_headers
 from processors.runtime import Worker, WorkerOptions
 from processors.runtime.state import keys
 from processors.runtime.testing import read_topic
@@ -68,8 +69,8 @@ def test_ready_partitions_flow_and_stop_is_prompt_while_another_restores(env, tm
         for k in range(30):
             name = f"key-{k}"
             value = app.codec.encode("counter.incremented", {"name": name, "by": 1})
-            producer.produce(env.topic("counter.incremented"), value, name, headers=Envelope.new(
-                "counter.incremented", "/test/restore").to_headers())  # fmt: skip
+            headers = produce_headers(Envelope.new("counter.incremented", "/test/restore").to_headers())
+            producer.produce(env.topic("counter.incremented"), value, name, headers=headers)
         assert producer.flush(30) == 0
         outputs = read_topic(env.bootstrap, env.topic("counter.total"), 1, timeout=60)
         assert outputs, "an event of a ready partition was handled"

@@ -14,9 +14,10 @@ import pytest
 from confluent_kafka import Producer
 
 from processors.contracts import Envelope
+from processors.kafka_types import produce_headers
 from processors.localbroker.broker import free_port
 from processors.runtime import WorkerOptions
-from processors.runtime.state import keys as K
+from processors.runtime.state import keys
 from processors.runtime.testing import read_topic, run_agents
 from tests.engine.harness import REPO, assert_exact_outputs, make_env, stop_worker, wait_for_count
 
@@ -92,7 +93,7 @@ def test_poison_events_go_to_the_dlq_while_the_rest_flows(env, guarantee):
     good_headers = Envelope.new("counter.incremented", "/t").to_headers()
     with run_agents(app, env.bootstrap, ["counter"], guarantee=guarantee) as running:
         p = Producer({"bootstrap.servers": env.bootstrap, "partitioner": "murmur2_random"})
-        p.produce(topic, b"\xc3\x01garbage-bytes", b"p1", headers=good_headers)
+        p.produce(topic, b"\xc3\x01garbage-bytes", b"p1", headers=produce_headers(good_headers))
         p.produce(
             topic,
             app.codec.encode("counter.incremented", {"name": "p2", "by": 1}),
@@ -103,7 +104,7 @@ def test_poison_events_go_to_the_dlq_while_the_rest_flows(env, guarantee):
             topic,
             app.codec.encode("counter.reset", {"name": "p3"}),
             b"p3",
-            headers=Envelope.new("counter.incremented", "/t").to_headers(),
+            headers=produce_headers(Envelope.new("counter.incremented", "/t").to_headers()),
         )
         p.flush(10)
         running.publish("counter.incremented", {"name": "p4", "by": -1, "email": "eve@example.com"})
@@ -291,7 +292,7 @@ def test_trailing_changelog_records_without_marker_are_rolled_back(env, tmp_path
     changelog = app.changelog_topic("counter")
     partition = read_topic(env.bootstrap, env.topic("counter.total"), 1)[0].partition
     p = Producer({"bootstrap.servers": env.bootstrap})
-    p.produce(changelog, b'{"n":999,"seq":999}', K.state_key(b"a"), partition=partition)  # no marker after it
+    p.produce(changelog, b'{"n":999,"seq":999}', keys.state_key(b"a"), partition=partition)  # no marker after it
     p.flush(10)
     shutil.rmtree(state)
     with run_agents(app, env.bootstrap, ["counter"], state_dir=state) as running:

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from processors.cli.main import app
 from processors.contracts import Envelope
+from processors.kafka_types import produce_headers
 from processors.runtime import conventions as conv
 from processors.runtime.dlq import Failure, dlq_headers
 from processors.tooling.dlq import DlqFilter, DlqInspector
@@ -60,7 +61,7 @@ def _dead_letters(iso: Isolated) -> list[tuple[str, str]]:
             partition=0,
             # confluent-kafka's stub types produce(headers=) as an invariant List of
             # (str, str | bytes | None), refusing our read-only list of (str, bytes | None) pairs.
-            headers=dlq_headers(headers, failure, agent, topic, 1, 100 + offset),  # type: ignore[arg-type]
+            headers=produce_headers(dlq_headers(headers, failure, agent, topic, 1, 100 + offset)),
         )
     assert producer.flush(30) == 0
     return [(p[1], p[2]) for p in plan]

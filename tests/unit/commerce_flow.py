@@ -10,7 +10,7 @@ from typing import Any
 
 from processors.agents.app import CommerceConfig, build_app
 from processors.agents.gateway import SimulatedPaymentGateway
-from processors.runtime.context import Emitted
+from processors.runtime.emitter import Emitted
 from processors.runtime.testing import AgentDriver, DriverResult
 
 NOW_MS = 1_790_000_000_000

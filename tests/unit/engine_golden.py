@@ -32,9 +32,9 @@ from typing import Any
 
 from processors.contracts import Envelope
 from processors.runtime import App
+from processors.runtime import _processor as processor_module
 from processors.runtime import context as context_module
-from processors.runtime import processor as processor_module
-from processors.runtime.processor import HandleResult, Processor
+from processors.runtime._processor import HandleResult, Processor
 from processors.runtime.state import BatchView, MemoryStore
 
 REPO = Path(__file__).resolve().parents[2]

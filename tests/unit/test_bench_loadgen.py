@@ -16,11 +16,12 @@ import loadgen  # noqa: E402
 
 # The peers' module is named `common` in their venvs; load it under a name that shadows nothing.
 _spec = importlib.util.spec_from_file_location("bench_peer_common", BENCH / "peers" / "common.py")
+assert _spec is not None and _spec.loader is not None
 peer_common = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(peer_common)
 
 from processors.contracts import AvroCodec, ContractRegistry, Envelope  # noqa: E402
-from processors.contracts.envelope import derive_key  # noqa: E402
+from processors.contracts.ids import child_key as derive_key  # noqa: E402
 
 
 class FakeClock:

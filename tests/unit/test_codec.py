@@ -307,7 +307,9 @@ def fastavro_read(writer: dict[str, Any], body: bytes, reader: dict[str, Any] | 
     return value
 
 
-CODEGEN_SCHEMAS = [(f"{t}-v{v}", REGISTRY.get(t).raw_schema(v), REGISTRY.get(t).schema(v)) for t, v in SCHEMA_VERSIONS]
+CODEGEN_SCHEMAS: list[tuple[str, Any, Any]] = [
+    (f"{t}-v{v}", REGISTRY.get(t).raw_schema(v), REGISTRY.get(t).schema(v)) for t, v in SCHEMA_VERSIONS
+]
 CODEGEN_SCHEMAS.append(("extra", EXTRA, fastavro.parse_schema(EXTRA, _force=True)))
 
 
@@ -347,12 +349,12 @@ def test_corrupt_bytes_decode_exactly_as_with_fastavro(data: st.DataObject) -> N
     """Flipped, cut or appended bytes: the codec's answer (value or DecodeError) is fastavro's."""
     event_type, version = data.draw(st.sampled_from(SCHEMA_VERSIONS))
     contract = REGISTRY.get(event_type)
-    encoded = bytearray(CODEC.encode(event_type, data.draw(values_for(contract.raw_schema(version))), version=version))
+    mutated = bytearray(CODEC.encode(event_type, data.draw(values_for(contract.raw_schema(version))), version=version))
     for _ in range(data.draw(st.integers(1, 3))):
-        index = data.draw(st.integers(10, max(10, len(encoded) - 1)))
-        if index < len(encoded):
-            encoded[index] = data.draw(st.integers(0, 255))
-    encoded = bytes(encoded[: data.draw(st.integers(10, len(encoded)))]) + data.draw(st.binary(max_size=2))
+        index = data.draw(st.integers(10, max(10, len(mutated) - 1)))
+        if index < len(mutated):
+            mutated[index] = data.draw(st.integers(0, 255))
+    encoded = bytes(mutated[: data.draw(st.integers(10, len(mutated)))]) + data.draw(st.binary(max_size=2))
     writer, current = contract.schema(version), contract.schema()
     try:
         expected: Any = fastavro_read(writer, encoded[10:], None if version == contract.current_version else current)
@@ -370,8 +372,9 @@ def test_corrupt_bytes_decode_exactly_as_with_fastavro(data: st.DataObject) -> N
 
 
 def test_generated_encoder_leaves_unusual_values_to_fastavro() -> None:
-    parsed = fastavro.parse_schema(EXTRA, _force=True)
+    parsed: Any = fastavro.parse_schema(EXTRA, _force=True)
     encode = compile_encoder(parsed)
+    assert encode is not None
     value = {
         "f": 1e300,  # fastavro writes inf into a float field; the generated code refuses
         "g": 1,
@@ -385,7 +388,7 @@ def test_generated_encoder_leaves_unusual_values_to_fastavro() -> None:
         "day": dt.date(2024, 1, 1),
         "nested": [],
     }
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whatever it raises, the codec then hands the value to fastavro
         encode(value, b"")
     encode({**value, "f": 1.5}, b"")  # fine otherwise
     # Through the codec a float32 overflow or an absent non-null default still goes through fastavro.

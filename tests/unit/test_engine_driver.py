@@ -191,6 +191,7 @@ def test_audit_is_json_when_registry_has_no_audit_contract(app):
     app.audit_event_type = "no.such.type"
     r = AgentDriver(app, "counter").send("counter.incremented", {"name": "a", "by": 1})
     audit = [x for x in r.records if x.kind == "audit"][0]
+    assert audit.value is not None
     assert json.loads(audit.value)["outcome"] == "PROCESSED"
     assert dict(audit.headers)["content-type"] == b"application/json"
 
@@ -258,8 +259,8 @@ def test_reject_dead_letters_at_once_with_its_own_reason(app):
 def test_metrics_count_inputs_outputs_duplicates_and_dead_letters(app):
     from prometheus_client import REGISTRY
 
+    from processors.runtime._processor import Processor
     from processors.runtime.metrics import AgentMetrics
-    from processors.runtime.processor import Processor
 
     def value(name, **labels):
         return REGISTRY.get_sample_value(name, labels) or 0.0

@@ -9,7 +9,7 @@ import fastavro
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.runtime.fastavro_writer import compile_writer
+from processors.contracts.codegen import compile_writer
 
 REPO = Path(__file__).resolve().parents[2]
 AUDIT = json.loads((REPO / "schemas" / "audit.record" / "v1.avsc").read_text())

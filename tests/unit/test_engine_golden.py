@@ -28,7 +28,7 @@ def test_same_steps(golden, actual):
 
 
 def test_every_step_byte_identical(golden, actual):
-    for want, got in zip(golden, actual):
+    for want, got in zip(golden, actual, strict=True):
         # one step at a time, so a failure names the input and the field that differs
         for field in want:
             assert got.get(field) == want[field], f"{want['label']}: {field} differs"

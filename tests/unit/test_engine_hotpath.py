@@ -14,6 +14,7 @@ import datetime as dt
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import fastavro
 import orjson
@@ -23,15 +24,15 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
 from processors.contracts import Envelope, EnvelopeError
-from processors.contracts.envelope import _build, _fields_fast, _fields_reference, parse_time
+from processors.contracts.codegen import compile_writer, zigzag, zigzag_varint
+from processors.contracts.envelope import build_envelope, parse_time, read_header_fields, read_header_fields_reference
+from processors.contracts.ids import derived_id, uuid_from_sha1
 from processors.contracts.slotted import slot_builder
 from processors.runtime.agent import Event
 from processors.runtime.audit import Redactor, state_json
-from processors.runtime.context import Emitted, derived_id, uuid_from_sha1
-from processors.runtime.fastavro_writer import _zigzag, compile_writer, zigzag
+from processors.runtime.emitter import Emitted
 from processors.runtime.metrics import HANDLER_BUCKETS, AgentMetrics
-from processors.runtime.state import BatchView, MemoryStore
-from processors.runtime.state import keys as K
+from processors.runtime.state import BatchView, MemoryStore, keys
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,7 +52,7 @@ KNOWN = [
     "traceparent",
     "tracestate",
 ]
-GOOD = {
+GOOD: dict[str, list[Any]] = {
     "ce_id": [b"e-1", b"", "e-2"],
     "ce_type": [b"order.created", b""],
     "ce_source": [b"/s", b""],
@@ -99,15 +100,17 @@ def _outcome(fn, headers):
 @settings(max_examples=1500, deadline=None)
 @given(header_lists())
 def test_fast_header_read_equals_the_reference_pass(headers):
-    fast = _outcome(_fields_fast, headers)
-    reference = _outcome(_fields_reference, headers)
+    fast = _outcome(read_header_fields, headers)
+    reference = _outcome(read_header_fields_reference, headers)
     if fast == ("ok", None):  # the fast read declined: from_headers runs the reference pass
         assert len({n for n, _ in headers}) != len(headers) or any(
             isinstance(v, bytes) and n in KNOWN and _not_utf8(v) for n, v in headers
         )
     else:
         assert fast == reference
-    assert _outcome(Envelope.from_headers, headers) == _outcome(lambda h: Envelope(*_fields_reference(h)), headers)
+    assert _outcome(Envelope.from_headers, headers) == _outcome(
+        lambda h: Envelope(*read_header_fields_reference(h)), headers
+    )
 
 
 def _not_utf8(raw: bytes) -> bool:
@@ -150,7 +153,7 @@ UTC = dt.UTC
 def test_slot_built_envelope_event_emitted_equal_init(ident, key, hops, tenant):
     now = dt.datetime(2025, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
     fields = (ident, "t.x", "/s", now, key, None, ident, tenant, hops, None, None, "application/avro", "1.0")
-    built, init = _build(*fields), Envelope(*fields)
+    built, init = build_envelope(*fields), Envelope(*fields)
     assert built == init and hash(built) == hash(init) and repr(built) == repr(init)
     assert type(built) is Envelope
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -223,7 +226,7 @@ ENCODE = compile_writer(AUDIT)
 @settings(max_examples=100, deadline=None)
 @given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
 def test_zigzag_table_and_memo_equal_the_loop(n):
-    assert zigzag(n) == _zigzag(n)
+    assert zigzag(n) == zigzag_varint(n)
     assert zigzag(n) == zigzag(n)  # from the memo the second time
 
 
@@ -301,16 +304,44 @@ def test_batched_handler_histogram_equals_observe():
 )
 def test_apply_with_the_batch_reads_equals_apply_reading_again(ops, initial):
     def key(k: bytes, kind: str) -> bytes:
-        return {"seen": K.SEEN + k, "timer": K.TIMER + k + b"\x00n", "state": K.STATE + k}[kind]
+        return {"seen": keys.SEEN + k, "timer": keys.TIMER + k + b"\x00n", "state": keys.STATE + k}[kind]
 
     stores = MemoryStore(), MemoryStore()
     for store in stores:
-        store.apply({key(k, kind): K.pack_u64(v) + b"r" for k, kind, v in initial})
+        store.apply({key(k, kind): keys.pack_u64(v) + b"r" for k, kind, v in initial})
     views = [BatchView(s) for s in stores]
     for k, kind, v in ops:
         for view in views:
             view.get(key(k, kind))
-            view.put(key(k, kind), None if v is None else K.pack_u64(v) + b"w")
+            view.put(key(k, kind), None if v is None else keys.pack_u64(v) + b"w")
     stores[0].apply(views[0].writes, 7, views[0].reads)
     stores[1].apply(views[1].writes, 7)
     assert stores[0].items() == stores[1].items()
+
+
+def test_batched_histogram_exposes_what_a_prometheus_histogram_does():
+    from prometheus_client import generate_latest
+
+    from processors.runtime.metrics import BatchedHistogram
+
+    ours_registry, reference_registry = CollectorRegistry(), CollectorRegistry()
+    ours = BatchedHistogram("h_seconds", "doc", ["agent"], HANDLER_BUCKETS, registry=ours_registry)
+    reference = Histogram("h_seconds", "doc", ["agent"], buckets=HANDLER_BUCKETS, registry=reference_registry)
+    samples = [0.0, 0.00005, 0.0003, 0.01, 4.9, 7.5, -0.001, float("nan")]
+    for agent in ("a", "b"):
+        binned = [0] * len(ours.bounds)
+        total = 0.0
+        for x in samples:
+            reference.labels(agent).observe(x)
+            if x >= 0.0:
+                binned[next(i for i, b in enumerate(ours.bounds) if x <= b)] += 1
+                total += x
+            else:
+                ours.labels(agent).observe(x)
+        ours.labels(agent).add(binned, total)
+
+    def exposition(registry: CollectorRegistry) -> list[str]:
+        return [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+
+    assert exposition(ours_registry) == exposition(reference_registry)
+    assert [m.name for m in ours_registry.collect()] == [m.name for m in reference_registry.collect()]

@@ -8,8 +8,7 @@ import pytest
 
 from processors.runtime import BreakerPolicy, CircuitBreaker, CircuitOpenError, RetryPolicy, Topology, TopologyError
 from processors.runtime.agent import AgentSpec
-from processors.runtime.state import BatchView, MemoryStore, RocksStore, StoreMemory
-from processors.runtime.state import keys as K
+from processors.runtime.state import BatchView, MemoryStore, RocksStore, StoreMemory, keys
 from processors.runtime.topology import check_copartitioned
 
 
@@ -143,10 +142,15 @@ def test_copartitioning_check():
 
 # ------------------------------------------------------------------ stores
 def _exercise_store(store):
-    seen_a, seen_b = K.seen_key("a"), K.seen_key("b")
-    t1 = K.timer_key(b"order-1", "timeout")
+    seen_a, seen_b = keys.seen_key("a"), keys.seen_key("b")
+    t1 = keys.timer_key(b"order-1", "timeout")
     store.apply(
-        {seen_a: K.pack_u64(100), seen_b: K.pack_u64(300), K.state_key(b"k"): b'{"n":1}', t1: K.pack_u64(50) + b"{}"},
+        {
+            seen_a: keys.pack_u64(100),
+            seen_b: keys.pack_u64(300),
+            keys.state_key(b"k"): b'{"n":1}',
+            t1: keys.pack_u64(50) + b"{}",
+        },
         changelog_offset=7,
     )
     assert store.changelog_offset == 7
@@ -154,15 +158,15 @@ def _exercise_store(store):
     assert store.due_timers(49, 10) == []
     assert store.due_timers(50, 10) == [(50, t1)]
     # moving the timer moves its index entry; deleting a seen key removes its expiry entry
-    store.apply({t1: K.pack_u64(500) + b"{}", seen_a: None})
+    store.apply({t1: keys.pack_u64(500) + b"{}", seen_a: None})
     assert store.due_timers(400, 10) == []
     assert store.due_timers(500, 10) == [(500, t1)]
     assert store.expired_seen_keys(1000, 10) == [seen_b]
     assert store.changelog_offset == 7  # unchanged without an offset
     view = BatchView(store)
-    view.put(K.state_key(b"k"), None)
-    assert view.get(K.state_key(b"k")) is None
-    assert store.get(K.state_key(b"k")) == b'{"n":1}'  # nothing reaches the store before apply
+    view.put(keys.state_key(b"k"), None)
+    assert view.get(keys.state_key(b"k")) is None
+    assert store.get(keys.state_key(b"k")) == b'{"n":1}'  # nothing reaches the store before apply
     assert list(dict(store.timers_of(b"order-1"))) == [t1]
 
 
@@ -176,25 +180,25 @@ def test_rocks_store_semantics_and_persistence(tmp_path):
     store.close()
     again = RocksStore(tmp_path / "p0")
     assert again.changelog_offset == 7
-    assert again.get(K.state_key(b"k")) == b'{"n":1}'
-    assert again.due_timers(500, 10) == [(500, K.timer_key(b"order-1", "timeout"))]
+    assert again.get(keys.state_key(b"k")) == b'{"n":1}'
+    assert again.due_timers(500, 10) == [(500, keys.timer_key(b"order-1", "timeout"))]
     again.close()
 
 
 def test_rocks_store_interrupted_restore_is_wiped(tmp_path):
     store = RocksStore(tmp_path / "p1")
-    store.apply({K.state_key(b"k"): b"{}"}, 3)
+    store.apply({keys.state_key(b"k"): b"{}"}, 3)
     store.set_restoring(True)
     store.close()
     again = RocksStore(tmp_path / "p1")
     assert again.wiped_reason == "interrupted restore"
-    assert again.get(K.state_key(b"k")) is None and again.changelog_offset is None
+    assert again.get(keys.state_key(b"k")) is None and again.changelog_offset is None
     again.close()
 
 
 def test_rocks_store_too_old_is_wiped(tmp_path):
     store = RocksStore(tmp_path / "p2")
-    store.apply({K.state_key(b"k"): b"{}"}, 3)
+    store.apply({keys.state_key(b"k"): b"{}"}, 3)
     store.close()
     again = RocksStore(tmp_path / "p2", max_age_ms=-1)
     assert again.wiped_reason is not None and again.changelog_offset is None
@@ -214,7 +218,7 @@ def test_rocks_stores_share_one_memory_limit_and_flush_early_rather_than_exceed_
     peak = 0
     for batch in range(100):
         for i, store in enumerate(stores):
-            store.apply({K.state_key(b"%d-%d-%d" % (i, batch, n)): value for n in range(100)}, batch)
+            store.apply({keys.state_key(b"%d-%d-%d" % (i, batch, n)): value for n in range(100)}, batch)
         peak = max(peak, memory.usage())
     assert 0 < peak <= memory.total_bytes * 2, f"peak {peak} bytes for a budget of {memory.total_bytes}"
     deadline = time.monotonic() + 30
@@ -222,7 +226,7 @@ def test_rocks_stores_share_one_memory_limit_and_flush_early_rather_than_exceed_
         time.sleep(0.1)  # flushes run on RocksDB's background threads
     for i, store in enumerate(stores):
         assert list((tmp_path / f"m{i}").glob("*.sst")), "nothing was flushed: the memtables hold it all"
-        assert store.get(K.state_key(b"%d-99-99" % i)) == value and store.get(K.state_key(b"%d-0-0" % i)) == value
+        assert store.get(keys.state_key(b"%d-99-99" % i)) == value and store.get(keys.state_key(b"%d-0-0" % i)) == value
         store.close()
 
 

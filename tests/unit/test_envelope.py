@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from processors.contracts import ContractError, Envelope, EnvelopeError
-from processors.contracts.envelope import derive_key
+from processors.contracts.ids import child_key as derive_key
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 HEADERS = [
@@ -102,7 +102,8 @@ def test_missing_required_header_is_named(header: str) -> None:
         (
             "ce_time",
             b"2024-05-01T12:30:15",
-            "header ce_time: not an RFC 3339 timestamp (needs a date, 'T', a time and an offset): '2024-05-01T12:30:15'",
+            "header ce_time: not an RFC 3339 timestamp (needs a date, 'T', a time and an offset): "
+            "'2024-05-01T12:30:15'",
         ),
         ("ce_specversion", b"0.3", "header ce_specversion: unsupported CloudEvents version '0.3', expected '1.0'"),
         ("ce_id", b"", "header ce_id: empty"),
@@ -150,7 +151,7 @@ from dataclasses import replace  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from processors.contracts.envelope import _build, format_time  # noqa: E402
+from processors.contracts.envelope import build_envelope, format_time  # noqa: E402
 
 
 def test_fast_construction_equals_the_dataclass_constructor() -> None:
@@ -171,7 +172,7 @@ def test_fast_construction_equals_the_dataclass_constructor() -> None:
     assert type(env) is Envelope and hash(env) == hash(replace(env))
     with pytest.raises(AttributeError):
         env.id = "x"  # type: ignore[misc]
-    assert _build(*(getattr(env, name) for name in Envelope.__slots__)) == env
+    assert build_envelope(*(getattr(env, name) for name in Envelope.__slots__)) == env
 
 
 def test_child_equals_dataclasses_replace() -> None:

@@ -8,8 +8,18 @@ from processors.runtime.state.store import (
     KeyValueStore,
     MemoryStore,
     RocksStore,
+    StateView,
     StoreLockedError,
     StoreMemory,
 )
 
-__all__ = ["BatchView", "KeyValueStore", "MemoryStore", "RocksStore", "StoreLockedError", "StoreMemory", "keys"]
+__all__ = [
+    "BatchView",
+    "KeyValueStore",
+    "MemoryStore",
+    "RocksStore",
+    "StateView",
+    "StoreLockedError",
+    "StoreMemory",
+    "keys",
+]

@@ -15,18 +15,20 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Protocol
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager, WriteOptions
 
-from processors.runtime.state import keys as K
+from processors.errors import ChoreoError
+from processors.runtime.state import keys
 from processors.settings import Settings
 
-_OFFSET = K.meta_key("changelog_offset")
-_CLOSED_AT = K.meta_key("closed_at")
-_RESTORING = K.meta_key("restoring")
+_OFFSET = keys.meta_key("changelog_offset")
+_CLOSED_AT = keys.meta_key("closed_at")
+_RESTORING = keys.meta_key("restoring")
 
 
-class StoreLockedError(RuntimeError):
+class StoreLockedError(ChoreoError, RuntimeError):
     """Another process holds the RocksDB lock of this store directory."""
 
 
@@ -94,7 +96,7 @@ class KeyValueStore:
     @property
     def changelog_offset(self) -> int | None:
         raw = self.get(_OFFSET)
-        return None if raw is None else K.unpack_u64(raw)
+        return None if raw is None else keys.unpack_u64(raw)
 
     # applying ------------------------------------------------------------------------------
     def apply(
@@ -115,24 +117,24 @@ class KeyValueStore:
             known = {}
         for key, value in writes.items():
             prefix = key[:2]
-            if prefix == K.SEEN:
+            if prefix == keys.SEEN:
                 old = known[key] if key in known else self.get(key)
                 if old is not None:
-                    idx = K.SEEN_EXPIRY + old[:8] + key[2:]
+                    idx = keys.SEEN_EXPIRY + old[:8] + key[2:]
                     deletes.add(idx)
                     puts.pop(idx, None)
                 if value is not None:
-                    idx = K.SEEN_EXPIRY + value[:8] + key[2:]
+                    idx = keys.SEEN_EXPIRY + value[:8] + key[2:]
                     puts[idx] = b""
                     deletes.discard(idx)
-            elif prefix == K.TIMER:
+            elif prefix == keys.TIMER:
                 old = known[key] if key in known else self.get(key)
                 if old is not None:
-                    idx = K.TIMER_DUE + old[:8] + key[2:]
+                    idx = keys.TIMER_DUE + old[:8] + key[2:]
                     deletes.add(idx)
                     puts.pop(idx, None)
                 if value is not None:
-                    idx = K.TIMER_DUE + value[:8] + key[2:]
+                    idx = keys.TIMER_DUE + value[:8] + key[2:]
                     puts[idx] = b""
                     deletes.discard(idx)
             if value is None:
@@ -142,16 +144,16 @@ class KeyValueStore:
                 puts[key] = value
                 deletes.discard(key)
         if changelog_offset is not None:
-            puts[_OFFSET] = K.pack_u64(changelog_offset)
+            puts[_OFFSET] = keys.pack_u64(changelog_offset)
         self._write(puts, deletes)
 
     # queries -------------------------------------------------------------------------------
     def due_timers(self, now_ms: int, limit: int) -> list[tuple[int, bytes]]:
         """(due ms, timer store key) of timers due at ``now_ms``, earliest first."""
         out = []
-        hi = K.TIMER_DUE + K.pack_u64(now_ms + 1)
-        for idx, _ in self.range(K.TIMER_DUE, hi):
-            out.append((K.unpack_u64(idx, 2), K.TIMER + idx[10:]))
+        hi = keys.TIMER_DUE + keys.pack_u64(now_ms + 1)
+        for idx, _ in self.range(keys.TIMER_DUE, hi):
+            out.append((keys.unpack_u64(idx, 2), keys.TIMER + idx[10:]))
             if len(out) >= limit:
                 break
         return out
@@ -159,16 +161,16 @@ class KeyValueStore:
     def expired_seen_keys(self, now_ms: int, limit: int) -> list[bytes]:
         """Seen-key store keys whose TTL ran out at ``now_ms``."""
         out = []
-        hi = K.SEEN_EXPIRY + K.pack_u64(now_ms + 1)
-        for idx, _ in self.range(K.SEEN_EXPIRY, hi):
-            out.append(K.SEEN + idx[10:])
+        hi = keys.SEEN_EXPIRY + keys.pack_u64(now_ms + 1)
+        for idx, _ in self.range(keys.SEEN_EXPIRY, hi):
+            out.append(keys.SEEN + idx[10:])
             if len(out) >= limit:
                 break
         return out
 
     def timers_of(self, key: bytes) -> Iterator[tuple[bytes, bytes]]:
-        prefix = K.TIMER + key + b"\x00"
-        return self.range(prefix, K.prefix_end(prefix))
+        prefix = keys.TIMER + key + b"\x00"
+        return self.range(prefix, keys.prefix_end(prefix))
 
     def close(self) -> None:
         pass
@@ -187,11 +189,11 @@ class MemoryStore(KeyValueStore):
     def range(self, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:
         if self._sorted is None:
             self._sorted = sorted(self._data)
-        keys = self._sorted
-        i = bisect.bisect_left(keys, lo)
+        ordered = self._sorted
+        i = bisect.bisect_left(ordered, lo)
         snapshot = []
-        while i < len(keys) and keys[i] < hi:
-            snapshot.append((keys[i], self._data[keys[i]]))
+        while i < len(ordered) and ordered[i] < hi:
+            snapshot.append((ordered[i], self._data[ordered[i]]))
             i += 1
         return iter(snapshot)
 
@@ -226,7 +228,7 @@ class RocksStore(KeyValueStore):
         self.memory.configure(self._options, table)
         self._options.set_block_based_table_factory(table)
         self._write_opts = WriteOptions()
-        self._write_opts.disable_wal = True
+        self._write_opts.disable_wal = True  # type: ignore[method-assign,assignment] # a property, stubbed as a method
         self._db = self._open(lock_wait_s)
         self.wiped_reason: str | None = None
         if self._db.get(_RESTORING) is not None:
@@ -235,7 +237,7 @@ class RocksStore(KeyValueStore):
             self.wiped_reason = "interrupted restore"
         if max_age_ms is not None:
             closed_at = self._db.get(_CLOSED_AT)
-            if closed_at is not None and int(time.time() * 1000) - K.unpack_u64(closed_at) > max_age_ms:
+            if closed_at is not None and int(time.time() * 1000) - keys.unpack_u64(closed_at) > max_age_ms:
                 # Tombstones older than the changelog's delete.retention.ms may be compacted away: a
                 # store this old could keep keys that were deleted meanwhile. Start over.
                 self.wipe()
@@ -258,9 +260,9 @@ class RocksStore(KeyValueStore):
 
     def range(self, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db.items(from_key=lo):
-            if key >= hi:
+            if key >= hi:  # type: ignore[operator] # raw_mode: keys are bytes
                 return
-            yield key, value
+            yield key, value  # type: ignore[misc]
 
     def _write(self, puts: dict[bytes, bytes], deletes: set[bytes]) -> None:
         batch = WriteBatch(raw_mode=True)
@@ -288,11 +290,20 @@ class RocksStore(KeyValueStore):
         if self._db is None:
             return
         try:
-            self._db.put(_CLOSED_AT, K.pack_u64(int(time.time() * 1000)), self._write_opts)
+            self._db.put(_CLOSED_AT, keys.pack_u64(int(time.time() * 1000)), self._write_opts)
             self._db.flush(True)
         finally:
             self._db.close()
             self._db = None  # type: ignore[assignment]
+
+
+class StateView(Protocol):
+    """What handling an input needs of the state: reads and staged writes (``None`` deletes).
+    A :class:`BatchView` in the worker and the driver; a bare store in a test that applies at once."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def put(self, key: bytes, value: bytes | None) -> None: ...
 
 
 class BatchView:

@@ -13,74 +13,78 @@ import datetime as dt
 import logging
 import random
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
 
 import orjson
 
-from processors.contracts import ContractError, DecodeError, Envelope, EnvelopeError
+from processors.contracts import ContractError, DecodeError, Envelope, EnvelopeError, ids
 from processors.contracts.codec import SINGLE_OBJECT_MAGIC
+from processors.contracts.codegen import compile_writer
 from processors.contracts.slotted import slot_builder
-from processors.runtime import audit as A
-from processors.runtime import dlq as D
-from processors.runtime.agent import AgentSpec, Event, Timer
-from processors.runtime.context import (
-    _ID_NS,
-    Context,
-    EmitError,
-    Emitted,
-    InvalidStateError,
-    TimerError,
-    derived_id,
-    uuid_from_sha1,
-)
+from processors.runtime import audit, dlq
+from processors.runtime.agent import AgentSpec
+from processors.runtime.app import App
+from processors.runtime.context import AgentServices, Context
 from processors.runtime.conventions import dlq_topic
-from processors.runtime.fastavro_writer import compile_writer
+from processors.runtime.emitter import Emitted, Emitter
+from processors.runtime.errors import EmitError, InvalidStateError, LoopError, TimerError
+from processors.runtime.inputs import Event, Timer
+from processors.runtime.metrics import AgentMetrics
 from processors.runtime.reject import Reject
-from processors.runtime.retry import CircuitBreaker, CircuitOpenError
-from processors.runtime.state import keys as K
-
-if TYPE_CHECKING:  # pragma: no cover
-    from processors.runtime.app import App
-    from processors.runtime.metrics import AgentMetrics
+from processors.runtime.retry import CircuitBreaker, CircuitOpenError, Dependencies
+from processors.runtime.state import keys
+from processors.runtime.state.store import StateView
 
 log = logging.getLogger("choreo.runtime")
 
-IGNORED = "IGNORED"
-_KEY_NS = uuid.UUID("2f1d9a8e-6c1b-4f4e-9a57-0c3b7d8e5a10")
+IGNORED = audit.Outcome.IGNORED
 _SAMPLE_ENV = Envelope.new("x.y", "/sample", correlation_id="c-1")
 _SAMPLE_ENV_NO_CORR = Envelope(id="i", type="x.y", source="/s", time=_SAMPLE_ENV.time, idempotency_key="i")
 _H_SPECVERSION = ("ce_specversion", b"1.0")
 _H_HOPCOUNT_0 = ("ce_hopcount", b"0")
 # Event is frozen: built once per input with every field given, so without its __init__.
 _event = slot_builder(Event)
-_SEEN = K.SEEN
-_unpack_u64 = K.unpack_u64
-_pack_u64 = K.pack_u64
+_SEEN = keys.SEEN
+_unpack_u64 = keys.unpack_u64
+_pack_u64 = keys.pack_u64
+
+
+# Headers of a consumed record (a list from Kafka; any sequence from a test), and of one to produce.
+InputHeaders = Sequence[tuple[str, bytes | None]] | None
+RecordHeaders = list[tuple[str, bytes]] | list[tuple[str, bytes | None]]
+
+
+class RecordKind(StrEnum):
+    """Where an :class:`OutRecord` goes (the values are what the worker and tests compare)."""
+
+    OUTPUT = "output"
+    DLQ = "dlq"
+    AUDIT = "audit"
 
 
 @dataclass(slots=True)
 class OutRecord:
-    """One record to produce. ``kind`` is ``output``, ``dlq`` or ``audit``."""
+    """One record to produce."""
 
-    kind: str
+    kind: RecordKind
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes | None]]
+    headers: RecordHeaders
     event_type: str | None = None
     partition: int | None = None
 
 
 @dataclass(slots=True)
 class HandleResult:
-    outcome: str
+    outcome: audit.Outcome
     event_type: str | None
     records: list[OutRecord] = field(default_factory=list)
     emitted: list[Emitted] = field(default_factory=list)
-    failure: D.Failure | None = None
+    failure: dlq.Failure | None = None
     audit: dict[str, Any] | None = None
     key: bytes | None = None
 
@@ -90,7 +94,7 @@ class HandleResult:
 
 
 class _Dead(Exception):
-    def __init__(self, failure: D.Failure) -> None:
+    def __init__(self, failure: dlq.Failure) -> None:
         self.failure = failure
 
 
@@ -130,16 +134,7 @@ class Processor:
         ttl = spec.dedupe_ttl_s if spec.dedupe_ttl_s is not None else app.dedupe_ttl_s
         self.dedupe_ttl_ms = int(ttl * 1000)
         self.transient = tuple(spec.transient) + (CircuitOpenError,)
-        self.breakers: dict[str, CircuitBreaker] = {}
-        for name, policy in spec.dependencies.items():
-            on_change = None
-            if metrics is not None:
-                on_change = (lambda dep: lambda old, new: metrics.circuit_state(dep, new))(name)
-            self.breakers[name] = CircuitBreaker(
-                name, policy, clock=breaker_clock or monotonic, on_state_change=on_change
-            )
-            if metrics is not None:
-                metrics.circuit_state(name, "closed")
+        self.breakers = self._breakers(breaker_clock or monotonic)
         # Topics whose contracts this agent reads: an event of a type it does not consume on one of
         # them is ignored, anything else is a contract violation.
         self.topic_types: dict[str, frozenset[str]] = {}
@@ -147,104 +142,83 @@ class Processor:
             c = self.registry.get(et)
             self.topic_types[c.topic] = frozenset(x.event_type for x in self.registry.for_topic(c.topic))
         pii = [p for et in (*spec.consumes, *spec.produces) for p in self.registry.get(et).pii_fields]
-        self.redactor = A.Redactor(pii)
+        self.redactor = audit.Redactor(pii)
+        self.timer_dlq_topic = dlq_topic(app.timers_topic_name(spec.name))
+        # What every context of this agent is given, built once.
+        self.services = AgentServices(
+            spec.name,
+            spec.on_timer is not None,
+            Emitter.for_agent(spec.name, self.source, self.codec, self.registry, spec.produces),
+            Dependencies(spec.name, self.breakers),
+        )
+        self._init_audit()
+
+    def _breakers(self, clock: Callable[[], float]) -> dict[str, CircuitBreaker]:
+        """One breaker per declared dependency, its state changes published as a metric."""
+        metrics = self.metrics
+        breakers: dict[str, CircuitBreaker] = {}
+        for name, policy in self.spec.dependencies.items():
+            on_change = None
+            if metrics is not None:
+                on_change = (lambda dep: lambda old, new: metrics.circuit_state(dep, new))(name)
+            breakers[name] = CircuitBreaker(name, policy, clock=clock, on_state_change=on_change)
+            if metrics is not None:
+                metrics.circuit_state(name, "closed")
+        return breakers
+
+    def _init_audit(self) -> None:
+        """The audit record's encoder and the constant parts of its CloudEvents headers."""
+        app = self.app
         self.audit_type = app.audit_event_type
         self.audit_topic = app.audit_topic
         self.audit_avro = app.audit_event_type in set(self.registry.event_types())
         self._audit_encode = self._audit_encoder()
-        self._source_b = self.source.encode()
-        self._audit_type_b = self.audit_type.encode()
         self._audit_ct = b"application/avro" if self.audit_avro else b"application/json"
         self._time_cache: tuple[int, bytes] = (-1, b"")
-        self.timer_dlq_topic = dlq_topic(app.timers_topic_name(spec.name))
-        # Per emitted type, what Context.emit needs: topic, key field and the tail of derive_key's
-        # hashed name ("\x1f<agent>\x1f<type>\x1f"); the head is the namespace.
-        self.key_prefix = _KEY_NS.bytes
-        self.emit_plans: dict[str, tuple[str, str | None, bytes]] = {}
-        for et in spec.produces:
-            c = self.registry.get(et)
-            self.emit_plans[et] = (c.topic, c.key_field, f"\x1f{spec.name}\x1f{et}\x1f".encode())
-        # Audit ids: derived_id("audit\x1f<agent>\x1f<input key>\x1f<outcome>"), prefix precomputed.
-        self._audit_id_prefix = _ID_NS + f"audit\x1f{spec.name}\x1f".encode()
-        self._h_audit_type = ("ce_type", self._audit_type_b)
-        self._h_audit_source = ("ce_source", self._source_b)
+        # Audit ids: ids.audit_id(agent, input key, outcome), the constant head precomputed.
+        self._audit_id_prefix = ids.audit_id_prefix(self.spec.name)
+        self._h_audit_type = ("ce_type", self.audit_type.encode())
+        self._h_audit_source = ("ce_source", self.source.encode())
         self._h_audit_ct = ("content-type", self._audit_ct)
 
     # ---------------------------------------------------------------- keys
     def derive_key(self, cause_key: str, event_type: str, ordinal: int) -> str:
-        """Idempotency key of the ``ordinal``-th ``event_type`` event this agent emits for a cause:
-        ``uuid5(namespace, cause key, agent, type, ordinal)``, the same on every replay."""
-        name = f"{cause_key}\x1f{self.spec.name}\x1f{event_type}\x1f{ordinal}"
-        return uuid_from_sha1(_KEY_NS.bytes + name.encode("utf-8"))
+        """Idempotency key of the ``ordinal``-th ``event_type`` event this agent emits for a cause,
+        the same on every replay (what ``ctx.emit`` gives when the handler passes none)."""
+        return ids.emit_key(cause_key, self.spec.name, event_type, ordinal)
 
     # ---------------------------------------------------------------- inputs
     def handle(
         self,
-        view: Any,
+        view: StateView,
         topic: str,
         partition: int,
         offset: int,
         key: bytes | None,
         value: bytes | None,
-        headers: list[tuple[str, bytes | None]] | None,
+        headers: InputHeaders,
         timestamp_ms: int = 0,
     ) -> HandleResult:
         received = self.clock_ms()
         envelope: Envelope | None = None
         event_type: str | None = None
-        decoded: dict[str, Any] | None = None
         try:
             try:
                 envelope = Envelope.from_headers(headers)
             except EnvelopeError as exc:
-                raise _Dead(self._failure(D.MISSING_HEADER, exc, 1, received)) from None
+                raise _Dead(self._failure(dlq.MISSING_HEADER, exc, 1, received)) from None
             event_type = envelope.type
             if event_type not in self.consumes:
                 if event_type in self.topic_types.get(topic, ()):
                     return HandleResult(IGNORED, event_type)
-                raise _Dead(
-                    self._failure(
-                        D.CONTRACT_VIOLATION,
-                        ContractError(
-                            f"event type {event_type!r} is not a type agent {self.spec.name!r} reads on topic {topic!r}"
-                        ),
-                        1,
-                        received,
-                    )
-                )
+                raise self._not_consumed(event_type, topic, received)
             if envelope.hop_count > self.max_hops:
-                raise _Dead(
-                    self._failure(
-                        D.LOOP,
-                        LoopError(
-                            f"hop count {envelope.hop_count} is past the bound {self.max_hops} of agent {self.spec.name!r}: "
-                            "the event chain loops"
-                        ),
-                        1,
-                        received,
-                    )
-                )
-            if value is None:
-                raise _Dead(self._failure(D.UNDECODABLE, DecodeError("record has no value (tombstone)"), 1, received))
-            try:
-                decoded = self.codec.decode(event_type, value)
-            except DecodeError as exc:
-                raise _Dead(self._failure(D.UNDECODABLE, exc, 1, received)) from None
-            except ContractError as exc:
-                raise _Dead(self._failure(D.CONTRACT_VIOLATION, exc, 1, received)) from None
-            except Exception as exc:  # noqa: BLE001 - a codec bug on odd bytes must not kill the worker
-                raise _Dead(self._failure(D.UNDECODABLE, exc, 1, received)) from None
-
-            seen = _SEEN + envelope.idempotency_key.encode("utf-8")  # K.seen_key
+                raise self._looping(envelope, received)
+            decoded = self._decode(event_type, value, received)
+            seen = _SEEN + envelope.idempotency_key.encode("utf-8")  # keys.seen_key
             raw_seen = view.get(seen)
             if raw_seen is not None and _unpack_u64(raw_seen) > received:
-                result = HandleResult(A.DUPLICATE, event_type, key=key)
-                result.audit = self._audit_record(
-                    envelope, event_type, topic, partition, offset, A.DUPLICATE, None, None, [], received, None, key
-                )
-                result.records.append(self._audit_out(result.audit, envelope, key))
-                return result
-
+                return self._duplicate(envelope, event_type, topic, partition, offset, received, key)
             if key is None:
                 key_value = decoded.get(self.registry.get(event_type).key_field)
                 state_key = b"" if key_value is None else str(key_value).encode()
@@ -271,20 +245,90 @@ class Processor:
                 dead.failure, envelope, event_type, topic, partition, offset, key, value, headers, received
             )
 
+    def _not_consumed(self, event_type: str, topic: str, received: int) -> _Dead:
+        message = f"event type {event_type!r} is not a type agent {self.spec.name!r} reads on topic {topic!r}"
+        return _Dead(self._failure(dlq.CONTRACT_VIOLATION, ContractError(message), 1, received))
+
+    def _looping(self, envelope: Envelope, received: int) -> _Dead:
+        message = (
+            f"hop count {envelope.hop_count} is past the bound {self.max_hops} of agent {self.spec.name!r}: "
+            "the event chain loops"
+        )
+        return _Dead(self._failure(dlq.LOOP, LoopError(message), 1, received))
+
+    def _decode(self, event_type: str, value: bytes | None, received: int) -> dict[str, Any]:
+        """The input's value by its contract; any failure is the input's (a dead letter)."""
+        if value is None:
+            raise _Dead(self._failure(dlq.UNDECODABLE, DecodeError("record has no value (tombstone)"), 1, received))
+        try:
+            return self.codec.decode(event_type, value)
+        except DecodeError as exc:
+            raise _Dead(self._failure(dlq.UNDECODABLE, exc, 1, received)) from None
+        except ContractError as exc:
+            raise _Dead(self._failure(dlq.CONTRACT_VIOLATION, exc, 1, received)) from None
+        except Exception as exc:  # noqa: BLE001 - a codec bug on odd bytes must not kill the worker
+            raise _Dead(self._failure(dlq.UNDECODABLE, exc, 1, received)) from None
+
+    def _duplicate(
+        self,
+        envelope: Envelope,
+        event_type: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        received: int,
+        key: bytes | None,
+    ) -> HandleResult:
+        result = HandleResult(audit.DUPLICATE, event_type, key=key)
+        result.audit = self._audit_record(
+            envelope, event_type, topic, partition, offset, audit.DUPLICATE, None, None, [], received, None, key
+        )
+        result.records.append(self._audit_out(result.audit, envelope, key))
+        return result
+
     # ---------------------------------------------------------------- timers
-    def fire_timer(self, view: Any, timer_store_key: bytes, partition: int) -> HandleResult | None:
+    def fire_timer(self, view: StateView, timer_store_key: bytes, partition: int) -> HandleResult | None:
         """Fire one due timer (the caller found it in the store's due index). Deletes it first: it
         fires once. Returns None when the batch already cancelled or moved it."""
         now = self.clock_ms()
         raw = view.get(timer_store_key)
-        if raw is None or K.unpack_u64(raw) > now:
+        if raw is None or keys.unpack_u64(raw) > now:
             return None
-        due = K.unpack_u64(raw)
+        due = keys.unpack_u64(raw)
         record = orjson.loads(raw[8:])
-        state_key, name = K.split_timer_suffix(timer_store_key[2:])
+        state_key, name = keys.split_timer_suffix(timer_store_key[2:])
         view.put(timer_store_key, None)
+        timer, envelope = self._timer_input(state_key, name, due, record)
+        # The timer's own follow-ups are one hop further, like any follow-up.
+        topic = f"timer:{name}"
+        on_timer = self.spec.on_timer
+        assert on_timer is not None
+        try:
+            ctx = self._run(lambda c: on_timer(timer, c), view, state_key, envelope, None, timer, partition, now, None)
+        except _Dead as dead:
+            value = orjson.dumps({"timer": name, "key": timer.key, "due_ms": due, **record})
+            failure = dead.failure
+            if failure.reason == dlq.HANDLER_ERROR:
+                failure = replace(failure, reason=dlq.TIMER_ERROR)
+            return self._dead(
+                failure,
+                envelope,
+                envelope.type,
+                topic,
+                partition,
+                -1,
+                state_key,
+                value,
+                envelope.to_headers(),
+                now,
+                dlq_to=self.timer_dlq_topic,
+            )
+        return self._success(ctx, view, state_key, envelope, envelope.type, topic, partition, -1, now, state_key)
+
+    def _timer_input(self, state_key: bytes, name: str, due: int, record: dict[str, Any]) -> tuple[Timer, Envelope]:
+        """The fired timer as its handler sees it, and the envelope its follow-ups descend from."""
         key_text = state_key.decode("utf-8", "backslashreplace")
-        timer_id = derived_id(f"timer\x1f{self.spec.name}\x1f{key_text}\x1f{name}\x1f{due}")
+        timer_id = ids.timer_id(self.spec.name, key_text, name, due)
         timer = Timer(
             name=name,
             key=key_text,
@@ -306,44 +350,13 @@ class Processor:
             tenant=timer.tenant,
             hop_count=timer.hop_count,
         )
-        # The timer's own follow-ups are one hop further, like any follow-up.
-        topic = f"timer:{name}"
-        on_timer = self.spec.on_timer
-        assert on_timer is not None
-        try:
-            ctx = self._run(lambda c: on_timer(timer, c), view, state_key, envelope, None, timer, partition, now, None)
-        except _Dead as dead:
-            value = orjson.dumps({"timer": name, "key": key_text, "due_ms": due, **record})
-            failure = dead.failure
-            failure = D.Failure(
-                D.TIMER_ERROR if failure.reason == D.HANDLER_ERROR else failure.reason,
-                failure.error_class,
-                failure.message,
-                failure.attempts,
-                failure.first_failure_ms,
-                failure.last_failure_ms,
-            )
-            result = self._dead(
-                failure,
-                envelope,
-                envelope.type,
-                topic,
-                partition,
-                -1,
-                state_key,
-                value,
-                envelope.to_headers(),
-                now,
-                dlq_to=self.timer_dlq_topic,
-            )
-            return result
-        return self._success(ctx, view, state_key, envelope, envelope.type, topic, partition, -1, now, state_key)
+        return timer, envelope
 
     # ---------------------------------------------------------------- internals
     def _run(
         self,
         call: Callable[[Context], None],
-        view: Any,
+        view: StateView,
         state_key: bytes,
         envelope: Envelope,
         event: Event | None,
@@ -352,15 +365,17 @@ class Processor:
         received: int,
         decoded: dict[str, Any] | None,
     ) -> Context:
+        """The handler's successful attempt; transient failures retried with backoff, anything
+        else (or retries exhausted) raised as :class:`_Dead` with its reason."""
         attempts = 0
         first_failure = 0
         start = self.monotonic()
-        policy = self.spec.retry
         metrics = self.metrics
         perf = time.perf_counter
+        services = self.services
         while True:
             attempts += 1
-            ctx = Context(self, view, state_key, envelope, event, timer, partition, received)
+            ctx = Context(services, view, state_key, envelope, event, timer, partition, received)
             t0 = perf()
             try:
                 call(ctx)
@@ -369,48 +384,63 @@ class Processor:
                     metrics.handler_latency(perf() - t0)
                 return ctx
             except Reject as exc:  # a refusal is final, whatever the agent declares transient
-                now = self.clock_ms()
-                raise _Dead(self._failure(exc.reason, exc, attempts, first_failure or now, now, decoded)) from None
+                raise self._given_up(exc.reason, exc, attempts, first_failure, decoded) from None
             except self.transient as exc:
                 now = self.clock_ms()
                 first_failure = first_failure or now
-                delay = policy.backoff(attempts, self.rng)
-                elapsed = self.monotonic() - start
-                if attempts >= policy.max_attempts or elapsed + delay > policy.max_elapsed_s:
-                    raise _Dead(
-                        self._failure(D.RETRIES_EXHAUSTED, exc, attempts, first_failure, now, decoded)
-                    ) from None
-                if metrics is not None:
-                    metrics.retry()
-                log.info(
-                    "transient failure, retrying",
-                    extra={
-                        "agent": self.spec.name,
-                        "partition": partition,
-                        "event_id": envelope.id,
-                        "correlation_id": envelope.correlation_id,
-                        "attempt": attempts,
-                        "delay_s": round(delay, 3),
-                        "error_class": type(exc).__name__,
-                    },
-                )
+                delay = self._backoff_or_give_up(exc, attempts, first_failure, now, start, decoded)
+                self._log_retry(exc, envelope, partition, attempts, delay)
                 self.sleep(delay)
             except InvalidStateError as exc:
-                now = self.clock_ms()
-                raise _Dead(self._failure(D.INVALID_STATE, exc, attempts, first_failure or now, now, decoded)) from None
+                raise self._given_up(dlq.INVALID_STATE, exc, attempts, first_failure, decoded) from None
             except (ContractError, EmitError, TimerError) as exc:
-                now = self.clock_ms()
-                raise _Dead(
-                    self._failure(D.INVALID_OUTPUT, exc, attempts, first_failure or now, now, decoded)
-                ) from None
+                raise self._given_up(dlq.INVALID_OUTPUT, exc, attempts, first_failure, decoded) from None
             except Exception as exc:  # noqa: BLE001 - a handler bug is the event's problem, not the worker's
-                now = self.clock_ms()
-                raise _Dead(self._failure(D.HANDLER_ERROR, exc, attempts, first_failure or now, now, decoded)) from None
+                raise self._given_up(dlq.HANDLER_ERROR, exc, attempts, first_failure, decoded) from None
+
+    def _given_up(
+        self, reason: str, exc: BaseException, attempts: int, first_failure: int, decoded: dict[str, Any] | None
+    ) -> _Dead:
+        now = self.clock_ms()
+        return _Dead(self._failure(reason, exc, attempts, first_failure or now, now, decoded))
+
+    def _backoff_or_give_up(
+        self,
+        exc: BaseException,
+        attempts: int,
+        first_failure: int,
+        now: int,
+        start: float,
+        decoded: dict[str, Any] | None,
+    ) -> float:
+        """The delay before the next attempt; :class:`_Dead` when the retry budget is spent."""
+        policy = self.spec.retry
+        delay = policy.backoff(attempts, self.rng)
+        elapsed = self.monotonic() - start
+        if attempts >= policy.max_attempts or elapsed + delay > policy.max_elapsed_s:
+            raise _Dead(self._failure(dlq.RETRIES_EXHAUSTED, exc, attempts, first_failure, now, decoded)) from None
+        if self.metrics is not None:
+            self.metrics.retry()
+        return delay
+
+    def _log_retry(self, exc: BaseException, envelope: Envelope, partition: int, attempts: int, delay: float) -> None:
+        log.info(
+            "transient failure, retrying",
+            extra={
+                "agent": self.spec.name,
+                "partition": partition,
+                "event_id": envelope.id,
+                "correlation_id": envelope.correlation_id,
+                "attempt": attempts,
+                "delay_s": round(delay, 3),
+                "error_class": type(exc).__name__,
+            },
+        )
 
     def _success(
         self,
         ctx: Context,
-        view: Any,
+        view: StateView,
         state_key: bytes,
         envelope: Envelope,
         event_type: str,
@@ -423,20 +453,20 @@ class Processor:
         changed, new_raw = ctx.state_change()
         before = after = None
         if changed:
-            view.put(K.STATE + state_key, new_raw)
-            before, after = A.state_diff(ctx.state_before(), None if new_raw is None else ctx.state)
+            view.put(keys.STATE + state_key, new_raw)
+            before, after = audit.state_diff(ctx.state_before(), None if new_raw is None else ctx.state)
         timer_writes = ctx.timer_writes
         if timer_writes:
             for tk, tv in timer_writes.items():
                 view.put(tk, tv)
         emitted = ctx.emitted
-        result = HandleResult(A.PROCESSED, event_type, emitted=emitted, key=key)
+        result = HandleResult(audit.PROCESSED, event_type, emitted=emitted, key=key)
         records = result.records
         for em in emitted:
             em_key = em.key
             records.append(
                 OutRecord(
-                    "output",
+                    RecordKind.OUTPUT,
                     em.topic,
                     None if em_key is None else em_key.encode(),
                     em.data,
@@ -450,7 +480,7 @@ class Processor:
             topic,
             partition,
             offset,
-            A.PROCESSED,
+            audit.PROCESSED,
             before,
             after,
             [em.envelope.id for em in emitted],
@@ -463,7 +493,7 @@ class Processor:
 
     def _dead(
         self,
-        failure: D.Failure,
+        failure: dlq.Failure,
         envelope: Envelope | None,
         event_type: str | None,
         topic: str,
@@ -471,18 +501,18 @@ class Processor:
         offset: int,
         key: bytes | None,
         value: bytes | None,
-        headers: list[tuple[str, bytes | None]] | None,
+        headers: InputHeaders,
         received: int,
         dlq_to: str | None = None,
     ) -> HandleResult:
-        result = HandleResult(A.DEAD_LETTERED, event_type, failure=failure, key=key)
+        result = HandleResult(audit.DEAD_LETTERED, event_type, failure=failure, key=key)
         result.records.append(
             OutRecord(
-                "dlq",
+                RecordKind.DLQ,
                 dlq_to or dlq_topic(topic),
                 key,
                 value,
-                D.dlq_headers(headers, failure, self.spec.name, topic, partition, offset),
+                dlq.dlq_headers(headers, failure, self.spec.name, topic, partition, offset),
                 event_type,
             )
         )
@@ -494,7 +524,7 @@ class Processor:
             topic,
             partition,
             offset,
-            A.DEAD_LETTERED,
+            audit.DEAD_LETTERED,
             None,
             None,
             [],
@@ -503,6 +533,10 @@ class Processor:
             key,
         )
         result.records.append(self._audit_out(result.audit, envelope, key))
+        self._log_dead(failure, envelope, topic, partition, offset)
+        return result
+
+    def _log_dead(self, failure: dlq.Failure, envelope: Envelope, topic: str, partition: int, offset: int) -> None:
         log.warning(
             "dead-lettered",
             extra={
@@ -518,7 +552,6 @@ class Processor:
                 "attempts": failure.attempts,
             },
         )
-        return result
 
     def _failure(
         self,
@@ -528,11 +561,11 @@ class Processor:
         first_ms: int,
         last_ms: int | None = None,
         decoded: dict[str, Any] | None = None,
-    ) -> D.Failure:
+    ) -> dlq.Failure:
         message = str(exc) or type(exc).__name__
         if decoded is not None and self.redactor:
             message = self.redactor.scrub(message, self.redactor.secrets_in(decoded))
-        return D.Failure(reason, type(exc).__name__, message, attempts, first_ms, last_ms or first_ms)
+        return dlq.Failure(reason, type(exc).__name__, message, attempts, first_ms, last_ms or first_ms)
 
     def _audit_record(
         self,
@@ -541,7 +574,7 @@ class Processor:
         topic: str,
         partition: int,
         offset: int,
-        outcome: str,
+        outcome: audit.Outcome,
         before: dict[str, Any] | None,
         after: dict[str, Any] | None,
         emitted: list[str],
@@ -560,8 +593,8 @@ class Processor:
             "partition": partition,
             "offset": offset,
             "outcome": outcome,
-            "state_before": None if before is None else A.state_json(before, redactor),
-            "state_after": None if after is None else A.state_json(after, redactor),
+            "state_before": None if before is None else audit.state_json(before, redactor),
+            "state_after": None if after is None else audit.state_json(after, redactor),
             "emitted_event_ids": emitted,
             "correlation_id": envelope.correlation_id,
             "received_at": received,
@@ -586,30 +619,34 @@ class Processor:
             def fast(record: dict[str, Any]) -> bytes:
                 return header + body(record)
 
-            samples = [
-                self._audit_record(
-                    _SAMPLE_ENV,
-                    "x.y",
-                    "t",
-                    1,
-                    2,
-                    "PROCESSED",
-                    {"a": 1},
-                    {"a": 2},
-                    ["e1", "e2"],
-                    1_700_000_000_000,
-                    None,
-                    b"k",
-                ),
-                self._audit_record(
-                    _SAMPLE_ENV_NO_CORR, "x.y", "t", 0, 300, "DEAD_LETTERED", None, None, [], -5, "boom ✓", None
-                ),
-            ]
+            samples = self._audit_samples()
             if all(fast(r) == by_codec(r) for r in samples):
                 return fast
         except Exception:  # noqa: BLE001 - any doubt: the codec
             pass
         return by_codec
+
+    def _audit_samples(self) -> list[dict[str, Any]]:
+        """Audit records covering each field's shapes (null and not, empty and not, non-ASCII)."""
+        return [
+            self._audit_record(
+                _SAMPLE_ENV,
+                "x.y",
+                "t",
+                1,
+                2,
+                audit.PROCESSED,
+                {"a": 1},
+                {"a": 2},
+                ["e1", "e2"],
+                1_700_000_000_000,
+                None,
+                b"k",
+            ),
+            self._audit_record(
+                _SAMPLE_ENV_NO_CORR, "x.y", "t", 0, 300, audit.DEAD_LETTERED, None, None, [], -5, "boom ✓", None
+            ),
+        ]
 
     def _time_header(self, now_ms: int) -> bytes:
         second, cached = self._time_cache
@@ -622,8 +659,8 @@ class Processor:
     def _audit_out(self, record: dict[str, Any], envelope: Envelope, key: bytes | None) -> OutRecord:
         """The audit record as a CloudEvent of the audit type, caused by the input (headers built
         directly from precomputed parts: this runs once per input)."""
-        # derived_id(f"audit\x1f{agent}\x1f{input idempotency key}\x1f{outcome}")
-        audit_id = uuid_from_sha1(
+        # ids.audit_id(agent, input idempotency key, outcome), its constant head precomputed
+        audit_id = ids.uuid_from_sha1(
             self._audit_id_prefix
             + envelope.idempotency_key.encode("utf-8")
             + b"\x1f"
@@ -647,7 +684,7 @@ class Processor:
         if tenant is not None:
             headers.append(("ce_tenant", tenant.encode()))
         return OutRecord(
-            "audit",
+            RecordKind.AUDIT,
             self.audit_topic,
             record["input_event_id"].encode(),
             self._audit_encode(record),
@@ -656,24 +693,15 @@ class Processor:
         )
 
 
-class LoopError(Exception):
-    """An event came past the hop-count bound: the chain of agents loops."""
-
-
-def _fallback_envelope(
-    headers: list[tuple[str, bytes | None]] | None, topic: str, partition: int, offset: int, source: str
-) -> Envelope:
+def _fallback_envelope(headers: InputHeaders, topic: str, partition: int, offset: int, source: str) -> Envelope:
     """An envelope for audit/log lines of a record whose headers could not be read."""
     values = {}
     for name, raw in headers or ():
         if raw is not None:
             values[name] = raw.decode("utf-8", "replace")
-    coords = f"{topic}/{partition}/{offset}"
-    event_id = values.get("ce_id") or derived_id(f"coords\x1f{coords}")
+    event_id = values.get("ce_id") or ids.coordinates_id(topic, partition, offset)
     idem = values.get("ce_idempotencykey") or event_id
     env = Envelope.new(
         values.get("ce_type") or "unknown", source, idempotency_key=idem, correlation_id=values.get("ce_correlationid")
     )
-    from dataclasses import replace
-
     return replace(env, id=event_id, correlation_id=values.get("ce_correlationid") or event_id)
