@@ -28,7 +28,7 @@ from processors.runtime import audit, dlq
 from processors.runtime.agent import AgentSpec
 from processors.runtime.app import App
 from processors.runtime.context import AgentServices, Context
-from processors.runtime.conventions import dlq_topic
+from processors.runtime.conventions import REDRIVE_COUNT, dlq_topic
 from processors.runtime.emitter import Emitted, Emitter
 from processors.runtime.errors import EmitError, InvalidStateError, LoopError, TimerError
 from processors.runtime.inputs import Event, Timer
@@ -202,6 +202,7 @@ class Processor:
         received = self.clock_ms()
         envelope: Envelope | None = None
         event_type: str | None = None
+        seen: bytes | None = None  # set once the input passed dedupe: a dead letter then records it
         try:
             try:
                 envelope = Envelope.from_headers(headers)
@@ -215,10 +216,11 @@ class Processor:
             if envelope.hop_count > self.max_hops:
                 raise self._looping(envelope, received)
             decoded = self._decode(event_type, value, received)
-            seen = _SEEN + envelope.idempotency_key.encode("utf-8")  # keys.seen_key
-            raw_seen = view.get(seen)
-            if raw_seen is not None and _unpack_u64(raw_seen) > received:
+            seen_at = _SEEN + envelope.idempotency_key.encode("utf-8")  # keys.seen_key
+            raw_seen = view.get(seen_at)
+            if raw_seen is not None and _unpack_u64(raw_seen) > received and not _redriven_past(raw_seen, headers):
                 return self._duplicate(envelope, event_type, topic, partition, offset, received, key)
+            seen = seen_at
             if key is None:
                 key_value = decoded.get(self.registry.get(event_type).key_field)
                 state_key = b"" if key_value is None else str(key_value).encode()
@@ -241,6 +243,11 @@ class Processor:
             view.put(seen, _pack_u64(received + self.dedupe_ttl_ms))
             return self._success(ctx, view, state_key, envelope, event_type, topic, partition, offset, received, key)
         except _Dead as dead:
+            if seen is not None:
+                # Decided on (refused, or the handler failed): a replay or a re-send of the same
+                # input must not be judged again against newer state; a redrive may.
+                expiry = received + self.dedupe_ttl_ms
+                view.put(seen, keys.dead_lettered_seen_value(expiry, _redrive_count(headers)))
             return self._dead(
                 dead.failure, envelope, event_type, topic, partition, offset, key, value, headers, received
             )
@@ -705,3 +712,19 @@ def _fallback_envelope(headers: InputHeaders, topic: str, partition: int, offset
         values.get("ce_type") or "unknown", source, idempotency_key=idem, correlation_id=values.get("ce_correlationid")
     )
     return replace(env, id=event_id, correlation_id=values.get("ce_correlationid") or event_id)
+
+
+def _redrive_count(headers: InputHeaders) -> int:
+    """The ``choreo_redrive_count`` header as a number; 0 when absent or not a plausible count
+    (the header comes from outside: a non-number or thousands of digits count as none)."""
+    for name, raw in headers or ():
+        if name == REDRIVE_COUNT and raw is not None and 0 < len(raw) <= 9 and raw.isdigit():
+            return int(raw)
+    return 0
+
+
+def _redriven_past(raw_seen: bytes, headers: InputHeaders) -> bool:
+    """A dead-lettered input comes again through ``choreo dlq redrive`` (a higher redrive count than
+    the one its decision was recorded with): handle it again rather than drop it."""
+    recorded = keys.dead_lettered_redrive_count(raw_seen)
+    return recorded is not None and _redrive_count(headers) > recorded

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from processors.runtime import App, BreakerPolicy, RetryPolicy
+from processors.runtime import App, BreakerPolicy, Reject, RetryPolicy
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "engine"
 CONTRACTS = DATA / "contracts"
@@ -96,6 +96,9 @@ def build_app(
 
             time.sleep(slow_s)
         state = ctx.state
+        if by <= -10 and state.get("n", 0) + by < 0:
+            # a ledger's overdraft: refused by the state as it is when the event is judged
+            raise Reject("negative_total", f"{event.key} cannot go below zero")
         state["n"] = state.get("n", 0) + by
         state["seq"] = state.get("seq", 0) + 1
         if event.value.get("email"):

@@ -6,7 +6,10 @@ key, value bytes, headers in order), every store write (in order), the audit dic
 events and the dead-letter reasons, for processed, duplicate, ignored and dead-lettered inputs,
 timers, PII redaction, tenants, trace context, JSON audit records and the bench workloads.
 ``tests/data/golden/processor_records.json`` was recorded from the implementation before the
-optimisation; ``test_engine_golden`` replays the scenario and compares.
+optimisation; ``test_engine_golden`` replays the scenario and compares. Re-recorded once since, on
+an intended change: an input dead-lettered by its handler (refused, failed, retries exhausted)
+now writes its seen key with the decision, so a replay does not judge it again (4 steps gained
+that one write; every record, audit and other write stayed byte-identical).
 
 Everything that varies between runs is fixed: input envelopes carry fixed ids and times, the
 processor's clock is set per step, the wall clock behind ``ctx.now_dt`` and timer envelopes is

@@ -88,8 +88,43 @@ def test_handler_error_is_dead_lettered_with_headers_and_pii_scrubbed(driver):
     assert r.dlq.key == b"a"
     assert driver.state("a") is None
     assert r.audit["outcome"] == "DEAD_LETTERED" and "bob@example.com" not in r.audit["error"]
-    # a dead-lettered input is not marked seen: a redrive after a fix is processed
-    assert not driver.seen(r.raw.audit["input_event_id"])
+    # the decision is recorded with the seen keys: a replay or re-send is not judged again
+    assert driver.seen(r.raw.audit["input_event_id"])
+
+
+def test_a_refused_input_is_decided_once_and_only_a_redrive_is_handled_again(driver):
+    """A dead-lettered input, sent again as it was (a replay after a crash, a producer retry), is a
+    duplicate of its decision even when newer state would now let it through; ``choreo dlq
+    redrive`` (its redrive-count header) is the explicit way to have it handled again."""
+    refused = driver.envelope("counter.incremented", idempotency_key="withdraw-1")
+    assert driver.send("counter.incremented", {"name": "acct", "by": 5}).outcome == "PROCESSED"
+    first = driver.send("counter.incremented", {"name": "acct", "by": -10}, envelope=refused)
+    assert first.outcome == "DEAD_LETTERED" and first.reason == "negative_total"
+    assert driver.send("counter.incremented", {"name": "acct", "by": 10}).outcome == "PROCESSED"
+    again = driver.send("counter.incremented", {"name": "acct", "by": -10}, envelope=refused)
+    assert again.outcome == "DUPLICATE"
+    assert driver.state("acct")["n"] == 15
+    value = driver.app.codec.encode("counter.incremented", {"name": "acct", "by": -10})
+    redrive = [*refused.to_headers(), ("choreo_redrive_count", b"1")]
+    redriven = driver.send_raw("counter.incremented", b"acct", value, redrive)
+    assert redriven.outcome == "PROCESSED"
+    assert driver.state("acct")["n"] == 5
+    # the same redrive delivered twice is handled once; a count that is no number counts as none
+    assert driver.send_raw("counter.incremented", b"acct", value, redrive).outcome == "DUPLICATE"
+    bogus = [*refused.to_headers(), ("choreo_redrive_count", b"9" * 5000)]
+    assert driver.send_raw("counter.incremented", b"acct", value, bogus).outcome == "DUPLICATE"
+    assert driver.state("acct")["n"] == 5
+
+
+def test_a_failed_redrive_records_its_count_and_a_later_redrive_goes_through(driver):
+    env = driver.envelope("counter.incremented", idempotency_key="bad-1")
+    value = driver.app.codec.encode("counter.incremented", {"name": "b", "by": -1})
+    assert driver.send_raw("counter.incremented", b"b", value, env.to_headers()).outcome == "DEAD_LETTERED"
+    once = [*env.to_headers(), ("choreo_redrive_count", b"1")]
+    assert driver.send_raw("counter.incremented", b"b", value, once).outcome == "DEAD_LETTERED"  # handled again
+    assert driver.send_raw("counter.incremented", b"b", value, once).outcome == "DUPLICATE"
+    twice = [*env.to_headers(), ("choreo_redrive_count", b"2")]
+    assert driver.send_raw("counter.incremented", b"b", value, twice).outcome == "DEAD_LETTERED"
 
 
 def test_transient_errors_retry_with_backoff_then_dead_letter(driver):

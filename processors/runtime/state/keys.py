@@ -6,7 +6,9 @@ a restore rebuilds them for free.
 prefix         key                                       value
 =============  ========================================  =========================================
 ``s\\0``        state key (the Kafka key bytes)           orjson of the key's state dict
-``d\\0``        idempotency key (utf-8)                   expiry, ms since epoch, 8 bytes big-endian
+``d\\0``        idempotency key (utf-8)                   expiry, ms since epoch, 8 bytes big-endian;
+                                                         then, for a dead-lettered input, ``D`` and
+                                                         the redrive count it had (4 bytes BE)
 ``T\\0``        state key ``\\0`` timer name               due ms (8 bytes BE) + orjson timer record
 ``e\\0`` (idx)  expiry (8 bytes BE) + idempotency key     empty
 ``t\\0`` (idx)  due (8 bytes BE) + state key ``\\0`` name   empty
@@ -48,6 +50,30 @@ def state_key(key: bytes) -> bytes:
 
 def seen_key(idempotency_key: str) -> bytes:
     return SEEN + idempotency_key.encode("utf-8")
+
+
+_DEAD_LETTERED = b"D"
+_U32 = struct.Struct(">I")
+MAX_REDRIVE_COUNT = 0xFFFFFFFF
+
+
+def seen_value(expiry_ms: int) -> bytes:
+    """The seen-key value of a handled input: it is a duplicate until ``expiry_ms``."""
+    return _U64.pack(expiry_ms)
+
+
+def dead_lettered_seen_value(expiry_ms: int, redrive_count: int) -> bytes:
+    """The seen-key value of an input the agent dead-lettered after deciding on it (refused, or
+    its handler failed): a replay or a plain re-send is a duplicate of that decision, and only a
+    redrive with a higher count (``choreo dlq redrive``) is handled again."""
+    return _U64.pack(expiry_ms) + _DEAD_LETTERED + _U32.pack(min(redrive_count, MAX_REDRIVE_COUNT))
+
+
+def dead_lettered_redrive_count(seen: bytes) -> int | None:
+    """The redrive count recorded with a dead-lettered input's seen key; None for a handled one."""
+    if len(seen) == 13 and seen[8:9] == _DEAD_LETTERED:
+        return int(_U32.unpack_from(seen, 9)[0])
+    return None
 
 
 def timer_suffix(key: bytes, name: str) -> bytes:
