@@ -47,7 +47,7 @@ def worker(
         "--worker-id",
         envvar="CHOREO_WORKER_ID",
         help="Stable id of this worker (pod name): names its transactional ids, so a restarted worker fences "
-        "its predecessor at once (default: host-pid).",
+        "its predecessor at once (default: derived from the host and the state directory).",
     ),
     guarantee: str | None = typer.Option(
         None, "--guarantee", help="exactly_once or at_least_once (default: settings)."

@@ -8,12 +8,14 @@ reporting whether they all ended cleanly.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka.admin import AdminClient
@@ -26,8 +28,17 @@ from processors.runtime.worker import AgentRunner, WorkerOptions
 from processors.settings import Settings
 
 
-def default_worker_id() -> str:
-    return _safe(f"{socket.gethostname()}-{os.getpid()}")
+def default_worker_id(state_dir: str | os.PathLike[str]) -> str:
+    """What identifies a worker instance when no ``--worker-id`` is given: its host and its state
+    directory (``<host>-<10 hex digits of the directory's absolute path>``).
+
+    The id names the worker's transactional ids, so it must be the same when the same instance
+    restarts (its ``init_transactions`` then fences the open transaction of the one that died, at
+    once, instead of leaving read_committed readers blocked until the transaction times out) and
+    different for two workers on one host (each has a state directory of its own: RocksDB locks
+    it). A pid is neither: it changes on every restart."""
+    where = hashlib.sha256(str(Path(state_dir).resolve()).encode("utf-8")).hexdigest()[:10]
+    return _safe(f"{socket.gethostname()}-{where}")
 
 
 def _safe(text: str) -> str:
@@ -51,7 +62,8 @@ class Worker:
         self.settings = settings or Settings.load()
         self.app.configure(self.settings)
         self.specs = app.select(list(agents) if agents is not None else None)
-        self.worker_id = _safe(worker_id or os.environ.get("CHOREO_WORKER_ID") or default_worker_id())
+        chosen = worker_id or os.environ.get("CHOREO_WORKER_ID")
+        self.worker_id = _safe(chosen) if chosen else default_worker_id(self.settings.state_dir)
         self.guarantee = _parse_guarantee(guarantee or self.settings.processing_guarantee)
         self.options = options or WorkerOptions()
         self.stop_event = threading.Event()

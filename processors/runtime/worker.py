@@ -68,7 +68,10 @@ class WorkerOptions:
     restore_chunk: int = 10_000
     restore_stall_s: float = 120.0
     max_store_age_ms: int = CHANGELOG_DELETE_RETENTION_MS // 2
-    transaction_timeout_ms: int = 60_000
+    # How long a transaction left open by a worker that never comes back blocks read_committed
+    # readers (one that restarts fences it at once). Longer than a batch may take (max_batch_s
+    # plus its commit), or the broker would abort healthy batches.
+    transaction_timeout_ms: int = 20_000
 
 
 class AgentRunner:

@@ -66,7 +66,7 @@ class EngineEnv:
 
     def start_worker(
         self,
-        worker_id: str,
+        worker_id: str | None,
         guarantee: str,
         state_dir: Path,
         agents: str = "counter",
@@ -74,7 +74,9 @@ class EngineEnv:
         args: tuple[str, ...] = (),
         **extra: str,
     ) -> subprocess.Popen:
-        log = log or (self.tmp / f"worker-{worker_id}-{uuid.uuid4().hex[:4]}.log")
+        """A ``choreo worker`` process; ``worker_id`` None leaves the id to the worker's default."""
+        log = log or (self.tmp / f"worker-{worker_id or 'default'}-{uuid.uuid4().hex[:4]}.log")
+        identity = ("--worker-id", worker_id) if worker_id is not None else ()
         # the child gets its own copy of the file descriptor: ours can close at once
         with open(log, "wb") as out:
             return subprocess.Popen(
@@ -87,8 +89,7 @@ class EngineEnv:
                     "tests.engine.app:app",
                     "--agents",
                     agents,
-                    "--worker-id",
-                    worker_id,
+                    *identity,
                     "--guarantee",
                     guarantee,
                     "--state-dir",
