@@ -142,9 +142,8 @@ class AgentRunner:
 
     def run_once(self) -> None:
         """One turn of the loop: poll, restore step, handle, timers and purge, commit."""
-        restoring = self.restorer.busy
-        msgs = self._next_batch(0.0 if restoring else self.options.poll_timeout_s)
-        if restoring:
+        msgs = self._next_batch(0.0 if self.restorer.busy else self.options.poll_timeout_s)
+        if self.restorer.busy:  # also when the poll just assigned partitions
             self.assignment.activate(self.consumer, self.restorer.step())
         if self.assignment.settled:
             self.ready.set()
