@@ -28,7 +28,7 @@ from processors.runtime import audit, dlq
 from processors.runtime.agent import AgentSpec
 from processors.runtime.app import App
 from processors.runtime.context import AgentServices, Context
-from processors.runtime.conventions import REDRIVE_COUNT, dlq_topic
+from processors.runtime.conventions import REDRIVE_COUNT, DlqReason, dlq_topic
 from processors.runtime.emitter import Emitted, Emitter
 from processors.runtime.errors import EmitError, InvalidStateError, LoopError, TimerError
 from processors.runtime.inputs import Event, Timer
@@ -207,7 +207,7 @@ class Processor:
             try:
                 envelope = Envelope.from_headers(headers)
             except EnvelopeError as exc:
-                raise _Dead(self._failure(dlq.MISSING_HEADER, exc, 1, received)) from None
+                raise _Dead(self._failure(DlqReason.MISSING_HEADER, exc, 1, received)) from None
             event_type = envelope.type
             if event_type not in self.consumes:
                 if event_type in self.topic_types.get(topic, ()):
@@ -254,27 +254,29 @@ class Processor:
 
     def _not_consumed(self, event_type: str, topic: str, received: int) -> _Dead:
         message = f"event type {event_type!r} is not a type agent {self.spec.name!r} reads on topic {topic!r}"
-        return _Dead(self._failure(dlq.CONTRACT_VIOLATION, ContractError(message), 1, received))
+        return _Dead(self._failure(DlqReason.CONTRACT_VIOLATION, ContractError(message), 1, received))
 
     def _looping(self, envelope: Envelope, received: int) -> _Dead:
         message = (
             f"hop count {envelope.hop_count} is past the bound {self.max_hops} of agent {self.spec.name!r}: "
             "the event chain loops"
         )
-        return _Dead(self._failure(dlq.LOOP, LoopError(message), 1, received))
+        return _Dead(self._failure(DlqReason.LOOP, LoopError(message), 1, received))
 
     def _decode(self, event_type: str, value: bytes | None, received: int) -> dict[str, Any]:
         """The input's value by its contract; any failure is the input's (a dead letter)."""
         if value is None:
-            raise _Dead(self._failure(dlq.UNDECODABLE, DecodeError("record has no value (tombstone)"), 1, received))
+            raise _Dead(
+                self._failure(DlqReason.UNDECODABLE, DecodeError("record has no value (tombstone)"), 1, received)
+            )
         try:
             return self.codec.decode(event_type, value)
         except DecodeError as exc:
-            raise _Dead(self._failure(dlq.UNDECODABLE, exc, 1, received)) from None
+            raise _Dead(self._failure(DlqReason.UNDECODABLE, exc, 1, received)) from None
         except ContractError as exc:
-            raise _Dead(self._failure(dlq.CONTRACT_VIOLATION, exc, 1, received)) from None
+            raise _Dead(self._failure(DlqReason.CONTRACT_VIOLATION, exc, 1, received)) from None
         except Exception as exc:  # noqa: BLE001 - a codec bug on odd bytes must not kill the worker
-            raise _Dead(self._failure(dlq.UNDECODABLE, exc, 1, received)) from None
+            raise _Dead(self._failure(DlqReason.UNDECODABLE, exc, 1, received)) from None
 
     def _duplicate(
         self,
@@ -315,8 +317,8 @@ class Processor:
         except _Dead as dead:
             value = orjson.dumps({"timer": name, "key": timer.key, "due_ms": due, **record})
             failure = dead.failure
-            if failure.reason == dlq.HANDLER_ERROR:
-                failure = replace(failure, reason=dlq.TIMER_ERROR)
+            if failure.reason == DlqReason.HANDLER_ERROR:
+                failure = replace(failure, reason=DlqReason.TIMER_ERROR)
             return self._dead(
                 failure,
                 envelope,
@@ -399,11 +401,11 @@ class Processor:
                 self._log_retry(exc, envelope, partition, attempts, delay)
                 self.sleep(delay)
             except InvalidStateError as exc:
-                raise self._given_up(dlq.INVALID_STATE, exc, attempts, first_failure, decoded) from None
+                raise self._given_up(DlqReason.INVALID_STATE, exc, attempts, first_failure, decoded) from None
             except (ContractError, EmitError, TimerError) as exc:
-                raise self._given_up(dlq.INVALID_OUTPUT, exc, attempts, first_failure, decoded) from None
+                raise self._given_up(DlqReason.INVALID_OUTPUT, exc, attempts, first_failure, decoded) from None
             except Exception as exc:  # noqa: BLE001 - a handler bug is the event's problem, not the worker's
-                raise self._given_up(dlq.HANDLER_ERROR, exc, attempts, first_failure, decoded) from None
+                raise self._given_up(DlqReason.HANDLER_ERROR, exc, attempts, first_failure, decoded) from None
 
     def _given_up(
         self, reason: str, exc: BaseException, attempts: int, first_failure: int, decoded: dict[str, Any] | None
@@ -425,7 +427,9 @@ class Processor:
         delay = policy.backoff(attempts, self.rng)
         elapsed = self.monotonic() - start
         if attempts >= policy.max_attempts or elapsed + delay > policy.max_elapsed_s:
-            raise _Dead(self._failure(dlq.RETRIES_EXHAUSTED, exc, attempts, first_failure, now, decoded)) from None
+            raise _Dead(
+                self._failure(DlqReason.RETRIES_EXHAUSTED, exc, attempts, first_failure, now, decoded)
+            ) from None
         if self.metrics is not None:
             self.metrics.retry()
         return delay

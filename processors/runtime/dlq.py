@@ -10,17 +10,6 @@ from dataclasses import dataclass
 
 from processors.runtime import conventions
 
-# Reasons (the value of the DLQ_REASON header), defined with the other shared names.
-UNDECODABLE = conventions.REASON_UNDECODABLE
-CONTRACT_VIOLATION = conventions.REASON_CONTRACT_VIOLATION
-MISSING_HEADER = conventions.REASON_MISSING_HEADER
-HANDLER_ERROR = conventions.REASON_HANDLER_ERROR
-RETRIES_EXHAUSTED = conventions.REASON_RETRIES_EXHAUSTED
-LOOP = conventions.REASON_LOOP
-INVALID_OUTPUT = conventions.REASON_INVALID_OUTPUT
-INVALID_STATE = conventions.REASON_INVALID_STATE
-TIMER_ERROR = conventions.REASON_TIMER_ERROR
-
 MAX_MESSAGE_BYTES = 2000
 
 
