@@ -206,7 +206,7 @@ class ChangelogRestorer:
                     raise WorkerError(f"restore of {self.changelog}[{p}]: {err}")
                 continue
             key = msg.key()
-            if key is None:  # not a record the engine wrote: a changelog key is never null
+            if key is None:  # never the engine's; a compacted topic refuses keyless records anyway
                 continue
             if key == MARKER:
                 self.metrics.restored(progress.mark(msg.offset()))
