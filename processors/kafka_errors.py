@@ -1,0 +1,125 @@
+"""What a Kafka client error means for the code that got it: one place that decides.
+
+Every caller of confluent-kafka — the worker loop, the commit protocol, every CLI command — meets the
+same three kinds of failure and must react the same way:
+
+* ``FATAL``: no retry can fix it (authorization or authentication refused, an untrusted
+  certificate, a bad configuration, fenced by a newer instance of ourselves). Stop, non-zero exit,
+  one line naming the cause.
+* ``RECORD``: one record cannot be written as it is (too large, refused by the broker). Retrying the
+  same bytes fails again; isolate the record and dead-letter its input.
+* ``TRANSIENT``: the cluster is busy, moving or away (timeouts, leadership changes, transport
+  errors, brokers down). Retry with backoff; recreate the client when it cannot go on.
+
+:func:`describe` gives the one line a user reads; it is bounded, because a broker or client message
+may quote whatever it was sent.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from confluent_kafka import KafkaError, KafkaException
+
+from processors.errors import ChoreoError
+
+_MAX_REASON_CHARS = 300
+
+
+class ErrorKind(enum.StrEnum):
+    FATAL = "fatal"
+    RECORD = "record"
+    TRANSIENT = "transient"
+
+
+_AUTHORIZATION = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.DELEGATION_TOKEN_AUTHORIZATION_FAILED,
+    }
+)
+_AUTHENTICATION = frozenset(
+    {
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError._AUTHENTICATION,
+        KafkaError._SSL,
+        KafkaError.UNSUPPORTED_SASL_MECHANISM,
+        KafkaError.ILLEGAL_SASL_STATE,
+    }
+)
+_FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
+_CONFIGURATION = frozenset({KafkaError._INVALID_ARG, KafkaError.INVALID_CONFIG, KafkaError.UNSUPPORTED_VERSION})
+_RECORD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD})
+
+FATAL_CODES = _AUTHORIZATION | _AUTHENTICATION | _FENCED | _CONFIGURATION
+RECORD_CODES = _RECORD
+
+
+def classify(err: KafkaError) -> ErrorKind:
+    """Fatal, record or transient. The client's own ``fatal()`` flag wins (it means the client
+    instance cannot go on); ``retriable()`` says nothing against our fatal codes, because librdkafka
+    marks some authorization errors retriable while the ACL stays as it is."""
+    code = err.code()
+    if code in RECORD_CODES:
+        return ErrorKind.RECORD
+    if code in FATAL_CODES:
+        return ErrorKind.FATAL
+    return ErrorKind.TRANSIENT
+
+
+def kafka_error_of(exc: BaseException) -> KafkaError | None:
+    """The KafkaError inside a KafkaException (or None for anything else)."""
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return None
+
+
+def cause_name(err: KafkaError) -> str:
+    """A short name for the cause, e.g. ``topic authorization failed``, ``authentication failed``."""
+    code = err.code()
+    if code in _AUTHORIZATION:
+        return err.name().lower().replace("_", " ").strip()
+    if code in _AUTHENTICATION:
+        return "authentication failed"
+    if code in _FENCED:
+        return "fenced by a newer instance"
+    if code in _CONFIGURATION:
+        return "invalid configuration"
+    if code in _RECORD:
+        return "record refused"
+    return err.name().lower().replace("_", " ").strip()
+
+
+def describe(err: KafkaError, *, topic: str | None = None, action: str | None = None) -> str:
+    """One bounded line: what was being done, on which topic, the cause, the client's reason."""
+    reason = " ".join(str(err.str()).split())
+    if len(reason) > _MAX_REASON_CHARS:
+        reason = reason[:_MAX_REASON_CHARS] + "…"
+    where = f" on topic {topic}" if topic else ""
+    doing = f"{action}{where}: " if action else (f"topic {topic}: " if topic else "")
+    return f"{doing}{cause_name(err)} ({err.name()}: {reason})"
+
+
+class KafkaFailure(ChoreoError, RuntimeError):
+    """A client failure a caller decided not to retry; carries the kind and the one-line message."""
+
+    def __init__(self, err: KafkaError, *, topic: str | None = None, action: str | None = None) -> None:
+        self.kafka_error = err
+        self.kind = classify(err)
+        self.topic = topic
+        super().__init__(describe(err, topic=topic, action=action))
+
+
+__all__ = [
+    "FATAL_CODES",
+    "RECORD_CODES",
+    "ErrorKind",
+    "KafkaFailure",
+    "cause_name",
+    "classify",
+    "describe",
+    "kafka_error_of",
+]
