@@ -56,6 +56,28 @@ _RECORD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_L
 
 FATAL_CODES = _AUTHORIZATION | _AUTHENTICATION | _FENCED | _CONFIGURATION
 RECORD_CODES = _RECORD
+FENCED_CODES = _FENCED
+# The cluster (or the coordinator) cannot be reached now: what an outage looks like from a client.
+UNREACHABLE_CODES = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._RESOLVE,
+        KafkaError._WAIT_COORD,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError._UNKNOWN_PARTITION,
+    }
+)
+# Writing to a topic that does not exist: no input can fix it (the engine creates or checks every
+# topic it writes before it starts, so this one was deleted or never allowed).
+_UNKNOWN_OUTPUT = frozenset({KafkaError._UNKNOWN_TOPIC})
 
 
 def classify(err: KafkaError) -> ErrorKind:
@@ -68,6 +90,23 @@ def classify(err: KafkaError) -> ErrorKind:
     if code in FATAL_CODES:
         return ErrorKind.FATAL
     return ErrorKind.TRANSIENT
+
+
+def classify_produce(err: KafkaError) -> ErrorKind:
+    """:func:`classify` for an error met writing a record (produce call or delivery report): a topic
+    that does not exist is fatal there, as no input can make it exist."""
+    if err.code() in _UNKNOWN_OUTPUT:
+        return ErrorKind.FATAL
+    return classify(err)
+
+
+def is_unreachable(err: KafkaError) -> bool:
+    """The error says the cluster cannot be reached now (an outage, a restart, a network cut)."""
+    return err.code() in UNREACHABLE_CODES
+
+
+def is_fenced(err: KafkaError) -> bool:
+    return err.code() in _FENCED
 
 
 def kafka_error_of(exc: BaseException) -> KafkaError | None:
@@ -90,6 +129,10 @@ def cause_name(err: KafkaError) -> str:
         return "invalid configuration"
     if code in _RECORD:
         return "record refused"
+    if code in _UNKNOWN_OUTPUT:
+        return "topic does not exist"
+    if code in UNREACHABLE_CODES:
+        return "broker unreachable"
     return err.name().lower().replace("_", " ").strip()
 
 
@@ -115,11 +158,16 @@ class KafkaFailure(ChoreoError, RuntimeError):
 
 __all__ = [
     "FATAL_CODES",
+    "FENCED_CODES",
     "RECORD_CODES",
+    "UNREACHABLE_CODES",
     "ErrorKind",
     "KafkaFailure",
     "cause_name",
     "classify",
+    "classify_produce",
     "describe",
+    "is_fenced",
+    "is_unreachable",
     "kafka_error_of",
 ]

@@ -1,15 +1,20 @@
 """`choreo worker --app MODULE:APP [--agents a,b] [--metrics-port N]`: run agents until SIGTERM/SIGINT.
 
-On a signal the worker finishes its current batch, commits it, closes its stores and exits 0; it
-exits 1 when an agent stopped on an error (fenced producer, fatal client error), 2 on a usage error
-(bad --app, unknown agent, refused topology).
+On a signal the worker finishes its current batch, commits it, closes its stores and exits 0 (also
+when the signal comes during start-up, while the broker is still awaited); an agent stuck in a
+client call is left behind after a bounded time. It exits 1 when an agent stopped on a fatal error
+(authorization, fenced by a newer instance, misconfiguration: one line naming the cause), 2 on a
+usage error (bad --app, unknown agent, refused topology). Transient failures (broker away, stuck
+calls) never end it: see the README's "Faults" section.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import typer
@@ -57,8 +62,21 @@ def worker(
     log_level: str | None = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING ... (default: settings)."),
 ) -> None:
     """Run agents: one consumer group per agent; start more workers to share the partitions."""
+    # First thing: a stop asked for while the app loads or the broker is awaited is honoured
+    stopping = threading.Event()
+    workers: list = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopping.set()
+        for w in workers:
+            w.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     from processors.contracts import ContractError
+    from processors.kafka_errors import KafkaFailure
     from processors.runtime import AppError, TopologyError, Worker, WorkerError
+    from processors.runtime._recovery import fatal_line
     from processors.runtime.logs import configure_logging
     from processors.runtime.metrics import serve
 
@@ -77,12 +95,9 @@ def worker(
     except (AppError, WorkerError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-
-    def on_signal(signum: int, frame: object) -> None:
-        w.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    workers.append(w)
+    if stopping.is_set():
+        raise typer.Exit(0)
     if settings.metrics_port:
         serve(settings.metrics_port)
     try:
@@ -90,9 +105,14 @@ def worker(
     except (AppError, TopologyError, ContractError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    except WorkerError as exc:
+    except (WorkerError, KafkaFailure) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     for error in w.errors:
-        typer.echo(f"error: agent stopped: {error}", err=True)
+        typer.echo(f"error: agent stopped: {fatal_line(error)}", err=True)
+    if w.left_behind:
+        # a thread stuck inside the Kafka client would hold the interpreter's exit: end now
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     raise typer.Exit(code)

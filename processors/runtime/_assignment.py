@@ -33,6 +33,7 @@ class Assignment:
         self.stores: dict[int, RocksStore] = {}  # partitions being processed
         self.paused: dict[int, list[TopicPartition]] = {}  # assigned, waiting for their store
         self.assigned_once = False
+        self.detached = False  # the session is closing: callbacks settle nothing more
 
     @property
     def settled(self) -> bool:
@@ -55,13 +56,21 @@ class Assignment:
             extra={"agent": self.agent, "partitions": sorted({tp.partition for tp in partitions})},
         )
 
+    def detach(self) -> None:
+        """The session closes: the revoke its consumer's close serves must not commit or log."""
+        self.detached = True
+
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.detached:
+            return
         revoked = {tp.partition for tp in partitions}
         self.committer.revoke(revoked)
         self.close(revoked)
         log.info("partitions revoked", extra={"agent": self.agent, "partitions": sorted(revoked)})
 
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.detached:
+            return
         self.close({tp.partition for tp in partitions})
         log.warning("partitions lost", extra={"agent": self.agent})
 

@@ -22,6 +22,7 @@ the stores record it, so a restore knows where the store stands.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -30,10 +31,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from processors.kafka_errors import ErrorKind, KafkaFailure, classify_produce, describe, is_fenced
 from processors.runtime._clients import AgentClients
-from processors.runtime.errors import WorkerError
+from processors.runtime._recovery import TransientFailure, transient_from
+from processors.runtime._watchdog import CallWatch
 from processors.runtime.state import BatchView, KeyValueStore
 from processors.runtime.state.keys import MARKER
 
@@ -51,7 +54,46 @@ class Guarantee(StrEnum):
 
 
 class BatchAborted(Exception):
-    """The batch could not be made durable: drop it and replay from its first offsets."""
+    """The batch could not be made durable: drop it and replay from its first offsets.
+
+    ``kind`` says what a replay can expect: ``TRANSIENT`` (try again), ``RECORD`` (one record of
+    the batch was refused: replay record by record to find its input) or ``FATAL`` (no input can
+    fix it: write denied, unknown topic); ``topic`` names the topic written when that is known."""
+
+    def __init__(
+        self, message: str, kind: ErrorKind = ErrorKind.TRANSIENT, topic: str | None = None, error: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.topic = topic
+        self.error = error
+
+
+DeliveryError = tuple[KafkaError, str | None]  # the error and the topic of the record
+
+
+def _aborted_by(errors: list[DeliveryError], fallback: str) -> BatchAborted:
+    """The abort a failed delivery calls for: the gravest of the failures reported, its topic named."""
+    graver = sorted(errors, key=lambda e: (classify_produce(e[0]) is not ErrorKind.FATAL,
+                                            classify_produce(e[0]) is not ErrorKind.RECORD))  # fmt: skip
+    err, topic = graver[0]
+    kind = classify_produce(err)
+    return BatchAborted(
+        f"{len(errors)} record(s) failed delivery{'' if fallback == '' else ' (' + fallback + ')'}, first: "
+        + describe(err, topic=topic, action="produce"),
+        kind,
+        topic,
+        err,
+    )
+
+
+def _produce_failed(exc: KafkaException, topic: str) -> BatchAborted:
+    """A produce call that raised: the record too large for the client, or the producer in a state
+    (a transaction that must abort) where it takes nothing more."""
+    err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    if err is None:
+        return BatchAborted(f"produce to {topic}: {exc}", ErrorKind.TRANSIENT, topic)
+    return BatchAborted(describe(err, topic=topic, action="produce"), classify_produce(err), topic, err)
 
 
 @dataclass
@@ -100,7 +142,9 @@ class CommitSettings:
     agent: str
     changelog: str
     marker: bytes  # the value of the batch markers in the changelog: who wrote the batch
-    timeout_s: float
+    timeout_s: float  # the client's own timeout of one blocking call
+    grace_s: float = 15.0  # past timeout_s + grace_s the watchdog gives the call up
+    transaction_timeout_s: float = 20.0
 
 
 class Committer(ABC):
@@ -108,11 +152,24 @@ class Committer(ABC):
 
     guarantee: Guarantee
 
-    def __init__(self, producer: Producer, settings: CommitSettings, delivery_errors: list[Any] | None = None) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        settings: CommitSettings,
+        delivery_errors: list[DeliveryError] | None = None,
+        watch: CallWatch | None = None,
+    ) -> None:
         self.producer = producer
         self.settings = settings
         # failed deliveries reported since the last commit (the producer's callback appends)
-        self.delivery_errors: list[Any] = [] if delivery_errors is None else delivery_errors
+        self.delivery_errors: list[DeliveryError] = [] if delivery_errors is None else delivery_errors
+        self.watch = watch or CallWatch()
+
+    @property
+    def deadline_s(self) -> float:
+        """How long the engine lets one blocking client call take: the client's own timeout plus a
+        grace, past which the watchdog gives the agent up (see :mod:`._watchdog`)."""
+        return self.settings.timeout_s + self.settings.grace_s
 
     # ------------------------------------------------------------------ sending
     def send_records(self, records: Iterable[Any]) -> None:
@@ -122,13 +179,16 @@ class Committer(ABC):
         self._ensure_transaction()
         produce = self.producer.produce
         for record in records:
-            if record.partition is None:
-                try:
-                    produce(record.topic, record.value, record.key, headers=record.headers)
-                except BufferError:
-                    self._produce(record.topic, record.key, record.value, record.headers)
-            else:
-                self._produce(record.topic, record.key, record.value, record.headers, record.partition)
+            try:
+                if record.partition is None:
+                    try:
+                        produce(record.topic, record.value, record.key, headers=record.headers)
+                    except BufferError:
+                        self._produce(record.topic, record.key, record.value, record.headers)
+                else:
+                    self._produce(record.topic, record.key, record.value, record.headers, record.partition)
+            except KafkaException as exc:
+                raise _produce_failed(exc, record.topic) from exc
 
     def _produce(
         self,
@@ -145,12 +205,17 @@ class Committer(ABC):
             extra["partition"] = partition
         if on_delivery is not None:
             extra["on_delivery"] = on_delivery
+        deadline = time.monotonic() + self.settings.timeout_s
         while True:
             try:
                 self.producer.produce(topic, value, key, headers=headers, **extra)
                 return
             except BufferError:
-                self.producer.poll(0.05)
+                if time.monotonic() > deadline:  # nothing delivered for that long: the broker is away
+                    full = f"producer queue full for {self.settings.timeout_s}s"
+                    raise TransientFailure("broker unreachable", full) from None
+                with self.watch.watch("poll", self.deadline_s):
+                    self.producer.poll(0.05)
 
     def _send_changelog(self, views: Mapping[int, BatchView]) -> ChangelogOffsets:
         """Produce each dirty partition's writes and a closing batch marker to the changelog. The
@@ -163,19 +228,22 @@ class Committer(ABC):
             if not view.writes:
                 continue
             self._ensure_transaction()
-            for key, value in view.writes.items():
-                try:
-                    self.producer.produce(changelog, value, key, partition=partition)
-                except BufferError:
-                    self._produce(changelog, key, value, None, partition)
+            try:
+                for key, value in view.writes.items():
+                    try:
+                        self.producer.produce(changelog, value, key, partition=partition)
+                    except BufferError:
+                        self._produce(changelog, key, value, None, partition)
 
-            def marker_delivered(err: Any, msg: Any, partition: int = partition) -> None:
-                if err is not None:
-                    errors.append(err)
-                else:
-                    reached[partition] = msg.offset()
+                def marker_delivered(err: Any, msg: Any, partition: int = partition) -> None:
+                    if err is not None:
+                        errors.append((err, changelog))
+                    else:
+                        reached[partition] = msg.offset()
 
-            self._produce(changelog, MARKER, self.settings.marker, None, partition, on_delivery=marker_delivered)
+                self._produce(changelog, MARKER, self.settings.marker, None, partition, on_delivery=marker_delivered)
+            except KafkaException as exc:
+                raise _produce_failed(exc, changelog) from exc
         return reached
 
     # ------------------------------------------------------------------ protocol
@@ -204,7 +272,32 @@ class Committer(ABC):
 
     def close(self) -> None:
         """The agent stops: abort an open transaction or commit what is done, flush the producer."""
-        self.producer.flush(5)
+        with self.watch.watch("flush", 5 + self.settings.grace_s):
+            self.producer.flush(5)
+
+    def explain(self, aborted: BatchAborted) -> BatchAborted:
+        """Why the batch really failed: a produce call or a commit only says the producer is in an
+        error state ("Erroneous state"); the delivery reports say which record, on which topic,
+        and why. Serves them, forgets them, and returns the graver explanation."""
+        with contextlib.suppress(KafkaException):
+            self.producer.poll(0)
+        errors = list(self.delivery_errors)
+        self.delivery_errors.clear()
+        if not errors:
+            return aborted
+        reported = _aborted_by(errors, "")
+        if reported.kind is ErrorKind.TRANSIENT and aborted.kind is not ErrorKind.TRANSIENT:
+            return aborted
+        return reported
+
+    def discard(self) -> None:
+        """The session is replaced after a failure: drop what is queued (a replay sends it again)."""
+        try:
+            self.producer.purge()
+            with self.watch.watch("flush", 1 + self.settings.grace_s):
+                self.producer.flush(1)
+        except KafkaException:
+            pass
 
 
 class ExactlyOnceCommitter(Committer):
@@ -212,26 +305,36 @@ class ExactlyOnceCommitter(Committer):
 
     guarantee = Guarantee.EXACTLY_ONCE
 
-    def __init__(self, producer: Producer, consumer: Consumer, settings: CommitSettings) -> None:
-        super().__init__(producer, settings)
+    def __init__(
+        self,
+        producer: Producer,
+        consumer: Consumer,
+        settings: CommitSettings,
+        delivery_errors: list[DeliveryError] | None = None,
+        watch: CallWatch | None = None,
+    ) -> None:
+        super().__init__(producer, settings, delivery_errors, watch)
         self.consumer = consumer
         self.in_transaction = False
+        self.began = 0.0  # when the open transaction began (monotonic)
 
     def initialize(self) -> None:
-        """Register the transactional id, fencing older instances of it."""
-        self._call(lambda: self.producer.init_transactions(self.settings.timeout_s))
+        """Register the transactional id, fencing older instances of it (also a stuck or dead
+        session of this worker: the same id is reused on purpose)."""
+        timeout = self.settings.timeout_s
+        self._call("init_transactions", lambda: self.producer.init_transactions(timeout))
 
     def _ensure_transaction(self) -> None:
         if not self.in_transaction:
-            self._call(self.producer.begin_transaction)
+            self._call("begin_transaction", self.producer.begin_transaction)
             self.in_transaction = True
+            self.began = time.monotonic()
 
     @property
     def pending(self) -> bool:
         return self.in_transaction
 
     def commit(self, batch: Batch) -> ChangelogOffsets:
-        self.delivery_errors.clear()
         producer, timeout = self.producer, self.settings.timeout_s
         try:
             self._ensure_transaction()
@@ -239,25 +342,32 @@ class ExactlyOnceCommitter(Committer):
             if batch.next_offsets:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in batch.next_offsets.items()]
                 metadata = self.consumer.consumer_group_metadata()
-                self._call(lambda: producer.send_offsets_to_transaction(offsets, metadata, timeout))
-            self._call(lambda: producer.commit_transaction(timeout))
+                self._call(
+                    "send_offsets_to_transaction",
+                    lambda: producer.send_offsets_to_transaction(offsets, metadata, timeout),
+                )
+            self._call("commit_transaction", lambda: producer.commit_transaction(timeout))
             self.in_transaction = False
         except BatchAborted:
             self.abort()
             raise
+        self.delivery_errors.clear()
         producer.poll(0)  # serve the markers' delivery reports: the changelog offsets reached
         batch.write_stores(reached)
         return reached
 
     def abort(self) -> None:
+        """Abort the open transaction. A call librdkafka asks to retry (timed out: "retry call to
+        resume") is retried up to the timeout; a transaction that still cannot be aborted leaves a
+        producer nobody can use: :class:`TransientFailure` replaces the session (the new producer's
+        ``init_transactions`` aborts the transaction on the broker)."""
         if not self.in_transaction:
             return
+        timeout = self.settings.timeout_s
         try:
-            self.producer.abort_transaction(self.settings.timeout_s)
-        except KafkaException as exc:
-            if exc.args[0].fatal():
-                raise WorkerError(f"agent {self.settings.agent}: producer fatal error on abort: {exc}") from exc
-            raise WorkerError(f"agent {self.settings.agent}: cannot abort transaction: {exc}") from exc
+            self._call("abort_transaction", lambda: self.producer.abort_transaction(timeout), aborting=True)
+        except BatchAborted as exc:
+            raise TransientFailure("cannot abort transaction", str(exc)) from exc
         finally:
             self.in_transaction = False
             self.producer.poll(0)
@@ -268,29 +378,44 @@ class ExactlyOnceCommitter(Committer):
     def close(self) -> None:
         try:
             self.abort()
-        except WorkerError:
+        except (TransientFailure, KafkaFailure):
             pass
         finally:
             super().close()
 
-    def _call(self, call: Callable[[], Any]) -> None:
-        """Run a transactional call: retry retriable errors, turn abortable ones into BatchAborted,
-        fatal ones (fenced by a newer instance of this transactional id) into WorkerError."""
+    def _call(self, name: str, call: Callable[[], Any], aborting: bool = False) -> None:
+        """Run a transactional call under the watchdog: retry what the client says is retriable
+        (up to the timeout), turn what needs an abort into :class:`BatchAborted`, what needs a new
+        producer into :class:`TransientFailure`, and what no retry fixes into :class:`KafkaFailure`."""
         deadline = time.monotonic() + self.settings.timeout_s
         while True:
             try:
-                call()
+                with self.watch.watch(name, self.deadline_s):
+                    call()
                 return
             except KafkaException as exc:
                 err = exc.args[0]
+                if is_fenced(err):
+                    raise self._fenced(err, name) from exc
                 if err.fatal():
-                    raise WorkerError(f"agent {self.settings.agent}: fatal producer error (fenced?): {err}") from exc
-                if err.txn_requires_abort():
-                    raise BatchAborted(str(err)) from exc
+                    raise transient_from(exc, name) from exc
+                if err.txn_requires_abort() and not aborting:
+                    raise BatchAborted(describe(err, action=name), ErrorKind.TRANSIENT, None, err) from exc
                 if err.retriable() and time.monotonic() < deadline:
                     time.sleep(0.1)
                     continue
-                raise BatchAborted(str(err)) from exc
+                failure = transient_from(exc, name)
+                if isinstance(failure, KafkaFailure):
+                    raise failure from exc
+                raise BatchAborted(describe(err, action=name), ErrorKind.TRANSIENT, None, err) from exc
+
+    def _fenced(self, err: KafkaError, action: str) -> BaseException:
+        """Fenced: by a newer instance of this transactional id (fatal: two workers share an id),
+        or by the broker aborting a transaction that outlived the transaction timeout while the
+        broker was away or a call stuck (transient: a new producer takes over)."""
+        if self.in_transaction and time.monotonic() - self.began >= self.settings.transaction_timeout_s:
+            return TransientFailure("transaction timed out", describe(err, action=action))
+        return KafkaFailure(err, action=f"{action} (another worker runs with this worker id?)")
 
 
 class AtLeastOnceCommitter(Committer):
@@ -299,9 +424,14 @@ class AtLeastOnceCommitter(Committer):
     guarantee = Guarantee.AT_LEAST_ONCE
 
     def __init__(
-        self, producer: Producer, consumer: Consumer, settings: CommitSettings, delivery_errors: list[Any]
+        self,
+        producer: Producer,
+        consumer: Consumer,
+        settings: CommitSettings,
+        delivery_errors: list[DeliveryError],
+        watch: CallWatch | None = None,
     ) -> None:
-        super().__init__(producer, settings, delivery_errors)
+        super().__init__(producer, settings, delivery_errors, watch)
         self.consumer = consumer
         self.committed: dict[InputPartition, int] = {}  # offsets handed to an async commit
 
@@ -328,22 +458,22 @@ class AtLeastOnceCommitter(Committer):
         try:
             self.consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
-            log.warning(
+            log.debug(
                 "offset commit failed; the batch will be replayed and deduplicated",
                 extra={"agent": self.settings.agent, "error": str(exc)},
             )
         self.committed.update(next_offsets)
 
     def _flush(self) -> None:
-        self.delivery_errors.clear()
         timeout = self.settings.timeout_s
-        remaining = self.producer.flush(timeout)
-        if remaining:
-            raise BatchAborted(f"{remaining} record(s) not delivered within {timeout}s")
+        with self.watch.watch("flush", self.deadline_s):
+            remaining = self.producer.flush(timeout)
         if self.delivery_errors:
             errors = list(self.delivery_errors)
             self.delivery_errors.clear()
-            raise BatchAborted(f"{len(errors)} record(s) failed delivery, first: {errors[0]}")
+            raise _aborted_by(errors, "")
+        if remaining:
+            raise BatchAborted(f"{remaining} record(s) not delivered within {timeout}s", ErrorKind.TRANSIENT)
 
     def abort(self) -> None:
         """Sent records cannot be taken back; the replay's dedupe makes them harmless."""
@@ -364,7 +494,8 @@ class AtLeastOnceCommitter(Committer):
         if not offsets:
             return
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            with self.watch.watch("commit", self.deadline_s):
+                self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             log.warning("offset commit on revoke failed", extra={"agent": self.settings.agent, "error": str(exc)})
         for tp in offsets:
@@ -377,21 +508,26 @@ def open_committer(
     consumer: Consumer,
     settings: CommitSettings,
     transaction_timeout_ms: int,
+    watch: CallWatch | None = None,
+    error_cb: Callable[[KafkaError], None] | None = None,
 ) -> Committer:
     """The agent's producer and the commit protocol of ``guarantee`` around it, ready to send
-    (under exactly-once the transactional id is registered, fencing older instances of it)."""
-    if guarantee is Guarantee.EXACTLY_ONCE:
-        producer = Producer(clients.producer(True, transaction_timeout_ms))
-        exactly_once = ExactlyOnceCommitter(producer, consumer, settings)
-        exactly_once.initialize()
-        return exactly_once
-    # At-least-once must see every failed delivery before it commits offsets (under exactly-once
-    # a failed delivery fails the commit instead).
-    errors: list[Any] = []
+    (under exactly-once the transactional id is registered, fencing older instances of it).
+    Every failed delivery is recorded with its topic: at-least-once must see them before it
+    commits offsets, and under exactly-once they say which record failed the transaction."""
+    errors: list[DeliveryError] = []
 
     def on_delivery(err: Any, msg: Any) -> None:
         if err is not None:
-            errors.append(err)
+            errors.append((err, msg.topic() if msg is not None else None))
 
-    producer = Producer(clients.producer(False, transaction_timeout_ms, on_delivery))
-    return AtLeastOnceCommitter(producer, consumer, settings, errors)
+    exactly_once = guarantee is Guarantee.EXACTLY_ONCE
+    config = clients.producer(exactly_once, transaction_timeout_ms, on_delivery)
+    if error_cb is not None:
+        config["error_cb"] = error_cb
+    producer = Producer(config)
+    if exactly_once:
+        committer = ExactlyOnceCommitter(producer, consumer, settings, errors, watch)
+        committer.initialize()
+        return committer
+    return AtLeastOnceCommitter(producer, consumer, settings, errors, watch)

@@ -252,6 +252,33 @@ class Processor:
                 dead.failure, envelope, event_type, topic, partition, offset, key, value, headers, received
             )
 
+    def refuse(
+        self,
+        view: StateView,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: InputHeaders,
+        reason: str,
+        message: str,
+    ) -> HandleResult:
+        """Dead-letter an input without handling it again: the worker found that its outputs cannot
+        be written (``output_refused``). Its seen key records the decision, as for any dead letter."""
+        received = self.clock_ms()
+        try:
+            envelope: Envelope | None = Envelope.from_headers(headers)
+        except EnvelopeError:
+            envelope = None
+        if envelope is not None:
+            expiry = received + self.dedupe_ttl_ms
+            seen = _SEEN + envelope.idempotency_key.encode("utf-8")
+            view.put(seen, keys.dead_lettered_seen_value(expiry, _redrive_count(headers)))
+        failure = dlq.Failure(reason, "OutputRefused", message, 1, received, received)
+        event_type = envelope.type if envelope is not None else None
+        return self._dead(failure, envelope, event_type, topic, partition, offset, key, value, headers, received)
+
     def _not_consumed(self, event_type: str, topic: str, received: int) -> _Dead:
         message = f"event type {event_type!r} is not a type agent {self.spec.name!r} reads on topic {topic!r}"
         return _Dead(self._failure(DlqReason.CONTRACT_VIOLATION, ContractError(message), 1, received))

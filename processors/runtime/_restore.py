@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from processors.kafka_errors import ErrorKind, KafkaFailure, classify
 from processors.kafka_types import records
 from processors.runtime._commit import Batch, BatchAborted, Committer
-from processors.runtime.errors import WorkerError
+from processors.runtime._recovery import TransientFailure
+from processors.runtime._watchdog import CallWatch
 from processors.runtime.metrics import AgentMetrics
 from processors.runtime.state import BatchView, RocksStore
 from processors.runtime.state.keys import MARKER
@@ -98,7 +100,11 @@ class ChangelogRestorer:
         metrics: AgentMetrics,
         agent: str,
         options: RestoreOptions | None = None,
+        watch: CallWatch | None = None,
+        grace_s: float = 15.0,
     ) -> None:
+        self.watch = watch or CallWatch()
+        self.grace_s = grace_s
         self.consumer = consumer
         self.changelog = changelog
         self.open_store = open_store
@@ -154,7 +160,8 @@ class ChangelogRestorer:
 
     def close(self) -> None:
         self.drop(list(self.restoring))
-        self.consumer.close()
+        with self.watch.watch("close", 10 + self.grace_s):
+            self.consumer.close()
 
     # ------------------------------------------------------------------ internals
     def _start(self, p: int) -> tuple[RocksStore, _Progress | None]:
@@ -162,7 +169,8 @@ class ChangelogRestorer:
         store = self.open_store(p)
         if store.wiped_reason:
             log.info("local store wiped", extra={"agent": self.agent, "partition": p, "reason": store.wiped_reason})
-        low, high = watermarks(self.consumer, self.changelog, p)
+        with self.watch.watch("get_watermark_offsets", 30 + self.grace_s):
+            low, high = watermarks(self.consumer, self.changelog, p)
         stored = store.changelog_offset
         if stored is not None and not (low <= stored + 1 <= high):
             log.warning(
@@ -192,7 +200,8 @@ class ChangelogRestorer:
 
     def _read_chunk(self) -> dict[int, RocksStore]:
         done: list[int] = []
-        msgs = records(self.consumer.consume(1000, self.options.poll_s))
+        with self.watch.watch("consume", self.options.poll_s + self.grace_s):
+            msgs = records(self.consumer.consume(1000, self.options.poll_s))
         for msg in msgs:
             p = msg.partition()
             progress = self.restoring.get(p)
@@ -202,9 +211,11 @@ class ChangelogRestorer:
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     done.append(p)
+                elif classify(err) is ErrorKind.FATAL:
+                    raise KafkaFailure(err, topic=self.changelog, action=f"restore of partition {p}")
                 elif err.fatal():
-                    raise WorkerError(f"restore of {self.changelog}[{p}]: {err}")
-                continue
+                    raise TransientFailure("restore consumer cannot go on", str(err))
+                continue  # the broker is away or the partition moving: the client retries
             key = msg.key()
             if key is None:  # never the engine's; a compacted topic refuses keyless records anyway
                 continue
@@ -231,7 +242,7 @@ class ChangelogRestorer:
         if not self.restoring or time.monotonic() - self._last_progress <= self.options.stall_s:
             return
         p, progress = next(iter(self.restoring.items()))
-        raise WorkerError(f"restore of {self.changelog}[{p}] stalled at offset {progress.last}")
+        raise TransientFailure("restore stalled", f"{self.changelog}[{p}] at offset {progress.last}")
 
     def _finish(self, progress: _Progress) -> RocksStore:
         p, store = progress.partition, progress.store
@@ -266,4 +277,8 @@ class ChangelogRestorer:
         try:
             self.committer.commit(Batch(stores={p: store}, views={p: view}))
         except BatchAborted as exc:
-            raise WorkerError(f"cannot roll back changelog {self.changelog}[{p}]: {exc}") from exc
+            if exc.kind is ErrorKind.TRANSIENT:
+                raise TransientFailure("cannot roll back changelog", f"{self.changelog}[{p}]: {exc}") from exc
+            if exc.error is not None:
+                raise KafkaFailure(exc.error, topic=self.changelog, action="roll back") from exc
+            raise

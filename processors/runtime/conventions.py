@@ -73,6 +73,7 @@ class DlqReason(StrEnum):
     INVALID_OUTPUT = "invalid_output"  # the handler emitted an undeclared type or a value its contract refuses
     INVALID_STATE = "invalid_state"  # the handler left state that is not JSON-serialisable
     TIMER_ERROR = "timer_error"  # a timer handler failed (dead-lettered to `<app>.<agent>.timers.dlq`)
+    OUTPUT_REFUSED = "output_refused"  # the broker refused what handling the input wrote (too large, ...)
 
 
 ENGINE_REASONS = tuple(DlqReason)

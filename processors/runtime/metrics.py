@@ -146,6 +146,23 @@ COMMIT_SECONDS = Histogram(
 ABORTS = Counter("choreo_batch_aborts_total", "Batches aborted and rewound", ["agent"])
 TIMERS_FIRED = Counter("choreo_timers_fired_total", "Timers fired", ["agent"])
 ASSIGNED = Gauge("choreo_assigned_partitions", "Partitions (stores) owned", ["agent"])
+AGENT_HEALTHY = Gauge(
+    "choreo_agent_healthy", "1 while the agent processes normally, 0 while it retries (broker away, stuck)", ["agent"]
+)
+SESSION_RESTARTS = Counter(
+    "choreo_agent_restarts_total", "Agent sessions replaced (fresh clients) after a failure", ["agent", "cause"]
+)
+STUCK_CALLS = Counter(
+    "choreo_stuck_calls_total", "Client calls that outlived the engine's deadline (agent replaced)", ["agent", "call"]
+)
+OUTPUT_REFUSED = Counter(
+    "choreo_output_refused_total",
+    "Inputs whose output the broker refused (isolated and dead-lettered, or skipped when even the dead letter was)",
+    ["agent", "topic", "outcome"],
+)
+ISOLATED_BATCHES = Counter(
+    "choreo_isolated_batches_total", "Batches replayed record by record to find a refused output", ["agent"]
+)
 
 
 class AgentMetrics:
@@ -247,6 +264,21 @@ class AgentMetrics:
 
     def assigned(self, n: int) -> None:
         self._assigned.set(n)
+
+    def healthy(self, ok: bool) -> None:
+        AGENT_HEALTHY.labels(self.agent).set(1 if ok else 0)
+
+    def session_restart(self, cause: str) -> None:
+        SESSION_RESTARTS.labels(self.agent, cause).inc()
+
+    def stuck_call(self, call: str) -> None:
+        STUCK_CALLS.labels(self.agent, call).inc()
+
+    def output_refused(self, topic: str, outcome: str) -> None:
+        OUTPUT_REFUSED.labels(self.agent, topic, outcome).inc()
+
+    def isolated_batch(self) -> None:
+        ISOLATED_BATCHES.labels(self.agent).inc()
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:

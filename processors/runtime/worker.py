@@ -15,6 +15,12 @@ durable and writes the overlays to the stores. The parts live beside this module
 * :mod:`processors.runtime._assignment`: the partitions processed, through rebalances;
 * :mod:`processors.runtime._housekeeping`: due timers, expired seen keys, consumer lag.
 
+Failures: what ends the agent's session (see :mod:`processors.runtime._recovery`) ends only this
+object; the worker's supervisor (:mod:`processors.runtime.supervisor`) starts a fresh one after a
+backoff, or stops the worker when the failure is fatal. Every blocking client call is announced
+to the agent's :class:`~processors.runtime._watchdog.CallWatch`, so one that outlives its
+deadline gets the agent replaced instead of hanging it.
+
 Rebalances are eager (``range`` assignor: partition N of every co-partitioned input goes to the
 same worker, where the store of partition N lives). An assigned partition stays paused until its
 store is restored; on revocation its store is closed.
@@ -32,6 +38,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from processors.kafka_errors import ErrorKind, KafkaFailure, classify, describe, is_unreachable
 from processors.kafka_types import ConsumedRecord, records
 from processors.runtime import audit
 from processors.runtime._assignment import Assignment
@@ -39,9 +46,12 @@ from processors.runtime._clients import AgentClients
 from processors.runtime._commit import Batch, BatchAborted, CommitSettings, Guarantee, open_committer
 from processors.runtime._housekeeping import Housekeeping, HousekeepingOptions
 from processors.runtime._processor import IGNORED, HandleResult, Processor
+from processors.runtime._recovery import BROKER_UNREACHABLE, AgentHealth, TransientFailure
 from processors.runtime._restore import ChangelogRestorer, RestoreOptions
+from processors.runtime._watchdog import Abandoned, CallWatch
 from processors.runtime.agent import AgentSpec
 from processors.runtime.app import App
+from processors.runtime.conventions import DlqReason
 from processors.runtime.errors import WorkerError
 from processors.runtime.metrics import AgentMetrics
 from processors.runtime.state import RocksStore, StoreMemory
@@ -72,6 +82,12 @@ class WorkerOptions:
     # readers (one that restarts fences it at once). Longer than a batch may take (max_batch_s
     # plus its commit), or the broker would abort healthy batches.
     transaction_timeout_ms: int = 20_000
+    # The watchdog: a blocking client call may take its own timeout plus this, then the agent is
+    # given up and replaced (fresh clients); poll and consume have no long timeout of their own.
+    call_grace_s: float = 15.0
+    # Transient batch aborts in a row before the session is replaced (fresh producer and consumer).
+    max_replays: int = 3
+    probe_interval_s: float = 1.0  # while retrying, how often an idle agent checks the broker is back
 
 
 class AgentRunner:
@@ -86,6 +102,8 @@ class AgentRunner:
         guarantee: str,
         stop: threading.Event,
         options: WorkerOptions,
+        metrics: AgentMetrics | None = None,
+        health: AgentHealth | None = None,
     ) -> None:
         self.app = app
         self.spec = spec
@@ -94,7 +112,9 @@ class AgentRunner:
         self.guarantee = Guarantee(guarantee)
         self.stop_event = stop
         self.options = options
-        self.metrics = AgentMetrics(spec.name, self.guarantee)
+        self.metrics = metrics or AgentMetrics(spec.name, self.guarantee)
+        self.health = health or AgentHealth(spec.name, self.metrics)
+        self.watch = CallWatch()
         self.processor = Processor(app, spec, worker_id, metrics=self.metrics)
         self.topics = app.input_topics(spec)
         self.state_root = Path(settings.state_dir) / app.app_id / spec.name
@@ -102,6 +122,11 @@ class AgentRunner:
         self.error: BaseException | None = None
         self.batches = 0
         self.handled = 0
+        self.replays = 0  # transient aborts in a row
+        self.isolating: dict[tuple[str, int], int] = {}  # replay one record per batch below these offsets
+        self.single: ConsumedRecord | None = None  # the record of a one-record (isolating) batch
+        self._client_failure: KafkaFailure | None = None  # a fatal error a client callback reported
+        self._next_probe = 0.0
         self.thread = threading.Thread(target=self._main, name=f"agent-{spec.name}", daemon=True)
 
     @property
@@ -116,15 +141,29 @@ class AgentRunner:
     def _main(self) -> None:
         try:
             self.run()
-        except BaseException as exc:  # noqa: BLE001 - reported to the worker, which exits non-zero
+        except Abandoned:
+            pass  # replaced by the supervisor while stuck: touch nothing
+        except BaseException as exc:  # noqa: BLE001 - judged by the supervisor: retry or stop
             self.error = exc
-            log.exception("agent stopped on an error", extra={"agent": self.spec.name})
-            self.stop_event.set()
         finally:
             self.ready.set()
 
+    def release(self) -> None:
+        """The supervisor gave this agent up (a call stuck past its deadline): close its stores,
+        so a fresh agent can open them. Its thread raises :class:`Abandoned` if the call returns."""
+        assignment = getattr(self, "assignment", None)
+        if assignment is not None:
+            assignment.close()
+
     def run(self) -> None:
-        self._open()
+        try:
+            self._open()
+        except BatchAborted as exc:  # init_transactions or a first write failed
+            if exc.kind is ErrorKind.TRANSIENT:
+                raise TransientFailure(BROKER_UNREACHABLE, str(exc)) from exc
+            raise self._fatal_output(exc) from exc
+        if self.guarantee is EXACTLY_ONCE:
+            self.health.recovered()  # init_transactions answered: the broker is back
         log.info(
             "agent started",
             extra={
@@ -134,39 +173,86 @@ class AgentRunner:
                 "worker_id": self.worker_id,
             },
         )
+        failed = True
         try:
             while not self.stop_event.is_set():
                 self.run_once()
+            failed = False
         finally:
-            self._shutdown()
+            if not self.watch.abandoned:
+                self._shutdown(failed)
 
     def run_once(self) -> None:
         """One turn of the loop: poll, restore step, handle, timers and purge, commit."""
         msgs = self._next_batch(0.0 if self.restorer.busy else self.options.poll_timeout_s)
+        self._raise_client_failure()
         if self.restorer.busy:  # also when the poll just assigned partitions
             self.assignment.activate(self.consumer, self.restorer.step())
         if self.assignment.settled:
             self.ready.set()
         self._process(msgs)
+        if not self.health.healthy:
+            self._probe()
+
+    def _probe(self) -> None:
+        """While retrying and idle, ask the cluster for the input topics' metadata now and then:
+        an answer means the broker is back (a committed batch says so too)."""
+        now = time.monotonic()
+        if now < self._next_probe:
+            return
+        self._next_probe = now + self.options.probe_interval_s
+        try:
+            with self.watch.watch("list_topics", 2 + self.options.call_grace_s):
+                self.consumer.list_topics(self.topics[0], timeout=2)
+        except KafkaException:
+            return
+        self.health.recovered()
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        """The clients' error callback (served inside poll/flush): fatal errors are raised by the
+        loop right after the call; the rest say the agent is retrying (logged once)."""
+        if classify(err) is ErrorKind.FATAL:
+            if self._client_failure is None:
+                self._client_failure = KafkaFailure(err, action=f"agent {self.spec.name}")
+            return
+        self.health.trouble(BROKER_UNREACHABLE if is_unreachable(err) else "client error", describe(err))
+
+    def _raise_client_failure(self) -> None:
+        if self._client_failure is not None:
+            raise self._client_failure
 
     def _open(self) -> None:
         opts = self.options
         clients = AgentClients(self.app, self.spec.name, self.worker_id, self.settings)
-        self.consumer = Consumer(clients.consumer())
+        self.consumer = Consumer({**clients.consumer(), "error_cb": self._on_client_error})
         marker = orjson.dumps({"worker": self.worker_id, "agent": self.spec.name})
-        commit_settings = CommitSettings(self.spec.name, self.app.changelog_topic(self.spec.name), marker,
-                                         opts.commit_timeout_s)  # fmt: skip
+        commit_settings = CommitSettings(
+            self.spec.name,
+            self.app.changelog_topic(self.spec.name),
+            marker,
+            opts.commit_timeout_s,
+            opts.call_grace_s,
+            opts.transaction_timeout_ms / 1000,
+        )
         self.committer = open_committer(
-            self.guarantee, clients, self.consumer, commit_settings, opts.transaction_timeout_ms
+            self.guarantee,
+            clients,
+            self.consumer,
+            commit_settings,
+            opts.transaction_timeout_ms,
+            self.watch,
+            self._on_client_error,
         )
         self.restorer = ChangelogRestorer(
-            Consumer(clients.restorer()),
+            Consumer({**clients.restorer(), "error_cb": self._on_client_error}),
             commit_settings.changelog,
             self._open_store,
             self.committer,
             self.metrics,
             self.spec.name,
             RestoreOptions(chunk=opts.restore_chunk, stall_s=opts.restore_stall_s),
+            self.watch,
+            opts.call_grace_s,
         )
         self.assignment = Assignment(self.restorer, self.committer, self.metrics, self.spec.name)
         self.housekeeping = Housekeeping(
@@ -195,23 +281,34 @@ class AgentRunner:
         lone event is handled within the linger, a backlog still comes in full batches, and a
         trickle is gathered for a few milliseconds rather than committed record by record."""
         opts = self.options
-        first = self.consumer.poll(timeout)
+        # the deadline covers the rebalance callbacks served inside poll (an at-least-once revoke
+        # commits offsets there)
+        deadline = opts.commit_timeout_s + opts.call_grace_s
+        with self.watch.watch("poll", timeout + deadline):
+            first = self.consumer.poll(timeout)
         if first is None:
             return []
-        if opts.batch_size <= 1:
+        if opts.batch_size <= 1 or self.isolating:
             return records([first])
-        return records([first, *self.consumer.consume(opts.batch_size - 1, opts.batch_linger_s)])
+        with self.watch.watch("consume", opts.batch_linger_s + deadline):
+            more = self.consumer.consume(opts.batch_size - 1, opts.batch_linger_s)
+        return records([first, *more])
 
     def _process(self, msgs: list[ConsumedRecord]) -> None:
         batch = Batch(self.assignment.stores)
         if msgs:
             self.metrics.batch(len(msgs))
-        handled = self._handle_records(msgs, batch)
-        self.housekeeping.fire_timers(batch, self._emit)
-        self.housekeeping.purge(batch)
-        self.metrics.flush()
-        if batch.next_offsets or batch.dirty or self.committer.pending:
-            self._commit(batch, handled)
+        self.single = None
+        try:
+            handled = self._handle_records(msgs, batch)
+            self.housekeeping.fire_timers(batch, self._emit)
+            self.housekeeping.purge(batch)
+            self.metrics.flush()
+            if batch.next_offsets or batch.dirty or self.committer.pending:
+                self._commit(batch, handled)
+        except BatchAborted as exc:  # a write refused while the batch ran, or at its commit
+            self.metrics.flush()
+            self._aborted(batch, exc)
         self.housekeeping.report_lag(self.consumer)
 
     def _handle_records(self, msgs: list[ConsumedRecord], batch: Batch) -> int:
@@ -221,25 +318,44 @@ class AgentRunner:
         handle, emit = self.processor.handle, self._emit
         views, first, nxt = batch.views, batch.first_offsets, batch.next_offsets
         handled = 0
+        not_ours: dict[tuple[str, int], int] = {}
         for i, msg in enumerate(msgs):
             err = msg.error()
             if err is not None:
-                self._consume_error(err)
+                self._consume_error(err, msg.topic())
                 continue
-            if handled and time.monotonic() > deadline:
+            if handled and (self.isolating or time.monotonic() > deadline):
                 self._rewind(_first_offsets(msgs[i:]))
                 break
             topic, p, off = msg.topic(), msg.partition(), msg.offset()
             view = views.get(p) or batch.view(p)
-            if view is None:
-                raise WorkerError(f"record from partition {p} of {topic} without an open store")
+            if view is None:  # fetched before its partition was revoked (or paused for a restore)
+                not_ours.setdefault((topic, p), off)
+                continue
             tp = (topic, p)
             if tp not in first:
                 first[tp] = off
             nxt[tp] = off + 1
+            if self.isolating:
+                self.single = msg
             emit(handle(view, topic, p, off, msg.key(), msg.value(), msg.headers(), msg.timestamp()[1]))
             handled += 1
+        if not_ours:
+            self._not_ours(not_ours)
         return handled
+
+    def _not_ours(self, first: dict[tuple[str, int], int]) -> None:
+        """Records of partitions without an open store. A revoked partition's records belong to its
+        new owner now, which starts from the committed offset: drop them, commit nothing of them.
+        A partition still assigned (paused until its store is restored) is sought back to them."""
+        paused = self.assignment.paused
+        back = {tp: off for tp, off in first.items() if tp[1] in paused}
+        if back:
+            self._rewind(back)
+        log.debug(
+            "records of partitions not processed here dropped",
+            extra={"agent": self.spec.name, "partitions": sorted(p for _, p in first), "rewound": sorted(back)},
+        )
 
     def _emit(self, result: HandleResult) -> None:
         """Send a handled input's records and count its outcome."""
@@ -265,16 +381,103 @@ class AgentRunner:
 
     def _commit(self, batch: Batch, handled: int) -> None:
         t0 = time.perf_counter()
-        try:
-            self.committer.commit(batch)
-        except BatchAborted as exc:
-            self.metrics.abort()
-            log.warning("batch aborted, replaying it", extra={"agent": self.spec.name, "error": str(exc)})
-            self._rewind(batch.first_offsets)
-            return
+        self.committer.commit(batch)
         self.metrics.commit_latency(time.perf_counter() - t0)
         self.batches += 1
         self.handled += handled
+        self.replays = 0
+        self._isolated(batch)
+        self.health.recovered()
+
+    # ------------------------------------------------------------------ failed batches
+    def _aborted(self, batch: Batch, exc: BatchAborted) -> None:
+        """A batch that could not be made durable. Transient: replay it (a few times in a row,
+        then replace the session). One record refused: replay the batch record by record, and
+        dead-letter the input whose output is refused. Fatal (write denied, unknown topic): stop."""
+        self.metrics.abort()
+        self.committer.abort()
+        exc = self.committer.explain(exc)
+        self._rewind(batch.first_offsets)
+        if exc.kind is ErrorKind.FATAL:
+            raise self._fatal_output(exc) from exc
+        if exc.kind is ErrorKind.RECORD:
+            self._record_refused(batch, exc)
+            return
+        self.replays += 1
+        cause = BROKER_UNREACHABLE if exc.error is not None and is_unreachable(exc.error) else "batch aborted"
+        if "not delivered within" in str(exc):
+            cause = BROKER_UNREACHABLE
+        self.health.trouble(cause, str(exc))
+        if self.replays >= self.options.max_replays:
+            raise TransientFailure(cause, f"{self.replays} batches aborted in a row: {exc}")
+
+    def _fatal_output(self, exc: BatchAborted) -> BaseException:
+        if exc.error is not None:
+            return KafkaFailure(exc.error, topic=exc.topic, action=f"agent {self.spec.name}: produce")
+        return WorkerError(f"agent {self.spec.name}: {exc}")
+
+    def _record_refused(self, batch: Batch, exc: BatchAborted) -> None:
+        msg = self.single
+        if msg is not None and len(batch.next_offsets) == 1:
+            self._refuse(msg, exc)
+            return
+        if not batch.next_offsets:  # a timer's output, no input to blame: nothing a replay changes
+            raise self._fatal_output(exc)
+        self.isolating.update(batch.next_offsets)
+        self.metrics.isolated_batch()
+        log.warning(
+            "a record of the batch was refused; replaying it record by record",
+            extra={"agent": self.spec.name, "topic": exc.topic, "error": str(exc)[:300]},
+        )
+
+    def _isolated(self, batch: Batch) -> None:
+        """A committed batch moves the end of isolation: past its offsets, batches are whole again."""
+        if not self.isolating:
+            return
+        for tp, off in batch.next_offsets.items():
+            until = self.isolating.get(tp)
+            if until is not None and off >= until:
+                del self.isolating[tp]
+        for tp in [tp for tp in self.isolating if tp[1] not in self.assignment.stores]:
+            del self.isolating[tp]  # revoked: its new owner isolates it if it must
+
+    def _refuse(self, msg: ConsumedRecord, exc: BatchAborted) -> None:
+        """Dead-letter the one input whose output the broker refused (reason ``output_refused``);
+        if even its dead letter is refused, commit past it and say so: it never blocks the
+        partition, and the loop cannot come back to it."""
+        topic, p, off = msg.topic(), msg.partition(), msg.offset()
+        why = f"output refused: {exc}"
+        batch = Batch(self.assignment.stores)
+        view = batch.view(p)
+        if view is None:
+            return  # revoked meanwhile: the new owner meets it
+        batch.consumed(topic, p, off)
+        try:
+            result = self.processor.refuse(view, topic, p, off, msg.key(), msg.value(), msg.headers(),
+                                           DlqReason.OUTPUT_REFUSED, why)  # fmt: skip
+            self._emit(result)
+            self.metrics.flush()
+            self._commit(batch, 1)
+            self._rewind({(topic, p): off + 1})
+            self.metrics.output_refused(exc.topic or "unknown", "dead_lettered")
+            return
+        except BatchAborted as refused:
+            self.committer.abort()
+            again = self.committer.explain(refused)
+            if again.kind is not ErrorKind.RECORD:
+                self._rewind({(topic, p): off})
+                if again.kind is ErrorKind.FATAL:
+                    raise self._fatal_output(again) from again
+                return
+        skip = Batch(self.assignment.stores)
+        skip.consumed(topic, p, off)
+        self._commit(skip, 0)
+        self._rewind({(topic, p): off + 1})
+        self.metrics.output_refused(exc.topic or "unknown", "skipped")
+        log.error(
+            "input skipped: neither its output nor its dead letter could be written",
+            extra={"agent": self.spec.name, "topic": topic, "partition": p, "offset": off, "error": why[:300]},
+        )
 
     def _rewind(self, first: dict[tuple[str, int], int]) -> None:
         """Hand records back to the next poll: seek each partition to the first one not done."""
@@ -287,23 +490,37 @@ class AgentRunner:
                     extra={"agent": self.spec.name, "topic": topic, "partition": p, "offset": off, "error": str(exc)},
                 )
 
-    def _consume_error(self, err: KafkaError) -> None:
+    def _consume_error(self, err: KafkaError, topic: str | None) -> None:
+        """An error the consumer delivered instead of a record: fatal ones (group or topic READ
+        denied) stop the worker; the rest mean the consumer is retrying by itself."""
         if err.code() == KafkaError._PARTITION_EOF:
             return
+        if classify(err) is ErrorKind.FATAL:
+            raise KafkaFailure(err, topic=topic, action=f"agent {self.spec.name}: consume")
         if err.fatal():
-            raise WorkerError(f"agent {self.spec.name}: fatal consumer error: {err}")
-        log.warning("consumer error", extra={"agent": self.spec.name, "error": str(err)})
+            raise TransientFailure("consumer cannot go on", describe(err, topic=topic))
+        self.health.trouble(BROKER_UNREACHABLE if is_unreachable(err) else "consumer error", describe(err, topic=topic))
 
     # ------------------------------------------------------------------ shutdown
-    def _shutdown(self) -> None:
+    def _shutdown(self, failed: bool) -> None:
+        """Close the session. On a stop: abort an open transaction (exactly-once) or commit what is
+        done (at-least-once), then leave the group. After a failure: drop what is queued (the next
+        session replays it) and close what answers; every call is under the watchdog."""
         committer, consumer, restorer, assignment = (
             getattr(self, name, None) for name in ("committer", "consumer", "restorer", "assignment")
         )
         try:
             if committer is not None:
-                committer.close()  # abort an open transaction, or commit what at-least-once finished
+                try:
+                    committer.discard() if failed else committer.close()
+                except (KafkaException, TransientFailure, KafkaFailure, BatchAborted) as exc:
+                    log.debug("closing the producer failed", extra={"agent": self.spec.name, "error": str(exc)})
+            if assignment is not None:
+                assignment.detach()  # the consumer's close serves a revoke: nothing is settled there now
+                assignment.close()
             if consumer is not None:
-                consumer.close()
+                with self.watch.watch("close", 10 + self.options.call_grace_s):
+                    consumer.close()
         finally:
             if assignment is not None:
                 assignment.close()

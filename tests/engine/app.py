@@ -153,3 +153,48 @@ def _install_crash_point() -> None:
 
 
 _install_crash_point()
+
+
+def _install_stuck_call() -> None:
+    """``ENGINE_STUCK_CALL=send_offsets_to_transaction:N``: the Nth call of that producer method
+    (counted over the process, across producers) blocks for an hour, as librdkafka 2.x was seen to
+    block there after a broker restart; the watchdog must give the agent up and replace it.
+    ``ENGINE_CALL_DEADLINE=T:G`` shortens the client timeout and the watchdog's grace (seconds)."""
+    deadline = os.environ.get("ENGINE_CALL_DEADLINE")
+    if deadline:
+        import dataclasses
+
+        from processors.runtime import supervisor
+        from processors.runtime.worker import WorkerOptions
+
+        timeout_s, grace_s = (float(x) for x in deadline.split(":"))
+        defaults = dataclasses.replace(WorkerOptions(), commit_timeout_s=timeout_s, call_grace_s=grace_s)
+        supervisor.WorkerOptions = lambda: defaults  # type: ignore[assignment,misc]
+    spec = os.environ.get("ENGINE_STUCK_CALL")
+    if not spec:
+        return
+    import time
+
+    from confluent_kafka import Producer
+
+    from processors.runtime import _commit
+
+    method, _, nth = spec.partition(":")
+    calls = {"n": 0}
+
+    class StuckProducer(Producer):
+        pass
+
+    original = getattr(Producer, method)
+
+    def stuck(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == int(nth or 1):
+            time.sleep(3600)
+        return original(self, *args, **kwargs)
+
+    setattr(StuckProducer, method, stuck)
+    _commit.Producer = StuckProducer  # type: ignore[misc]
+
+
+_install_stuck_call()

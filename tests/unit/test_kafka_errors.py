@@ -49,3 +49,16 @@ def test_failure_carries_kind_and_unwraps_from_exceptions() -> None:
     assert failure.kind is ErrorKind.FATAL and "group authorization failed" in str(failure)
     assert kafka_error_of(KafkaException(err)) is err
     assert kafka_error_of(ValueError("no")) is None
+
+
+def test_writing_a_topic_that_does_not_exist_is_fatal_but_an_outage_is_not() -> None:
+    from processors.kafka_errors import classify_produce, is_unreachable
+
+    assert classify_produce(KafkaError(KafkaError._UNKNOWN_TOPIC)) is ErrorKind.FATAL
+    assert classify_produce(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)) is ErrorKind.FATAL
+    assert classify_produce(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)) is ErrorKind.RECORD
+    assert classify_produce(KafkaError(KafkaError._MSG_TIMED_OUT)) is ErrorKind.TRANSIENT
+    for code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError.COORDINATOR_NOT_AVAILABLE):
+        assert is_unreachable(KafkaError(code))
+        assert describe(KafkaError(code)).startswith("broker unreachable")
+    assert not is_unreachable(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED))
