@@ -7,13 +7,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv install broker-jars broker-start broker-stop lint test test-unit test-soak demo bench bench-quick clean
+.PHONY: help venv install broker-jars broker-start broker-stop lint test test-unit test-soak chaos demo bench bench-quick clean
 
 help:
 	@echo "make demo        run the commerce flow on the embedded local Kafka broker"
 	@echo "make test        install everything and run the default test suite"
 	@echo "make lint        ruff (lint and format check) and mypy over the whole tree; no broker needed"
 	@echo "make test-soak   long fault and soak runs (marker: soak)"
+	@echo "make chaos       the ledger through SIGKILLs, scaling, a wiped state dir and a broker restart"
 	@echo "make bench       benchmarks against the local broker (bench-quick: the short variant)"
 
 $(BIN)/python:
@@ -49,6 +50,11 @@ test-unit: $(STAMP)
 
 test-soak: broker-jars
 	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)
+
+CHAOS_ARGS ?=
+
+chaos: broker-jars
+	$(BIN)/python -m tests.engine.chaos $(CHAOS_ARGS)
 
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=

@@ -236,7 +236,7 @@ class Worker:
             extra={"agent": slot.spec.name, "call": call, "seconds": round(elapsed, 1)},
         )
         try:
-            runner.release()
+            runner.release(call)
         except Exception as exc:  # noqa: BLE001 - a store that will not close must not stop the supervisor
             log.warning("closing a stuck agent's stores failed", extra={"agent": slot.spec.name, "error": str(exc)})
         slot.left_behind.append(runner)

@@ -148,12 +148,21 @@ class AgentRunner:
         finally:
             self.ready.set()
 
-    def release(self) -> None:
-        """The supervisor gave this agent up (a call stuck past its deadline): close its stores,
-        so a fresh agent can open them. Its thread raises :class:`Abandoned` if the call returns."""
+    def release(self, stuck_call: str) -> None:
+        """The supervisor gave this agent up (a call stuck past its deadline): close its stores, so
+        a fresh agent can open them, and, when the call that is stuck is not the consumer's, have
+        the consumer leave the group (from a thread of its own, which may block too): an abandoned
+        consumer would go on heartbeating and hold its partitions from the fresh one. Its thread
+        raises :class:`Abandoned` if the call ever returns."""
         assignment = getattr(self, "assignment", None)
         if assignment is not None:
+            assignment.detach()
             assignment.close()
+        if stuck_call in _CONSUMER_CALLS:
+            return  # closing a consumer another thread is inside of is not safe: the group evicts it
+        restorer = getattr(self, "restorer", None)
+        consumers = [c for c in (getattr(self, "consumer", None), restorer and restorer.consumer) if c is not None]
+        threading.Thread(target=_close_quietly, args=(consumers,), name=f"close-{self.spec.name}", daemon=True).start()
 
     def run(self) -> None:
         try:
@@ -527,6 +536,17 @@ class AgentRunner:
             if restorer is not None:
                 restorer.close()
             log.info("agent stopped", extra={"agent": self.spec.name, "batches": self.batches})
+
+
+_CONSUMER_CALLS = frozenset({"poll", "consume", "commit", "close", "list_topics", "get_watermark_offsets"})
+
+
+def _close_quietly(clients: list) -> None:
+    for client in clients:
+        try:
+            client.close()
+        except Exception as exc:  # noqa: BLE001 - an abandoned client: nothing to report to
+            log.debug("closing an abandoned client failed", extra={"error": str(exc)})
 
 
 def _first_offsets(msgs: Iterable[ConsumedRecord]) -> dict[tuple[str, int], int]:
