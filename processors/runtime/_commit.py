@@ -143,7 +143,7 @@ class CommitSettings:
     changelog: str
     marker: bytes  # the value of the batch markers in the changelog: who wrote the batch
     timeout_s: float  # the client's own timeout of one blocking call
-    grace_s: float = 15.0  # past timeout_s + grace_s the watchdog gives the call up
+    grace_s: float = 10.0  # past timeout_s + grace_s the watchdog gives the call up
     transaction_timeout_s: float = 20.0
 
 

@@ -116,6 +116,7 @@ class AgentHealth:
         self.cause: str | None = None
         self.since = 0.0
         self.retries = 0
+        self.last_trouble = 0.0
         metrics.healthy(True)
 
     @property
@@ -125,6 +126,7 @@ class AgentHealth:
     def trouble(self, cause: str, detail: str = "", *, restart: bool = False) -> None:
         """Something transient went wrong; logs only when the state (or its cause) changes."""
         with self._lock:
+            self.last_trouble = time.monotonic()
             if restart:
                 self.retries += 1
                 self.metrics.session_restart(cause)
@@ -141,9 +143,11 @@ class AgentHealth:
             extra={"agent": self.agent, "cause": cause, "error": detail[:300]},
         )
 
-    def recovered(self) -> None:
+    def recovered(self, quiet_s: float = 0.0) -> None:
+        """Back to healthy; with ``quiet_s``, only once nothing went wrong for that long (a probe
+        answering while reconnects still fail is not a recovery yet: one line, not a flap)."""
         with self._lock:
-            if self.cause is None:
+            if self.cause is None or time.monotonic() - self.last_trouble < quiet_s:
                 return
             cause, seconds, retries = self.cause, time.monotonic() - self.since, self.retries
             self.cause = None

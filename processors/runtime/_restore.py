@@ -101,7 +101,7 @@ class ChangelogRestorer:
         agent: str,
         options: RestoreOptions | None = None,
         watch: CallWatch | None = None,
-        grace_s: float = 15.0,
+        grace_s: float = 10.0,
     ) -> None:
         self.watch = watch or CallWatch()
         self.grace_s = grace_s

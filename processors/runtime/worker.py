@@ -84,10 +84,11 @@ class WorkerOptions:
     transaction_timeout_ms: int = 20_000
     # The watchdog: a blocking client call may take its own timeout plus this, then the agent is
     # given up and replaced (fresh clients); poll and consume have no long timeout of their own.
-    call_grace_s: float = 15.0
+    call_grace_s: float = 10.0
     # Transient batch aborts in a row before the session is replaced (fresh producer and consumer).
     max_replays: int = 3
     probe_interval_s: float = 1.0  # while retrying, how often an idle agent checks the broker is back
+    probe_quiet_s: float = 5.0  # ...and for how long no client error may come before it says it recovered
 
 
 class AgentRunner:
@@ -215,7 +216,7 @@ class AgentRunner:
                 self.consumer.list_topics(self.topics[0], timeout=2)
         except KafkaException:
             return
-        self.health.recovered()
+        self.health.recovered(quiet_s=self.options.probe_quiet_s)
 
     def _on_client_error(self, err: KafkaError) -> None:
         """The clients' error callback (served inside poll/flush): fatal errors are raised by the
