@@ -29,7 +29,7 @@ class SeekRecorder:
 def test_records_of_partitions_without_a_store_are_dropped_or_sought_back(tmp_path) -> None:
     app = build_app("revoked-test")
     spec = app.agents["counter"]
-    runner = AgentRunner(app, spec, Settings(state_dir=str(tmp_path)), "w1", "exactly_once", threading.Event(),
+    runner = AgentRunner(app, spec, Settings(state_dir=tmp_path), "w1", "exactly_once", threading.Event(),
                          WorkerOptions())  # fmt: skip
     consumer = SeekRecorder()
     runner.consumer = consumer  # type: ignore[assignment]
