@@ -397,6 +397,8 @@ class ExactlyOnceCommitter(Committer):
                 err = exc.args[0]
                 if is_fenced(err):
                     raise self._fenced(err, name) from exc
+                if classify_produce(err) is ErrorKind.FATAL:  # e.g. transactional id or group denied
+                    raise KafkaFailure(err, action=name) from exc
                 if err.fatal():
                     raise transient_from(exc, name) from exc
                 if err.txn_requires_abort() and not aborting:

@@ -98,3 +98,17 @@ def test_nested_watches_keep_the_outer_deadline() -> None:
         now[0] = 11.0
         overdue = watch.overdue()
         assert overdue is not None and overdue.name == "poll"
+
+
+def test_a_transactional_call_denied_is_fatal_at_once_not_replayed() -> None:
+    """Group or transactional id denied inside a transaction must stop the worker, not be taken
+    for an abortable error and replayed forever."""
+    from processors.runtime._commit import CommitSettings, ExactlyOnceCommitter
+
+    class Refusing:
+        def send_offsets_to_transaction(self, *args: object) -> None:
+            raise KafkaException(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED, "denied", txn_requires_abort=True))
+
+    committer = ExactlyOnceCommitter(Refusing(), None, CommitSettings("a", "c", b"m", 1.0))  # type: ignore[arg-type]
+    with pytest.raises(KafkaFailure, match="group authorization failed"):
+        committer._call("send_offsets_to_transaction", committer.producer.send_offsets_to_transaction)
