@@ -106,9 +106,9 @@ def test_a_transactional_call_denied_is_fatal_at_once_not_replayed() -> None:
     from processors.runtime._commit import CommitSettings, ExactlyOnceCommitter
 
     class Refusing:
-        def send_offsets_to_transaction(self, *args: object) -> None:
+        def send_offsets_to_transaction(self, offsets: object, metadata: object) -> None:
             raise KafkaException(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED, "denied", txn_requires_abort=True))
 
     committer = ExactlyOnceCommitter(Refusing(), None, CommitSettings("a", "c", b"m", 1.0))  # type: ignore[arg-type]
     with pytest.raises(KafkaFailure, match="group authorization failed"):
-        committer._call("send_offsets_to_transaction", committer.producer.send_offsets_to_transaction)
+        committer._call("send_offsets_to_transaction", lambda: committer.producer.send_offsets_to_transaction([], None))
