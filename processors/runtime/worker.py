@@ -227,6 +227,13 @@ class AgentRunner:
             return
         self.health.trouble(BROKER_UNREACHABLE if is_unreachable(err) else "client error", describe(err))
 
+    def _on_producer_error(self, err: KafkaError) -> None:
+        """The producer serves its error events only when it is next polled (at a commit), so an
+        outage's "all brokers down" would arrive after the recovery: only fatal ones count here
+        (transient trouble shows in the consumer's events and in failed commits)."""
+        if classify(err) is ErrorKind.FATAL:
+            self._on_client_error(err)
+
     def _raise_client_failure(self) -> None:
         if self._client_failure is not None:
             raise self._client_failure
@@ -251,7 +258,7 @@ class AgentRunner:
             commit_settings,
             opts.transaction_timeout_ms,
             self.watch,
-            self._on_client_error,
+            self._on_producer_error,
         )
         self.restorer = ChangelogRestorer(
             Consumer({**clients.restorer(), "error_cb": self._on_client_error}),

@@ -186,7 +186,7 @@ class Run:
     def load(self) -> None:
         producer = Producer(
             {"bootstrap.servers": self.broker.bootstrap, "enable.idempotence": True, "linger.ms": 20,
-             "partitioner": "murmur2_random", "message.timeout.ms": 600_000}
+             "partitioner": "murmur2_random", "message.timeout.ms": 600_000, "log_level": 0}
         )  # fmt: skip
         topic = self.topic("ledger.posted")
         self.ids: list[str] = []
@@ -210,7 +210,8 @@ class Run:
         """A downstream read_committed reader of the balances: when did it last see progress."""
         consumer = Consumer(
             {"bootstrap.servers": self.broker.bootstrap, "group.id": f"chaos-follow-{uuid.uuid4().hex[:6]}",
-             "auto.offset.reset": "earliest", "isolation.level": "read_committed", "enable.auto.commit": False}
+             "auto.offset.reset": "earliest", "isolation.level": "read_committed", "enable.auto.commit": False,
+             "log_level": 0}
         )  # fmt: skip
         consumer.subscribe([self.topic("ledger.balance")])
         try:
