@@ -32,6 +32,9 @@ from processors.runtime.metrics import AgentMetrics
 log = logging.getLogger("choreo.worker")
 
 BROKER_UNREACHABLE = "broker unreachable"
+# After a recovery, client handles that had not noticed it yet may report the old trouble once
+# more (a coordinator connection retried on its backoff): within this long, that is no new state.
+AFTERSHOCK_S = 10.0
 
 
 class TransientFailure(Exception):
@@ -117,6 +120,8 @@ class AgentHealth:
         self.since = 0.0
         self.retries = 0
         self.last_trouble = 0.0
+        self.last_cause: str | None = None
+        self.recovered_at = 0.0
         metrics.healthy(True)
 
     @property
@@ -132,6 +137,13 @@ class AgentHealth:
                 self.metrics.session_restart(cause)
             if self.cause == cause:
                 return
+            if (
+                self.cause is None
+                and not restart
+                and cause == self.last_cause
+                and time.monotonic() - self.recovered_at < AFTERSHOCK_S
+            ):
+                return  # a reconnect of a client handle that has not noticed the recovery yet
             first = self.cause is None
             if first:
                 self.since = time.monotonic()
@@ -151,6 +163,8 @@ class AgentHealth:
                 return
             cause, seconds, retries = self.cause, time.monotonic() - self.since, self.retries
             self.cause = None
+            self.last_cause = cause
+            self.recovered_at = time.monotonic()
             self.retries = 0
         self.metrics.healthy(True)
         log.info(

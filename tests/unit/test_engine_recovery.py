@@ -112,3 +112,16 @@ def test_a_transactional_call_denied_is_fatal_at_once_not_replayed() -> None:
     committer = ExactlyOnceCommitter(Refusing(), None, CommitSettings("a", "c", b"m", 1.0))  # type: ignore[arg-type]
     with pytest.raises(KafkaFailure, match="group authorization failed"):
         committer._call("send_offsets_to_transaction", lambda: committer.producer.send_offsets_to_transaction([], None))
+
+
+def test_an_aftershock_right_after_a_recovery_is_no_new_state(caplog: pytest.LogCaptureFixture) -> None:
+    health = AgentHealth("aftershock-test", AgentMetrics("aftershock-test"))
+    with caplog.at_level(logging.INFO, logger="choreo.worker"):
+        health.trouble("broker unreachable", "down")
+        health.recovered()
+        health.trouble("broker unreachable", "a coordinator reconnect failing once more")
+        assert health.healthy
+        health.trouble("stuck client call", "send_offsets_to_transaction", restart=True)  # a new cause: logged
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs[0] == "broker unreachable, retrying" and msgs[1].startswith("recovered after")
+    assert msgs[2:] == ["stuck client call, retrying"]
