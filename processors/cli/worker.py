@@ -21,6 +21,19 @@ import typer
 
 from processors.settings import Settings, SettingsError
 
+# A stop asked for before the worker command runs (the CLI is still importing): honoured too. The
+# handler is installed here, at import, only when the command line is the worker's.
+_STOPPING = threading.Event()
+
+
+def _early_stop(signum: int, frame: object) -> None:
+    _STOPPING.set()
+
+
+if len(sys.argv) > 1 and sys.argv[1] == "worker":
+    signal.signal(signal.SIGTERM, _early_stop)
+    signal.signal(signal.SIGINT, _early_stop)
+
 
 def load_app(spec: str):  # -> processors.runtime.App
     """Import ``MODULE:ATTR`` (the current directory is importable, like ``python -m``)."""
@@ -63,7 +76,7 @@ def worker(
 ) -> None:
     """Run agents: one consumer group per agent; start more workers to share the partitions."""
     # First thing: a stop asked for while the app loads or the broker is awaited is honoured
-    stopping = threading.Event()
+    stopping = _STOPPING
     workers: list = []
 
     def on_signal(signum: int, frame: object) -> None:

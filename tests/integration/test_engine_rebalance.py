@@ -6,6 +6,8 @@ the guarantee's promise."""
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +31,17 @@ def env(kafka_bootstrap, tmp_path, unique_name):
     return make_env(kafka_bootstrap, tmp_path, unique_name("rebalance"))
 
 
+def wait_assigned(log: Path, proc, timeout: float = 120) -> None:
+    """Until the worker has joined the group (its first assignment is logged)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if b'"partitions assigned"' in log.read_bytes():
+            return
+        assert proc.poll() is None, f"a joining worker exited with {proc.returncode}"
+        time.sleep(0.2)
+    raise AssertionError(f"{log.name}: never assigned partitions")
+
+
 def churn(env, tmp_path, guarantee: str, rounds: int) -> None:
     app = env.app()
     env.create_topics(app)
@@ -41,11 +54,17 @@ def churn(env, tmp_path, guarantee: str, rounds: int) -> None:
         loader.start()
         wait_for_count(env.bootstrap, out_topic, 200, timeout=120, proc=steady)
         for i in range(rounds):
-            joiners = [env.start_worker(None, guarantee, tmp_path / f"state-{n}", **slow) for n in ("b", "c")]
+            logs = [tmp_path / f"worker-{n}-{i}.log" for n in ("b", "c")]
+            joiners = [
+                env.start_worker(None, guarantee, tmp_path / f"state-{n}", log=log, **slow)
+                for n, log in zip(("b", "c"), logs, strict=True)
+            ]
+            for j, log in zip(joiners, logs, strict=True):
+                wait_assigned(log, j)  # partitions were taken from the steady worker, mid-batch
             wait_for_count(env.bootstrap, out_topic, 200 + (i + 1) * 150, timeout=120, proc=steady)
             for j in joiners:
                 assert j.poll() is None, f"a joining worker exited with {j.returncode}"
-                assert stop_worker(j, timeout=90) == 0
+                assert stop_worker(j, timeout=90) == 0  # and given back
         loader.join(120)
         if guarantee == "exactly_once":
             seen = wait_for_count(env.bootstrap, out_topic, KEYS * PER_KEY, timeout=180, proc=steady)
