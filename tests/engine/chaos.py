@@ -263,6 +263,10 @@ class Run:
             self.stop("w3")  # 3 -> 2
             self.wait(6)
             self.kill("w2")
+            self.wait(6)
+            self.kill("w1")
+            self.wait(6)
+            self.kill("w2")
             loader.join(600)
             self.await_outcomes(600)
             final_wait = time.monotonic()
