@@ -143,19 +143,25 @@ class ChangelogRestorer:
         """Start queued partitions, apply one chunk of changelog records; returns the stores that
         are now up to date (their partitions may be processed)."""
         ready: dict[int, RocksStore] = {}
-        started = False
-        while self.queued:
-            p = self.queued.pop(0)
-            store, progress = self._start(p)
-            if progress is None:
-                ready[p] = store
-            else:
-                self.restoring[p] = progress
-                started = True
-        if started:
-            self._assign()
-        if self.restoring:
-            ready.update(self._read_chunk())
+        try:
+            started = False
+            while self.queued:
+                p = self.queued[0]
+                store, progress = self._start(p)
+                self.queued.pop(0)
+                if progress is None:
+                    ready[p] = store
+                else:
+                    self.restoring[p] = progress
+                    started = True
+            if started:
+                self._assign()
+            if self.restoring:
+                ready.update(self._read_chunk())
+        except BaseException:
+            for store in ready.values():  # not handed over: nobody else would close them
+                store.close()
+            raise
         return ready
 
     def close(self) -> None:
@@ -165,8 +171,17 @@ class ChangelogRestorer:
 
     # ------------------------------------------------------------------ internals
     def _start(self, p: int) -> tuple[RocksStore, _Progress | None]:
-        """Open the store of ``p`` and decide where its restore starts (no progress: up to date)."""
+        """Open the store of ``p`` and decide where its restore starts (no progress: up to date).
+        A failure (the broker away while the watermarks are read) closes the store again: the
+        session that replaces this one opens it anew (RocksDB locks it while it is open)."""
         store = self.open_store(p)
+        try:
+            return self._position(p, store)
+        except BaseException:
+            store.close()
+            raise
+
+    def _position(self, p: int, store: RocksStore) -> tuple[RocksStore, _Progress | None]:
         if store.wiped_reason:
             log.info("local store wiped", extra={"agent": self.agent, "partition": p, "reason": store.wiped_reason})
         with self.watch.watch("get_watermark_offsets", 30 + self.grace_s):
@@ -226,7 +241,16 @@ class ChangelogRestorer:
         if msgs:
             self._last_progress = time.monotonic()
         self._report_progress()
-        ready = {p: self._finish(self.restoring.pop(p)) for p in dict.fromkeys(done) if p in self.restoring}
+        ready: dict[int, RocksStore] = {}
+        try:
+            for p in dict.fromkeys(done):
+                if p in self.restoring:
+                    ready[p] = self._finish(self.restoring[p])
+                    del self.restoring[p]  # only once finished: a failed finish is closed by drop
+        except BaseException:
+            for store in ready.values():
+                store.close()
+            raise
         if ready:
             self._assign()
         self._check_stalled()

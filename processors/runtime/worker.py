@@ -55,6 +55,7 @@ from processors.runtime.conventions import DlqReason
 from processors.runtime.errors import WorkerError
 from processors.runtime.metrics import AgentMetrics
 from processors.runtime.state import RocksStore, StoreMemory
+from processors.runtime.state.store import StoreLockedError
 from processors.runtime.topics import CHANGELOG_DELETE_RETENTION_MS
 from processors.settings import Settings
 
@@ -284,11 +285,20 @@ class AgentRunner:
         )
 
     def _open_store(self, partition: int) -> RocksStore:
-        return RocksStore(
-            self.state_root / f"p{partition}",
-            max_age_ms=self.options.max_store_age_ms,
-            memory=StoreMemory.shared(self.settings.state_memory_mb),
-        )
+        """The store of ``partition``. Locked by this very process, it is still held by a session
+        that was replaced (stuck in a client call with the store just opened): transient, the
+        next session tries again. Locked by another process is a misconfiguration (two workers on
+        one state directory): fatal."""
+        try:
+            return RocksStore(
+                self.state_root / f"p{partition}",
+                max_age_ms=self.options.max_store_age_ms,
+                memory=StoreMemory.shared(self.settings.state_memory_mb),
+            )
+        except StoreLockedError as exc:
+            if "current process" in str(exc):
+                raise TransientFailure("state store still held by a replaced session", str(exc)[:300]) from exc
+            raise
 
     # ------------------------------------------------------------------ batch
     def _next_batch(self, timeout: float) -> list[ConsumedRecord]:

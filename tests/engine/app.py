@@ -198,3 +198,26 @@ def _install_stuck_call() -> None:
 
 
 _install_stuck_call()
+
+
+def _install_slow_restore() -> None:
+    """``ENGINE_SLOW_RESTORE_S=S``: a restore step that starts partitions waits S seconds before it
+    reads their watermarks, so a test can stop the broker in the middle of a restore."""
+    delay = float(os.environ.get("ENGINE_SLOW_RESTORE_S", "0"))
+    if delay <= 0:
+        return
+    import time
+
+    from processors.runtime._restore import ChangelogRestorer
+
+    original = ChangelogRestorer.step
+
+    def step(self):
+        if self.queued:
+            time.sleep(delay)
+        return original(self)
+
+    ChangelogRestorer.step = step  # type: ignore[method-assign]
+
+
+_install_slow_restore()

@@ -190,3 +190,36 @@ def test_worker_started_while_the_broker_is_down_waits_for_it(env, outage_broker
         assert time.monotonic() - t0 < 45
     finally:
         outage_broker.start()
+
+
+def test_broker_outage_during_a_restore_ends_no_worker(env, outage_broker, tmp_path):
+    """The broker stops while a worker restores its stores from the changelog (``_UNKNOWN_PARTITION``,
+    watermarks that cannot be read): the worker waits, restores when the broker is back, and goes
+    on processing, exactly once."""
+    app = env.app()
+    env.create_topics(app)
+    first = env.start_worker(None, "exactly_once", tmp_path / "state-first")
+    try:
+        load_counter_events(env, app, KEYS, 20)
+        wait_processed(env, app, "exactly_once", KEYS * 20, 120, first)
+    finally:
+        assert stop_worker(first, timeout=90) == 0
+    log = tmp_path / "restoring.log"
+    # a fresh state directory: the whole changelog is restored, slowly
+    proc = env.start_worker(None, "exactly_once", tmp_path / "state-second", log=log, ENGINE_SLOW_RESTORE_S="8")
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not any(
+            line.get("msg") == "partitions assigned" for line in log_lines(log)
+        ):
+            assert proc.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.2)
+        assert not any(line.get("msg") == "store restored" for line in log_lines(log)), "restored too fast"
+        outage(outage_broker, 10, [proc])
+        load_counter_events(env, app, KEYS, 5)
+        wait_processed(env, app, "exactly_once", KEYS * 25, 240, proc)
+    finally:
+        code = stop_worker(proc, timeout=90) if proc.poll() is None else proc.returncode
+    assert code == 0, log.read_text()[-3000:]
+    check_outputs(env, app, "exactly_once", 25)
+    assert any(line.get("msg") == "store restored" for line in log_lines(log))
