@@ -54,8 +54,12 @@ _FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.
 _CONFIGURATION = frozenset({KafkaError._INVALID_ARG, KafkaError.INVALID_CONFIG, KafkaError.UNSUPPORTED_VERSION})
 _RECORD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD})
 
+_UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE})
+
 FATAL_CODES = _AUTHORIZATION | _AUTHENTICATION | _FENCED | _CONFIGURATION
 RECORD_CODES = _RECORD
+ACCESS_CODES = _AUTHORIZATION | _AUTHENTICATION
+UNREACHABLE_CODES = _UNREACHABLE
 
 
 def classify(err: KafkaError) -> ErrorKind:
@@ -70,6 +74,12 @@ def classify(err: KafkaError) -> ErrorKind:
     return ErrorKind.TRANSIENT
 
 
+def is_access_error(err: KafkaError) -> bool:
+    """Refused credentials, an untrusted certificate or a missing ACL: fatal, and the error a
+    client keeps retrying internally unless its caller stops it."""
+    return err.code() in ACCESS_CODES
+
+
 def kafka_error_of(exc: BaseException) -> KafkaError | None:
     """The KafkaError inside a KafkaException (or None for anything else)."""
     if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
@@ -82,6 +92,8 @@ def cause_name(err: KafkaError) -> str:
     code = err.code()
     if code in _AUTHORIZATION:
         return err.name().lower().replace("_", " ").strip()
+    if code == KafkaError._SSL:
+        return "TLS handshake failed"
     if code in _AUTHENTICATION:
         return "authentication failed"
     if code in _FENCED:
@@ -90,6 +102,8 @@ def cause_name(err: KafkaError) -> str:
         return "invalid configuration"
     if code in _RECORD:
         return "record refused"
+    if code in _UNREACHABLE:
+        return "broker unreachable"
     return err.name().lower().replace("_", " ").strip()
 
 
@@ -114,12 +128,15 @@ class KafkaFailure(ChoreoError, RuntimeError):
 
 
 __all__ = [
+    "ACCESS_CODES",
     "FATAL_CODES",
+    "UNREACHABLE_CODES",
     "RECORD_CODES",
     "ErrorKind",
     "KafkaFailure",
     "cause_name",
     "classify",
     "describe",
+    "is_access_error",
     "kafka_error_of",
 ]
