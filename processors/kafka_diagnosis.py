@@ -37,6 +37,8 @@ def failure_of(exc: BaseException, action: str | None = None) -> KafkaFailure | 
     if isinstance(exc, KafkaFailure):
         return exc
     err = kafka_error_of(exc)
+    if err is None and isinstance(exc, TimeoutError) and last_client_config() is not None:
+        err = KafkaError(KafkaError._TIMED_OUT, "a Kafka request timed out")  # an admin future's result()
     if err is None:
         return None
     if classify(err) is not ErrorKind.TRANSIENT:

@@ -77,7 +77,20 @@ def classify(err: KafkaError) -> ErrorKind:
 def is_access_error(err: KafkaError) -> bool:
     """Refused credentials, an untrusted certificate or a missing ACL: fatal, and the error a
     client keeps retrying internally unless its caller stops it."""
-    return err.code() in ACCESS_CODES
+    return _code_in_callback(err) in ACCESS_CODES
+
+
+def _code_in_callback(err: KafkaError) -> int:
+    """``err.code()``, also in a callback that runs after another callback of the same poll raised.
+    confluent-kafka still runs the next callback with that exception pending, so the first C call
+    fails with a SystemError caused by it; raise the first exception again, so it is what the poll
+    raises (a failed delivery and the error callback often report the same denial together)."""
+    try:
+        return err.code()
+    except SystemError as exc:
+        if exc.__cause__ is not None:
+            raise exc.__cause__ from None
+        raise
 
 
 def kafka_error_of(exc: BaseException) -> KafkaError | None:
@@ -127,6 +140,14 @@ class KafkaFailure(ChoreoError, RuntimeError):
         super().__init__(describe(err, topic=topic, action=action))
 
 
+def stop_on_access_error(err: KafkaError | None, *, topic: str | None = None, action: str = "produce") -> None:
+    """Raise a KafkaFailure when `err` is an access error: a delivery report saying "topic
+    authorization failed" is about the topic, not the record, and every later record gets the same
+    answer. Called from a delivery callback it ends the ``flush()``/``poll()`` that ran it."""
+    if err is not None and is_access_error(err):
+        raise KafkaFailure(err, topic=topic, action=action)
+
+
 __all__ = [
     "ACCESS_CODES",
     "FATAL_CODES",
@@ -139,4 +160,5 @@ __all__ = [
     "describe",
     "is_access_error",
     "kafka_error_of",
+    "stop_on_access_error",
 ]

@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
 
+from processors.kafka_errors import KafkaFailure, stop_on_access_error
 from processors.kafka_types import coordinates
 from processors.localbroker import BrokerError, ToolchainError
 from processors.localbroker.embedded import ensure_broker
@@ -37,7 +38,7 @@ def _produce(settings: Settings, topic: str, count: int) -> float:
     started = time.monotonic()
     for i in range(count):
         body = orjson.dumps({"seq": i, "sent_ns": time.time_ns()})
-        producer.produce(topic, key=f"key-{i % 64}".encode(), value=body)
+        producer.produce(topic, key=f"key-{i % 64}".encode(), value=body, on_delivery=_stop_on_denial)
         producer.poll(0)
     undelivered = producer.flush(30)
     if undelivered:
@@ -45,11 +46,17 @@ def _produce(settings: Settings, topic: str, count: int) -> float:
     return time.monotonic() - started
 
 
+def _stop_on_denial(err: KafkaError | None, msg: object) -> None:
+    stop_on_access_error(err, action="produce")
+
+
 def _wait_for_assignment(consumer: Consumer, timeout: float) -> None:
     """Join the group before producing, so latency measures the flow, not the group join."""
     deadline = time.monotonic() + timeout
     while not consumer.assignment() and time.monotonic() < deadline:
-        consumer.poll(0.2)
+        msg = consumer.poll(0.2)
+        if msg is not None:
+            stop_on_access_error(msg.error(), topic=msg.topic(), action="join the group")
 
 
 def _consume(consumer: Consumer, count: int, timeout: float) -> tuple[dict[int, int], list[float]]:
@@ -61,7 +68,7 @@ def _consume(consumer: Consumer, count: int, timeout: float) -> tuple[dict[int, 
             error = msg.error()
             if error:
                 if error.code() != KafkaError._PARTITION_EOF:
-                    raise RuntimeError(f"consume error: {error}")
+                    raise KafkaFailure(error, topic=msg.topic(), action="consume")
                 continue
             _, partition, _ = coordinates(msg)
             per_partition[partition] = per_partition.get(partition, 0) + 1

@@ -21,6 +21,7 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from processors.runtime._commit import Guarantee
+from processors.runtime._preflight import check_worker_access
 from processors.runtime.app import App
 from processors.runtime.errors import WorkerError
 from processors.runtime.topics import prepare_topics
@@ -73,7 +74,9 @@ class Worker:
         """Checks that refuse to start (unknown types, undeclared cycle, inputs not co-partitioned)
         and the topics the agents need."""
         self.app.check()
-        prepare_topics(self.app, self.specs, AdminClient(self.settings.kafka_config()))
+        admin = AdminClient(self.settings.kafka_config())
+        prepare_topics(self.app, self.specs, admin)
+        check_worker_access(self.app, self.specs, admin)  # a missing ACL refuses the start, naming it
 
     def start(self) -> None:
         self.prepare()
