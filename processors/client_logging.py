@@ -11,7 +11,8 @@ retries forever. Every client config the project builds gets the two hooks of :f
   per distinct message per :data:`REPEAT_WINDOW_S` seconds, with the number of repeats held back;
 * ``error_cb``: a :class:`ClientErrorReporter` that raises :class:`~processors.kafka_errors.KafkaFailure`
   for an access error (authentication, TLS, authorization: :func:`~processors.kafka_errors.is_access_error`),
-  which no retry fixes while the credentials and ACLs stay as they are. Fencing and other fatal
+  which no retry fixes while the credentials and ACLs stay as they are (counted, like every error
+  the callback sees, in ``choreo_kafka_client_errors_total{error}``). Fencing and other fatal
   errors keep reaching the caller through the API call that failed, as before. confluent-kafka
   raises an exception from a callback out of the ``poll()``, ``consume()`` or ``flush()`` that
   ran it, so the code that polls learns the cause at once instead of waiting forever. Transient
@@ -32,8 +33,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError
+from prometheus_client import Counter
 
-from processors.kafka_errors import KafkaFailure, is_access_error
+from processors.kafka_errors import UNREACHABLE_CODES, KafkaFailure, is_access_error
 
 LOGGER_NAME = "choreo.kafka.client"
 REPEAT_WINDOW_S = 30.0
@@ -47,6 +49,14 @@ _DEMOTED = {  # librdkafka level (already mapped to logging by confluent-kafka) 
     logging.DEBUG: logging.DEBUG,
 }
 _SYSLOG = {0: logging.CRITICAL, 1: logging.CRITICAL, 2: logging.CRITICAL, 3: logging.ERROR, 4: logging.WARNING}
+CLIENT_ERRORS = Counter(
+    "choreo_kafka_client_errors_total",
+    "Errors Kafka clients reported through their error callback (a rising count: not healthy)",
+    ["error"],
+)
+RETRY_POLICY = (
+    "retrying: an unreachable or busy cluster is retried without end (access errors stop the process instead)"
+)
 _VARYING = re.compile(r"\d+")  # timings, counters, ports: "(after 313ms in state AUTH_REQ)" repeats
 
 
@@ -130,11 +140,14 @@ class ClientErrorReporter:
         self.raise_fatal = raise_fatal
 
     def __call__(self, err: KafkaError) -> None:
-        if is_access_error(err):
+        access = is_access_error(err)
+        CLIENT_ERRORS.labels(err.name()).inc()
+        if access:
             _recent.fatal = err
             if self.raise_fatal:
                 raise KafkaFailure(err, action="connect")
-        self.client_logger.log(logging.ERROR, "%s: %s", err.name(), err.str())
+        policy = f"; {RETRY_POLICY}" if err.code() in UNREACHABLE_CODES else ""
+        self.client_logger.log(logging.ERROR, "%s: %s%s", err.name(), err.str(), policy)
 
 
 class _Recent:
@@ -173,7 +186,9 @@ def with_client_hooks(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
+    "CLIENT_ERRORS",
     "LOGGER_NAME",
+    "RETRY_POLICY",
     "ClientErrorReporter",
     "ClientLogger",
     "RepeatFilter",
