@@ -9,11 +9,11 @@ from __future__ import annotations
 import statistics
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import orjson
 import typer
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
@@ -46,8 +46,8 @@ def _produce(settings: Settings, topic: str, count: int) -> float:
     return time.monotonic() - started
 
 
-def _stop_on_denial(err: KafkaError | None, msg: object) -> None:
-    stop_on_access_error(err, action="produce")
+def _stop_on_denial(err: KafkaError | None, msg: Message | None) -> None:
+    stop_on_access_error(err, topic=msg.topic() if msg is not None else None)
 
 
 def _wait_for_assignment(consumer: Consumer, timeout: float) -> None:
@@ -59,11 +59,15 @@ def _wait_for_assignment(consumer: Consumer, timeout: float) -> None:
             stop_on_access_error(msg.error(), topic=msg.topic(), action="join the group")
 
 
-def _consume(consumer: Consumer, count: int, timeout: float) -> tuple[dict[int, int], list[float]]:
+def _consume(
+    consumer: Consumer, count: int, timeout: float, producing: Future[float] | None = None
+) -> tuple[dict[int, int], list[float]]:
     per_partition: dict[int, int] = {}
     latencies_ms: list[float] = []
     deadline = time.monotonic() + timeout
     while sum(per_partition.values()) < count and time.monotonic() < deadline:
+        if producing is not None and producing.done() and producing.exception() is not None:
+            producing.result()  # the producer failed (say, write denied): nothing more will come
         for msg in consumer.consume(num_messages=500, timeout=0.5):
             error = msg.error()
             if error:
@@ -110,7 +114,7 @@ def roundtrip(
         _wait_for_assignment(consumer, timeout=30)
         with ThreadPoolExecutor(max_workers=1) as pool:
             producing = pool.submit(_produce, settings, topic, events)
-            per_partition, latencies = _consume(consumer, events, timeout=60)
+            per_partition, latencies = _consume(consumer, events, timeout=60, producing=producing)
             produce_s = producing.result()
     finally:
         consumer.close()
