@@ -97,6 +97,7 @@ def _make(tls: BrokerTls) -> None:
              "-storepass", pw)  # fmt: skip
     for path in (ca_store, other_store, csr, signed):
         path.unlink()
+    tls.keystore.chmod(0o600)  # the broker's private key
 
 
 def _new_key(store: Path, alias: str, dname: str, password: str, extension: str) -> None:

@@ -84,7 +84,8 @@ class Outcome:
     def row(self) -> str:
         line = self.error_lines[0] if self.error_lines else self.output.strip().splitlines()[-1:] or [""]
         text = line if isinstance(line, str) else line[0]
-        return f"| {self.name} | {self.failure} | {self.code} | {self.seconds:.1f} | {text[:160]} |"
+        lines = len(self.output.strip().splitlines())
+        return f"| {self.name} | {self.failure} | {self.code} | {self.seconds:.1f} | {lines} lines | {text[:160]} |"
 
 
 @dataclass
