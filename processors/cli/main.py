@@ -56,7 +56,14 @@ def configure_cli_logging() -> None:
     from processors.client_logging import LOGGER_NAME
 
     level = os.environ.get("CHOREO_LOG_LEVEL", "").upper()
-    logging.basicConfig(level=level or "WARNING", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler._choreo_cli = True  # type: ignore[attr-defined]  # replaced by the worker's JSON lines
+    root.addHandler(handler)
+    root.setLevel(level or "WARNING")
     if not level:
         logging.getLogger(LOGGER_NAME).setLevel(logging.ERROR)
 

@@ -31,3 +31,30 @@ def test_input_errors_exit_2_and_other_choreo_errors_exit_1() -> None:
 
 def test_a_bug_keeps_its_traceback() -> None:
     assert error_line(KeyError("x")) is None
+
+
+def test_the_worker_replaces_the_cli_log_lines_and_shows_client_lines() -> None:
+    import logging
+
+    from processors.cli.main import configure_cli_logging
+    from processors.client_logging import LOGGER_NAME
+    from processors.runtime.logs import configure_logging
+
+    root = logging.getLogger()
+    saved, level = list(root.handlers), root.level
+    client_level = logging.getLogger(LOGGER_NAME).level
+    try:
+        for handler in saved:
+            root.removeHandler(handler)
+        configure_cli_logging()
+        assert len(root.handlers) == 1 and logging.getLogger(LOGGER_NAME).level == logging.ERROR
+        configure_logging("INFO")
+        assert len(root.handlers) == 1, "a worker's line must not be printed twice"
+        assert logging.getLogger(LOGGER_NAME).getEffectiveLevel() == logging.INFO
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved:
+            root.addHandler(handler)
+        root.setLevel(level)
+        logging.getLogger(LOGGER_NAME).setLevel(client_level)
