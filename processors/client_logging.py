@@ -171,11 +171,20 @@ def last_client_config() -> dict[str, Any] | None:
     return None if _recent.config is None else dict(_recent.config)
 
 
+_CONNECTION_PREFIXES = ("bootstrap.servers", "security.", "ssl.", "sasl.", "socket.", "enable.ssl.", "client.dns.")
+
+
+def connection_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What decides whether a client can connect and authenticate, without the role's settings
+    (group, transactional id, callbacks), so another client may connect the same way."""
+    return {k: v for k, v in config.items() if k.startswith(_CONNECTION_PREFIXES)}
+
+
 def client_hooks(config: Mapping[str, Any] | None = None, raise_fatal: bool = True) -> dict[str, Any]:
     """The ``logger`` and ``error_cb`` entries for a confluent-kafka config. All clients of the
     process share one logger, so a line repeated by every client is still said once."""
     if config is not None:
-        _recent.config = {k: v for k, v in config.items() if k not in ("logger", "error_cb")}
+        _recent.config = connection_settings(config)
     return {"logger": _shared_logger, "error_cb": ClientErrorReporter(_shared_logger, raise_fatal)}
 
 
@@ -194,6 +203,7 @@ __all__ = [
     "RepeatFilter",
     "bounded",
     "client_hooks",
+    "connection_settings",
     "last_client_config",
     "last_fatal_error",
     "python_level",

@@ -91,3 +91,12 @@ def test_settings_give_every_client_the_hooks() -> None:
     assert callable(config["error_cb"]) and hasattr(config["logger"], "log")
     mine = Settings.load(env={}).kafka_config(logger=None)
     assert mine["logger"] is None  # a caller's own logger wins
+
+
+def test_the_diagnosis_connects_as_the_last_client_did_without_its_role() -> None:
+    from processors.client_logging import last_client_config
+    from processors.settings import Settings
+
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "b:1", "CHOREO_KAFKA_SASL_USERNAME": "u", "CHOREO_KAFKA_SECURITY_PROTOCOL": "SSL"}
+    Settings.load(env=env).kafka_config(**{"group.id": "g", "isolation.level": "read_committed"})
+    assert last_client_config() == {"bootstrap.servers": "b:1", "sasl.username": "u", "security.protocol": "SSL"}
