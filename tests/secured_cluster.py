@@ -37,7 +37,7 @@ FAILURES = (
     "write_denied",
     "transactional_id_denied",
 )
-TOOL_USERS = {failure: f"tool-{failure}" for failure in FAILURES}
+TOOL_USERS = {failure: f"tool-{failure}" for failure in (*FAILURES, "none")}
 """One user per failure for the commands: the names they make up (``choreo-roundtrip-*``) share
 prefixes, and an ACL granted for one scenario must not lift another scenario's denial."""
 USERS = (APP_USER, *TOOL_USERS.values())

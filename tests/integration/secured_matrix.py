@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import Producer
@@ -184,7 +184,6 @@ class ToolTopics:
     order_topic: str
     replay_target: str
     tmp: Path
-    granted: list[str] = field(default_factory=list)
 
     @property
     def dlq(self) -> str:
