@@ -54,11 +54,16 @@ _FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.
 _CONFIGURATION = frozenset({KafkaError._INVALID_ARG, KafkaError.INVALID_CONFIG, KafkaError.UNSUPPORTED_VERSION})
 _RECORD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD})
 
+_UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE})
+
 FATAL_CODES = _AUTHORIZATION | _AUTHENTICATION | _FENCED | _CONFIGURATION
 RECORD_CODES = _RECORD
+ACCESS_CODES = _AUTHORIZATION | _AUTHENTICATION
+UNREACHABLE_CODES = _UNREACHABLE
 FENCED_CODES = _FENCED
-# The cluster (or the coordinator) cannot be reached now: what an outage looks like from a client.
-UNREACHABLE_CODES = frozenset(
+# The cluster (or the coordinator) cannot be reached now: what an outage looks like from a client
+# (UNREACHABLE_CODES are the refused connections among them).
+OUTAGE_CODES = UNREACHABLE_CODES | frozenset(
     {
         KafkaError._TRANSPORT,
         KafkaError._ALL_BROKERS_DOWN,
@@ -102,11 +107,30 @@ def classify_produce(err: KafkaError) -> ErrorKind:
 
 def is_unreachable(err: KafkaError) -> bool:
     """The error says the cluster cannot be reached now (an outage, a restart, a network cut)."""
-    return err.code() in UNREACHABLE_CODES
+    return err.code() in OUTAGE_CODES
 
 
 def is_fenced(err: KafkaError) -> bool:
     return err.code() in _FENCED
+
+
+def is_access_error(err: KafkaError) -> bool:
+    """Refused credentials, an untrusted certificate or a missing ACL: fatal, and the error a
+    client keeps retrying internally unless its caller stops it."""
+    return _code_in_callback(err) in ACCESS_CODES
+
+
+def _code_in_callback(err: KafkaError) -> int:
+    """``err.code()``, also in a callback that runs after another callback of the same poll raised.
+    confluent-kafka still runs the next callback with that exception pending, so the first C call
+    fails with a SystemError caused by it; raise the first exception again, so it is what the poll
+    raises (a failed delivery and the error callback often report the same denial together)."""
+    try:
+        return err.code()
+    except SystemError as exc:
+        if exc.__cause__ is not None:
+            raise exc.__cause__ from None
+        raise
 
 
 def kafka_error_of(exc: BaseException) -> KafkaError | None:
@@ -121,6 +145,8 @@ def cause_name(err: KafkaError) -> str:
     code = err.code()
     if code in _AUTHORIZATION:
         return err.name().lower().replace("_", " ").strip()
+    if code == KafkaError._SSL:
+        return "TLS handshake failed"
     if code in _AUTHENTICATION:
         return "authentication failed"
     if code in _FENCED:
@@ -131,7 +157,7 @@ def cause_name(err: KafkaError) -> str:
         return "record refused"
     if code in _UNKNOWN_OUTPUT:
         return "topic does not exist"
-    if code in UNREACHABLE_CODES:
+    if code in _UNREACHABLE:
         return "broker unreachable"
     return err.name().lower().replace("_", " ").strip()
 
@@ -156,9 +182,19 @@ class KafkaFailure(ChoreoError, RuntimeError):
         super().__init__(describe(err, topic=topic, action=action))
 
 
+def stop_on_access_error(err: KafkaError | None, *, topic: str | None = None, action: str = "produce") -> None:
+    """Raise a KafkaFailure when `err` is an access error: a delivery report saying "topic
+    authorization failed" is about the topic, not the record, and every later record gets the same
+    answer. Called from a delivery callback it ends the ``flush()``/``poll()`` that ran it."""
+    if err is not None and is_access_error(err):
+        raise KafkaFailure(err, topic=topic, action=action)
+
+
 __all__ = [
+    "ACCESS_CODES",
     "FATAL_CODES",
     "FENCED_CODES",
+    "OUTAGE_CODES",
     "RECORD_CODES",
     "UNREACHABLE_CODES",
     "ErrorKind",
@@ -169,5 +205,7 @@ __all__ = [
     "describe",
     "is_fenced",
     "is_unreachable",
+    "is_access_error",
     "kafka_error_of",
+    "stop_on_access_error",
 ]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from processors.client_logging import with_client_hooks
 from processors.errors import ChoreoError
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -115,7 +116,7 @@ class Settings:
         config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
         config.update(self.kafka)
         config.update(overrides)
-        return config
+        return with_client_hooks(config)  # client log lines and access errors through our logging
 
     def producer_config(self, **overrides: Any) -> dict[str, Any]:
         """Producer defaults every choreo producer shares: keys land where Java clients put them

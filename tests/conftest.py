@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from processors.localbroker import LocalBroker
 from processors.localbroker.broker import free_port
 from processors.runtime.topics import wait_for_topics
+from tests.secured_cluster import USERS, SecuredCluster
 
 
 def _docker_engine_answers() -> bool:
@@ -50,6 +51,22 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     broker.start()
     try:
         yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def secured_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredCluster]:
+    """A second local broker for the session, secured as production clusters are: SASL_SSL with
+    SCRAM-SHA-512 users (``admin`` is a super user, ``app`` has no rights until a test grants
+    some), a CA made on the fly, the StandardAuthorizer and ``allow.everyone.if.no.acl.found=false``.
+    Always our own broker (a cluster named by KAFKA_BOOTSTRAP_SERVERS has its own security)."""
+    broker = LocalBroker(
+        data_dir=tmp_path_factory.mktemp("kafka-secured"), port=free_port(), secured=True, users=USERS, heap="512m"
+    )
+    broker.start()
+    try:
+        yield SecuredCluster(broker)
     finally:
         broker.stop()
 

@@ -16,8 +16,8 @@ err = Console(stderr=True)
 DataDirOption = typer.Option(None, "--data-dir", help="Broker data dir [default: $CHOREO_BROKER_DIR or .choreo/broker]")
 
 
-def _broker(data_dir: Path | None, port: int = DEFAULT_PORT) -> LocalBroker:
-    return LocalBroker(data_dir=data_dir or default_data_dir(), port=port)
+def _broker(data_dir: Path | None, port: int = DEFAULT_PORT, secured: bool = False) -> LocalBroker:
+    return LocalBroker(data_dir=data_dir or default_data_dir(), port=port, secured=secured)
 
 
 def _fail(exc: Exception) -> None:
@@ -32,9 +32,15 @@ def start(
     ),
     data_dir: Path | None = DataDirOption,
     timeout: float = typer.Option(90.0, "--timeout", help="Seconds to wait for the broker to answer."),
+    secured: bool = typer.Option(
+        False,
+        "--secured",
+        help="SASL_SSL listener with SCRAM-SHA-512 users, a CA made for this data dir, ACLs enforced "
+        "(nothing allowed without one). Use a data dir of its own.",
+    ),
 ) -> None:
     """Format the KRaft log dir on first use, start the broker in the background, wait until it answers."""
-    broker = _broker(data_dir, port)
+    broker = _broker(data_dir, port, secured)
     try:
         started = broker.start(timeout=timeout)
     except (BrokerError, ToolchainError) as exc:
@@ -43,6 +49,12 @@ def start(
         err.print(f"broker already running on {broker.data_dir} (pid {broker.running_pid()})")
     else:
         err.print(f"broker started on {broker.data_dir}, log: {broker.log_file}")
+    if secured:  # where the secrets are, never the secrets
+        err.print(
+            f"SASL_SSL, SCRAM-SHA-512; CA certificate: {broker.ca_location}; users and passwords: "
+            f"{broker.users_file} (super users: admin, broker)",
+            highlight=False,
+        )
     typer.echo(broker.bootstrap)
 
 

@@ -1,6 +1,16 @@
-"""The `choreo` console command: one Typer app, one sub-module per command group."""
+"""The `choreo` console command: one Typer app, one sub-module per command group.
+
+Errors the project raises on purpose end the command here, as one line on stderr and no
+traceback: a Kafka client failure (with its real cause, see :mod:`processors.kafka_diagnosis`)
+exits 1, any other :class:`~processors.errors.ChoreoError` exits 2 when it is about the input or
+the usage (a ``ValueError`` kind) and 1 otherwise. Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
+
+import logging
+import os
+import sys
 
 import typer
 
@@ -35,8 +45,56 @@ app.command(name="demo")(demo)
 app.command(name="verify")(verify)
 
 
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def configure_cli_logging() -> None:
+    """Warnings of our own code on stderr; the Kafka client's lines only from ERROR up, unless
+    ``CHOREO_LOG_LEVEL`` asks for more. A command reports its failure once, as its error line; the
+    client's view of the same failure is there for whoever asks (``CHOREO_LOG_LEVEL=INFO``).
+    The worker configures logging of its own (JSON lines at the settings' level)."""
+    from processors.client_logging import LOGGER_NAME
+
+    level = os.environ.get("CHOREO_LOG_LEVEL", "").upper()
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler._choreo_cli = True  # type: ignore[attr-defined]  # replaced by the worker's JSON lines
+    root.addHandler(handler)
+    root.setLevel(level or "WARNING")
+    if not level:
+        logging.getLogger(LOGGER_NAME).setLevel(logging.ERROR)
+
+
+def error_line(exc: BaseException) -> tuple[str, int] | None:
+    """The one line and exit code for an error raised on purpose; None for a bug."""
+    from processors.errors import ChoreoError
+    from processors.kafka_diagnosis import failure_of
+
+    failure = failure_of(exc)
+    if failure is not None:
+        return str(failure), EXIT_FAILED
+    if isinstance(exc, ChoreoError):
+        return " ".join(str(exc).split()), EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED
+    return None
+
+
 def main() -> None:
-    app()
+    configure_cli_logging()
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        handled = error_line(exc)
+        if handled is None:
+            raise
+        line, code = handled
+        sys.stderr.write(f"error: {line}\n")
+        sys.exit(code)
 
 
 if __name__ == "__main__":

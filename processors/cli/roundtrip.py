@@ -9,15 +9,16 @@ from __future__ import annotations
 import statistics
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import orjson
 import typer
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
 
+from processors.kafka_errors import KafkaFailure, stop_on_access_error
 from processors.kafka_types import coordinates
 from processors.localbroker import BrokerError, ToolchainError
 from processors.localbroker.embedded import ensure_broker
@@ -37,7 +38,7 @@ def _produce(settings: Settings, topic: str, count: int) -> float:
     started = time.monotonic()
     for i in range(count):
         body = orjson.dumps({"seq": i, "sent_ns": time.time_ns()})
-        producer.produce(topic, key=f"key-{i % 64}".encode(), value=body)
+        producer.produce(topic, key=f"key-{i % 64}".encode(), value=body, on_delivery=_stop_on_denial)
         producer.poll(0)
     undelivered = producer.flush(30)
     if undelivered:
@@ -45,23 +46,33 @@ def _produce(settings: Settings, topic: str, count: int) -> float:
     return time.monotonic() - started
 
 
+def _stop_on_denial(err: KafkaError | None, msg: Message | None) -> None:
+    stop_on_access_error(err, topic=msg.topic() if msg is not None else None)
+
+
 def _wait_for_assignment(consumer: Consumer, timeout: float) -> None:
     """Join the group before producing, so latency measures the flow, not the group join."""
     deadline = time.monotonic() + timeout
     while not consumer.assignment() and time.monotonic() < deadline:
-        consumer.poll(0.2)
+        msg = consumer.poll(0.2)
+        if msg is not None:
+            stop_on_access_error(msg.error(), topic=msg.topic(), action="join the group")
 
 
-def _consume(consumer: Consumer, count: int, timeout: float) -> tuple[dict[int, int], list[float]]:
+def _consume(
+    consumer: Consumer, count: int, timeout: float, producing: Future[float] | None = None
+) -> tuple[dict[int, int], list[float]]:
     per_partition: dict[int, int] = {}
     latencies_ms: list[float] = []
     deadline = time.monotonic() + timeout
     while sum(per_partition.values()) < count and time.monotonic() < deadline:
+        if producing is not None and producing.done() and producing.exception() is not None:
+            producing.result()  # the producer failed (say, write denied): nothing more will come
         for msg in consumer.consume(num_messages=500, timeout=0.5):
             error = msg.error()
             if error:
                 if error.code() != KafkaError._PARTITION_EOF:
-                    raise RuntimeError(f"consume error: {error}")
+                    raise KafkaFailure(error, topic=msg.topic(), action="consume")
                 continue
             _, partition, _ = coordinates(msg)
             per_partition[partition] = per_partition.get(partition, 0) + 1
@@ -103,7 +114,7 @@ def roundtrip(
         _wait_for_assignment(consumer, timeout=30)
         with ThreadPoolExecutor(max_workers=1) as pool:
             producing = pool.submit(_produce, settings, topic, events)
-            per_partition, latencies = _consume(consumer, events, timeout=60)
+            per_partition, latencies = _consume(consumer, events, timeout=60, producing=producing)
             produce_s = producing.result()
     finally:
         consumer.close()

@@ -7,23 +7,33 @@ killed run) is stale and is cleared, so it never blocks the next start.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
 from processors.errors import ChoreoError
 from processors.localbroker.jars import LOG4J_CONFIG, KafkaJars, java_major_version
+from processors.localbroker.tls import BrokerTls, ensure_broker_tls
 
 DEFAULT_PORT = 9092
 DEFAULT_HEAP = "1g"
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+BROKER_USER = "broker"
+ADMIN_USER = "admin"
+DEFAULT_SECURED_USERS = ("app",)
 
 
 class BrokerError(ChoreoError, RuntimeError):
@@ -57,19 +67,29 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def server_properties(port: int, controller_port: int, log_dir: Path) -> str:
+def server_properties(port: int, controller_port: int, log_dir: Path, security: str | None = None) -> str:
     """Single-node settings under which transactions and consumer groups work: every internal
-    topic at replication factor 1 / min ISR 1, and no initial rebalance delay for groups."""
+    topic at replication factor 1 / min ISR 1, and no initial rebalance delay for groups.
+    `security` replaces the plaintext client listener (see :func:`secured_properties`)."""
+    listener = (
+        security
+        if security is not None
+        else "\n".join(
+            [
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+            ]
+        )
+    )
     return "\n".join(
         [
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            listener,
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name=PLAINTEXT",
             f"log.dirs={log_dir}",
             "num.partitions=1",
             "default.replication.factor=1",
@@ -90,14 +110,59 @@ def server_properties(port: int, controller_port: int, log_dir: Path) -> str:
     )
 
 
+def secured_properties(port: int, controller_port: int, tls: BrokerTls, broker_password: str) -> str:
+    """The client listener as a production cluster has it: SASL_SSL with SCRAM-SHA-512 users and
+    ACLs enforced by the KRaft StandardAuthorizer, nothing allowed without an ACL.
+
+    The controller listener stays PLAINTEXT on 127.0.0.1 (the broker and controller are one
+    process; SCRAM cannot authenticate the controller before the metadata holding the credentials
+    is read), and its principal, ``User:ANONYMOUS``, is a super user so the broker can register
+    with its own controller. The client listener never yields ANONYMOUS: SASL is required there."""
+    jaas = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{BROKER_USER}" password="{broker_password}";'
+    )
+    return "\n".join(
+        [
+            f"listeners=SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=SASL_SSL://127.0.0.1:{port}",
+            "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name=SASL_SSL",
+            f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
+            f"sasl.mechanism.inter.broker.protocol={SCRAM_MECHANISM}",
+            f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config={jaas}",
+            "ssl.keystore.type=PKCS12",
+            f"ssl.keystore.location={tls.keystore}",
+            f"ssl.keystore.password={tls.password}",
+            f"ssl.key.password={tls.password}",
+            "ssl.truststore.type=PKCS12",
+            f"ssl.truststore.location={tls.truststore}",
+            f"ssl.truststore.password={tls.password}",
+            "ssl.client.auth=none",
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            f"super.users=User:{BROKER_USER};User:{ADMIN_USER};User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found=false",
+        ]
+    )
+
+
 @dataclass
 class LocalBroker:
-    """One local broker, owned by `data_dir`."""
+    """One local broker, owned by `data_dir`.
+
+    ``secured=True`` starts it as a production cluster is run: a SASL_SSL listener (SCRAM-SHA-512),
+    a certificate signed by a CA made for this data dir, ACLs enforced, nothing allowed without
+    one. The SCRAM users are the super users ``broker`` and ``admin`` plus `users` (no rights until
+    an ACL grants them some); their passwords are drawn at first start and kept in the data dir
+    (``users.json``, mode 600). :meth:`client_config` gives a user's client settings."""
 
     data_dir: Path
     port: int = DEFAULT_PORT
     heap: str = DEFAULT_HEAP
     jars: KafkaJars = KafkaJars()
+    secured: bool = False
+    users: tuple[str, ...] = DEFAULT_SECURED_USERS
+    _passwords: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -122,6 +187,49 @@ class LocalBroker:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def users_file(self) -> Path:
+        return self.data_dir / "users.json"
+
+    @property
+    def tls(self) -> BrokerTls:
+        """The CA and broker certificate of a secured broker (made on first use)."""
+        return ensure_broker_tls(self.data_dir / "tls")
+
+    @property
+    def ca_location(self) -> Path:
+        return self.tls.ca_pem
+
+    def passwords(self) -> dict[str, str]:
+        """SCRAM user -> password of a secured broker (drawn once per data dir, then read back)."""
+        if not self._passwords:
+            with contextlib.suppress(FileNotFoundError):
+                self._passwords.update(json.loads(self.users_file.read_text()))
+            wanted = (BROKER_USER, ADMIN_USER, *self.users)
+            if any(user not in self._passwords for user in wanted):
+                for user in wanted:
+                    self._passwords.setdefault(user, secrets.token_hex(12))
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+                self.users_file.write_text(json.dumps(self._passwords, indent=1) + "\n")
+                self.users_file.chmod(0o600)
+        return dict(self._passwords)
+
+    def client_config(self, user: str = ADMIN_USER, password: str | None = None) -> dict[str, Any]:
+        """confluent-kafka settings for `user` (with their password unless one is given): the
+        bootstrap address, and on a secured broker SASL_SSL, SCRAM and the CA to trust."""
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap}
+        if self.secured:
+            config.update(
+                {
+                    "security.protocol": "SASL_SSL",
+                    "ssl.ca.location": str(self.ca_location),
+                    "sasl.mechanism": SCRAM_MECHANISM,
+                    "sasl.username": user,
+                    "sasl.password": password if password is not None else self.passwords()[user],
+                }
+            )
+        return config
 
     # ------------------------------------------------------------------ state
     def running_pid(self) -> int | None:
@@ -148,7 +256,10 @@ class LocalBroker:
         if pid is None:
             return BrokerStatus.STOPPED
         port = self.recorded_port() or self.port
-        return BrokerStatus.RUNNING if _metadata_ok(f"127.0.0.1:{port}", timeout=5) else BrokerStatus.STOPPED
+        if not self.secured and self._properties_say_secured():
+            self.secured = True  # `choreo broker status` on a data dir started with --secured
+        config = {**self.client_config(), "bootstrap.servers": f"127.0.0.1:{port}"}
+        return BrokerStatus.RUNNING if _metadata_ok(config, timeout=5) else BrokerStatus.STOPPED
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 90.0) -> bool:
@@ -167,8 +278,18 @@ class LocalBroker:
         controller_port = self._controller_port()
         classpath = self.jars.classpath()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.properties_file.write_text(server_properties(self.port, controller_port, self.log_dir))
-        if not (self.log_dir / "meta.properties").is_file():
+        formatted = (self.log_dir / "meta.properties").is_file()
+        security = None
+        if self.secured:
+            if formatted and not self.users_file.is_file():
+                raise BrokerError(
+                    f"{self.data_dir} holds a broker formatted without SCRAM users: start the secured "
+                    f"broker on another data dir (`choreo broker start --secured --data-dir DIR`)"
+                )
+            security = secured_properties(self.port, controller_port, self.tls, self.passwords()[BROKER_USER])
+        self.properties_file.write_text(server_properties(self.port, controller_port, self.log_dir, security))
+        self.properties_file.chmod(0o600)  # holds the broker's SCRAM and store passwords when secured
+        if not formatted:
             self._format(classpath)
         proc = self._spawn(classpath)
         self.pid_file.write_text(f"{proc.pid} {self.port}\n")
@@ -192,6 +313,12 @@ class LocalBroker:
         return True
 
     # ------------------------------------------------------------------ internals
+    def _properties_say_secured(self) -> bool:
+        try:
+            return "SASL_SSL://" in self.properties_file.read_text()
+        except FileNotFoundError:
+            return False
+
     def _controller_port(self) -> int:
         candidate = self.port + 1
         return candidate if port_is_free(candidate) else free_port()
@@ -219,6 +346,9 @@ class LocalBroker:
             "-c",
             str(self.properties_file),
         ]
+        if self.secured:  # SCRAM credentials are metadata: bootstrap them into the log (KIP-900)
+            for user, password in self.passwords().items():
+                cmd += ["--add-scram", f"{SCRAM_MECHANISM}=[name={user},password={password}]"]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
@@ -247,7 +377,7 @@ class LocalBroker:
                     f"the broker exited with code {proc.returncode} during start-up; "
                     f"last lines of {self.log_file}:\n{self._log_tail()}"
                 )
-            if _metadata_ok(self.bootstrap, timeout=2):
+            if _metadata_ok(self.client_config(), timeout=2):
                 return
             time.sleep(0.5)
         self.stop(timeout=10)
@@ -302,10 +432,10 @@ def _is_our_broker(pid: int, data_dir: Path) -> bool:
     return "kafka.Kafka" in args and str(data_dir / "server.properties") in args
 
 
-def _metadata_ok(bootstrap: str, timeout: float) -> bool:
+def _metadata_ok(client: Mapping[str, Any], timeout: float) -> bool:
     admin = AdminClient(
         {
-            "bootstrap.servers": bootstrap,
+            **client,
             "socket.connection.setup.timeout.ms": 2000,
             "log_level": 0,
             # confluent-kafka's stub types AdminClient's config values as str | int | float | bool;

@@ -504,6 +504,14 @@ class AtLeastOnceCommitter(Committer):
             self.committed.pop((tp.topic, tp.partition), None)
 
 
+def _both(first: Callable[[KafkaError], None], then: Callable[[KafkaError], None]) -> Callable[[KafkaError], None]:
+    def both(err: KafkaError) -> None:
+        first(err)
+        then(err)
+
+    return both
+
+
 def open_committer(
     guarantee: Guarantee,
     clients: AgentClients,
@@ -526,7 +534,8 @@ def open_committer(
     exactly_once = guarantee is Guarantee.EXACTLY_ONCE
     config = clients.producer(exactly_once, transaction_timeout_ms, on_delivery)
     if error_cb is not None:
-        config["error_cb"] = error_cb
+        theirs = config.get("error_cb")  # the settings' client logging runs first
+        config["error_cb"] = error_cb if theirs is None else _both(theirs, error_cb)
     producer = Producer(config)
     if exactly_once:
         committer = ExactlyOnceCommitter(producer, consumer, settings, errors, watch)

@@ -37,8 +37,9 @@ def configure_logging(level: str = "INFO", stream=None) -> None:
     """Route the root logger to JSON lines on stderr (idempotent)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if getattr(handler, "_choreo_json", False):
-            root.removeHandler(handler)
+        if getattr(handler, "_choreo_json", False) or getattr(handler, "_choreo_cli", False):
+            root.removeHandler(handler)  # the CLI's plain lines (processors.cli.main) give way to JSON
+    logging.getLogger("choreo.kafka.client").setLevel(logging.NOTSET)  # client lines at the worker's level
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler._choreo_json = True  # type: ignore[attr-defined]

@@ -32,6 +32,7 @@ from confluent_kafka.admin import AdminClient
 
 from processors.kafka_errors import ErrorKind, KafkaFailure, classify, describe, is_unreachable, kafka_error_of
 from processors.runtime._commit import Guarantee
+from processors.runtime._preflight import check_worker_access
 from processors.runtime._recovery import BROKER_UNREACHABLE, AgentHealth, Backoff, cause_of, fatal_line, is_fatal
 from processors.runtime.agent import AgentSpec
 from processors.runtime.app import App
@@ -128,7 +129,9 @@ class Worker:
         waiting = False
         while not self.stop_event.is_set():
             try:
-                prepare_topics(self.app, self.specs, AdminClient(self.settings.kafka_config()))
+                admin = AdminClient(self.settings.kafka_config())
+                prepare_topics(self.app, self.specs, admin)
+                check_worker_access(self.app, self.specs, admin)  # a missing ACL refuses the start, naming it
             except KafkaException as exc:
                 err = kafka_error_of(exc)
                 if err is not None and classify(err) is ErrorKind.FATAL:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,7 +242,7 @@ class AgentRunner:
     def _open(self) -> None:
         opts = self.options
         clients = AgentClients(self.app, self.spec.name, self.worker_id, self.settings)
-        self.consumer = Consumer({**clients.consumer(), "error_cb": self._on_client_error})
+        self.consumer = Consumer(_with_error_cb(clients.consumer(), self._on_client_error))
         marker = orjson.dumps({"worker": self.worker_id, "agent": self.spec.name})
         commit_settings = CommitSettings(
             self.spec.name,
@@ -262,7 +262,7 @@ class AgentRunner:
             self._on_producer_error,
         )
         self.restorer = ChangelogRestorer(
-            Consumer({**clients.restorer(), "error_cb": self._on_client_error}),
+            Consumer(_with_error_cb(clients.restorer(), self._on_client_error)),
             commit_settings.changelog,
             self._open_store,
             self.committer,
@@ -554,6 +554,20 @@ class AgentRunner:
             if restorer is not None:
                 restorer.close()
             log.info("agent stopped", extra={"agent": self.spec.name, "batches": self.batches})
+
+
+def _with_error_cb(config: dict, ours: Callable[[KafkaError], None]) -> dict:
+    """``config`` whose error callback also reports to the agent: the settings' own callback (client
+    logging and metrics, and ending the poll on an access error) runs first, then ours."""
+    theirs = config.get("error_cb")
+    if theirs is None:
+        return {**config, "error_cb": ours}
+
+    def both(err: KafkaError) -> None:
+        theirs(err)
+        ours(err)
+
+    return {**config, "error_cb": both}
 
 
 _CONSUMER_CALLS = frozenset({"poll", "consume", "commit", "close", "list_topics", "get_watermark_offsets"})

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.text import Text
 
 from processors.contracts import ContractError
+from processors.kafka_diagnosis import failure_of
 from processors.settings import Settings, SettingsError
 from processors.tooling.jsonavro import to_json_text
 from processors.tooling.kafka_io import ToolingError
@@ -65,7 +66,8 @@ def operator_errors() -> Iterator[None]:
     except (ToolingError, ContractError, SettingsError, TimeArgError) as exc:
         fail(str(exc), EXIT_USAGE)
     except KafkaException as exc:
-        fail(f"Kafka: {exc.args[0].str() if exc.args and hasattr(exc.args[0], 'str') else exc}", EXIT_FAILED)
+        failure = failure_of(exc)  # names the SASL/TLS/ACL cause behind a metadata timeout
+        fail(str(failure) if failure is not None else f"Kafka: {exc}", EXIT_FAILED)
 
 
 class StopFlag:

@@ -18,6 +18,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
+from processors.kafka_errors import stop_on_access_error
 from processors.kafka_types import ConsumedRecord, coordinates, produce_headers
 from processors.kafka_types import headers as message_headers
 from processors.runtime import conventions as conv
@@ -335,6 +336,7 @@ class DlqInspector:
         producer = Producer(self.settings.producer_config())
 
         def report(rec: DeadLetter, err: KafkaError | None, _msg: Message) -> None:
+            stop_on_access_error(err, topic=rec.original_topic)
             if err is None:
                 result.redriven += 1
                 result.by_destination[rec.original_topic] += 1

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from processors.kafka_errors import KafkaFailure, is_access_error
 from processors.kafka_types import ConsumedRecord, Headers, record
 from processors.runtime.topics import watermarks
 from processors.settings import Settings
@@ -183,7 +184,9 @@ def _handle_read_error(msg: ConsumedRecord, pending: dict[tuple[str, int], Parti
     if err.code() == KafkaError._PARTITION_EOF:
         _finish(consumer, pending, (msg.topic(), msg.partition()))
         return
-    if err.fatal() or err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED):
+    if is_access_error(err):
+        raise KafkaFailure(err, topic=msg.topic(), action=f"read partition {msg.partition()}")
+    if err.fatal() or err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
         raise ToolingError(f"reading {msg.topic()}[{msg.partition()}]: {err.str()}")
     if not err.retriable():
         raise KafkaException(err)

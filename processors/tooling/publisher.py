@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from processors.contracts import AvroCodec, Contract, ContractError, ContractRegistry, ContractViolation, Envelope
 from processors.contracts.errors import MISSING, Problem
+from processors.kafka_errors import stop_on_access_error
 from processors.kafka_types import coordinates, produce_headers
 from processors.settings import Settings
 from processors.tooling.jsonavro import content_key, from_json
@@ -216,6 +217,7 @@ class Publisher:
         self._ensure_topic(contract)
 
         def report(event: PreparedEvent, err: KafkaError | None, _msg: Message | None) -> None:
+            stop_on_access_error(err, topic=contract.topic)
             if err is None:
                 result.sent += 1
             else:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
+from processors.kafka_errors import stop_on_access_error
 from processors.kafka_types import coordinates, produce_headers
 from processors.kafka_types import headers as message_headers
 from processors.settings import Settings
@@ -312,6 +313,7 @@ class Replayer:
         failures: list[str] = []
 
         def report(index: int, err: KafkaError | None, msg: Message) -> None:
+            stop_on_access_error(err, topic=msg.topic() if msg is not None else None)
             if err is not None:
                 rec = batch[index]
                 failures.append(f"source partition {rec.partition} offset {rec.position}: {err.str()}")

@@ -60,5 +60,28 @@ def test_writing_a_topic_that_does_not_exist_is_fatal_but_an_outage_is_not() -> 
     assert classify_produce(KafkaError(KafkaError._MSG_TIMED_OUT)) is ErrorKind.TRANSIENT
     for code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError.COORDINATOR_NOT_AVAILABLE):
         assert is_unreachable(KafkaError(code))
-        assert describe(KafkaError(code)).startswith("broker unreachable")
+    assert describe(KafkaError(KafkaError._UNKNOWN_TOPIC)).startswith("topic does not exist")
     assert not is_unreachable(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED))
+
+
+def test_causes_a_user_can_act_on_are_named() -> None:
+    from processors.kafka_errors import cause_name, is_access_error
+
+    assert cause_name(KafkaError(KafkaError._SSL)) == "TLS handshake failed"
+    assert cause_name(KafkaError(KafkaError._AUTHENTICATION)) == "authentication failed"
+    assert cause_name(KafkaError(KafkaError._TRANSPORT)) == "broker unreachable"
+    assert cause_name(KafkaError(KafkaError._ALL_BROKERS_DOWN)) == "broker unreachable"
+    assert is_access_error(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    assert not is_access_error(KafkaError(KafkaError._TRANSPORT))
+    assert not is_access_error(KafkaError(KafkaError._FENCED))  # reaches callers through the failed call
+
+
+def test_a_denied_delivery_stops_the_run_naming_the_topic() -> None:
+    import pytest
+
+    from processors.kafka_errors import stop_on_access_error
+
+    stop_on_access_error(None, topic="t")
+    stop_on_access_error(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), topic="t")  # one record's problem
+    with pytest.raises(KafkaFailure, match="produce on topic t: topic authorization failed"):
+        stop_on_access_error(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), topic="t")
