@@ -30,7 +30,8 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from processors.kafka_errors import ErrorKind, KafkaFailure, classify, describe, is_unreachable, kafka_error_of
+from processors.kafka_diagnosis import failure_of
+from processors.kafka_errors import ErrorKind, KafkaFailure, describe, is_unreachable, kafka_error_of
 from processors.runtime._commit import Guarantee
 from processors.runtime._preflight import check_worker_access
 from processors.runtime._recovery import BROKER_UNREACHABLE, AgentHealth, Backoff, cause_of, fatal_line, is_fatal
@@ -132,10 +133,13 @@ class Worker:
                 admin = AdminClient(self.settings.kafka_config())
                 prepare_topics(self.app, self.specs, admin)
                 check_worker_access(self.app, self.specs, admin)  # a missing ACL refuses the start, naming it
-            except KafkaException as exc:
+            except (KafkaException, TimeoutError) as exc:
                 err = kafka_error_of(exc)
-                if err is not None and classify(err) is ErrorKind.FATAL:
-                    raise KafkaFailure(err, action="prepare topics") from None
+                # a metadata request only says "transport failure": ask what really stops it (a
+                # refused password or certificate is fatal; a broker that is not there is not)
+                failure = failure_of(exc, action="prepare topics")
+                if failure is not None and failure.kind is ErrorKind.FATAL:
+                    raise failure from None
                 if not waiting:
                     waiting = True
                     cause = BROKER_UNREACHABLE if err is None or is_unreachable(err) else "topics not ready"
