@@ -42,7 +42,7 @@ def test_a_stuck_call_gets_the_agent_replaced_and_loses_nothing(env, tmp_path):
         "exactly_once",
         tmp_path / "state",
         log=log,
-        ENGINE_STUCK_CALL="send_offsets_to_transaction:3",
+        ENGINE_STUCK_CALL="send_offsets_to_transaction:2",  # the two loads make two batches at least
         ENGINE_CALL_DEADLINE="5:3",
     )
     try:
