@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -10,14 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from processors.localbroker import BrokerError, ToolchainError
-from processors.localbroker.embedded import ensure_broker
 from processors.settings import Settings
+from processors.tooling.cli_support import ConfigOption, LocalBrokerBootstrapOption, settings_or_local_broker
 
 err = Console(stderr=True)
-BootstrapOption = typer.Option(
-    None, "--bootstrap", help="HOST:PORT [default: KAFKA_BOOTSTRAP_SERVERS or the embedded local broker]"
-)
 
 
 def _commerce_app(settings: Settings):
@@ -25,14 +22,6 @@ def _commerce_app(settings: Settings):
 
     app.configure(settings)
     return app
-
-
-def _settings(bootstrap: str | None) -> Settings:
-    try:
-        return Settings.load(bootstrap_servers=ensure_broker(bootstrap))
-    except (BrokerError, ToolchainError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
 
 
 def demo(
@@ -44,13 +33,14 @@ def demo(
     workers: int = typer.Option(2, "--workers", min=1, max=8, help="Worker processes sharing the partitions."),
     timeout_s: float = typer.Option(8.0, "--timeout", min=1.0, help="Seconds before an unanswered order is cancelled."),
     seed: int | None = typer.Option(None, "--seed", help="Make the generated orders repeatable."),
-    bootstrap: str | None = BootstrapOption,
+    bootstrap: str | None = LocalBrokerBootstrapOption,
+    config: Path | None = ConfigOption,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on the last line."),
 ) -> None:
     """Run the commerce flow: start workers, publish orders, wait until every order is terminal, check invariants."""
     from processors.agents.demo import DemoOptions, run_demo
 
-    settings = _settings(bootstrap)
+    settings = settings_or_local_broker(bootstrap, config)
     options = DemoOptions(
         orders=orders,
         bad_ratio=bad_ratio,
@@ -59,7 +49,7 @@ def demo(
         timeout_s=timeout_s,
         seed=seed,
     )
-    err.print(f"broker {settings.bootstrap_servers}: starting {workers} workers, then publishing {orders} orders")
+    err.print(f"starting {workers} workers, then publishing {orders} orders")
     with _progress() as bar:
         tasks: dict[str, Any] = {}
 
@@ -75,7 +65,8 @@ def demo(
 
 
 def verify(
-    bootstrap: str | None = BootstrapOption,
+    bootstrap: str | None = LocalBrokerBootstrapOption,
+    config: Path | None = ConfigOption,
     order_prefix: str = typer.Option(
         "", "--order-prefix", help="Only orders whose id starts with this (one run among others)."
     ),
@@ -84,7 +75,7 @@ def verify(
     """Read the outcome and audit topics from the start and check the business invariants (exit 1 on a violation)."""
     from processors.agents.verify import collect
 
-    settings = _settings(bootstrap)
+    settings = settings_or_local_broker(bootstrap, config)
     ledger = collect(settings, _commerce_app(settings), order_prefix=order_prefix)
     summary = ledger.summary()
     summary["bootstrap"] = settings.bootstrap_servers

@@ -17,7 +17,9 @@ from processors.tooling.cli_support import (
     EXIT_USAGE,
     BootstrapOption,
     ConfigOption,
+    ContractsDirOption,
     JsonOption,
+    SchemasDirOption,
     StopFlag,
     err,
     fail,
@@ -32,7 +34,9 @@ from processors.tooling.jsonavro import to_json_text
 from processors.tooling.timeparse import format_ms
 
 app = typer.Typer(
-    help="Dead-letter topics: counts by error class, records with their error headers, redrive.", no_args_is_help=True
+    help="Dead-letter topics: counts by error class, records with their error headers, redrive.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 ReasonOption = typer.Option([], "--reason", help="Only this reason (repeatable), e.g. handler_error, undecodable.")
@@ -105,10 +109,12 @@ def show(
     show_pii: bool = typer.Option(False, "--show-pii", help="Print fields the contract marks as PII (*** by default)."),
     bootstrap: str | None = BootstrapOption,
     config: Path | None = ConfigOption,
+    contracts_dir: Path | None = ContractsDirOption,
+    schemas_dir: Path | None = SchemasDirOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Dead letters with their error headers and decoded payload, filtered."""
-    settings = load_settings(bootstrap, config)
+    settings = load_settings(bootstrap, config, contracts_dir=contracts_dir, schemas_dir=schemas_dir)
     with operator_errors(), DlqInspector(settings) as inspector:
         filt = _filter(reason, agent, error_class, since, until, offset, partition)
         decoder = _Decoder(settings, show_pii)
@@ -172,11 +178,13 @@ def redrive(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be redriven where; send nothing."),
     bootstrap: str | None = BootstrapOption,
     config: Path | None = ConfigOption,
+    contracts_dir: Path | None = ContractsDirOption,
+    schemas_dir: Path | None = SchemasDirOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Send selected dead letters back to their original topic, with their original headers and
     choreo_redrive_count incremented. Exit 1 if a delivery failed."""
-    settings = load_settings(bootstrap, config)
+    settings = load_settings(bootstrap, config, contracts_dir=contracts_dir, schemas_dir=schemas_dir)
     with operator_errors(), DlqInspector(settings) as inspector, StopFlag() as stop:
         filt = _filter(reason, agent, error_class, since, until, offset, partition)
         if filt.selects_all and not all_records:

@@ -16,7 +16,9 @@ from processors.tooling.cli_support import (
     EXIT_INTERRUPTED,
     BootstrapOption,
     ConfigOption,
+    ContractsDirOption,
     JsonOption,
+    SchemasDirOption,
     StopFlag,
     err,
     fail,
@@ -67,6 +69,8 @@ def replay(
     ),
     bootstrap: str | None = BootstrapOption,
     config: Path | None = ConfigOption,
+    contracts_dir: Path | None = ContractsDirOption,
+    schemas_dir: Path | None = SchemasDirOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Replay a topic range or a file into a topic, keeping keys, values and headers.
@@ -75,7 +79,7 @@ def replay(
     Exit 0 when complete and the checksum of what was written matches what was read, 1 on failed
     deliveries or a mismatch, 2 on bad arguments or input, 130 when interrupted (resume with
     --resume)."""
-    settings = load_settings(bootstrap, config)
+    settings = load_settings(bootstrap, config, contracts_dir=contracts_dir, schemas_dir=schemas_dir)
     if (from_topic is None) == (file is None):
         fail("give exactly one source: --from TOPIC or --file PATH")
     if file is not None and any(v is not None for v in (partition, since, until, from_offset, to_offset)):

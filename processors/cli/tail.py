@@ -13,6 +13,8 @@ from rich.text import Text
 from processors.tooling.cli_support import (
     BootstrapOption,
     ConfigOption,
+    ContractsDirOption,
+    SchemasDirOption,
     StopFlag,
     load_settings,
     operator_errors,
@@ -63,9 +65,11 @@ def tail(
     max_events: int | None = typer.Option(None, "--max", min=1, help="Stop after N events."),
     bootstrap: str | None = BootstrapOption,
     config: Path | None = ConfigOption,
+    contracts_dir: Path | None = ContractsDirOption,
+    schemas_dir: Path | None = SchemasDirOption,
 ) -> None:
     """Decode and print events (any schema version); undecodable records are shown as such."""
-    settings = load_settings(bootstrap, config)
+    settings = load_settings(bootstrap, config, contracts_dir=contracts_dir, schemas_dir=schemas_dir)
     since_ms = time_ms("--since", since)
     if last is None and not from_beginning and since_ms is None:
         last = 10

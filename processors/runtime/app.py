@@ -40,8 +40,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 class App:
     """Agents, contracts and engine options of one application.
 
-    ``registry`` / ``contracts_dir`` / ``schemas_dir``: where contracts come from; when none is
-    given, the worker's settings decide (``contracts_dir``/``schemas_dir``), else the repository's.
+    ``registry`` / ``contracts_dir`` / ``schemas_dir``: where contracts come from. The one rule
+    (:func:`processors.settings.contract_dirs`): what is given here, else the settings the worker
+    runs with, or, outside a worker, ``CHOREO_CONTRACTS_DIR`` / ``./choreo.toml``, else the commerce
+    contracts shipped with the package.
     ``audit_event_type`` is the contract used to encode audit records (JSON when the registry lacks
     it); ``audit_topic`` defaults to that contract's topic, else ``choreo.audit``.
     """
