@@ -72,6 +72,9 @@ class Settings:
     # Where bootstrap_servers came from ("default", "config file PATH", "environment NAME",
     # "argument"): commands that may start a local broker do so only when it is "default".
     bootstrap_source: str = field(default="default", compare=False)
+    # The config file these settings were read from, so a command that starts worker processes
+    # (the demo) hands them the same file.
+    config_file: Path | None = field(default=None, compare=False)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -116,7 +119,7 @@ class Settings:
             values[name] = path.parent / values[name]  # absolute paths stay as they are
         if "bootstrap_servers" in values:
             values["bootstrap_source"] = f"config file {path}"
-        return replace(self, kafka={**self.kafka, **kafka}, **values)
+        return replace(self, kafka={**self.kafka, **kafka}, config_file=path, **values)
 
     def _merge_env(self, env: Mapping[str, str]) -> Settings:
         values: dict[str, Any] = {}
@@ -202,7 +205,7 @@ def _is_secret(name: str) -> bool:
     return any(marker in lowered for marker in _SECRET_MARKERS)
 
 
-_NOT_SETTABLE = frozenset({"kafka", "bootstrap_source"})  # kafka has its own table and prefix
+_NOT_SETTABLE = frozenset({"kafka", "bootstrap_source", "config_file"})  # kafka has its own table and prefix
 _PATH_FIELDS = frozenset({"contracts_dir", "schemas_dir", "state_dir"})
 
 
