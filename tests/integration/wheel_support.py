@@ -81,9 +81,13 @@ def make_venv(python: str, where: Path, wheel: Path, *extras: str) -> Path:
 
 
 def interpreter(version: str) -> str | None:
-    """The path of ``python<version>`` on this machine, or None when it is not installed."""
-    found = shutil.which(f"python{version}")
-    if found is None:
-        return None
-    probe = subprocess.run([found, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True)
-    return found if probe.returncode == 0 else None  # a pyenv shim of a version not installed fails here
+    """A working ``python<version>`` on this machine (on PATH, or a pyenv version whose shim is
+    not selected), or None when there is none."""
+    candidates = [shutil.which(f"python{version}")]
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates += sorted(str(p) for p in pyenv.glob(f"{version}.*/bin/python{version}"))
+    for candidate in filter(None, candidates):
+        probe = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True)
+        if probe.returncode == 0:  # a pyenv shim of a version that is not selected fails here
+            return candidate
+    return None
