@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from processors.settings import Settings
 from processors.tooling.cli_support import ConfigOption, LocalBrokerBootstrapOption, settings_or_local_broker
@@ -112,6 +113,8 @@ def _print_summary(summary: dict[str, Any], as_json: bool, title: str) -> None:
     for reason, count in summary["dead_lettered"].items():
         table.add_row(f"dead-lettered: {reason}", str(count))
     table.add_row("duplicates dropped", str(summary["duplicates_dropped"]))
+    if summary.get("unreadable"):
+        table.add_row("unreadable records", str(summary["unreadable"]))
     table.add_row("audit completeness", f"{summary['audit_completeness']:.2%} of {summary['handled_inputs']} inputs")
     flow = summary["flow_time_ms"]
     if flow["p50"] is not None:
@@ -126,4 +129,6 @@ def _print_summary(summary: dict[str, Any], as_json: bool, title: str) -> None:
     )
     console.print(table)
     for line in summary["invariant_violations"][:20]:
-        console.print(f"[red]violation:[/red] {line}", highlight=False)
+        console.print(Text.assemble(("violation: ", "red"), line))
+    for line in summary.get("unreadable_examples", []):
+        console.print(Text.assemble(("unreadable: ", "yellow"), line))  # data, never markup

@@ -31,6 +31,7 @@ from processors.tooling.cli_support import (
 )
 from processors.tooling.dlq import DeadLetter, DlqFilter, DlqInspector, RedriveResult, parse_offset
 from processors.tooling.jsonavro import to_json_text
+from processors.tooling.kafka_io import MAX_SHOWN_ERROR, bounded
 from processors.tooling.timeparse import format_ms
 
 app = typer.Typer(
@@ -46,6 +47,7 @@ SinceOption = typer.Option(None, "--since", help="Dead-lettered at or after (ISO
 UntilOption = typer.Option(None, "--until", help="Dead-lettered before this time.")
 OffsetOption = typer.Option([], "--offset", help="Only this DLQ offset, OFFSET or PARTITION:OFFSET (repeatable).")
 PartitionOption = typer.Option(None, "--partition", min=0, help="Only this DLQ partition.")
+MAX_RAW_PAYLOAD = 64 * 1024  # of an undecodable payload shown as base64
 
 
 def _filter(
@@ -226,7 +228,8 @@ def _redrive_summary(result: RedriveResult) -> None:
 
 class _Decoder:
     """Decodes a dead letter's payload when it can; a DLQ is exactly where undecodable bytes live, so
-    those are shown as base64 with the reason instead."""
+    those are shown as base64 with the reason instead — unless the contract of the topic they came
+    from marks PII fields: raw bytes would carry those values, so they need --show-pii."""
 
     def __init__(self, settings: Settings, show_pii: bool) -> None:
         self.registry = ContractRegistry.load(settings.contracts_dir, settings.schemas_dir)
@@ -239,10 +242,23 @@ class _Decoder:
         try:
             event_type, value = self.codec.decode_any(rec.value)
         except ContractError as exc:
-            return {"error": f"undecodable: {exc}", "base64": rec.value}
+            return {"error": bounded(f"undecodable: {exc}", MAX_SHOWN_ERROR), **self._raw(rec, rec.value)}
         if not self.show_pii:
             value = Redactor(self.registry.get(event_type).pii_fields).redact(value)
         return {"event_type": event_type, "value": value}
+
+    def _raw(self, rec: DeadLetter, data: bytes) -> dict[str, Any]:
+        pii = sorted({f for c in self.registry.for_topic(rec.original_topic) for f in c.pii_fields})
+        if pii and not self.show_pii:
+            return {
+                "bytes": len(data),
+                "not_shown": f"raw bytes of {rec.original_topic}, whose contract marks PII "
+                f"({', '.join(pii)}): --show-pii shows them",
+            }
+        shown = {"bytes": len(data), "base64": data[:MAX_RAW_PAYLOAD]}
+        if len(data) > MAX_RAW_PAYLOAD:
+            shown["truncated"] = f"first {MAX_RAW_PAYLOAD} bytes shown"
+        return shown
 
 
 def _counts(counter: Any) -> str:

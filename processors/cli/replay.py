@@ -104,6 +104,20 @@ def replay(
         print_json(result.to_json())
     else:
         _summary(result)
+    if result.read.count == 0 and not result.interrupted:
+        chosen = [
+            f"{flag} {value}"
+            for flag, value in (
+                ("--partition", partition),
+                ("--since", since),
+                ("--until", until),
+                ("--from-offset", from_offset),
+                ("--to-offset", to_offset),
+            )
+            if value is not None
+        ]
+        what = f"{from_topic}" + (f" with {' '.join(chosen)}" if chosen else "") if from_topic else str(file)
+        err.print(Text(f"warning: {what} selects no records: nothing was replayed", style="yellow"))
     if result.failed or (result.completed and not result.dry_run and not result.match):
         raise typer.Exit(EXIT_FAILED)
     if result.interrupted:

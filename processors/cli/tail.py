@@ -23,6 +23,7 @@ from processors.tooling.cli_support import (
     time_ms,
 )
 from processors.tooling.jsonavro import to_json_text
+from processors.tooling.kafka_io import MAX_SHOWN_ERROR, bounded, shown_bytes
 from processors.tooling.subscriber import FieldFilter, ReceivedEvent, Subscriber
 from processors.tooling.timeparse import format_ms
 
@@ -133,16 +134,16 @@ class _TablePrinter:
         out.print(table)
 
     def _cells(self, event: ReceivedEvent) -> tuple[str, ...]:
-        headers = event.header_dict()
+        headers, _ = event.shown_headers()
         shown = "\n".join(f"{name}={value}" for name, value in headers.items() if name not in HIDDEN_HEADERS)
         if event.envelope_error:
-            shown += f"\n[envelope: {event.envelope_error}]"
+            shown += f"\n[envelope: {bounded(event.envelope_error, MAX_SHOWN_ERROR)}]"
         if event.decoded:
             redactor = None if self.show_pii else self.subscriber.redactor_for(event)
             value = to_json_text(redactor.redact(event.value) if redactor else event.value)
         else:
-            value = f"[{event.error}]"
-        key = "-" if event.key is None else event.key.decode("utf-8", "backslashreplace")
+            value = f"[{bounded(event.error, MAX_SHOWN_ERROR)}]"
+        key = shown_bytes(event.key)[0] or "-"
         where = (
             f"{event.topic}[{event.partition}]@{event.offset}\n{format_ms(event.timestamp)}\nkey={key}\n"
             f"{event.event_type or 'UNDECODABLE'}"

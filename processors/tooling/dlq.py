@@ -24,15 +24,18 @@ from processors.runtime import conventions as conv
 from processors.runtime.topics import existing_topics
 from processors.settings import Settings
 from processors.tooling.kafka_io import (
+    MAX_SHOWN_ERROR,
     Headers,
     ProgressReporter,
     RateLimiter,
     ToolingError,
+    bounded,
     header_value,
-    headers_dict,
     plan_ranges,
     read_ranges,
     reader_config,
+    shown_bytes,
+    shown_headers,
     topic_partitions,
 )
 from processors.tooling.timeparse import format_ms
@@ -105,21 +108,21 @@ class DeadLetter:
             "partition": self.partition,
             "offset": self.offset,
             "timestamp": format_ms(self.timestamp),
-            "key": None if self.key is None else self.key.decode("utf-8", "backslashreplace"),
-            "reason": self.reason,
-            "error_class": self.error_class,
-            "agent": self.agent,
-            "error_message": self.header(conv.DLQ_ERROR_MESSAGE),
-            "attempts": self.header(conv.DLQ_ATTEMPTS),
-            "first_failure": self.header(conv.DLQ_FIRST_FAILURE),
-            "last_failure": self.header(conv.DLQ_LAST_FAILURE),
+            "key": shown_bytes(self.key)[0],
+            "reason": bounded(self.reason),
+            "error_class": bounded(self.error_class),
+            "agent": bounded(self.agent),
+            "error_message": bounded(self.header(conv.DLQ_ERROR_MESSAGE), MAX_SHOWN_ERROR),
+            "attempts": bounded(self.header(conv.DLQ_ATTEMPTS)),
+            "first_failure": bounded(self.header(conv.DLQ_FIRST_FAILURE)),
+            "last_failure": bounded(self.header(conv.DLQ_LAST_FAILURE)),
             "original": {
-                "topic": self.original_topic,
-                "partition": self.header(conv.DLQ_ORIGINAL_PARTITION),
-                "offset": self.header(conv.DLQ_ORIGINAL_OFFSET),
+                "topic": bounded(self.original_topic),
+                "partition": bounded(self.header(conv.DLQ_ORIGINAL_PARTITION)),
+                "offset": bounded(self.header(conv.DLQ_ORIGINAL_OFFSET)),
             },
             "redrive_count": self.redrive_count,
-            "headers": headers_dict(self.headers),
+            "headers": shown_headers(self.headers)[0],
         }
 
 

@@ -117,7 +117,7 @@ def check_scaffold(bin_dir: Path, cwd: Path, bootstrap: str) -> None:
             )
         )
         deadline = time.monotonic() + 120
-        counted = []
+        counted: list[dict] = []
         while not counted and time.monotonic() < deadline and worker.poll() is None:
             shown = _run(
                 bin_dir,
