@@ -16,7 +16,6 @@ from confluent_kafka.admin import AdminClient
 from processors.agents.ledger import FlowLedger
 from processors.contracts import ContractError
 from processors.kafka_types import coordinates
-from processors.kafka_types import headers as message_headers
 from processors.runtime import App
 from processors.runtime.conventions import (
     DLQ_ORIGINAL_OFFSET,
@@ -27,7 +26,14 @@ from processors.runtime.conventions import (
 )
 from processors.runtime.topics import watermarks
 from processors.settings import Settings
-from processors.tooling.kafka_io import PartitionRange, bounded, header_value, read_ranges, reader_config
+from processors.tooling.kafka_io import (
+    PartitionRange,
+    bounded,
+    header_value,
+    read_ranges,
+    reader_config,
+    record_headers,
+)
 
 Offsets = Mapping[tuple[str, int], int]
 
@@ -95,7 +101,7 @@ def _ingest(ledger: FlowLedger, app: App, consumers_of: dict[str, list[str]], ms
     """One record into the ledger. Anything may be on a topic (tombstones, foreign bytes, headers
     the client cannot read): what cannot be read is listed as such, never raised."""
     topic, partition, offset = coordinates(msg)
-    headers, value = message_headers(msg), msg.value()
+    headers, value = record_headers(msg), msg.value()
     where = f"{topic}[{partition}]@{offset}"
     if topic == app.audit_topic:
         audit = _decode(app, app.audit_event_type, value)
@@ -131,6 +137,8 @@ def _decode(app: App, event_type: str, value: bytes | None) -> dict | str:
         return app.codec.decode(event_type, value)
     except ContractError as exc:
         return bounded(f"undecodable: {type(exc).__name__}: {exc}", 300) or "undecodable"
+    except Exception as exc:  # noqa: BLE001 - foreign bytes: whatever the decoder raises is reported
+        return f"undecodable: {type(exc).__name__}"
 
 
 def wait_settled(settings: Settings, app: App, timeout: float) -> bool:

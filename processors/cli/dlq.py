@@ -243,6 +243,8 @@ class _Decoder:
             event_type, value = self.codec.decode_any(rec.value)
         except ContractError as exc:
             return {"error": bounded(f"undecodable: {exc}", MAX_SHOWN_ERROR), **self._raw(rec, rec.value)}
+        except Exception as exc:  # noqa: BLE001 - a DLQ holds what nothing could read: report, go on
+            return {"error": f"undecodable: {type(exc).__name__}", **self._raw(rec, rec.value)}
         if not self.show_pii:
             value = Redactor(self.registry.get(event_type).pii_fields).redact(value)
         return {"event_type": event_type, "value": value}

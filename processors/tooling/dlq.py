@@ -19,7 +19,6 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from processors.kafka_types import ConsumedRecord, coordinates, produce_headers
-from processors.kafka_types import headers as message_headers
 from processors.runtime import conventions as conv
 from processors.runtime.topics import existing_topics
 from processors.settings import Settings
@@ -34,6 +33,7 @@ from processors.tooling.kafka_io import (
     plan_ranges,
     read_ranges,
     reader_config,
+    record_headers,
     shown_bytes,
     shown_headers,
     topic_partitions,
@@ -60,7 +60,7 @@ class DeadLetter:
     def from_message(cls, msg: Message | ConsumedRecord) -> DeadLetter:
         ts_type, ts = msg.timestamp()
         topic, partition, offset = coordinates(msg)
-        return cls(topic, partition, offset, ts if ts_type else None, msg.key(), msg.value(), message_headers(msg))
+        return cls(topic, partition, offset, ts if ts_type else None, msg.key(), msg.value(), record_headers(msg))
 
     def header(self, name: str) -> str | None:
         return header_value(self.headers, name)

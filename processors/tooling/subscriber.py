@@ -16,7 +16,6 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from processors.contracts import AvroCodec, ContractError, ContractRegistry, Envelope
 from processors.kafka_types import ConsumedRecord, coordinates, record
-from processors.kafka_types import headers as message_headers
 from processors.runtime.audit import Redactor
 from processors.settings import Settings
 from processors.tooling.jsonavro import to_json_bytes
@@ -30,6 +29,7 @@ from processors.tooling.kafka_io import (
     offsets_for_time,
     read_ranges,
     reader_config,
+    record_headers,
     shown_bytes,
     shown_headers,
     topic_partitions,
@@ -307,12 +307,14 @@ class Subscriber:
         """Decode one record; failures become fields of the event, never exceptions."""
         ts_type, ts = msg.timestamp()
         topic, partition, offset = coordinates(msg)
-        headers = message_headers(msg)
+        headers = record_headers(msg)
         envelope, envelope_error = None, None
         try:
             envelope = Envelope.from_headers(headers)
         except ContractError as exc:
             envelope_error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a reader of foreign records reports what it cannot read
+            envelope_error = f"unreadable envelope headers: {type(exc).__name__}"
         base: dict[str, Any] = dict(
             topic=topic,
             partition=partition,
@@ -330,6 +332,8 @@ class Subscriber:
             event_type, value = self.codec.decode_any(data)
         except ContractError as exc:
             return ReceivedEvent(**base, error=f"undecodable ({len(data)} bytes): {exc}")
+        except Exception as exc:  # noqa: BLE001 - same: whatever the bytes make the decoder raise
+            return ReceivedEvent(**base, error=f"undecodable ({len(data)} bytes): {type(exc).__name__}")
         return ReceivedEvent(**base, event_type=event_type, value=value)
 
     def redactor_for(self, event: ReceivedEvent) -> Redactor:
