@@ -15,6 +15,7 @@ from confluent_kafka import Producer
 from typer.testing import CliRunner
 
 from processors.cli.main import app
+from processors.kafka_types import produce_headers
 from processors.runtime import conventions as conv
 from processors.tooling.kafka_io import MAX_SHOWN_HEADERS
 from processors.tooling.publisher import Publisher
@@ -94,7 +95,7 @@ def test_tail_last_counts_records_not_offsets(iso: Isolated) -> None:
         prepared = [publisher.prepare("order.created", order(n)) for n in range(4)]
     for event in prepared:
         producer.begin_transaction()
-        producer.produce(topic, key=event.key, value=event.value, headers=event.headers, partition=0)
+        producer.produce(topic, key=event.key, value=event.value, headers=produce_headers(event.headers), partition=0)
         producer.commit_transaction(30)
     for last, keys in ((1, ["o-3"]), (3, ["o-1", "o-2", "o-3"]), (10, ["o-0", "o-1", "o-2", "o-3"])):
         result = runner.invoke(app, iso.cli("tail", topic, "--last", str(last), "--format", "json"))
