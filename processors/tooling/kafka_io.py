@@ -11,7 +11,6 @@ import ctypes
 import operator
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,10 +34,11 @@ class ToolingError(Exception):
 
 # ---------------------------------------------------------------------------------- consumers
 def reader_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """A consumer that reads like an operator, not like a member: throwaway group id, no commits,
-    committed data only, and end-of-partition events so bounded reads know when to stop."""
+    """A consumer that reads like an operator, not like a member: it assigns partitions and never
+    commits, under the one group id the tools use (``tools_group_id``, so a secured cluster's ACL
+    can name it), committed data only, and end-of-partition events so bounded reads know when to stop."""
     base = {
-        "group.id": f"choreo-tooling-{uuid.uuid4().hex[:12]}",
+        "group.id": settings.tools_group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "enable.partition.eof": True,
