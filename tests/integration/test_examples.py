@@ -12,9 +12,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from examples.counter.app import app
 from processors.runtime.testing import publish, read_topic
+from processors.runtime.topics import wait_for_topics
 
 pytestmark = pytest.mark.kafka
 
@@ -44,13 +46,13 @@ def test_the_counter_example_runs_under_choreo_worker(kafka_bootstrap, tmp_path)
     )
     try:
         name = f"c-{uuid.uuid4().hex[:8]}"
-        deadline = time.monotonic() + 90  # the worker creates the topics from the contracts at start
-        while time.monotonic() < deadline and worker.poll() is None:
-            try:
-                publish(app, kafka_bootstrap, "counter.incremented", {"name": name, "by": 3})
-                break
-            except Exception:  # noqa: BLE001 - the topic does not exist yet: wait for the worker
-                time.sleep(0.5)
+        # The worker creates the topics from the contracts at start; producing before that would
+        # let the broker auto-create the input with its default partition count.
+        inputs = ["shop.counter.incremented", "shop.counter.total"]
+        assert wait_for_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}), inputs, timeout=90), (
+            tmp_path / "worker.log"
+        ).read_text()
+        publish(app, kafka_bootstrap, "counter.incremented", {"name": name, "by": 3})
         totals = _wait_for(kafka_bootstrap, "shop.counter.total", name)
         assert [t.value for t in totals] == [{"name": name, "total": 3, "seq": 1}], (
             tmp_path / "worker.log"
