@@ -57,6 +57,9 @@ def check_commerce_commands(bin_dir: Path, cwd: Path, bootstrap: str) -> None:
     assert _ok(_run(bin_dir, ["choreo", "--version"], cwd)).startswith("choreo-streams ")
     location = _ok(_run(bin_dir, ["python", "-c", "import processors; print(processors.__file__)"], cwd))
     assert Path(location.strip()).is_relative_to(bin_dir.parent), f"imported {location}, not the installed wheel"
+    probe = "from processors.localbroker.jars import POM_PATH; print(POM_PATH, POM_PATH.is_file())"
+    pom = _ok(_run(bin_dir, ["python", "-c", probe], cwd)).split()
+    assert pom[1] == "True" and Path(pom[0]).is_relative_to(bin_dir.parent), pom  # `choreo broker start` can run
     assert "order.created" in _ok(_run(bin_dir, ["choreo", "topology", "--check"], cwd))
     _ok(_run(bin_dir, ["choreo", "contracts", "check"], cwd))
     topics = _ok(_run(bin_dir, ["choreo", "topics", "create", "--dry-run", "--bootstrap", bootstrap], cwd))
