@@ -109,7 +109,8 @@ def list_(
         print_json(rows)
     else:
         table = Table(title="topics")
-        for column in ("topic", "kind", "partitions", "on the cluster", "config"):
+        table.add_column("topic", no_wrap=True)  # a topic name cut or folded cannot be copied
+        for column in ("kind", "partitions", "on the cluster", "config"):
             table.add_column(column, overflow="fold")
         for row in rows:
             actual = "missing" if row["actual_partitions"] is None else str(row["actual_partitions"])

@@ -18,7 +18,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
-from processors.kafka_types import ConsumedRecord, coordinates, produce_headers
+from processors.kafka_types import UNREADABLE_HEADERS, ConsumedRecord, coordinates, produce_headers
 from processors.runtime import conventions as conv
 from processors.runtime.topics import existing_topics
 from processors.settings import Settings
@@ -292,6 +292,11 @@ class DlqInspector:
             result.selected += 1
             if max_redrives is not None and rec.redrive_count >= max_redrives:
                 result.skipped_max_redrives += 1
+                continue
+            if any(name == UNREADABLE_HEADERS for name, _ in rec.headers):
+                result.errors.append(  # its copy would lose the headers the client could not read
+                    f"{rec.topic}[{rec.partition}]@{rec.offset}: headers unreadable by the Kafka client, not redriven"
+                )
                 continue
             key = rec.idempotency_key
             if key is None:

@@ -120,6 +120,8 @@ def test_dlq_show_survives_hostile_records_and_hides_raw_pii(iso: Isolated) -> N
     assert len(table.stdout) < BOUND and EMAIL not in table.stdout
     listed = runner.invoke(app, iso.cli("dlq", "list", "--json"))
     assert listed.exit_code == 0, listed.output
+    redrive = runner.invoke(app, iso.cli("dlq", "redrive", topic, "--all", "--dry-run"))
+    assert redrive.exit_code == 0 and "headers unreadable by the Kafka client, not redriven" in redrive.stderr
     shown = runner.invoke(app, iso.cli("dlq", "show", topic, "--json", "--show-pii"))
     assert "base64" in next(row for row in json.loads(shown.stdout) if row["key"] == "k-huge")["payload"]
 
