@@ -59,7 +59,7 @@ class _Sent:
     seconds: float = 0.0
 
 
-def _produce(settings: Settings, topic: str, count: int, rate: float) -> _Sent:
+def _produce(settings: Settings, topic: str, count: int, rate: float, partitions: int) -> _Sent:
     sent = _Sent()
     producer = Producer(settings.producer_config())
 
@@ -72,9 +72,12 @@ def _produce(settings: Settings, topic: str, count: int, rate: float) -> _Sent:
 
         return delivered
 
-    # One record first, outside the figures: the producer's first send waits for metadata and its
-    # idempotent producer id, which says nothing about the per-record latency of the flow.
-    producer.produce(topic, key=b"warm-up", value=orjson.dumps({"seq": -1, "sent_ns": time.monotonic_ns()}))
+    # One record per partition first, outside the figures: the producer's first send waits for
+    # metadata, its idempotent producer id and each partition's leader, which says nothing about
+    # the per-record latency of the flow.
+    for partition in range(partitions):
+        warm_up = orjson.dumps({"seq": -1, "sent_ns": time.monotonic_ns()})
+        producer.produce(topic, key=b"warm-up", value=warm_up, partition=partition)
     if producer.flush(30):
         sent.failed += 1
     started = time.monotonic()
@@ -171,7 +174,7 @@ def roundtrip(
     try:
         _wait_for_assignment(consumer, timeout=30)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            producing = pool.submit(_produce, settings, topic, events, rate)
+            producing = pool.submit(_produce, settings, topic, events, rate, partitions)
             per_partition, latencies = _consume(consumer, events, timeout=CONSUME_TIMEOUT_S + events / max(rate, 1))
             sent = producing.result()
     finally:
