@@ -23,7 +23,7 @@ def init(
     with operator_errors():
         project = scaffold(directory, name)
     for path in project.files:
-        out.print(f"wrote {path}", highlight=False)
+        out.print(f"wrote {path}", highlight=False, markup=False)
     out.print(
         f"\nproject {project.name} in {directory}: next,\n"
         f"  cd {directory}\n"
@@ -31,4 +31,5 @@ def init(
         "  python -m pytest\n"
         f"  choreo worker --app {project.app_spec}",
         highlight=False,
+        markup=False,
     )

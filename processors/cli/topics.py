@@ -216,8 +216,10 @@ def create(
         for name in created:
             spec = plan[name]
             config_text = "".join(f" {k}={v}" for k, v in spec.config.items())
-            out.print(f"{verb} {name} partitions={spec.partitions}{config_text}", highlight=False)
-        out.print(f"{verb} {len(created)} topic(s); {len(plan) - len(missing)} already existed", highlight=False)
+            out.print(f"{verb} {name} partitions={spec.partitions}{config_text}", highlight=False, markup=False)
+        out.print(
+            f"{verb} {len(created)} topic(s); {len(plan) - len(missing)} already existed", highlight=False, markup=False
+        )
     for name in differ:
         err.print(f"error: {name} has {existing[name]} partitions, the contracts say {contract_plan[name].partitions}")
     if differ:

@@ -88,20 +88,21 @@ def settings_or_local_broker(
     one, and why, is said on stderr, so a check never runs against the wrong cluster unnoticed."""
     settings = load_settings(bootstrap, config, contracts_dir=contracts_dir, schemas_dir=schemas_dir)
     if settings.bootstrap_configured:
-        err.print(f"broker {settings.bootstrap_servers} (from {settings.bootstrap_source})")
+        err.print(f"broker {settings.bootstrap_servers} (from {settings.bootstrap_source})", markup=False)
         return settings
     from processors.localbroker import BrokerError, ToolchainError
     from processors.localbroker.embedded import ensure_broker
 
     err.print(
         "no bootstrap_servers configured (--bootstrap, --config/choreo.toml, CHOREO_BOOTSTRAP_SERVERS, "
-        "KAFKA_BOOTSTRAP_SERVERS): using the local broker in .choreo/broker, started if it is not running"
+        "KAFKA_BOOTSTRAP_SERVERS): using the local broker in .choreo/broker, started if it is not running",
+        markup=False,
     )
     try:
         address = ensure_broker(None)
     except (BrokerError, ToolchainError) as exc:
         fail(str(exc), EXIT_FAILED)
-    err.print(f"broker {address} (local broker)")
+    err.print(f"broker {address} (local broker)", markup=False)
     return replace(settings, bootstrap_servers=address, bootstrap_source="local broker")
 
 
