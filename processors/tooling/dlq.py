@@ -18,12 +18,13 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
-from processors.kafka_types import UNREADABLE_HEADERS, ConsumedRecord, coordinates, produce_headers
+from processors.kafka_types import ConsumedRecord, coordinates, produce_headers
 from processors.runtime import conventions as conv
 from processors.runtime.topics import existing_topics
 from processors.settings import Settings
 from processors.tooling.kafka_io import (
     MAX_SHOWN_ERROR,
+    UNREADABLE_HEADERS,
     Headers,
     ProgressReporter,
     RateLimiter,

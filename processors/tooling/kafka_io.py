@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from processors.kafka_types import UNREADABLE_HEADERS, ConsumedRecord, Headers, record
+from processors.kafka_types import ConsumedRecord, Headers, record
 from processors.runtime.topics import watermarks
 from processors.settings import Settings
 
@@ -210,6 +210,9 @@ def header_text(value: bytes | None) -> str | None:
 _READ_HEADERS = operator.methodcaller("headers")
 _TUPLE_ITEMS = tuple.__basicsize__
 _CHECK_SLOTS = sys.implementation.name == "cpython"
+# The one header a record with unreadable headers is shown with: the name the engine gives the
+# dead letter of such a record, so the tools and the DLQ say the same thing.
+UNREADABLE_HEADERS = "choreo_unreadable_headers"
 UNREADABLE_NOTE = b"the Kafka client could not read this record's headers (a header name that is not UTF-8 text)"
 
 
