@@ -17,7 +17,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,13 +107,17 @@ def _wait_for_assignment(consumer: Consumer, timeout: float) -> None:
         consumer.poll(0.2)
 
 
-def _consume(consumer: Consumer, count: int, timeout: float) -> tuple[dict[int, int], list[float]]:
+def _consume(
+    consumer: Consumer, count: int, timeout: float, producing: Future[_Sent] | None = None
+) -> tuple[dict[int, int], list[float]]:
     """One record per ``poll()``: it returns as soon as a record is there, so the latency taken
-    when it returns is the record's, not the poll timeout's."""
+    when it returns is the record's, not the poll timeout's. A failed producer ends the wait."""
     per_partition: dict[int, int] = {}
     latencies_ms: list[float] = []
     deadline = time.monotonic() + timeout
     while sum(per_partition.values()) < count and time.monotonic() < deadline:
+        if producing is not None and producing.done() and producing.exception() is not None:
+            producing.result()  # raises the producer's error: nothing more will come
         msg = consumer.poll(0.1)
         if msg is None:
             continue
@@ -175,7 +179,8 @@ def roundtrip(
         _wait_for_assignment(consumer, timeout=30)
         with ThreadPoolExecutor(max_workers=1) as pool:
             producing = pool.submit(_produce, settings, topic, events, rate, partitions)
-            per_partition, latencies = _consume(consumer, events, timeout=CONSUME_TIMEOUT_S + events / max(rate, 1))
+            wait_s = CONSUME_TIMEOUT_S + events / max(rate, 1)
+            per_partition, latencies = _consume(consumer, events, timeout=wait_s, producing=producing)
             sent = producing.result()
     finally:
         consumer.close()
