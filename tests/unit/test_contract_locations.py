@@ -83,3 +83,17 @@ def test_commands_take_the_same_rule(clean_env: Path, monkeypatch: pytest.Monkey
 def test_a_missing_directory_says_how_to_point_at_one(clean_env: Path):
     with pytest.raises(Exception, match="CHOREO_CONTRACTS_DIR or contracts_dir in choreo.toml"):
         ContractRegistry.load(clean_env / "none", clean_env / "none")
+
+
+def test_an_app_configured_again_follows_the_latest_settings(clean_env: Path):
+    """One process, several commands or tests: the settings of each decide, not the first ones."""
+    app = _counter_app()
+    app.configure(Settings.load(env={}))
+    assert "order.created" in app.registry.event_types()
+    example = {"CHOREO_CONTRACTS_DIR": str(EXAMPLE / "contracts"), "CHOREO_SCHEMAS_DIR": str(EXAMPLE / "schemas")}
+    app.configure(Settings.load(env=example))
+    assert app.registry.event_types() == ["counter.incremented", "counter.total"]
+    assert app.codec.registry is app.registry
+    given = App("given", contracts_dir=EXAMPLE / "contracts", schemas_dir=EXAMPLE / "schemas")
+    given.configure(Settings.load(env={}))
+    assert given.registry.event_types() == ["counter.incremented", "counter.total"]  # the argument stays
