@@ -13,7 +13,12 @@ from rich.table import Table
 from rich.text import Text
 
 from processors.settings import Settings
-from processors.tooling.cli_support import ConfigOption, LocalBrokerBootstrapOption, settings_or_local_broker
+from processors.tooling.cli_support import (
+    ConfigOption,
+    LocalBrokerBootstrapOption,
+    operator_errors,
+    settings_or_local_broker,
+)
 
 err = Console(stderr=True)
 
@@ -59,7 +64,8 @@ def demo(
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done)
 
-        summary = run_demo(_commerce_app(settings), settings, options, report)
+        with operator_errors():  # e.g. settings that name other contracts than the commerce ones
+            summary = run_demo(_commerce_app(settings), settings, options, report)
     _print_summary(summary, as_json, title="commerce demo")
     if summary["non_terminal"] or summary["invariant_violations"]:
         raise typer.Exit(1)
@@ -77,7 +83,8 @@ def verify(
     from processors.agents.verify import collect
 
     settings = settings_or_local_broker(bootstrap, config)
-    ledger = collect(settings, _commerce_app(settings), order_prefix=order_prefix)
+    with operator_errors():  # e.g. settings that name other contracts than the commerce ones
+        ledger = collect(settings, _commerce_app(settings), order_prefix=order_prefix)
     summary = ledger.summary()
     summary["bootstrap"] = settings.bootstrap_servers
     _print_summary(summary, as_json, title="verify")

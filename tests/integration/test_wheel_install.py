@@ -75,7 +75,7 @@ def check_commerce_commands(bin_dir: Path, cwd: Path, bootstrap: str) -> None:
                 "--workers",
                 "1",
                 "--timeout",
-                "3",
+                "15",  # the payment timer must not race a loaded machine
                 "--bootstrap",
                 bootstrap,
                 "--json",
