@@ -345,7 +345,7 @@ def run_agents(
     if state_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="choreo-state-")
         state_dir = tmp.name
-    base = settings or Settings()
+    base = settings or Settings.load()  # the one settings rule: env and ./choreo.toml, as the worker
     from dataclasses import replace
 
     settings = replace(base, bootstrap_servers=bootstrap, state_dir=Path(state_dir), processing_guarantee=guarantee)

@@ -7,9 +7,10 @@ must not move any consumer group's offsets or show up as a member of one.
 
 from __future__ import annotations
 
+import ctypes
+import operator
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,10 +35,11 @@ class ToolingError(Exception):
 
 # ---------------------------------------------------------------------------------- consumers
 def reader_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """A consumer that reads like an operator, not like a member: throwaway group id, no commits,
-    committed data only, and end-of-partition events so bounded reads know when to stop."""
+    """A consumer that reads like an operator, not like a member: it assigns partitions and never
+    commits, under the one group id the tools use (``tools_group_id``, so a secured cluster's ACL
+    can name it), committed data only, and end-of-partition events so bounded reads know when to stop."""
     base = {
-        "group.id": f"choreo-tooling-{uuid.uuid4().hex[:12]}",
+        "group.id": settings.tools_group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "enable.partition.eof": True,
@@ -198,6 +200,85 @@ def header_text(value: bytes | None) -> str | None:
     if value is None:
         return None
     return value.decode("utf-8", errors="backslashreplace")
+
+
+# ---------------------------------------------------------------------------------- headers
+# A header name that is not UTF-8 makes confluent-kafka's Message.headers() build a tuple whose
+# name slot is NULL (not None) and return it with the UnicodeDecodeError still set. A plain
+# `msg.headers()` call site, once the interpreter has specialised it, does not check for that:
+# the error stays pending and surfaces later, anywhere; and the Message caches the list, so the
+# next read returns it with no error at all, and touching the name crashes the interpreter.
+# So the tools read headers through a generic call (methodcaller: the result is always checked)
+# and check the name slots through the tuple's declared layout, without touching the object.
+_READ_HEADERS = operator.methodcaller("headers")
+_TUPLE_ITEMS = tuple.__basicsize__
+_CHECK_SLOTS = sys.implementation.name == "cpython"
+# The one header a record with unreadable headers is shown with: the name the engine gives the
+# dead letter of such a record, so the tools and the DLQ say the same thing.
+UNREADABLE_HEADERS = "choreo_unreadable_headers"
+UNREADABLE_NOTE = b"the Kafka client could not read this record's headers (a header name that is not UTF-8 text)"
+
+
+def _name_missing(pair: Any) -> bool:
+    if not _CHECK_SLOTS or type(pair) is not tuple or len(pair) != 2:
+        return False
+    return ctypes.c_void_p.from_address(id(pair) + _TUPLE_ITEMS).value is None
+
+
+def record_headers(msg: Any) -> Headers:
+    """A record's headers as the tools read them: never raises, never hands out a header whose
+    name the client could not decode (the record then carries only :data:`UNREADABLE_HEADERS`)."""
+    try:
+        found = _READ_HEADERS(msg)
+    except Exception:  # noqa: BLE001 - SystemError around the UnicodeDecodeError, whatever the client raises
+        return [(UNREADABLE_HEADERS, UNREADABLE_NOTE)]
+    if not found:
+        return []
+    if any(_name_missing(pair) for pair in found):
+        return [(UNREADABLE_HEADERS, UNREADABLE_NOTE)]
+    return list(found)
+
+
+# What the tools print of a record's headers and key: anything read from a record is bounded, so
+# a 500 KB header or ten thousand of them cannot flood a terminal or a log.
+MAX_SHOWN_CHARS = 256
+MAX_SHOWN_HEADERS = 64
+MAX_SHOWN_ERROR = 1024  # an error names a field path and types; a longer one is cut
+
+
+def bounded(text: str | None, limit: int = MAX_SHOWN_CHARS) -> str | None:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} chars, {limit} shown)"
+
+
+def shown_bytes(data: bytes | None) -> tuple[str | None, bool]:
+    """Bytes read from a record (a key, a header value) as bounded text, and whether it was cut;
+    bytes that are not UTF-8 are escaped, never an error."""
+    if data is None:
+        return None, False
+    head = data[:MAX_SHOWN_CHARS].decode("utf-8", "backslashreplace")
+    if len(data) <= MAX_SHOWN_CHARS:
+        return head, False
+    return f"{head}... ({len(data)} bytes, {MAX_SHOWN_CHARS} shown)", True
+
+
+def shown_headers(headers: Headers | None) -> tuple[dict[str, str | None], bool]:
+    """Headers for output, and whether anything was cut: at most :data:`MAX_SHOWN_HEADERS`
+    headers, names and values of at most :data:`MAX_SHOWN_CHARS` characters or bytes."""
+    out: dict[str, str | None] = {}
+    items = list(headers or [])
+    cut = False
+    for index, (name, value) in enumerate(items):
+        if index >= MAX_SHOWN_HEADERS:
+            out["..."] = f"{len(items) - index} more header(s) not shown"
+            return out, True
+        text, value_cut = shown_bytes(value)
+        shown_name = bounded(name) or ""
+        cut = cut or value_cut or shown_name != name
+        out[shown_name] = text
+    return out, cut
 
 
 def headers_dict(headers: Headers | None) -> dict[str, str | None]:
