@@ -47,9 +47,27 @@ def coordinates(message: Message | ConsumedRecord) -> tuple[str, int, int]:
     return cast(str, message.topic()), cast(int, message.partition()), cast(int, message.offset())
 
 
+# The one header of the list :func:`headers` returns for a record whose headers the client cannot
+# read; its value says why. A consumer of ours sees no CloudEvents header then, and the record is
+# dead-lettered with this header on its copy instead of the headers the client could not give.
+UNREADABLE_HEADERS = "choreo_unreadable_headers"
+_UNREADABLE_NOTE = b"the Kafka client could not read this record's headers (a header name that is not UTF-8 text)"
+
+
 def headers(message: Message | ConsumedRecord) -> Headers:
-    """A fresh list of the record's headers (empty when it has none)."""
-    return list(cast("Headers | None", message.headers()) or [])
+    """A fresh list of the record's headers (empty when it has none). Never raises: this is the
+    one place records' headers are read, and a header *name* that is not UTF-8 makes
+    confluent-kafka's ``headers()`` raise (a ``SystemError``) on every read of that record.
+    Such a record gets the single header :data:`UNREADABLE_HEADERS`."""
+    try:
+        return list(cast("Headers | None", message.headers()) or [])
+    except Exception:  # noqa: BLE001 - whatever the client raises for what a producer wrote
+        return [(UNREADABLE_HEADERS, _UNREADABLE_NOTE)]
+
+
+def unreadable(headers: Sequence[tuple[str, bytes | None]] | None) -> bool:
+    """Whether ``headers`` is what :func:`headers` returns for a record whose headers were unreadable."""
+    return headers is not None and len(headers) == 1 and headers[0][0] == UNREADABLE_HEADERS
 
 
 ProduceHeaders = list[tuple[str, str | bytes | None]]

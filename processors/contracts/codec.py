@@ -23,6 +23,7 @@ from typing import Any, cast
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from processors.contracts._locate import locate_corruption
 from processors.contracts.codegen import Decoder, Encoder, compile_decoder, compile_encoder
 from processors.contracts.errors import ContractError, DecodeError
 from processors.contracts.registry import Contract, ContractRegistry
@@ -146,9 +147,10 @@ class AvroCodec:
         try:
             fastavro.schemaless_writer(out, writer.parsed, value)
         except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
-            # Only reachable with validate=False: report it in the same terms as the validator.
+            # Only reachable with validate=False: report it in the same terms as the validator
+            # (field paths and types; fastavro's own message may quote the value).
             plan.validator.validate(value)
-            raise ContractError(f"{event_type} v{writer.version}: cannot encode value: {exc}") from exc
+            raise ContractError(f"{event_type} v{writer.version}: cannot encode value ({type(exc).__name__})") from None
         return out.getvalue()
 
     def validate(self, event_type: str, value: dict[str, Any], version: int | None = None) -> None:
@@ -240,7 +242,13 @@ class AvroCodec:
             OverflowError,
             MemoryError,
         ) as exc:
-            raise DecodeError(f"truncated or corrupt body for {writer.event_type} v{writer.version}: {exc!r}") from exc
+            # fastavro's message quotes the bytes (a UnicodeDecodeError carries the whole broken
+            # string: an email address, a card token); say where and of what type instead.
+            where = locate_corruption(writer.parsed, data, offset) or f"unreadable ({type(exc).__name__})"
+            raise DecodeError(f"truncated or corrupt body for {writer.event_type} v{writer.version}: {where}") from None
+        except Exception as exc:  # noqa: BLE001 - whatever else odd bytes make fastavro raise: the input's fault
+            where = locate_corruption(writer.parsed, data, offset) or f"unreadable ({type(exc).__name__})"
+            raise DecodeError(f"truncated or corrupt body for {writer.event_type} v{writer.version}: {where}") from None
         if stream.tell() != len(data):
             raise DecodeError(
                 f"{len(data) - stream.tell()} trailing byte(s) after a {writer.event_type} v{writer.version} body: "
