@@ -11,6 +11,7 @@ path), instead of an ``assert`` or a ``cast`` at each call site.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Protocol, cast
 
@@ -54,13 +55,22 @@ UNREADABLE_HEADERS = "choreo_unreadable_headers"
 _UNREADABLE_NOTE = b"the Kafka client could not read this record's headers (a header name that is not UTF-8 text)"
 
 
+# Called through ``operator.methodcaller``, not as ``message.headers()``: on such a record the C
+# method returns a list holding a NULL name *with the UnicodeDecodeError still set*. A plain call
+# site, once CPython has specialised it, does not check for that, so nothing is raised there and the
+# pending error surfaces as a SystemError from whatever C function runs next (``time.time()`` in
+# the worker loop): the agent died away from any guard. A call through ``PyObject_Call`` checks the
+# result and raises the SystemError here, where it is caught.
+_read_headers = operator.methodcaller("headers")
+
+
 def headers(message: Message | ConsumedRecord) -> Headers:
     """A fresh list of the record's headers (empty when it has none). Never raises: this is the
     one place records' headers are read, and a header *name* that is not UTF-8 makes
     confluent-kafka's ``headers()`` raise (a ``SystemError``) on every read of that record.
     Such a record gets the single header :data:`UNREADABLE_HEADERS`."""
     try:
-        return list(cast("Headers | None", message.headers()) or [])
+        return list(cast("Headers | None", _read_headers(message)) or [])
     except Exception:  # noqa: BLE001 - whatever the client raises for what a producer wrote
         return [(UNREADABLE_HEADERS, _UNREADABLE_NOTE)]
 

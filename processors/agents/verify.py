@@ -15,6 +15,7 @@ from confluent_kafka.admin import AdminClient
 
 from processors.agents.ledger import FlowLedger
 from processors.contracts import ContractError
+from processors.kafka_types import headers as read_headers
 from processors.runtime import App
 from processors.runtime.conventions import (
     DLQ_ORIGINAL_OFFSET,
@@ -90,7 +91,7 @@ def _ranges(consumer: Consumer, topics: list[str], since: Offsets) -> list[Parti
 
 
 def _ingest(ledger: FlowLedger, app: App, consumers_of: dict[str, list[str]], msg) -> None:
-    topic, headers = msg.topic(), msg.headers()
+    topic, headers = msg.topic(), read_headers(msg)  # never raises (a header name that is not UTF-8)
     if topic == app.audit_topic:
         ledger.add_audit(app.codec.decode(app.audit_event_type, msg.value()))
         return

@@ -176,6 +176,10 @@ class AvroCodec:
     # ------------------------------------------------------------------ decoding
     def decode(self, event_type: str, data: bytes) -> dict[str, Any]:
         """Deserialise bytes written with any known version of ``event_type`` into the current one."""
+        if data.__class__ is not bytes and not isinstance(data, (bytes, bytearray, memoryview)):
+            raise DecodeError(
+                "record has no value (tombstone)" if data is None else f"not bytes: {type(data).__name__}"
+            )
         if data.__class__ is bytes and data[:2] == SINGLE_OBJECT_MAGIC:
             known = self._fast_readers.get(data[2:_SINGLE_OBJECT_HEADER])
             if known is not None and known[0] == event_type:
@@ -195,6 +199,10 @@ class AvroCodec:
 
     def decode_any(self, data: bytes) -> tuple[str, dict[str, Any]]:
         """Identify the event type from the framing and decode with that type's current schema."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise DecodeError(
+                "record has no value (tombstone)" if data is None else f"not bytes: {type(data).__name__}"
+            )
         writer, offset = self._writer_of(data)
         return writer.event_type, self._read(writer, self._current[writer.event_type], data, offset)
 

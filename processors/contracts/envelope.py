@@ -234,8 +234,21 @@ def read_header_fields(headers: list[tuple[str, bytes | str | None]]) -> tuple |
             tracestate = tracestate.decode()
     except (UnicodeDecodeError, AttributeError):  # let the reference pass name the first bad header
         return None
-    for text in (ident, etype, source, spec, time, idem, content_type, correlation, causation, tenant, hops,
-                 traceparent, tracestate):  # fmt: skip
+    for text in (
+        ident,
+        etype,
+        source,
+        spec,
+        time,
+        idem,
+        content_type,
+        correlation,
+        causation,
+        tenant,
+        hops,
+        traceparent,
+        tracestate,
+    ):
         if text is not None and len(text) > MAX_HEADER_BYTES:
             return None  # the reference pass names it
     if not ident:

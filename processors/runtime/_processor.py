@@ -266,8 +266,9 @@ class Processor:
             except EnvelopeError as exc:
                 raise _Dead(self._failure(DlqReason.MISSING_HEADER, exc, 1, received)) from None
             event_type = envelope.type
-            if event_type not in self.consumes:
-                if event_type in self.topic_types.get(topic, ()):
+            types_here = self.topic_types.get(topic, ())
+            if event_type not in self.consumes or event_type not in types_here:
+                if event_type in types_here:
                     return HandleResult(IGNORED, event_type)
                 raise self._not_consumed(event_type, topic, received)
             if envelope.hop_count > self.max_hops:
@@ -315,7 +316,13 @@ class Processor:
             )
 
     def _not_consumed(self, event_type: str, topic: str, received: int) -> _Dead:
-        message = f"event type {event_type!r} is not a type agent {self.spec.name!r} reads on topic {topic!r}"
+        """A type with no business here: not one the agent reads on this topic, or one it reads
+        whose contract puts it on another topic (its bytes would be judged by the wrong contract)."""
+        if event_type in self.consumes:
+            home = self.registry.get(event_type).topic
+            message = f"event type {event_type!r} belongs on topic {home!r}, not on {topic!r}"
+        else:
+            message = f"event type {event_type!r} is not a type agent {self.spec.name!r} reads on topic {topic!r}"
         return _Dead(self._failure(DlqReason.CONTRACT_VIOLATION, ContractError(message), 1, received))
 
     def _misrouted(
@@ -368,10 +375,15 @@ class Processor:
         dead letter (audit record and all) when it can be built, else the bare copy."""
         log.error(
             "unexpected error on an input, dead-lettering it",
-            extra={"agent": self.spec.name, "topic": topic, "partition": partition, "offset": offset,
-                   "error_class": type(exc).__name__},
+            extra={
+                "agent": self.spec.name,
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "error_class": type(exc).__name__,
+            },
             exc_info=exc,
-        )  # fmt: skip
+        )
         failure = self._failure(DlqReason.UNEXPECTED, exc, 1, received)
         safe_headers = _safe_headers(headers)
         try:

@@ -158,11 +158,25 @@ def test_headers_of_the_wrong_shape_still_give_a_dead_letter(driver) -> None:
 
 
 header_names = st.one_of(
-    st.sampled_from(["ce_id", "ce_type", "ce_source", "ce_time", "ce_specversion", "ce_idempotencykey",
-                     "ce_hopcount", "ce_correlationid", "ce_tenant", "traceparent", "tracestate", "content-type",
-                     "choreo_redrive_count"]),
+    st.sampled_from(
+        [
+            "ce_id",
+            "ce_type",
+            "ce_source",
+            "ce_time",
+            "ce_specversion",
+            "ce_idempotencykey",
+            "ce_hopcount",
+            "ce_correlationid",
+            "ce_tenant",
+            "traceparent",
+            "tracestate",
+            "content-type",
+            "choreo_redrive_count",
+        ]
+    ),
     st.text(max_size=30),
-)  # fmt: skip
+)
 header_values = st.one_of(
     st.none(),
     st.binary(max_size=64),
@@ -309,3 +323,14 @@ def test_an_emit_refused_by_its_contract_names_types_not_values() -> None:
     assert "4111" not in r.dlq_headers["choreo_dlq_error_message"]
     assert "total: expected long, got string of 16 character(s)" in r.dlq_headers["choreo_dlq_error_message"]
     assert r.outcome == audit.DEAD_LETTERED
+
+
+def test_a_type_the_agent_reads_but_on_another_topic_is_a_contract_violation(app, driver) -> None:
+    """counter reads counter.reset too, but on its own topic: a reset on the increments topic would
+    be judged by a contract that does not govern that topic."""
+    value = app.codec.encode("counter.reset", {"name": "a"})
+    r = driver.send_raw(TOPIC, b"a", value, list(Envelope.new("counter.reset", "/x").to_headers()))
+    assert (r.outcome, r.reason) == ("DEAD_LETTERED", "contract_violation")
+    assert r.dlq_headers["choreo_dlq_error_message"] == (
+        "event type 'counter.reset' belongs on topic 'counter.reset', not on 'counter.incremented'"
+    )
