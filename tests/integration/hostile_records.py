@@ -237,16 +237,28 @@ class BadRecords:
         return bad
 
     def partition_consistent_random(self) -> Bad:
-        """librdkafka's default partitioner (CRC32 of the key), on a key it puts elsewhere."""
-        while True:
-            bad = self._valid("partition.consistent_random", MISROUTED, producer="consistent_random")
-            assert bad.key is not None
-            if zlib.crc32(bad.key) % self.partitions != self._home(bad.key):
-                return bad
+        """librdkafka's default partitioner (CRC32 of the key), on a key it puts elsewhere (found
+        without drawing from the seeded generator, so a seed gives the same records every run)."""
+        base = order_id = self._order_id()
+        attempt = 0
+        while zlib.crc32(order_id.encode()) % self.partitions == self._home(order_id.encode()):
+            attempt += 1
+            order_id = f"{base}-{attempt}"
+        order = self._order(order_id)
+        return Bad(
+            "partition.consistent_random",
+            self.order_topic,
+            order_id.encode(),
+            self.codec.encode("order.created", order),
+            self._headers(),
+            MISROUTED,
+            producer="consistent_random",
+            pii=self._pii(order),
+        )
 
     def contract_wrong_type(self) -> Bad:
         bad = self._valid("contract.type_not_on_topic", CONTRACT_VIOLATION)
-        bad.headers = self._with(bad.headers, "ce_type", self.rng.choice([b"order.confirmed", b"no.such.type"]).strip())
+        bad.headers = self._with(bad.headers, "ce_type", self.rng.choice([b"order.confirmed", b"no.such.type"]))
         return bad
 
     def pii_invalid_utf8(self) -> Bad:
