@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import random
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -47,7 +48,8 @@ from processors.runtime.state.store import StateView
 log = logging.getLogger("choreo.runtime")
 
 MAX_FAILURE_MESSAGE_CHARS = 1000  # an error message in a dead letter, an audit record, a log line
-MAX_FALLBACK_FIELD_CHARS = 200  # a raw header value shown for a record whose envelope is unreadable
+MAX_FALLBACK_FIELD_CHARS = 200
+MAX_TRACEBACK_CHARS = 4000  # a raw header value shown for a record whose envelope is unreadable
 
 IGNORED = audit.Outcome.IGNORED
 _SAMPLE_ENV = Envelope.new("x.y", "/sample", correlation_id="c-1")
@@ -381,8 +383,9 @@ class Processor:
                 "partition": partition,
                 "offset": offset,
                 "error_class": type(exc).__name__,
+                # where it failed, without the message (it may quote the record: any size, any data)
+                "traceback": "".join(traceback.format_tb(exc.__traceback__))[-MAX_TRACEBACK_CHARS:],
             },
-            exc_info=exc,
         )
         failure = self._failure(DlqReason.UNEXPECTED, exc, 1, received)
         safe_headers = _safe_headers(headers)

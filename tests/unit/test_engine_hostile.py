@@ -334,3 +334,46 @@ def test_a_type_the_agent_reads_but_on_another_topic_is_a_contract_violation(app
     assert r.dlq_headers["choreo_dlq_error_message"] == (
         "event type 'counter.reset' belongs on topic 'counter.reset', not on 'counter.incremented'"
     )
+
+
+def test_state_grown_from_a_record_is_summarised_in_the_audit_record() -> None:
+    from processors.runtime import App
+    from tests.engine.app import CONTRACTS, SCHEMAS
+
+    app = App("big-state", contracts_dir=CONTRACTS, schemas_dir=SCHEMAS)
+
+    @app.agent("keeper", consumes=[TOPIC])
+    def keeper(event, ctx):
+        ctx.state["blob"] = event.value["email"]  # whatever the record carried, kept as state
+
+    driver = AgentDriver(app, "keeper", now_ms=1_700_000_000_000)
+    r = driver.send(TOPIC, {"name": "big", "by": 1, "email": "e" * 600_000})
+    assert r.outcome == "PROCESSED"
+    assert r.audit is not None
+    assert (
+        r.audit["state_after"].startswith('{"truncated":true,"chars":600')
+        and '"fields":["blob"]' in r.audit["state_after"]
+    )
+    assert_bounded(r)
+
+
+def test_the_record_limit_is_the_producers_message_max_bytes() -> None:
+    assert dlq.max_record_bytes({}) == dlq.DEFAULT_MAX_RECORD_BYTES
+    assert dlq.max_record_bytes({"message.max.bytes": "2000000"}) == 2_000_000
+    assert dlq.max_record_bytes({"message.max.bytes": "junk"}) == dlq.DEFAULT_MAX_RECORD_BYTES
+
+
+def test_an_unexpected_failure_is_logged_with_its_stack_not_its_message(app, driver, monkeypatch, caplog) -> None:
+    secret = "card 4111111111111111 " * 1000
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(secret)
+
+    monkeypatch.setattr(Envelope, "from_headers", classmethod(broken))
+    with caplog.at_level(logging.ERROR, logger="choreo.runtime"):
+        r = driver.send_raw(TOPIC, b"a", encoded(app), good_headers())
+    assert r.reason == "unexpected_error"
+    [record] = [rec for rec in caplog.records if rec.levelno == logging.ERROR]
+    assert "4111" not in record.getMessage() and record.exc_info is None
+    assert "broken" in record.traceback
+    assert len(record.traceback) <= 4000
