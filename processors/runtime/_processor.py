@@ -447,10 +447,39 @@ class Processor:
         raw = view.get(timer_store_key)
         if raw is None or keys.unpack_u64(raw) > now:
             return None
+        view.put(timer_store_key, None)
+        try:
+            return self._fire_timer(view, timer_store_key, raw, partition, now)
+        except Exception as exc:  # noqa: BLE001 - the timer's guard: a stored payload no one foresaw
+            log.error(
+                "unexpected error firing a timer, dead-lettering it",
+                extra={
+                    "agent": self.spec.name,
+                    "partition": partition,
+                    "error_class": type(exc).__name__,
+                    "traceback": "".join(traceback.format_tb(exc.__traceback__))[-MAX_TRACEBACK_CHARS:],
+                },
+            )
+            failure = self._failure(DlqReason.TIMER_ERROR, exc, 1, now)
+            letter = dlq.dead_letter(
+                timer_store_key,
+                raw,
+                None,
+                failure,
+                self.spec.name,
+                (f"timer:{partition}", partition, -1),
+                self.max_record_bytes,
+            )
+            result = HandleResult(audit.DEAD_LETTERED, None, failure=failure, key=timer_store_key)
+            result.records.append(OutRecord(RecordKind.DLQ, self.timer_dlq_topic, *letter))
+            return result
+
+    def _fire_timer(
+        self, view: StateView, timer_store_key: bytes, raw: bytes, partition: int, now: int
+    ) -> HandleResult:
         due = keys.unpack_u64(raw)
         record = orjson.loads(raw[8:])
         state_key, name = keys.split_timer_suffix(timer_store_key[2:])
-        view.put(timer_store_key, None)
         timer, envelope = self._timer_input(state_key, name, due, record)
         # The timer's own follow-ups are one hop further, like any follow-up.
         topic = f"timer:{name}"

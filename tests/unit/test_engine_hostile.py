@@ -377,3 +377,14 @@ def test_an_unexpected_failure_is_logged_with_its_stack_not_its_message(app, dri
     assert "4111" not in record.getMessage() and record.exc_info is None
     assert "broken" in record.traceback
     assert len(record.traceback) <= 4000
+
+
+def test_a_timer_whose_stored_payload_cannot_be_read_is_dead_lettered_and_deleted(driver) -> None:
+    from processors.runtime.state import keys
+
+    tk = keys.timer_key(b"a", "nudge")
+    driver.store.apply({tk: keys.pack_u64(driver.now_ms) + b"{not json"})
+    [fired] = driver.advance(1)
+    assert (fired.outcome, fired.reason) == ("DEAD_LETTERED", "timer_error")
+    assert fired.dlq is not None and fired.dlq.topic.endswith(".timers.dlq")
+    assert driver.store.get(tk) is None and driver.advance(1) == []  # fires once, then it is gone
