@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -48,8 +49,8 @@ from processors.runtime.state.store import StateView
 log = logging.getLogger("choreo.runtime")
 
 MAX_FAILURE_MESSAGE_CHARS = 1000  # an error message in a dead letter, an audit record, a log line
-MAX_FALLBACK_FIELD_CHARS = 200
-MAX_TRACEBACK_CHARS = 4000  # a raw header value shown for a record whose envelope is unreadable
+MAX_FALLBACK_FIELD_CHARS = 200  # a raw header value shown for a record whose envelope is unreadable
+MAX_TRACEBACK_CHARS = 4000  # the stack of an unexpected failure in a log line (never its message)
 
 IGNORED = audit.Outcome.IGNORED
 _SAMPLE_ENV = Envelope.new("x.y", "/sample", correlation_id="c-1")
@@ -384,7 +385,7 @@ class Processor:
                 "offset": offset,
                 "error_class": type(exc).__name__,
                 # where it failed, without the message (it may quote the record: any size, any data)
-                "traceback": "".join(traceback.format_tb(exc.__traceback__))[-MAX_TRACEBACK_CHARS:],
+                "traceback": _stack(exc),
             },
         )
         failure = self._failure(DlqReason.UNEXPECTED, exc, 1, received)
@@ -392,7 +393,10 @@ class Processor:
         try:
             return self._dead(failure, None, None, topic, partition, offset, key, value, safe_headers, received)
         except Exception:  # noqa: BLE001 - the last resort: the copy alone, from nothing but bounded parts
-            log.exception("could not build the audit record of a dead letter", extra={"agent": self.spec.name})
+            log.error(
+                "could not build the audit record of a dead letter",
+                extra={"agent": self.spec.name, "traceback": _stack()},
+            )
             letter = dlq.dead_letter(
                 key, value, None, failure, self.spec.name, (topic, partition, offset), self.max_record_bytes
             )
@@ -457,7 +461,7 @@ class Processor:
                     "agent": self.spec.name,
                     "partition": partition,
                     "error_class": type(exc).__name__,
-                    "traceback": "".join(traceback.format_tb(exc.__traceback__))[-MAX_TRACEBACK_CHARS:],
+                    "traceback": _stack(exc),
                 },
             )
             failure = self._failure(DlqReason.TIMER_ERROR, exc, 1, now)
@@ -884,6 +888,15 @@ _UNREADABLE = "the Kafka client could not read the record's headers (a header na
 
 class MisroutedError(ContractError):
     """A record not on the partition, or not under the key, its contract's key puts it."""
+
+
+def _stack(exc: BaseException | None = None) -> str:
+    """Where an exception was raised, frame by frame, bounded, without its message (which may
+    quote a record: any size, any data)."""
+    if exc is None:
+        exc = sys.exc_info()[1]
+    frames = traceback.format_tb(exc.__traceback__) if exc is not None else []
+    return (type(exc).__name__ + "\n" + "".join(frames))[-MAX_TRACEBACK_CHARS:]
 
 
 def _message_of(exc: BaseException) -> str:
