@@ -75,8 +75,8 @@ class BadRecords:
         return {
             "order_id": order_id,
             "customer_id": f"cust-{self.rng.randrange(100)}",
-            "customer_email": f"pii{self.run_id}x{self.seq}@leak.example",
-            "card_token": f"tok_pii{self.run_id}x{self.seq}",
+            "customer_email": f"pii{self.run_id}x{self.seq:05d}@leak.example",
+            "card_token": f"tok_pii{self.run_id}x{self.seq:05d}",
             "items": [{"sku": "SKU-001", "qty": 1, "unit_price_minor": 1000}],
             "total_minor": 1000,
             "currency": "EUR",
@@ -266,10 +266,12 @@ class BadRecords:
         bad = self._valid("pii.invalid_utf8", UNDECODABLE)
         assert bad.value is not None
         target = self.rng.choice(bad.pii).encode()
-        cut = self.rng.randrange(3, len(target) - 3)
+        # a broken byte anywhere after the run id (so the readable piece before it, which any repr
+        # of the bytes shows, holds the run id the leak scan anchors on) and before the last 3
+        after_run = target.index(self.run_id.encode()) + len(self.run_id)
+        cut = self.rng.randrange(after_run, len(target) - 3)
         bad.value = bad.value.replace(target, target[:cut] + b"\xff" + target[cut + 1 :])
-        # the readable pieces either side of the broken byte are what a repr would have shown
-        bad.pii = [target[:cut].decode(), target[cut + 1 :].decode()]
+        bad.pii = [target[:cut].decode()]
         return bad
 
     MAKERS = (
