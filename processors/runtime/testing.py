@@ -31,6 +31,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Producer
 
 from processors.contracts import Envelope
+from processors.kafka_types import headers as kafka_headers
 from processors.partitioner import partition_for
 from processors.runtime import audit
 from processors.runtime._processor import HandleResult, OutRecord, Processor
@@ -312,7 +313,7 @@ def read_topic(
 
 
 def _read_record(m: Any, app: App | None) -> ReadRecord:
-    headers = {k: (v.decode("utf-8", "replace") if v is not None else "") for k, v in (m.headers() or [])}
+    headers = {k: (v.decode("utf-8", "replace") if v is not None else "") for k, v in kafka_headers(m)}
     value: Any = m.value()
     if app is not None and value is not None and headers.get("ce_type") in set(app.registry.event_types()):
         with contextlib.suppress(Exception):  # poison records stay raw
