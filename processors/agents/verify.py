@@ -16,6 +16,7 @@ from confluent_kafka.admin import AdminClient
 from processors.agents.ledger import FlowLedger
 from processors.contracts import ContractError
 from processors.kafka_types import coordinates
+from processors.kafka_types import headers as read_headers
 from processors.runtime import App
 from processors.runtime.conventions import (
     DLQ_ORIGINAL_OFFSET,
@@ -32,7 +33,6 @@ from processors.tooling.kafka_io import (
     header_value,
     read_ranges,
     reader_config,
-    record_headers,
 )
 
 Offsets = Mapping[tuple[str, int], int]
@@ -101,7 +101,7 @@ def _ingest(ledger: FlowLedger, app: App, consumers_of: dict[str, list[str]], ms
     """One record into the ledger. Anything may be on a topic (tombstones, foreign bytes, headers
     the client cannot read): what cannot be read is listed as such, never raised."""
     topic, partition, offset = coordinates(msg)
-    headers, value = record_headers(msg), msg.value()
+    headers, value = read_headers(msg), msg.value()
     where = f"{topic}[{partition}]@{offset}"
     if topic == app.audit_topic:
         audit = _decode(app, app.audit_event_type, value)

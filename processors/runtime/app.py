@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from processors.contracts import AvroCodec, ContractError, ContractRegistry
-from processors.runtime.agent import AgentSpec, Handler, TimerHandler
+from processors.runtime.agent import AgentSpec, Handler, Routing, TimerHandler
 from processors.runtime.conventions import AUDIT_TOPIC, changelog_topic
 from processors.runtime.errors import AppError, TopologyError
 from processors.runtime.retry import BreakerPolicy, RetryPolicy
@@ -92,6 +92,7 @@ class App:
         dependencies: Iterable[str] | Mapping[str, BreakerPolicy | None] | None = None,
         on_timer: TimerHandler | None = None,
         dedupe_ttl_s: float | None = None,
+        routing: Routing | str = Routing.CONTRACT,
     ) -> Callable[[Handler], Handler]:
         """Decorator declaring an agent; the decorated function is the handler ``(event, ctx)``."""
 
@@ -109,6 +110,7 @@ class App:
                     dependencies=AgentSpec.normalize_dependencies(dependencies),
                     on_timer=on_timer,
                     dedupe_ttl_s=dedupe_ttl_s,
+                    routing=Routing(routing),
                 )
             )
             return handler

@@ -42,10 +42,11 @@ from processors.runtime._processor import IGNORED, HandleResult, Processor
 from processors.runtime._restore import ChangelogRestorer, RestoreOptions
 from processors.runtime.agent import AgentSpec
 from processors.runtime.app import App
+from processors.runtime.dlq import max_record_bytes
 from processors.runtime.errors import WorkerError
 from processors.runtime.metrics import AgentMetrics
 from processors.runtime.state import RocksStore, StoreMemory
-from processors.runtime.topics import CHANGELOG_DELETE_RETENTION_MS
+from processors.runtime.topics import CHANGELOG_DELETE_RETENTION_MS, existing_topics
 from processors.settings import Settings
 
 log = logging.getLogger("choreo.worker")
@@ -95,7 +96,9 @@ class AgentRunner:
         self.stop_event = stop
         self.options = options
         self.metrics = AgentMetrics(spec.name, self.guarantee)
-        self.processor = Processor(app, spec, worker_id, metrics=self.metrics)
+        self.processor = Processor(
+            app, spec, worker_id, metrics=self.metrics, max_record_bytes=max_record_bytes(settings.kafka)
+        )
         self.topics = app.input_topics(spec)
         self.state_root = Path(settings.state_dir) / app.app_id / spec.name
         self.ready = threading.Event()
@@ -153,6 +156,7 @@ class AgentRunner:
         opts = self.options
         clients = AgentClients(self.app, self.spec.name, self.worker_id, self.settings)
         self.consumer = Consumer(clients.consumer())
+        self.processor.use_partition_counts(existing_topics(self.consumer))
         marker = orjson.dumps({"worker": self.worker_id, "agent": self.spec.name})
         commit_settings = CommitSettings(self.spec.name, self.app.changelog_topic(self.spec.name), marker,
                                          opts.commit_timeout_s)  # fmt: skip
@@ -218,7 +222,7 @@ class AgentRunner:
         """Hand each record to the processor, in partition order; returns how many were handled.
         Past ``max_batch_s`` the rest is handed back to the next poll."""
         deadline = time.monotonic() + self.options.max_batch_s
-        handle, emit = self.processor.handle, self._emit
+        handle, emit = self.processor.handle_message, self._emit
         views, first, nxt = batch.views, batch.first_offsets, batch.next_offsets
         handled = 0
         for i, msg in enumerate(msgs):
@@ -237,7 +241,7 @@ class AgentRunner:
             if tp not in first:
                 first[tp] = off
             nxt[tp] = off + 1
-            emit(handle(view, topic, p, off, msg.key(), msg.value(), msg.headers(), msg.timestamp()[1]))
+            emit(handle(view, msg))
             handled += 1
         return handled
 

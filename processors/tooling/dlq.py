@@ -19,13 +19,13 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from processors.kafka_errors import stop_on_access_error
-from processors.kafka_types import ConsumedRecord, coordinates, produce_headers
+from processors.kafka_types import UNREADABLE_HEADERS, ConsumedRecord, coordinates, produce_headers
+from processors.kafka_types import headers as read_headers
 from processors.runtime import conventions as conv
 from processors.runtime.topics import existing_topics
 from processors.settings import Settings
 from processors.tooling.kafka_io import (
     MAX_SHOWN_ERROR,
-    UNREADABLE_HEADERS,
     Headers,
     ProgressReporter,
     RateLimiter,
@@ -35,7 +35,6 @@ from processors.tooling.kafka_io import (
     plan_ranges,
     read_ranges,
     reader_config,
-    record_headers,
     shown_bytes,
     shown_headers,
     topic_partitions,
@@ -62,7 +61,7 @@ class DeadLetter:
     def from_message(cls, msg: Message | ConsumedRecord) -> DeadLetter:
         ts_type, ts = msg.timestamp()
         topic, partition, offset = coordinates(msg)
-        return cls(topic, partition, offset, ts if ts_type else None, msg.key(), msg.value(), record_headers(msg))
+        return cls(topic, partition, offset, ts if ts_type else None, msg.key(), msg.value(), read_headers(msg))
 
     def header(self, name: str) -> str | None:
         return header_value(self.headers, name)

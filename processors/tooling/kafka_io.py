@@ -7,8 +7,6 @@ must not move any consumer group's offsets or show up as a member of one.
 
 from __future__ import annotations
 
-import ctypes
-import operator
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -200,43 +198,6 @@ def header_text(value: bytes | None) -> str | None:
     if value is None:
         return None
     return value.decode("utf-8", errors="backslashreplace")
-
-
-# ---------------------------------------------------------------------------------- headers
-# A header name that is not UTF-8 makes confluent-kafka's Message.headers() build a tuple whose
-# name slot is NULL (not None) and return it with the UnicodeDecodeError still set. A plain
-# `msg.headers()` call site, once the interpreter has specialised it, does not check for that:
-# the error stays pending and surfaces later, anywhere; and the Message caches the list, so the
-# next read returns it with no error at all, and touching the name crashes the interpreter.
-# So the tools read headers through a generic call (methodcaller: the result is always checked)
-# and check the name slots through the tuple's declared layout, without touching the object.
-_READ_HEADERS = operator.methodcaller("headers")
-_TUPLE_ITEMS = tuple.__basicsize__
-_CHECK_SLOTS = sys.implementation.name == "cpython"
-# The one header a record with unreadable headers is shown with: the name the engine gives the
-# dead letter of such a record, so the tools and the DLQ say the same thing.
-UNREADABLE_HEADERS = "choreo_unreadable_headers"
-UNREADABLE_NOTE = b"the Kafka client could not read this record's headers (a header name that is not UTF-8 text)"
-
-
-def _name_missing(pair: Any) -> bool:
-    if not _CHECK_SLOTS or type(pair) is not tuple or len(pair) != 2:
-        return False
-    return ctypes.c_void_p.from_address(id(pair) + _TUPLE_ITEMS).value is None
-
-
-def record_headers(msg: Any) -> Headers:
-    """A record's headers as the tools read them: never raises, never hands out a header whose
-    name the client could not decode (the record then carries only :data:`UNREADABLE_HEADERS`)."""
-    try:
-        found = _READ_HEADERS(msg)
-    except Exception:  # noqa: BLE001 - SystemError around the UnicodeDecodeError, whatever the client raises
-        return [(UNREADABLE_HEADERS, UNREADABLE_NOTE)]
-    if not found:
-        return []
-    if any(_name_missing(pair) for pair in found):
-        return [(UNREADABLE_HEADERS, UNREADABLE_NOTE)]
-    return list(found)
 
 
 # What the tools print of a record's headers and key: anything read from a record is bounded, so

@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from processors.contracts import AvroCodec, ContractError, ContractRegistry, Envelope
 from processors.kafka_types import ConsumedRecord, coordinates, record
+from processors.kafka_types import headers as read_headers
 from processors.runtime.audit import Redactor
 from processors.settings import Settings
 from processors.tooling.jsonavro import to_json_bytes
@@ -29,7 +30,6 @@ from processors.tooling.kafka_io import (
     offsets_for_time,
     read_ranges,
     reader_config,
-    record_headers,
     shown_bytes,
     shown_headers,
     topic_partitions,
@@ -307,7 +307,7 @@ class Subscriber:
         """Decode one record; failures become fields of the event, never exceptions."""
         ts_type, ts = msg.timestamp()
         topic, partition, offset = coordinates(msg)
-        headers = record_headers(msg)
+        headers = read_headers(msg)
         envelope, envelope_error = None, None
         try:
             envelope = Envelope.from_headers(headers)
