@@ -32,6 +32,7 @@ sys.path.insert(0, str(BENCH))
 from bench_engine import build_app, write_contracts  # noqa: E402
 
 from processors.contracts import Envelope  # noqa: E402
+from processors.partitioner import partition_for  # noqa: E402
 from processors.runtime._processor import Processor  # noqa: E402
 from processors.runtime.app import App  # noqa: E402
 from processors.runtime.metrics import AgentMetrics  # noqa: E402
@@ -46,14 +47,17 @@ def make_inputs(app: App, events: int, keys: int, partitions: int = 3) -> list[R
     topic = app.registry.get("counter.incremented").topic
     encode = app.codec.encode
     out: list[Record] = []
+    offsets = [0] * partitions
     for i in range(events):
         name = f"key-{i % keys}"
         env = Envelope.new("counter.incremented", "/bench/load")
+        partition = partition_for(name.encode(), partitions)  # where a murmur2 producer puts it
+        offsets[partition] += 1
         out.append(
             (
                 topic,
-                i % partitions,
-                i // partitions,
+                partition,
+                offsets[partition] - 1,
                 name.encode(),
                 encode("counter.incremented", {"name": name, "by": 1}),
                 env.to_headers(),

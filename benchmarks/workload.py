@@ -56,7 +56,8 @@ def topics(prefix: str) -> dict[str, str]:
 def build_app(app_id: str, contracts: Path, schemas: Path) -> App:
     app = App(app_id, contracts_dir=contracts, schemas_dir=schemas)
 
-    @app.agent(AGENT, consumes=[INPUT_TYPE], produces=[OUTPUT_TYPE], version="1")
+    # keyed by customer (not the contract's order_id): per-customer totals, on the customer's partition
+    @app.agent(AGENT, consumes=[INPUT_TYPE], produces=[OUTPUT_TYPE], version="1", routing="key")
     def order_totals(event, ctx):
         order = event.value
         state = ctx.state

@@ -11,6 +11,9 @@ path), instead of an ``assert`` or a ``cast`` at each call site.
 
 from __future__ import annotations
 
+import ctypes
+import operator
+import sys
 from collections.abc import Sequence
 from typing import Protocol, cast
 
@@ -47,9 +50,51 @@ def coordinates(message: Message | ConsumedRecord) -> tuple[str, int, int]:
     return cast(str, message.topic()), cast(int, message.partition()), cast(int, message.offset())
 
 
+# The one header of the list :func:`headers` returns for a record whose headers the client cannot
+# read; its value says why. A consumer of ours sees no CloudEvents header then, and the record is
+# dead-lettered with this header on its copy instead of the headers the client could not give.
+UNREADABLE_HEADERS = "choreo_unreadable_headers"
+UNREADABLE_NOTE = b"the Kafka client could not read this record's headers (a header name that is not UTF-8 text)"
+
+
+# A header name that is not UTF-8 makes confluent-kafka's ``Message.headers()`` build a tuple whose
+# name slot is NULL (not None) and return it with the UnicodeDecodeError still set. A plain
+# ``message.headers()`` call site, once CPython has specialised it, does not check for that: the
+# pending error surfaces as a SystemError from whatever C function runs next (``time.time()`` in
+# the worker loop), away from any guard. And the Message caches the list, so the next read returns
+# it with no error at all, and touching the name crashes the interpreter. So headers are read
+# through a generic call (``methodcaller``: the result is always checked) and the name slots are
+# checked through the tuple's declared layout, without touching the object.
+_read_headers = operator.methodcaller("headers")
+_TUPLE_ITEMS = tuple.__basicsize__
+_CHECK_SLOTS = sys.implementation.name == "cpython"
+
+
+def _name_missing(pair: object) -> bool:
+    if not _CHECK_SLOTS or type(pair) is not tuple or len(pair) != 2:
+        return False
+    return ctypes.c_void_p.from_address(id(pair) + _TUPLE_ITEMS).value is None
+
+
 def headers(message: Message | ConsumedRecord) -> Headers:
-    """A fresh list of the record's headers (empty when it has none)."""
-    return list(cast("Headers | None", message.headers()) or [])
+    """A fresh list of the record's headers (empty when it has none). Never raises and never hands
+    out a header whose name the client could not decode: this is the one place records' headers are
+    read, by the engine and the tools alike. Such a record gets the single header
+    :data:`UNREADABLE_HEADERS`."""
+    try:
+        found = cast("Headers | None", _read_headers(message))
+    except Exception:  # noqa: BLE001 - whatever the client raises for what a producer wrote
+        return [(UNREADABLE_HEADERS, UNREADABLE_NOTE)]
+    if not found:
+        return []
+    if any(_name_missing(pair) for pair in found):
+        return [(UNREADABLE_HEADERS, UNREADABLE_NOTE)]
+    return list(found)
+
+
+def unreadable(headers: Sequence[tuple[str, bytes | None]] | None) -> bool:
+    """Whether ``headers`` is what :func:`headers` returns for a record whose headers were unreadable."""
+    return headers is not None and len(headers) == 1 and headers[0][0] == UNREADABLE_HEADERS
 
 
 ProduceHeaders = list[tuple[str, str | bytes | None]]

@@ -1,7 +1,13 @@
 """One settings object for every command and worker.
 
 Sources, later ones winning: built-in defaults, a TOML file (``--config``, ``CHOREO_CONFIG`` or
-``./choreo.toml``), then environment variables. Kafka client properties are passed through to
+``./choreo.toml``), then environment variables, then explicit arguments (CLI options). Relative
+paths in the file are relative to the file, so a project's ``choreo.toml`` works from anywhere.
+
+Where contracts come from, everywhere (``App``, the test driver, the worker, every command): the
+explicit argument (``App(contracts_dir=...)``, ``--contracts-dir``), else ``CHOREO_CONTRACTS_DIR``
+or the file's ``contracts_dir``, else the commerce contracts shipped with the package
+(:func:`packaged_dir`); the same for schemas. Kafka client properties are passed through to
 confluent-kafka untouched, so SASL, TLS and any librdkafka tuning work without code changes:
 
 * in the file, every key of the ``[kafka]`` table, e.g. ``"security.protocol" = "SASL_SSL"``;
@@ -24,9 +30,24 @@ from processors.client_logging import with_client_hooks
 from processors.errors import ChoreoError
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_TOOLS_GROUP_ID = "choreo-tools"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGED_DATA = Path(__file__).resolve().parent / "_data"
 _SECRET_MARKERS = ("password", "secret", "token", "key.pem", "private", "credentials", "sasl.jaas")
 _KAFKA_ENV_PREFIX = "CHOREO_KAFKA_"
+
+
+# Directories of the source tree a wheel carries inside the package, as processors/_data/<name>
+# (setup.py copies them at build time): name -> path in the source checkout.
+PACKAGED_DATA = {"contracts": "contracts", "schemas": "schemas", "kafka": "ops/kafka"}
+
+
+def packaged_dir(name: str) -> Path:
+    """A directory the project ships (``contracts``, ``schemas``, ``kafka``): the copy a wheel
+    carries inside the package (``processors/_data/<name>``), else the source checkout's
+    (editable installs and the repository itself)."""
+    packaged = _PACKAGED_DATA / name
+    return packaged if packaged.is_dir() else REPO_ROOT / PACKAGED_DATA[name]
 
 
 class SettingsError(ChoreoError, ValueError):
@@ -38,13 +59,23 @@ class Settings:
     bootstrap_servers: str = DEFAULT_BOOTSTRAP
     kafka: Mapping[str, str] = field(default_factory=dict)
     schema_registry_url: str | None = None
-    contracts_dir: Path = REPO_ROOT / "contracts"
-    schemas_dir: Path = REPO_ROOT / "schemas"
+    contracts_dir: Path = field(default_factory=lambda: packaged_dir("contracts"))
+    schemas_dir: Path = field(default_factory=lambda: packaged_dir("schemas"))
     state_dir: Path = Path(".state")
     processing_guarantee: str = "exactly_once"
     state_memory_mb: int = 256  # RocksDB block cache + memtables of all the state stores of a worker process
     metrics_port: int | None = None
     log_level: str = "INFO"
+    # The one consumer group id the tools (tail, dlq, replay, verify, publish checks) give their
+    # readers: they assign partitions and never commit, but the client still names a group, and a
+    # secured cluster's ACLs must allow it. `roundtrip` joins `<tools_group_id>.roundtrip.<random>`.
+    tools_group_id: str = DEFAULT_TOOLS_GROUP_ID
+    # Where bootstrap_servers came from ("default", "config file PATH", "environment NAME",
+    # "argument"): commands that may start a local broker do so only when it is "default".
+    bootstrap_source: str = field(default="default", compare=False)
+    # The config file these settings were read from, so a command that starts worker processes
+    # (the demo) hands them the same file.
+    config_file: Path | None = field(default=None, compare=False)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -58,13 +89,15 @@ class Settings:
         (``None`` overrides are ignored, so CLI options that were not given do not mask the env)."""
         env = os.environ if env is None else env
         settings = cls()
-        path = config_file or env.get("CHOREO_CONFIG")
+        path = config_file or env.get("CHOREO_CONFIG") or None
         if path is None and Path("choreo.toml").is_file():
             path = "choreo.toml"
         if path is not None:
             settings = settings._merge_file(Path(path))
         settings = settings._merge_env(env)
         clean = {k: v for k, v in overrides.items() if v is not None}
+        if "bootstrap_servers" in clean:
+            clean.setdefault("bootstrap_source", "argument")
         if clean:
             settings = replace(settings, **clean)
         settings._validate()
@@ -78,21 +111,28 @@ class Settings:
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"config file {path}: {exc}") from exc
         kafka = {str(k): str(v) for k, v in data.pop("kafka", {}).items()}
-        known = {f for f in self.__dataclass_fields__ if f != "kafka"}
+        known = {f for f in self.__dataclass_fields__ if f not in _NOT_SETTABLE}
         unknown = sorted(set(data) - known)
         if unknown:
             raise SettingsError(f"config file {path}: unknown key(s) {', '.join(unknown)}")
         values: dict[str, Any] = {k: _coerce(k, v, str(path)) for k, v in data.items()}
-        return replace(self, kafka={**self.kafka, **kafka}, **values)
+        for name in _PATH_FIELDS & set(values):
+            values[name] = path.parent / values[name]  # absolute paths stay as they are
+        if "bootstrap_servers" in values:
+            values["bootstrap_source"] = f"config file {path}"
+        return replace(self, kafka={**self.kafka, **kafka}, config_file=path, **values)
 
     def _merge_env(self, env: Mapping[str, str]) -> Settings:
         values: dict[str, Any] = {}
         if env.get("KAFKA_BOOTSTRAP_SERVERS"):
             values["bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
+            values["bootstrap_source"] = "environment KAFKA_BOOTSTRAP_SERVERS"
         for name in self.__dataclass_fields__:
             key = f"CHOREO_{name.upper()}"
-            if name != "kafka" and env.get(key):
+            if name not in _NOT_SETTABLE and env.get(key):
                 values[name] = _coerce(name, env[key], f"environment {key}")
+                if name == "bootstrap_servers":
+                    values["bootstrap_source"] = f"environment {key}"
         kafka = dict(self.kafka)
         for key, value in env.items():
             if key.startswith(_KAFKA_ENV_PREFIX) and len(key) > len(_KAFKA_ENV_PREFIX):
@@ -106,6 +146,8 @@ class Settings:
             )
         if not self.bootstrap_servers:
             raise SettingsError("bootstrap_servers: must not be empty")
+        if not self.tools_group_id:
+            raise SettingsError("tools_group_id: must not be empty")
         if self.state_memory_mb <= 0:
             raise SettingsError(f"state_memory_mb: must be a positive number of MiB, got {self.state_memory_mb}")
 
@@ -128,6 +170,12 @@ class Settings:
         config.update(overrides)
         return config
 
+    @property
+    def bootstrap_configured(self) -> bool:
+        """Whether anyone named the cluster (``--bootstrap``, the file, the environment); only
+        when nobody did may a command start the local broker instead."""
+        return self.bootstrap_source != "default"
+
     def redacted(self) -> dict[str, Any]:
         """A printable view: secret-looking Kafka properties are masked."""
         kafka = {k: ("***" if _is_secret(k) else v) for k, v in self.kafka.items()}
@@ -138,13 +186,32 @@ class Settings:
         return out
 
 
+def contract_dirs(
+    contracts_dir: str | os.PathLike[str] | None = None, schemas_dir: str | os.PathLike[str] | None = None
+) -> tuple[Path, Path]:
+    """The one rule for where contracts and schemas come from: the explicit argument, else the
+    settings (``CHOREO_CONTRACTS_DIR`` / ``CHOREO_SCHEMAS_DIR``, or the config file), else the
+    project's defaults (the commerce contracts shipped with the package)."""
+    if contracts_dir is not None and schemas_dir is not None:
+        return Path(contracts_dir), Path(schemas_dir)
+    settings = Settings.load()
+    return (
+        Path(contracts_dir) if contracts_dir is not None else settings.contracts_dir,
+        Path(schemas_dir) if schemas_dir is not None else settings.schemas_dir,
+    )
+
+
 def _is_secret(name: str) -> bool:
     lowered = name.lower()
     return any(marker in lowered for marker in _SECRET_MARKERS)
 
 
+_NOT_SETTABLE = frozenset({"kafka", "bootstrap_source", "config_file"})  # kafka has its own table and prefix
+_PATH_FIELDS = frozenset({"contracts_dir", "schemas_dir", "state_dir"})
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
-    if name in ("contracts_dir", "schemas_dir", "state_dir"):
+    if name in _PATH_FIELDS:
         return Path(value)
     if name in ("metrics_port", "state_memory_mb"):
         try:

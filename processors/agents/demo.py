@@ -96,9 +96,12 @@ def start_workers(settings: Settings, options: DemoOptions, run_id: str) -> list
         env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "CHOREO_BOOTSTRAP_SERVERS": settings.bootstrap_servers,  # it would win over the line above
             "CHOREO_COMMERCE_TIMEOUT_S": str(options.timeout_s),
             "CHOREO_STATE_DIR": str(options.work_dir / "state" / f"worker-{index}"),
         }
+        if settings.config_file is not None:  # the workers read the file the command read
+            env["CHOREO_CONFIG"] = str(Path(settings.config_file).resolve())
         log = open(options.work_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 - owned by the child
         procs.append(
             subprocess.Popen(

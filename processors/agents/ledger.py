@@ -196,7 +196,12 @@ class FlowLedger:
             "handled_inputs": len(self.handled_inputs),
             "invariant_violations": self.violations(settled),
             "flow_time_ms": percentiles(self.flow_times_ms()),
+            "unreadable": len(self.undecodable),
+            "unreadable_examples": self.undecodable[:MAX_UNREADABLE_EXAMPLES],
         }
+
+
+MAX_UNREADABLE_EXAMPLES = 20
 
 
 def percentiles(values: list[int]) -> dict[str, float | None]:

@@ -15,6 +15,8 @@ from confluent_kafka.admin import AdminClient
 
 from processors.agents.ledger import FlowLedger
 from processors.contracts import ContractError
+from processors.kafka_types import coordinates
+from processors.kafka_types import headers as read_headers
 from processors.runtime import App
 from processors.runtime.conventions import (
     DLQ_ORIGINAL_OFFSET,
@@ -25,7 +27,13 @@ from processors.runtime.conventions import (
 )
 from processors.runtime.topics import watermarks
 from processors.settings import Settings
-from processors.tooling.kafka_io import PartitionRange, header_value, read_ranges, reader_config
+from processors.tooling.kafka_io import (
+    PartitionRange,
+    bounded,
+    header_value,
+    read_ranges,
+    reader_config,
+)
 
 Offsets = Mapping[tuple[str, int], int]
 
@@ -90,27 +98,47 @@ def _ranges(consumer: Consumer, topics: list[str], since: Offsets) -> list[Parti
 
 
 def _ingest(ledger: FlowLedger, app: App, consumers_of: dict[str, list[str]], msg) -> None:
-    topic, headers = msg.topic(), msg.headers()
+    """One record into the ledger. Anything may be on a topic (tombstones, foreign bytes, headers
+    the client cannot read): what cannot be read is listed as such, never raised."""
+    topic, partition, offset = coordinates(msg)
+    headers, value = read_headers(msg), msg.value()
+    where = f"{topic}[{partition}]@{offset}"
     if topic == app.audit_topic:
-        ledger.add_audit(app.codec.decode(app.audit_event_type, msg.value()))
+        audit = _decode(app, app.audit_event_type, value)
+        if isinstance(audit, str):
+            ledger.undecodable.append(f"{where}: audit record {audit}")
+        else:
+            ledger.add_audit(audit)
         return
     if topic.endswith(".dlq"):
-        coordinates = tuple(
+        original = tuple(
             header_value(headers, h) for h in (DLQ_ORIGINAL_TOPIC, DLQ_ORIGINAL_PARTITION, DLQ_ORIGINAL_OFFSET)
         )
-        ledger.add_dead_letter(header_value(headers, DLQ_REASON) or "unknown", coordinates)
+        ledger.add_dead_letter(bounded(header_value(headers, DLQ_REASON)) or "unknown", original)
         return
     for agent in consumers_of.get(topic, ()):
-        ledger.add_input(agent, topic, msg.partition(), msg.offset())
+        ledger.add_input(agent, topic, partition, offset)
     event_type = header_value(headers, "ce_type")
-    try:
-        value = app.codec.decode(event_type, msg.value()) if event_type else None
-    except ContractError:
-        value = None
-    if value is None or event_type is None:
-        ledger.undecodable.append(f"{topic}[{msg.partition()}]@{msg.offset()}")
+    decoded = _decode(app, event_type, value) if event_type else "without a ce_type header"
+    if isinstance(decoded, str):
+        ledger.undecodable.append(f"{where}: {decoded}")
         return
-    ledger.add_event(event_type, value, msg.timestamp()[1])
+    assert event_type is not None
+    ledger.add_event(event_type, decoded, msg.timestamp()[1])
+
+
+def _decode(app: App, event_type: str, value: bytes | None) -> dict | str:
+    """The decoded value, or why it cannot be decoded (bounded, never a value of the record)."""
+    if value is None:
+        return "tombstone (null value)"
+    if event_type not in set(app.registry.event_types()):
+        return f"of unknown type {bounded(event_type, 80)!r}"
+    try:
+        return app.codec.decode(event_type, value)
+    except ContractError as exc:
+        return bounded(f"undecodable: {type(exc).__name__}: {exc}", 300) or "undecodable"
+    except Exception as exc:  # noqa: BLE001 - foreign bytes: whatever the decoder raises is reported
+        return f"undecodable: {type(exc).__name__}"
 
 
 def wait_settled(settings: Settings, app: App, timeout: float) -> bool:

@@ -10,7 +10,11 @@ from rich.console import Console
 from processors.localbroker import BrokerError, BrokerStatus, KafkaJars, LocalBroker, ToolchainError
 from processors.localbroker.broker import DEFAULT_PORT, default_data_dir
 
-app = typer.Typer(help="Run a real Apache Kafka (KRaft, single node) broker on 127.0.0.1.", no_args_is_help=True)
+app = typer.Typer(
+    help="Run a real Apache Kafka (KRaft, single node) broker on 127.0.0.1.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 err = Console(stderr=True)
 
 DataDirOption = typer.Option(None, "--data-dir", help="Broker data dir [default: $CHOREO_BROKER_DIR or .choreo/broker]")

@@ -22,8 +22,9 @@ from processors.contracts.errors import ContractError
 from processors.contracts.registry import Contract, ContractRegistry, display_path
 from processors.errors import ChoreoError
 from processors.settings import Settings, SettingsError
+from processors.tooling.cli_support import ConfigOption, ContractsDirOption, SchemasDirOption
 
-app = typer.Typer(help="Data contracts: schema compatibility checks.", no_args_is_help=True)
+app = typer.Typer(help="Data contracts: schema compatibility checks.", no_args_is_help=True, rich_markup_mode=None)
 _out = Console()
 _err = Console(stderr=True)
 
@@ -50,15 +51,16 @@ def check(
         None, "--base", help="Also refuse changes to schema versions that exist at this git revision."
     ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    contracts_dir: Path | None = typer.Option(None, help="Contracts directory (default from settings)."),
-    schemas_dir: Path | None = typer.Option(None, help="Schemas directory (default from settings)."),
+    contracts_dir: Path | None = ContractsDirOption,
+    schemas_dir: Path | None = SchemasDirOption,
+    config: Path | None = ConfigOption,
 ) -> None:
     """Every schema version obeys its contract's compatibility mode (and, with --base, published
     versions are unchanged)."""
     try:
-        settings = Settings.load()
-        contracts_dir = contracts_dir or settings.contracts_dir
-        schemas_dir = schemas_dir or settings.schemas_dir
+        settings = Settings.load(config, contracts_dir=contracts_dir, schemas_dir=schemas_dir)
+        contracts_dir = settings.contracts_dir
+        schemas_dir = settings.schemas_dir
         registry = ContractRegistry.load(contracts_dir, schemas_dir)
         violations = [v for c in registry.all() for v in _evolution_violations(c)]
         if base is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -9,15 +10,17 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from processors.localbroker import BrokerError, ToolchainError
-from processors.localbroker.embedded import ensure_broker
 from processors.settings import Settings
+from processors.tooling.cli_support import (
+    ConfigOption,
+    LocalBrokerBootstrapOption,
+    operator_errors,
+    settings_or_local_broker,
+)
 
 err = Console(stderr=True)
-BootstrapOption = typer.Option(
-    None, "--bootstrap", help="HOST:PORT [default: KAFKA_BOOTSTRAP_SERVERS or the embedded local broker]"
-)
 
 
 def _commerce_app(settings: Settings):
@@ -25,14 +28,6 @@ def _commerce_app(settings: Settings):
 
     app.configure(settings)
     return app
-
-
-def _settings(bootstrap: str | None) -> Settings:
-    try:
-        return Settings.load(bootstrap_servers=ensure_broker(bootstrap))
-    except (BrokerError, ToolchainError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
 
 
 def demo(
@@ -44,13 +39,14 @@ def demo(
     workers: int = typer.Option(2, "--workers", min=1, max=8, help="Worker processes sharing the partitions."),
     timeout_s: float = typer.Option(8.0, "--timeout", min=1.0, help="Seconds before an unanswered order is cancelled."),
     seed: int | None = typer.Option(None, "--seed", help="Make the generated orders repeatable."),
-    bootstrap: str | None = BootstrapOption,
+    bootstrap: str | None = LocalBrokerBootstrapOption,
+    config: Path | None = ConfigOption,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on the last line."),
 ) -> None:
     """Run the commerce flow: start workers, publish orders, wait until every order is terminal, check invariants."""
     from processors.agents.demo import DemoOptions, run_demo
 
-    settings = _settings(bootstrap)
+    settings = settings_or_local_broker(bootstrap, config)
     options = DemoOptions(
         orders=orders,
         bad_ratio=bad_ratio,
@@ -59,7 +55,7 @@ def demo(
         timeout_s=timeout_s,
         seed=seed,
     )
-    err.print(f"broker {settings.bootstrap_servers}: starting {workers} workers, then publishing {orders} orders")
+    err.print(f"starting {workers} workers, then publishing {orders} orders")
     with _progress() as bar:
         tasks: dict[str, Any] = {}
 
@@ -68,14 +64,16 @@ def demo(
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done)
 
-        summary = run_demo(_commerce_app(settings), settings, options, report)
+        with operator_errors():  # e.g. settings that name other contracts than the commerce ones
+            summary = run_demo(_commerce_app(settings), settings, options, report)
     _print_summary(summary, as_json, title="commerce demo")
     if summary["non_terminal"] or summary["invariant_violations"]:
         raise typer.Exit(1)
 
 
 def verify(
-    bootstrap: str | None = BootstrapOption,
+    bootstrap: str | None = LocalBrokerBootstrapOption,
+    config: Path | None = ConfigOption,
     order_prefix: str = typer.Option(
         "", "--order-prefix", help="Only orders whose id starts with this (one run among others)."
     ),
@@ -84,8 +82,9 @@ def verify(
     """Read the outcome and audit topics from the start and check the business invariants (exit 1 on a violation)."""
     from processors.agents.verify import collect
 
-    settings = _settings(bootstrap)
-    ledger = collect(settings, _commerce_app(settings), order_prefix=order_prefix)
+    settings = settings_or_local_broker(bootstrap, config)
+    with operator_errors():  # e.g. settings that name other contracts than the commerce ones
+        ledger = collect(settings, _commerce_app(settings), order_prefix=order_prefix)
     summary = ledger.summary()
     summary["bootstrap"] = settings.bootstrap_servers
     _print_summary(summary, as_json, title="verify")
@@ -121,6 +120,8 @@ def _print_summary(summary: dict[str, Any], as_json: bool, title: str) -> None:
     for reason, count in summary["dead_lettered"].items():
         table.add_row(f"dead-lettered: {reason}", str(count))
     table.add_row("duplicates dropped", str(summary["duplicates_dropped"]))
+    if summary.get("unreadable"):
+        table.add_row("unreadable records", str(summary["unreadable"]))
     table.add_row("audit completeness", f"{summary['audit_completeness']:.2%} of {summary['handled_inputs']} inputs")
     flow = summary["flow_time_ms"]
     if flow["p50"] is not None:
@@ -135,4 +136,6 @@ def _print_summary(summary: dict[str, Any], as_json: bool, title: str) -> None:
     )
     console.print(table)
     for line in summary["invariant_violations"][:20]:
-        console.print(f"[red]violation:[/red] {line}", highlight=False)
+        console.print(Text.assemble(("violation: ", "red"), line))
+    for line in summary.get("unreadable_examples", []):
+        console.print(Text.assemble(("unreadable: ", "yellow"), line))  # data, never markup

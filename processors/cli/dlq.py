@@ -17,7 +17,9 @@ from processors.tooling.cli_support import (
     EXIT_USAGE,
     BootstrapOption,
     ConfigOption,
+    ContractsDirOption,
     JsonOption,
+    SchemasDirOption,
     StopFlag,
     err,
     fail,
@@ -29,10 +31,13 @@ from processors.tooling.cli_support import (
 )
 from processors.tooling.dlq import DeadLetter, DlqFilter, DlqInspector, RedriveResult, parse_offset
 from processors.tooling.jsonavro import to_json_text
+from processors.tooling.kafka_io import MAX_SHOWN_ERROR, bounded
 from processors.tooling.timeparse import format_ms
 
 app = typer.Typer(
-    help="Dead-letter topics: counts by error class, records with their error headers, redrive.", no_args_is_help=True
+    help="Dead-letter topics: counts by error class, records with their error headers, redrive.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 ReasonOption = typer.Option([], "--reason", help="Only this reason (repeatable), e.g. handler_error, undecodable.")
@@ -42,6 +47,7 @@ SinceOption = typer.Option(None, "--since", help="Dead-lettered at or after (ISO
 UntilOption = typer.Option(None, "--until", help="Dead-lettered before this time.")
 OffsetOption = typer.Option([], "--offset", help="Only this DLQ offset, OFFSET or PARTITION:OFFSET (repeatable).")
 PartitionOption = typer.Option(None, "--partition", min=0, help="Only this DLQ partition.")
+MAX_RAW_PAYLOAD = 64 * 1024  # of an undecodable payload shown as base64
 
 
 def _filter(
@@ -105,10 +111,12 @@ def show(
     show_pii: bool = typer.Option(False, "--show-pii", help="Print fields the contract marks as PII (*** by default)."),
     bootstrap: str | None = BootstrapOption,
     config: Path | None = ConfigOption,
+    contracts_dir: Path | None = ContractsDirOption,
+    schemas_dir: Path | None = SchemasDirOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Dead letters with their error headers and decoded payload, filtered."""
-    settings = load_settings(bootstrap, config)
+    settings = load_settings(bootstrap, config, contracts_dir=contracts_dir, schemas_dir=schemas_dir)
     with operator_errors(), DlqInspector(settings) as inspector:
         filt = _filter(reason, agent, error_class, since, until, offset, partition)
         decoder = _Decoder(settings, show_pii)
@@ -172,11 +180,13 @@ def redrive(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be redriven where; send nothing."),
     bootstrap: str | None = BootstrapOption,
     config: Path | None = ConfigOption,
+    contracts_dir: Path | None = ContractsDirOption,
+    schemas_dir: Path | None = SchemasDirOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Send selected dead letters back to their original topic, with their original headers and
     choreo_redrive_count incremented. Exit 1 if a delivery failed."""
-    settings = load_settings(bootstrap, config)
+    settings = load_settings(bootstrap, config, contracts_dir=contracts_dir, schemas_dir=schemas_dir)
     with operator_errors(), DlqInspector(settings) as inspector, StopFlag() as stop:
         filt = _filter(reason, agent, error_class, since, until, offset, partition)
         if filt.selects_all and not all_records:
@@ -218,7 +228,8 @@ def _redrive_summary(result: RedriveResult) -> None:
 
 class _Decoder:
     """Decodes a dead letter's payload when it can; a DLQ is exactly where undecodable bytes live, so
-    those are shown as base64 with the reason instead."""
+    those are shown as base64 with the reason instead — unless the contract of the topic they came
+    from marks PII fields: raw bytes would carry those values, so they need --show-pii."""
 
     def __init__(self, settings: Settings, show_pii: bool) -> None:
         self.registry = ContractRegistry.load(settings.contracts_dir, settings.schemas_dir)
@@ -231,10 +242,25 @@ class _Decoder:
         try:
             event_type, value = self.codec.decode_any(rec.value)
         except ContractError as exc:
-            return {"error": f"undecodable: {exc}", "base64": rec.value}
+            return {"error": bounded(f"undecodable: {exc}", MAX_SHOWN_ERROR), **self._raw(rec, rec.value)}
+        except Exception as exc:  # noqa: BLE001 - a DLQ holds what nothing could read: report, go on
+            return {"error": f"undecodable: {type(exc).__name__}", **self._raw(rec, rec.value)}
         if not self.show_pii:
             value = Redactor(self.registry.get(event_type).pii_fields).redact(value)
         return {"event_type": event_type, "value": value}
+
+    def _raw(self, rec: DeadLetter, data: bytes) -> dict[str, Any]:
+        pii = sorted({f for c in self.registry.for_topic(rec.original_topic) for f in c.pii_fields})
+        if pii and not self.show_pii:
+            return {
+                "bytes": len(data),
+                "not_shown": f"raw bytes of {rec.original_topic}, whose contract marks PII "
+                f"({', '.join(pii)}): --show-pii shows them",
+            }
+        shown = {"bytes": len(data), "base64": data[:MAX_RAW_PAYLOAD]}
+        if len(data) > MAX_RAW_PAYLOAD:
+            shown["truncated"] = f"first {MAX_RAW_PAYLOAD} bytes shown"
+        return shown
 
 
 def _counts(counter: Any) -> str:

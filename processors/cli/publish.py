@@ -16,7 +16,9 @@ from processors.tooling.cli_support import (
     EXIT_USAGE,
     BootstrapOption,
     ConfigOption,
+    ContractsDirOption,
     JsonOption,
+    SchemasDirOption,
     err,
     fail,
     load_settings,
@@ -64,13 +66,15 @@ def publish(
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and report, send nothing."),
     bootstrap: str | None = BootstrapOption,
     config: Path | None = ConfigOption,
+    contracts_dir: Path | None = ContractsDirOption,
+    schemas_dir: Path | None = SchemasDirOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Validate events against their contract, then produce them with envelope headers.
 
     Exit 0 when every event was delivered (or, with --skip-invalid, every valid one), 1 when a
     delivery failed, 2 when input was invalid (nothing sent) or the command was misused."""
-    settings = load_settings(bootstrap, config)
+    settings = load_settings(bootstrap, config, contracts_dir=contracts_dir, schemas_dir=schemas_dir)
     text = _read_input(file)
     with operator_errors(), Publisher(settings, source=source) as publisher:
         result = publisher.publish_many(

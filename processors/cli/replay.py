@@ -16,7 +16,9 @@ from processors.tooling.cli_support import (
     EXIT_INTERRUPTED,
     BootstrapOption,
     ConfigOption,
+    ContractsDirOption,
     JsonOption,
+    SchemasDirOption,
     StopFlag,
     err,
     fail,
@@ -67,6 +69,8 @@ def replay(
     ),
     bootstrap: str | None = BootstrapOption,
     config: Path | None = ConfigOption,
+    contracts_dir: Path | None = ContractsDirOption,
+    schemas_dir: Path | None = SchemasDirOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Replay a topic range or a file into a topic, keeping keys, values and headers.
@@ -75,7 +79,7 @@ def replay(
     Exit 0 when complete and the checksum of what was written matches what was read, 1 on failed
     deliveries or a mismatch, 2 on bad arguments or input, 130 when interrupted (resume with
     --resume)."""
-    settings = load_settings(bootstrap, config)
+    settings = load_settings(bootstrap, config, contracts_dir=contracts_dir, schemas_dir=schemas_dir)
     if (from_topic is None) == (file is None):
         fail("give exactly one source: --from TOPIC or --file PATH")
     if file is not None and any(v is not None for v in (partition, since, until, from_offset, to_offset)):
@@ -100,6 +104,20 @@ def replay(
         print_json(result.to_json())
     else:
         _summary(result)
+    if result.read.count == 0 and not result.interrupted:
+        chosen = [
+            f"{flag} {value}"
+            for flag, value in (
+                ("--partition", partition),
+                ("--since", since),
+                ("--until", until),
+                ("--from-offset", from_offset),
+                ("--to-offset", to_offset),
+            )
+            if value is not None
+        ]
+        what = f"{from_topic}" + (f" with {' '.join(chosen)}" if chosen else "") if from_topic else str(file)
+        err.print(Text(f"warning: {what} selects no records: nothing was replayed", style="yellow"))
     if result.failed or (result.completed and not result.dry_run and not result.match):
         raise typer.Exit(EXIT_FAILED)
     if result.interrupted:

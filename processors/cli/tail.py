@@ -13,6 +13,8 @@ from rich.text import Text
 from processors.tooling.cli_support import (
     BootstrapOption,
     ConfigOption,
+    ContractsDirOption,
+    SchemasDirOption,
     StopFlag,
     load_settings,
     operator_errors,
@@ -21,6 +23,7 @@ from processors.tooling.cli_support import (
     time_ms,
 )
 from processors.tooling.jsonavro import to_json_text
+from processors.tooling.kafka_io import MAX_SHOWN_ERROR, bounded, shown_bytes
 from processors.tooling.subscriber import FieldFilter, ReceivedEvent, Subscriber
 from processors.tooling.timeparse import format_ms
 
@@ -63,9 +66,11 @@ def tail(
     max_events: int | None = typer.Option(None, "--max", min=1, help="Stop after N events."),
     bootstrap: str | None = BootstrapOption,
     config: Path | None = ConfigOption,
+    contracts_dir: Path | None = ContractsDirOption,
+    schemas_dir: Path | None = SchemasDirOption,
 ) -> None:
     """Decode and print events (any schema version); undecodable records are shown as such."""
-    settings = load_settings(bootstrap, config)
+    settings = load_settings(bootstrap, config, contracts_dir=contracts_dir, schemas_dir=schemas_dir)
     since_ms = time_ms("--since", since)
     if last is None and not from_beginning and since_ms is None:
         last = 10
@@ -129,16 +134,16 @@ class _TablePrinter:
         out.print(table)
 
     def _cells(self, event: ReceivedEvent) -> tuple[str, ...]:
-        headers = event.header_dict()
+        headers, _ = event.shown_headers()
         shown = "\n".join(f"{name}={value}" for name, value in headers.items() if name not in HIDDEN_HEADERS)
         if event.envelope_error:
-            shown += f"\n[envelope: {event.envelope_error}]"
+            shown += f"\n[envelope: {bounded(event.envelope_error, MAX_SHOWN_ERROR)}]"
         if event.decoded:
             redactor = None if self.show_pii else self.subscriber.redactor_for(event)
             value = to_json_text(redactor.redact(event.value) if redactor else event.value)
         else:
-            value = f"[{event.error}]"
-        key = "-" if event.key is None else event.key.decode("utf-8", "backslashreplace")
+            value = f"[{bounded(event.error, MAX_SHOWN_ERROR)}]"
+        key = shown_bytes(event.key)[0] or "-"
         where = (
             f"{event.topic}[{event.partition}]@{event.offset}\n{format_ms(event.timestamp)}\nkey={key}\n"
             f"{event.event_type or 'UNDECODABLE'}"

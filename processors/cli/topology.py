@@ -11,11 +11,19 @@ hop counter stops them at run time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 import typer
 
 from processors.cli.worker import load_app
+from processors.tooling.cli_support import (
+    ConfigOption,
+    ContractsDirOption,
+    SchemasDirOption,
+    load_settings,
+    operator_errors,
+)
 
 DEFAULT_APP = "processors.agents.app:app"
 FORMATS = ("text", "mermaid", "dot")
@@ -156,11 +164,18 @@ def topology(
     fmt: str = typer.Option("text", "--format", help="text, mermaid or dot."),
     check: bool = typer.Option(False, "--check", help="Exit 1 on an unbounded cycle or a dangling event type."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of a drawing."),
+    config: Path | None = ConfigOption,
+    contracts_dir: Path | None = ContractsDirOption,
+    schemas_dir: Path | None = SchemasDirOption,
 ) -> None:
     """The graph of agents and event types, from the agents and the contracts."""
     if fmt not in FORMATS:
         raise typer.BadParameter(f"expected one of {', '.join(FORMATS)}, got {fmt!r}", param_hint="--format")
-    report = build_report(load_app(app))
+    settings = load_settings(None, config, contracts_dir=contracts_dir, schemas_dir=schemas_dir)
+    the_app = load_app(app)
+    the_app.configure(settings)
+    with operator_errors():
+        report = build_report(the_app)
     if as_json:
         typer.echo(orjson.dumps(report.to_dict()).decode())
     else:

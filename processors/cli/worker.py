@@ -20,6 +20,7 @@ from pathlib import Path
 import typer
 
 from processors.settings import Settings, SettingsError
+from processors.tooling.cli_support import BootstrapOption, ConfigOption
 
 # A stop asked for before the worker command runs (the CLI is still importing): honoured too. The
 # handler is installed here, at import, only when the command line is the worker's.
@@ -57,7 +58,7 @@ def load_app(spec: str):  # -> processors.runtime.App
 
 
 def worker(
-    app: str = typer.Option(..., "--app", help="The App to run, as MODULE:ATTR (e.g. processors.agents.commerce:app)."),
+    app: str = typer.Option(..., "--app", help="The App to run, as MODULE:ATTR (e.g. processors.agents.app:app)."),
     agents: str | None = typer.Option(None, "--agents", help="Comma-separated agent names (default: all)."),
     metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus /metrics on this port."),
     worker_id: str | None = typer.Option(
@@ -71,7 +72,8 @@ def worker(
         None, "--guarantee", help="exactly_once or at_least_once (default: settings)."
     ),
     state_dir: Path | None = typer.Option(None, "--state-dir", help="Local state directory (default: settings)."),
-    config: Path | None = typer.Option(None, "--config", help="choreo.toml settings file."),
+    config: Path | None = ConfigOption,
+    bootstrap: str | None = BootstrapOption,
     log_level: str | None = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING ... (default: settings)."),
 ) -> None:
     """Run agents: one consumer group per agent; start more workers to share the partitions."""
@@ -95,7 +97,12 @@ def worker(
 
     try:
         settings = Settings.load(
-            config, metrics_port=metrics_port, state_dir=state_dir, processing_guarantee=guarantee, log_level=log_level
+            config,
+            bootstrap_servers=bootstrap,
+            metrics_port=metrics_port,
+            state_dir=state_dir,
+            processing_guarantee=guarantee,
+            log_level=log_level,
         )
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -23,6 +23,7 @@ from typing import Any, cast
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from processors.contracts._locate import locate_corruption
 from processors.contracts.codegen import Decoder, Encoder, compile_decoder, compile_encoder
 from processors.contracts.errors import ContractError, DecodeError
 from processors.contracts.registry import Contract, ContractRegistry
@@ -146,9 +147,10 @@ class AvroCodec:
         try:
             fastavro.schemaless_writer(out, writer.parsed, value)
         except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
-            # Only reachable with validate=False: report it in the same terms as the validator.
+            # Only reachable with validate=False: report it in the same terms as the validator
+            # (field paths and types; fastavro's own message may quote the value).
             plan.validator.validate(value)
-            raise ContractError(f"{event_type} v{writer.version}: cannot encode value: {exc}") from exc
+            raise ContractError(f"{event_type} v{writer.version}: cannot encode value ({type(exc).__name__})") from None
         return out.getvalue()
 
     def validate(self, event_type: str, value: dict[str, Any], version: int | None = None) -> None:
@@ -174,6 +176,10 @@ class AvroCodec:
     # ------------------------------------------------------------------ decoding
     def decode(self, event_type: str, data: bytes) -> dict[str, Any]:
         """Deserialise bytes written with any known version of ``event_type`` into the current one."""
+        if data.__class__ is not bytes and not isinstance(data, (bytes, bytearray, memoryview)):
+            raise DecodeError(
+                "record has no value (tombstone)" if data is None else f"not bytes: {type(data).__name__}"
+            )
         if data.__class__ is bytes and data[:2] == SINGLE_OBJECT_MAGIC:
             known = self._fast_readers.get(data[2:_SINGLE_OBJECT_HEADER])
             if known is not None and known[0] == event_type:
@@ -193,6 +199,10 @@ class AvroCodec:
 
     def decode_any(self, data: bytes) -> tuple[str, dict[str, Any]]:
         """Identify the event type from the framing and decode with that type's current schema."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise DecodeError(
+                "record has no value (tombstone)" if data is None else f"not bytes: {type(data).__name__}"
+            )
         writer, offset = self._writer_of(data)
         return writer.event_type, self._read(writer, self._current[writer.event_type], data, offset)
 
@@ -240,7 +250,13 @@ class AvroCodec:
             OverflowError,
             MemoryError,
         ) as exc:
-            raise DecodeError(f"truncated or corrupt body for {writer.event_type} v{writer.version}: {exc!r}") from exc
+            # fastavro's message quotes the bytes (a UnicodeDecodeError carries the whole broken
+            # string: an email address, a card token); say where and of what type instead.
+            where = locate_corruption(writer.parsed, data, offset) or f"unreadable ({type(exc).__name__})"
+            raise DecodeError(f"truncated or corrupt body for {writer.event_type} v{writer.version}: {where}") from None
+        except Exception as exc:  # noqa: BLE001 - whatever else odd bytes make fastavro raise: the input's fault
+            where = locate_corruption(writer.parsed, data, offset) or f"unreadable ({type(exc).__name__})"
+            raise DecodeError(f"truncated or corrupt body for {writer.event_type} v{writer.version}: {where}") from None
         if stream.tell() != len(data):
             raise DecodeError(
                 f"{len(data) - stream.tell()} trailing byte(s) after a {writer.event_type} v{writer.version} body: "

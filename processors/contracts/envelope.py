@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
-from processors.contracts.errors import EnvelopeError
+from processors.contracts.errors import EnvelopeError, snippet
 from processors.contracts.ids import child_key
 from processors.contracts.slotted import slot_builder
 
@@ -40,6 +40,12 @@ REQUIRED_HEADERS = (CE_ID, CE_TYPE, CE_SOURCE, CE_SPECVERSION, CE_TIME, CE_IDEMP
 _KNOWN = frozenset(
     REQUIRED_HEADERS + (CONTENT_TYPE, CE_CORRELATIONID, CE_CAUSATIONID, CE_TENANT, CE_HOPCOUNT, TRACEPARENT, TRACESTATE)
 )
+# The longest value a CloudEvents header of ours may have. Whatever is read from these headers is
+# carried on: into follow-up events (correlation id, tenant, trace context), audit records, dead
+# letter headers and log lines. A producer that writes a 520 KB ce_type would otherwise grow every
+# one of them past what a Kafka producer accepts; such a record is refused here, by name.
+MAX_HEADER_BYTES = 1024
+MAX_HOP_DIGITS = 6
 _UTC = dt.UTC
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 
@@ -228,6 +234,23 @@ def read_header_fields(headers: list[tuple[str, bytes | str | None]]) -> tuple |
             tracestate = tracestate.decode()
     except (UnicodeDecodeError, AttributeError):  # let the reference pass name the first bad header
         return None
+    for text in (
+        ident,
+        etype,
+        source,
+        spec,
+        time,
+        idem,
+        content_type,
+        correlation,
+        causation,
+        tenant,
+        hops,
+        traceparent,
+        tracestate,
+    ):
+        if text is not None and len(text) > MAX_HEADER_BYTES:
+            return None  # the reference pass names it
     if not ident:
         raise EnvelopeError(CE_ID, "missing" if ident is None else "empty")
     if not etype:
@@ -241,7 +264,7 @@ def read_header_fields(headers: list[tuple[str, bytes | str | None]]) -> tuple |
     if not idem:
         raise EnvelopeError(CE_IDEMPOTENCYKEY, "missing" if idem is None else "empty")
     if spec != SPEC_VERSION:
-        raise EnvelopeError(CE_SPECVERSION, f"unsupported CloudEvents version {spec!r}, expected '1.0'")
+        raise EnvelopeError(CE_SPECVERSION, f"unsupported CloudEvents version {snippet(spec)}, expected '1.0'")
     if traceparent is not None and not _TRACEPARENT.match(traceparent):
         traceparent = None
     return (
@@ -267,16 +290,18 @@ def read_header_fields_reference(headers: Headers) -> tuple:
     values: dict[str, str] = {}
     for name, raw in headers or ():
         if name in _KNOWN and raw is not None:
+            if len(raw) > MAX_HEADER_BYTES:
+                raise EnvelopeError(name, f"{len(raw)} bytes long, over the limit of {MAX_HEADER_BYTES}")
             try:
                 values[name] = raw if raw.__class__ is str else cast(bytes, raw).decode()
             except UnicodeDecodeError:
-                raise EnvelopeError(name, f"not UTF-8 text: {raw[:40]!r}") from None
+                raise EnvelopeError(name, f"not UTF-8 text: {snippet(raw[:40])}") from None
     for name in REQUIRED_HEADERS:
         if not values.get(name):
             raise EnvelopeError(name, "missing" if name not in values else "empty")
     if values[CE_SPECVERSION] != SPEC_VERSION:
         raise EnvelopeError(
-            CE_SPECVERSION, f"unsupported CloudEvents version {values[CE_SPECVERSION]!r}, expected '1.0'"
+            CE_SPECVERSION, f"unsupported CloudEvents version {snippet(values[CE_SPECVERSION])}, expected '1.0'"
         )
     traceparent = values.get(TRACEPARENT)
     if traceparent is not None and not _TRACEPARENT.match(traceparent):
@@ -338,15 +363,20 @@ def parse_time(text: str) -> dt.datetime:
     try:
         value = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise EnvelopeError(CE_TIME, f"not an RFC 3339 timestamp: {text!r}") from None
+        raise EnvelopeError(CE_TIME, f"not an RFC 3339 timestamp: {snippet(text)}") from None
     if value.tzinfo is None or "T" not in text.upper():
-        raise EnvelopeError(CE_TIME, f"not an RFC 3339 timestamp (needs a date, 'T', a time and an offset): {text!r}")
+        raise EnvelopeError(
+            CE_TIME, f"not an RFC 3339 timestamp (needs a date, 'T', a time and an offset): {snippet(text)}"
+        )
     return value
 
 
 def _hop_count(text: str | None) -> int:
     if text is None:
         return 0
-    if not text.isdigit() or not text.isascii():
-        raise EnvelopeError(CE_HOPCOUNT, f"expected a non-negative decimal integer, got {text!r}")
+    if not text.isdigit() or not text.isascii() or len(text) > MAX_HOP_DIGITS:
+        raise EnvelopeError(
+            CE_HOPCOUNT,
+            f"expected a non-negative decimal integer of at most {MAX_HOP_DIGITS} digits, got {snippet(text)}",
+        )
     return int(text)

@@ -21,7 +21,7 @@ import yaml
 
 from processors.contracts.compat import MODES
 from processors.contracts.errors import ContractError
-from processors.settings import REPO_ROOT
+from processors.settings import REPO_ROOT, contract_dirs
 
 _REQUIRED = (
     "event_type",
@@ -92,11 +92,14 @@ class ContractRegistry:
 
     @classmethod
     def load(cls, contracts_dir: Path | None = None, schemas_dir: Path | None = None) -> ContractRegistry:
-        """Load and validate every ``*.yaml`` contract; all mistakes are reported together."""
-        contracts_dir = Path(contracts_dir) if contracts_dir is not None else REPO_ROOT / "contracts"
-        schemas_dir = Path(schemas_dir) if schemas_dir is not None else REPO_ROOT / "schemas"
+        """Load and validate every ``*.yaml`` contract; all mistakes are reported together. A
+        directory not given is found by the settings' rule (:func:`processors.settings.contract_dirs`)."""
+        contracts_dir, schemas_dir = contract_dirs(contracts_dir, schemas_dir)
         if not contracts_dir.is_dir():
-            raise ContractError(f"{display_path(contracts_dir)}: contracts directory does not exist")
+            raise ContractError(
+                f"{display_path(contracts_dir)}: contracts directory does not exist "
+                "(pass it, or set CHOREO_CONTRACTS_DIR or contracts_dir in choreo.toml)"
+            )
         contracts, errors = [], []
         for path in sorted(contracts_dir.glob("*.yaml")):
             try:

@@ -113,7 +113,7 @@ class Validator:
 
         def check(value: Any) -> Problems:
             if value.__class__ is not dict and not isinstance(value, dict):
-                return [Problem("", label, describe(value))]
+                return [mismatch(label, value)]
             bad: list[Problem] | None = None
             for name, field_check, field_label, has_default in fields:
                 item = value.get(name, _ABSENT)
@@ -144,7 +144,7 @@ class Validator:
         def check(value: Any) -> Problems:
             candidates = [b for b in branches if b.guard(value)]
             if not candidates:
-                return [Problem("", label, describe(value))]
+                return [mismatch(label, value)]
             first = candidates[0].check(value)
             if not first:
                 return None
@@ -152,14 +152,42 @@ class Validator:
                 if not branch.check(value):
                     return None
             # A single branch of the value's own type: its nested problems say more than the union.
-            return first if len(candidates) == 1 else [Problem("", label, describe(value))]
+            return first if len(candidates) == 1 else [mismatch(label, value)]
 
         return _Node(check, lambda value: any(b.guard(value) for b in branches), label)
 
 
 # ---------------------------------------------------------------------- leaf nodes
+def mismatch(label: str, value: Any) -> Problem:
+    """A value that is not what ``label`` expects: its type in the message, the value kept aside."""
+    return Problem("", label, kind_of(value), describe(value))
+
+
+def kind_of(value: Any) -> str:
+    """What a wrong value is, by its Avro-ish type and size only: this goes into messages, and the
+    value may be personal data."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "int" if INT_RANGE[0] <= value <= INT_RANGE[1] else "long"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return f"string of {len(value)} character(s)"
+    if isinstance(value, (bytes, bytearray)):
+        return f"bytes of length {len(value)}"
+    if isinstance(value, dict):
+        return f"map of {len(value)} entr{'y' if len(value) == 1 else 'ies'}" if value else "empty map"
+    if isinstance(value, (list, tuple)):
+        return f"array of length {len(value)}"
+    return type(value).__name__[:40]
+
+
 def describe(value: Any) -> str:
-    """A short, unambiguous rendering of a wrong value: its Avro-ish type and the value itself."""
+    """A short, unambiguous rendering of a wrong value: its Avro-ish type and the value itself
+    (for ``--show-pii`` output only; messages use :func:`kind_of`)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -169,7 +197,7 @@ def describe(value: Any) -> str:
     if isinstance(value, float):
         return f"float {value!r}"
     if isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
+        text = json.dumps(value[:41], ensure_ascii=False)
         return f"string {text if len(text) <= 42 else text[:40] + '…'}"
     if isinstance(value, (bytes, bytearray)):
         return f"bytes of length {len(value)}"
@@ -198,9 +226,9 @@ def _integer(label: str, bounds: tuple[int, int]) -> _Node:
 
     def check(value: Any) -> Problems:
         if value.__class__ is not int and not _is_integer(value):
-            return [Problem("", label, describe(value))]
+            return [mismatch(label, value)]
         if not low <= value <= high:
-            return [Problem("", f"{label} in [{low}, {high}]", describe(value))]
+            return [replace(mismatch(label, value), expected=f"{label} in [{low}, {high}]")]
         return None
 
     return _Node(check, _is_integer, label)
@@ -208,7 +236,7 @@ def _integer(label: str, bounds: tuple[int, int]) -> _Node:
 
 def _typed(label: str, guard: Guard) -> _Node:
     def check(value: Any) -> Problems:
-        return None if guard(value) else [Problem("", label, describe(value))]
+        return None if guard(value) else [mismatch(label, value)]
 
     return _Node(check, guard, label)
 
@@ -245,7 +273,7 @@ def _array(items: _Node) -> _Node:
 
     def check(value: Any) -> Problems:
         if not isinstance(value, (list, tuple)):
-            return [Problem("", label, describe(value))]
+            return [mismatch(label, value)]
         bad: list[Problem] | None = None
         for index, item in enumerate(value):
             problems = item_check(item)
@@ -262,11 +290,11 @@ def _map(values: _Node) -> _Node:
 
     def check(value: Any) -> Problems:
         if not isinstance(value, dict):
-            return [Problem("", label, describe(value))]
+            return [mismatch(label, value)]
         bad: list[Problem] | None = None
         for key, item in value.items():
             step = f"[{json.dumps(key, ensure_ascii=False) if isinstance(key, str) else repr(key)}]"
-            problems = [Problem("", "string map key", describe(key))] if not isinstance(key, str) else value_check(item)
+            problems = [mismatch("string map key", key)] if not isinstance(key, str) else value_check(item)
             if problems:
                 bad = (bad or []) + [_under(step, p) for p in problems]
         return bad
@@ -295,11 +323,11 @@ def _decimal(schema: dict[str, Any]) -> _Node:
 
     def check(value: Any) -> Problems:
         if not isinstance(value, decimal.Decimal) or not value.is_finite():
-            return [Problem("", label, describe(value))]
+            return [mismatch(label, value)]
         _, digits, exponent = value.as_tuple()
         exponent = int(exponent)
         if -exponent > scale or len(digits) + exponent + scale > precision:
-            return [Problem("", label, f"decimal {value} (too many digits)")]
+            return [Problem("", label, "decimal with too many digits", f"decimal {value} (too many digits)")]
         return None
 
     return _Node(check, lambda v: isinstance(v, decimal.Decimal), label)

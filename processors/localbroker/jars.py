@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from processors.errors import ChoreoError
-from processors.settings import REPO_ROOT
+from processors.settings import packaged_dir
 
-POM_PATH = REPO_ROOT / "ops" / "kafka" / "pom.xml"
-LOG4J_CONFIG = REPO_ROOT / "ops" / "kafka" / "log4j2.properties"
+POM_PATH = packaged_dir("kafka") / "pom.xml"  # ops/kafka/ in a checkout, package data in a wheel
+LOG4J_CONFIG = packaged_dir("kafka") / "log4j2.properties"
 MIN_JAVA = 17
 
 

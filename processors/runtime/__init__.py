@@ -9,7 +9,7 @@ Running: ``choreo worker --app MODULE:APP`` or :class:`Worker`; testing:
 :mod:`processors.runtime.testing` (``AgentDriver``, ``run_agents``).
 """
 
-from processors.runtime.agent import AgentSpec
+from processors.runtime.agent import AgentSpec, Routing
 from processors.runtime.app import App
 from processors.runtime.context import Context
 from processors.runtime.emitter import Emitted
@@ -45,6 +45,7 @@ __all__ = [
     "InvalidStateError",
     "Reject",
     "RetryPolicy",
+    "Routing",
     "Timer",
     "TimerError",
     "TopicError",

@@ -3,8 +3,11 @@
 :meth:`Processor.handle` turns a consumed record into a :class:`HandleResult`: the records to
 produce (follow-ups, dead letter, audit) and the store writes, staged in a batch view. The worker
 feeds it Kafka messages and makes the result durable; the test driver feeds it events directly.
-Every failure of the input (bytes, headers, contract, handler) becomes a dead letter here: nothing
-raised by a handler escapes to the worker loop.
+Every failure of the input (bytes, headers, key, partition, contract, handler) becomes a dead
+letter here. :meth:`Processor.handle` is the per-record guard: whatever goes wrong anywhere on the
+path of one record, including in the engine's own code on input it did not foresee, ends as a dead
+letter (reason ``unexpected_error`` when nothing more precise applies), so no record can stop an
+agent. Everything taken from a record into a message, header or audit field is bounded.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import sys
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -24,8 +29,11 @@ from processors.contracts import ContractError, DecodeError, Envelope, EnvelopeE
 from processors.contracts.codec import SINGLE_OBJECT_MAGIC
 from processors.contracts.codegen import compile_writer
 from processors.contracts.slotted import slot_builder
+from processors.kafka_types import ConsumedRecord, unreadable
+from processors.kafka_types import headers as read_headers
+from processors.partitioner import partition_for
 from processors.runtime import audit, dlq
-from processors.runtime.agent import AgentSpec
+from processors.runtime.agent import AgentSpec, Routing
 from processors.runtime.app import App
 from processors.runtime.context import AgentServices, Context
 from processors.runtime.conventions import REDRIVE_COUNT, DlqReason, dlq_topic
@@ -39,6 +47,10 @@ from processors.runtime.state import keys
 from processors.runtime.state.store import StateView
 
 log = logging.getLogger("choreo.runtime")
+
+MAX_FAILURE_MESSAGE_CHARS = 1000  # an error message in a dead letter, an audit record, a log line
+MAX_FALLBACK_FIELD_CHARS = 200  # a raw header value shown for a record whose envelope is unreadable
+MAX_TRACEBACK_CHARS = 4000  # the stack of an unexpected failure in a log line (never its message)
 
 IGNORED = audit.Outcome.IGNORED
 _SAMPLE_ENV = Envelope.new("x.y", "/sample", correlation_id="c-1")
@@ -116,6 +128,7 @@ class Processor:
         monotonic: Callable[[], float] = time.monotonic,
         rng: Callable[[float, float], float] = random.uniform,
         breaker_clock: Callable[[], float] | None = None,
+        max_record_bytes: int = dlq.DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         self.app = app
         self.spec = spec
@@ -144,6 +157,16 @@ class Processor:
         pii = [p for et in (*spec.consumes, *spec.produces) for p in self.registry.get(et).pii_fields]
         self.redactor = audit.Redactor(pii)
         self.timer_dlq_topic = dlq_topic(app.timers_topic_name(spec.name))
+        self.max_record_bytes = max_record_bytes
+        # How each consumed type is keyed, and how many partitions each input topic has (the
+        # contract's count until the worker tells the real one): where a record belongs.
+        self.routing = spec.routing
+        by_contract = spec.routing == Routing.CONTRACT
+        self.key_fields = {et: self.registry.get(et).key_field for et in spec.consumes} if by_contract else {}
+        self.partitions: dict[str, int] = {}
+        for et in spec.consumes:
+            c = self.registry.get(et)
+            self.partitions[c.topic] = c.partitions
         # What every context of this agent is given, built once.
         self.services = AgentServices(
             spec.name,
@@ -187,7 +210,24 @@ class Processor:
         the same on every replay (what ``ctx.emit`` gives when the handler passes none)."""
         return ids.emit_key(cause_key, self.spec.name, event_type, ordinal)
 
+    def use_partition_counts(self, counts: Mapping[str, int]) -> None:
+        """The real partition counts of the input topics (the worker reads them from the cluster;
+        a topic may have been created with more partitions than its contract says)."""
+        for topic in self.partitions:
+            if counts.get(topic):
+                self.partitions[topic] = counts[topic]
+
     # ---------------------------------------------------------------- inputs
+    def handle_message(self, view: StateView, message: ConsumedRecord) -> HandleResult:
+        """Handle one consumed record (its error already checked): everything read from it is read
+        here, headers through :func:`processors.kafka_types.headers`, which never raises."""
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        try:
+            key, value, timestamp_ms = message.key(), message.value(), message.timestamp()[1]
+        except Exception as exc:  # noqa: BLE001 - the client could not give what a producer wrote
+            return self._unexpected(exc, topic, partition, offset, None, None, None, self.clock_ms())
+        return self.handle(view, topic, partition, offset, key, value, read_headers(message), timestamp_ms)
+
     def handle(
         self,
         view: StateView,
@@ -199,23 +239,47 @@ class Processor:
         headers: InputHeaders,
         timestamp_ms: int = 0,
     ) -> HandleResult:
+        """The per-record guard: the result of one input, whatever its bytes, headers or size."""
         received = self.clock_ms()
+        try:
+            return self._handle(view, topic, partition, offset, key, value, headers, timestamp_ms, received)
+        except Exception as exc:  # noqa: BLE001 - no record may stop the agent: it is dead-lettered
+            return self._unexpected(exc, topic, partition, offset, key, value, headers, received)
+
+    def _handle(
+        self,
+        view: StateView,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: InputHeaders,
+        timestamp_ms: int,
+        received: int,
+    ) -> HandleResult:
         envelope: Envelope | None = None
         event_type: str | None = None
         seen: bytes | None = None  # set once the input passed dedupe: a dead letter then records it
         try:
+            if unreadable(headers):
+                raise _Dead(self._failure(DlqReason.MISSING_HEADER, EnvelopeError("*", _UNREADABLE), 1, received))
             try:
                 envelope = Envelope.from_headers(headers)
             except EnvelopeError as exc:
                 raise _Dead(self._failure(DlqReason.MISSING_HEADER, exc, 1, received)) from None
             event_type = envelope.type
-            if event_type not in self.consumes:
-                if event_type in self.topic_types.get(topic, ()):
+            types_here = self.topic_types.get(topic, ())
+            if event_type not in self.consumes or event_type not in types_here:
+                if event_type in types_here:
                     return HandleResult(IGNORED, event_type)
                 raise self._not_consumed(event_type, topic, received)
             if envelope.hop_count > self.max_hops:
                 raise self._looping(envelope, received)
             decoded = self._decode(event_type, value, received)
+            misrouted = self._misrouted(event_type, topic, partition, key, decoded)
+            if misrouted is not None:
+                raise _Dead(self._failure(DlqReason.MISROUTED, MisroutedError(misrouted), 1, received))
             seen_at = _SEEN + envelope.idempotency_key.encode("utf-8")  # keys.seen_key
             raw_seen = view.get(seen_at)
             if raw_seen is not None and _unpack_u64(raw_seen) > received and not _redriven_past(raw_seen, headers):
@@ -240,8 +304,10 @@ class Processor:
             ctx = self._run(
                 lambda c: handler(event, c), view, state_key, envelope, event, None, partition, received, decoded
             )
-            view.put(seen, _pack_u64(received + self.dedupe_ttl_ms))
-            return self._success(ctx, view, state_key, envelope, event_type, topic, partition, offset, received, key)
+            mark = (seen, _pack_u64(received + self.dedupe_ttl_ms))
+            return self._success(
+                ctx, view, state_key, envelope, event_type, topic, partition, offset, received, key, mark
+            )
         except _Dead as dead:
             if seen is not None:
                 # Decided on (refused, or the handler failed): a replay or a re-send of the same
@@ -268,8 +334,8 @@ class Processor:
         be written (``output_refused``). Its seen key records the decision, as for any dead letter."""
         received = self.clock_ms()
         try:
-            envelope: Envelope | None = Envelope.from_headers(headers)
-        except EnvelopeError:
+            envelope: Envelope | None = None if unreadable(headers) else Envelope.from_headers(headers)
+        except Exception:  # noqa: BLE001 - the record was read once already; its verdict stands
             envelope = None
         if envelope is not None:
             expiry = received + self.dedupe_ttl_ms
@@ -280,8 +346,90 @@ class Processor:
         return self._dead(failure, envelope, event_type, topic, partition, offset, key, value, headers, received)
 
     def _not_consumed(self, event_type: str, topic: str, received: int) -> _Dead:
-        message = f"event type {event_type!r} is not a type agent {self.spec.name!r} reads on topic {topic!r}"
+        """A type with no business here: not one the agent reads on this topic, or one it reads
+        whose contract puts it on another topic (its bytes would be judged by the wrong contract)."""
+        if event_type in self.consumes:
+            home = self.registry.get(event_type).topic
+            message = f"event type {event_type!r} belongs on topic {home!r}, not on {topic!r}"
+        else:
+            message = f"event type {event_type!r} is not a type agent {self.spec.name!r} reads on topic {topic!r}"
         return _Dead(self._failure(DlqReason.CONTRACT_VIOLATION, ContractError(message), 1, received))
+
+    def _misrouted(
+        self, event_type: str, topic: str, partition: int, key: bytes | None, decoded: dict[str, Any]
+    ) -> str | None:
+        """Why a record is not where its key puts it, or None. Every agent keeps state and seen
+        keys per partition, so a record of key K must be on murmur2(K) % partitions (where Java,
+        Go, .NET clients and our producers put it) and keyed by its contract's key field; on any
+        other partition its state and its duplicates are another partition's, and it would be
+        handled against nothing. Messages name the field, never a value."""
+        if self.routing == Routing.ANY:
+            return None
+        field = self.key_fields.get(event_type)
+        wanted = None if field is None else decoded.get(field)
+        routing_key, what = key, "its key"
+        if wanted is not None:
+            by_field = str(wanted).encode()
+            if key is None:  # a null key: it belongs where its key field's value does
+                routing_key, what = by_field, f"its {field} (the record has no key)"
+            elif key != by_field:
+                try:
+                    key.decode("utf-8")
+                except UnicodeDecodeError:
+                    return f"the record's key ({len(key)} bytes) is not UTF-8 text; {event_type} is keyed by {field}"
+                return f"the record's key is not the value of its key field {field}"
+        count = self.partitions.get(topic)
+        if routing_key is None or not count or partition >= count:
+            return None  # no key to judge by, or a partition past the known count (the topic grew)
+        home = partition_for(routing_key, count)
+        if home == partition:
+            return None
+        return (
+            f"on partition {partition} of {count}, but Kafka's default partitioner (murmur2) puts {what} on "
+            f"partition {home}: produced by a client with another partitioner (e.g. librdkafka's "
+            "consistent_random) or to an explicit partition"
+        )
+
+    def _unexpected(
+        self,
+        exc: BaseException,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: InputHeaders,
+        received: int,
+    ) -> HandleResult:
+        """The dead letter of an input the engine failed on in a way nothing else names: the full
+        dead letter (audit record and all) when it can be built, else the bare copy."""
+        log.error(
+            "unexpected error on an input, dead-lettering it",
+            extra={
+                "agent": self.spec.name,
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "error_class": type(exc).__name__,
+                # where it failed, without the message (it may quote the record: any size, any data)
+                "traceback": _stack(exc),
+            },
+        )
+        failure = self._failure(DlqReason.UNEXPECTED, exc, 1, received)
+        safe_headers = _safe_headers(headers)
+        try:
+            return self._dead(failure, None, None, topic, partition, offset, key, value, safe_headers, received)
+        except Exception:  # noqa: BLE001 - the last resort: the copy alone, from nothing but bounded parts
+            log.error(
+                "could not build the audit record of a dead letter",
+                extra={"agent": self.spec.name, "traceback": _stack()},
+            )
+            letter = dlq.dead_letter(
+                key, value, None, failure, self.spec.name, (topic, partition, offset), self.max_record_bytes
+            )
+            result = HandleResult(audit.DEAD_LETTERED, None, failure=failure, key=key)
+            result.records.append(OutRecord(RecordKind.DLQ, dlq_topic(topic), *letter))
+            return result
 
     def _looping(self, envelope: Envelope, received: int) -> _Dead:
         message = (
@@ -330,10 +478,39 @@ class Processor:
         raw = view.get(timer_store_key)
         if raw is None or keys.unpack_u64(raw) > now:
             return None
+        view.put(timer_store_key, None)
+        try:
+            return self._fire_timer(view, timer_store_key, raw, partition, now)
+        except Exception as exc:  # noqa: BLE001 - the timer's guard: a stored payload no one foresaw
+            log.error(
+                "unexpected error firing a timer, dead-lettering it",
+                extra={
+                    "agent": self.spec.name,
+                    "partition": partition,
+                    "error_class": type(exc).__name__,
+                    "traceback": _stack(exc),
+                },
+            )
+            failure = self._failure(DlqReason.TIMER_ERROR, exc, 1, now)
+            letter = dlq.dead_letter(
+                timer_store_key,
+                raw,
+                None,
+                failure,
+                self.spec.name,
+                (f"timer:{partition}", partition, -1),
+                self.max_record_bytes,
+            )
+            result = HandleResult(audit.DEAD_LETTERED, None, failure=failure, key=timer_store_key)
+            result.records.append(OutRecord(RecordKind.DLQ, self.timer_dlq_topic, *letter))
+            return result
+
+    def _fire_timer(
+        self, view: StateView, timer_store_key: bytes, raw: bytes, partition: int, now: int
+    ) -> HandleResult:
         due = keys.unpack_u64(raw)
         record = orjson.loads(raw[8:])
         state_key, name = keys.split_timer_suffix(timer_store_key[2:])
-        view.put(timer_store_key, None)
         timer, envelope = self._timer_input(state_key, name, due, record)
         # The timer's own follow-ups are one hop further, like any follow-up.
         topic = f"timer:{name}"
@@ -359,7 +536,7 @@ class Processor:
                 now,
                 dlq_to=self.timer_dlq_topic,
             )
-        return self._success(ctx, view, state_key, envelope, envelope.type, topic, partition, -1, now, state_key)
+        return self._success(ctx, view, state_key, envelope, envelope.type, topic, partition, -1, now, state_key, None)
 
     def _timer_input(self, state_key: bytes, name: str, due: int, record: dict[str, Any]) -> tuple[Timer, Envelope]:
         """The fired timer as its handler sees it, and the envelope its follow-ups descend from."""
@@ -487,16 +664,14 @@ class Processor:
         offset: int,
         received: int,
         key: bytes | None,
+        seen_mark: tuple[bytes, bytes] | None,
     ) -> HandleResult:
+        """The handled input's records, and then (nothing left that could fail) its store writes:
+        the seen key, the state, the timers, in that order."""
         changed, new_raw = ctx.state_change()
         before = after = None
         if changed:
-            view.put(keys.STATE + state_key, new_raw)
             before, after = audit.state_diff(ctx.state_before(), None if new_raw is None else ctx.state)
-        timer_writes = ctx.timer_writes
-        if timer_writes:
-            for tk, tv in timer_writes.items():
-                view.put(tk, tv)
         emitted = ctx.emitted
         result = HandleResult(audit.PROCESSED, event_type, emitted=emitted, key=key)
         records = result.records
@@ -527,6 +702,14 @@ class Processor:
             key,
         )
         records.append(self._audit_out(result.audit, envelope, key))
+        if seen_mark is not None:
+            view.put(*seen_mark)
+        if changed:
+            view.put(keys.STATE + state_key, new_raw)
+        timer_writes = ctx.timer_writes
+        if timer_writes:
+            for tk, tv in timer_writes.items():
+                view.put(tk, tv)
         return result
 
     def _dead(
@@ -544,16 +727,10 @@ class Processor:
         dlq_to: str | None = None,
     ) -> HandleResult:
         result = HandleResult(audit.DEAD_LETTERED, event_type, failure=failure, key=key)
-        result.records.append(
-            OutRecord(
-                RecordKind.DLQ,
-                dlq_to or dlq_topic(topic),
-                key,
-                value,
-                dlq.dlq_headers(headers, failure, self.spec.name, topic, partition, offset),
-                event_type,
-            )
+        letter = dlq.dead_letter(
+            key, value, headers, failure, self.spec.name, (topic, partition, offset), self.max_record_bytes
         )
+        result.records.append(OutRecord(RecordKind.DLQ, dlq_to or dlq_topic(topic), *letter, event_type))
         if envelope is None:
             envelope = _fallback_envelope(headers, topic, partition, offset, self.source)
         result.audit = self._audit_record(
@@ -600,9 +777,11 @@ class Processor:
         last_ms: int | None = None,
         decoded: dict[str, Any] | None = None,
     ) -> dlq.Failure:
-        message = str(exc) or type(exc).__name__
+        message = _message_of(exc)
         if decoded is not None and self.redactor:
             message = self.redactor.scrub(message, self.redactor.secrets_in(decoded))
+        if len(message) > MAX_FAILURE_MESSAGE_CHARS:
+            message = message[:MAX_FAILURE_MESSAGE_CHARS] + f"… ({len(message)} characters)"
         return dlq.Failure(reason, type(exc).__name__, message, attempts, first_ms, last_ms or first_ms)
 
     def _audit_record(
@@ -731,18 +910,63 @@ class Processor:
         )
 
 
+_UNREADABLE = "the Kafka client could not read the record's headers (a header name that is not UTF-8 text)"
+
+
+class MisroutedError(ContractError):
+    """A record not on the partition, or not under the key, its contract's key puts it."""
+
+
+def _stack(exc: BaseException | None = None) -> str:
+    """Where an exception was raised, frame by frame, bounded, without its message (which may
+    quote a record: any size, any data)."""
+    if exc is None:
+        exc = sys.exc_info()[1]
+    frames = traceback.format_tb(exc.__traceback__) if exc is not None else []
+    return (type(exc).__name__ + "\n" + "".join(frames))[-MAX_TRACEBACK_CHARS:]
+
+
+def _message_of(exc: BaseException) -> str:
+    """The exception's message, cut to a bound before anything else looks at it (str() of an
+    exception that quotes a 520 KB header is 520 KB)."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose __str__ fails still has a class
+        text = ""
+    if len(text) > 4 * MAX_FAILURE_MESSAGE_CHARS:
+        text = text[: 4 * MAX_FAILURE_MESSAGE_CHARS]
+    return text or type(exc).__name__
+
+
+def _safe_headers(headers: Any) -> list[tuple[str, bytes | None]]:
+    """The headers as a list of (str, bytes | None) pairs, whatever was passed; what is not such a
+    pair is left out (the dead letter of a record the engine failed on must be buildable)."""
+    out: list[tuple[str, bytes | None]] = []
+    try:
+        for name, raw in headers or ():
+            if isinstance(name, str) and (raw is None or isinstance(raw, bytes)):
+                out.append((name, raw))
+    except Exception:  # noqa: BLE001 - not iterable as pairs: none
+        return out
+    return out
+
+
 def _fallback_envelope(headers: InputHeaders, topic: str, partition: int, offset: int, source: str) -> Envelope:
-    """An envelope for audit/log lines of a record whose headers could not be read."""
+    """An envelope for audit/log lines of a record whose headers could not be read (each value
+    bounded: they are what made the headers unreadable, a 520 KB ce_type among them)."""
     values = {}
     for name, raw in headers or ():
-        if raw is not None:
-            values[name] = raw.decode("utf-8", "replace")
+        if raw is not None and name in _FALLBACK_NAMES:
+            values[name] = raw[: MAX_FALLBACK_FIELD_CHARS * 4].decode("utf-8", "replace")[:MAX_FALLBACK_FIELD_CHARS]
     event_id = values.get("ce_id") or ids.coordinates_id(topic, partition, offset)
     idem = values.get("ce_idempotencykey") or event_id
     env = Envelope.new(
         values.get("ce_type") or "unknown", source, idempotency_key=idem, correlation_id=values.get("ce_correlationid")
     )
     return replace(env, id=event_id, correlation_id=values.get("ce_correlationid") or event_id)
+
+
+_FALLBACK_NAMES = frozenset({"ce_id", "ce_type", "ce_idempotencykey", "ce_correlationid"})
 
 
 def _redrive_count(headers: InputHeaders) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from processors.runtime.context import Context
 from processors.runtime.inputs import Event, Timer
@@ -12,6 +13,18 @@ from processors.runtime.retry import BreakerPolicy, RetryPolicy
 
 Handler = Callable[[Event, Context], None]
 TimerHandler = Callable[[Timer, Context], None]
+
+
+class Routing(StrEnum):
+    """Which inputs an agent takes as being where they belong (see the README, "Foreign records").
+
+    State and seen keys live in the store of the partition a record came on, so an agent that
+    keeps either relies on every record of a key coming on one partition: the one Kafka's default
+    partitioner (murmur2 of the key) gives it. A record elsewhere is dead-lettered ``misrouted``."""
+
+    CONTRACT = "contract"  # keyed by the contract's key field, on murmur2(key) % partitions (default)
+    KEY = "key"  # any key (state per record key, whatever the producer chose), on murmur2(key) % partitions
+    ANY = "any"  # no check: a stateless agent that takes records wherever they are
 
 
 @dataclass(frozen=True)
@@ -22,7 +35,8 @@ class AgentSpec:
     undeclared cycle) and is the hop-count limit its inputs are checked against (default: the app's).
     ``transient`` lists exception types worth retrying; anything else raised by the handler is
     permanent and dead-lettered at once. ``dependencies`` names external systems called through
-    ``ctx.call(name, fn, ...)``, each behind its own circuit breaker.
+    ``ctx.call(name, fn, ...)``, each behind its own circuit breaker. ``routing`` says which
+    records the agent takes as correctly keyed and partitioned (:class:`Routing`).
     """
 
     name: str
@@ -36,6 +50,7 @@ class AgentSpec:
     dependencies: Mapping[str, BreakerPolicy] = field(default_factory=dict)
     on_timer: TimerHandler | None = None
     dedupe_ttl_s: float | None = None
+    routing: Routing = Routing.CONTRACT
 
     @staticmethod
     def normalize_dependencies(
@@ -48,4 +63,4 @@ class AgentSpec:
         return {name: BreakerPolicy() for name in deps}
 
 
-__all__ = ["AgentSpec", "Event", "Handler", "Timer", "TimerHandler"]
+__all__ = ["AgentSpec", "Event", "Handler", "Routing", "Timer", "TimerHandler"]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from processors.contracts import AvroCodec, ContractError, ContractRegistry
-from processors.runtime.agent import AgentSpec, Handler, TimerHandler
+from processors.runtime.agent import AgentSpec, Handler, Routing, TimerHandler
 from processors.runtime.conventions import AUDIT_TOPIC, changelog_topic
 from processors.runtime.errors import AppError, TopologyError
 from processors.runtime.retry import BreakerPolicy, RetryPolicy
@@ -40,8 +40,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 class App:
     """Agents, contracts and engine options of one application.
 
-    ``registry`` / ``contracts_dir`` / ``schemas_dir``: where contracts come from; when none is
-    given, the worker's settings decide (``contracts_dir``/``schemas_dir``), else the repository's.
+    ``registry`` / ``contracts_dir`` / ``schemas_dir``: where contracts come from. The one rule
+    (:func:`processors.settings.contract_dirs`): what is given here, else the settings the worker
+    runs with, or, outside a worker, ``CHOREO_CONTRACTS_DIR`` / ``./choreo.toml``, else the commerce
+    contracts shipped with the package.
     ``audit_event_type`` is the contract used to encode audit records (JSON when the registry lacks
     it); ``audit_topic`` defaults to that contract's topic, else ``choreo.audit``.
     """
@@ -70,6 +72,7 @@ class App:
         self.dedupe_ttl_s = dedupe_ttl_s
         self.create_topics = create_topics
         self._registry = registry
+        self._contracts_given = registry is not None or contracts_dir is not None  # else the settings decide
         self._contracts_dir = Path(contracts_dir) if contracts_dir is not None else None
         self._schemas_dir = Path(schemas_dir) if schemas_dir is not None else None
         self._schema_registry_url = schema_registry_url
@@ -89,6 +92,7 @@ class App:
         dependencies: Iterable[str] | Mapping[str, BreakerPolicy | None] | None = None,
         on_timer: TimerHandler | None = None,
         dedupe_ttl_s: float | None = None,
+        routing: Routing | str = Routing.CONTRACT,
     ) -> Callable[[Handler], Handler]:
         """Decorator declaring an agent; the decorated function is the handler ``(event, ctx)``."""
 
@@ -106,6 +110,7 @@ class App:
                     dependencies=AgentSpec.normalize_dependencies(dependencies),
                     on_timer=on_timer,
                     dedupe_ttl_s=dedupe_ttl_s,
+                    routing=Routing(routing),
                 )
             )
             return handler
@@ -126,10 +131,14 @@ class App:
 
     # ------------------------------------------------------------------ contracts
     def configure(self, settings: Settings) -> None:
-        """Take contract locations and the Schema Registry URL from settings unless given explicitly."""
-        if self._registry is None and self._contracts_dir is None:
-            self._contracts_dir = Path(settings.contracts_dir)
-            self._schemas_dir = Path(settings.schemas_dir)
+        """Take contract locations and the Schema Registry URL from settings unless given explicitly.
+        Configured again with other settings (one process, several commands or tests), the latest
+        settings decide: contracts loaded from earlier ones are dropped."""
+        if not self._contracts_given:
+            wanted = (Path(settings.contracts_dir), Path(settings.schemas_dir))
+            if (self._contracts_dir, self._schemas_dir) != wanted:
+                self._contracts_dir, self._schemas_dir = wanted
+                self._registry, self._codec = None, None
         if self._schema_registry_url is None:
             self._schema_registry_url = settings.schema_registry_url
 

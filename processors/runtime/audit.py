@@ -29,6 +29,7 @@ PROCESSED = Outcome.PROCESSED
 DUPLICATE = Outcome.DUPLICATE
 DEAD_LETTERED = Outcome.DEAD_LETTERED
 REDACTED = "***"
+MAX_STATE_CHARS = 100_000  # the changed fields of the state shown in one audit record, at most
 
 
 class Redactor:
@@ -122,4 +123,11 @@ def state_json(value: dict[str, Any] | None, redactor: Redactor) -> str | None:
         return None
     if redactor.touches(value):
         value = redactor.redact(value)
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    if len(text) > MAX_STATE_CHARS:
+        # state grown from what records carried (a handler keeping a 900 KB field): the audit record
+        # must still fit the producer, so it says how large the state was instead of showing it
+        return orjson.dumps(
+            {"truncated": True, "chars": len(text), "fields": [k[:100] for k in sorted(value)[:50]]}
+        ).decode()
+    return text

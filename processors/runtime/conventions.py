@@ -25,6 +25,9 @@ DLQ_LAST_FAILURE = "choreo_dlq_last_failure"
 DLQ_ORIGINAL_TOPIC = "choreo_dlq_original_topic"
 DLQ_ORIGINAL_PARTITION = "choreo_dlq_original_partition"
 DLQ_ORIGINAL_OFFSET = "choreo_dlq_original_offset"
+# Present only on a dead letter whose original did not fit the producer's record limit: what was
+# cut, from what size (the original coordinates still point at the record as it was).
+DLQ_TRUNCATED = "choreo_dlq_truncated"
 DLQ_HEADERS = (
     DLQ_REASON,
     DLQ_ERROR_CLASS,
@@ -36,6 +39,7 @@ DLQ_HEADERS = (
     DLQ_ORIGINAL_TOPIC,
     DLQ_ORIGINAL_PARTITION,
     DLQ_ORIGINAL_OFFSET,
+    DLQ_TRUNCATED,
 )
 
 # Set by `choreo dlq redrive`: how many times this record has been sent back to its topic.
@@ -74,6 +78,9 @@ class DlqReason(StrEnum):
     INVALID_STATE = "invalid_state"  # the handler left state that is not JSON-serialisable
     TIMER_ERROR = "timer_error"  # a timer handler failed (dead-lettered to `<app>.<agent>.timers.dlq`)
     OUTPUT_REFUSED = "output_refused"  # the broker refused what handling the input wrote (too large, ...)
+    # key or partition not where Kafka's default partitioner (murmur2 of the contract's key) puts it
+    MISROUTED = "misrouted"
+    UNEXPECTED = "unexpected_error"  # the engine failed on this input in a way no other reason names
 
 
 ENGINE_REASONS = tuple(DlqReason)

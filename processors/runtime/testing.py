@@ -31,6 +31,8 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Producer
 
 from processors.contracts import Envelope
+from processors.kafka_types import headers as kafka_headers
+from processors.partitioner import partition_for
 from processors.runtime import audit
 from processors.runtime._processor import HandleResult, OutRecord, Processor
 from processors.runtime.app import App
@@ -70,13 +72,21 @@ class AgentDriver:
     :attr:`sleeps`, not slept)."""
 
     def __init__(
-        self, app: App, agent: str, *, now_ms: int | None = None, worker_id: str = "driver", partition: int = 0
+        self,
+        app: App,
+        agent: str,
+        *,
+        now_ms: int | None = None,
+        worker_id: str = "driver",
+        partition: int | None = None,
     ) -> None:
         self.app = app
         self.spec = app.select([agent])[0]
         self.now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
         self._mono = 0.0
         self.sleeps: list[float] = []
+        # None: each record on the partition Kafka's default partitioner gives its key (as a producer
+        # of ours puts it); a number: every record there (a foreign producer's misrouted records).
         self.partition = partition
         self.store = MemoryStore()
         self.processor = Processor(
@@ -136,15 +146,30 @@ class AgentDriver:
         )
 
     def send_raw(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]] | None,
+        *,
+        partition: int | None = None,
     ) -> DriverResult:
-        """Feed a record exactly as it would come off Kafka (for poison-event tests)."""
+        """Feed a record exactly as it would come off Kafka (for poison-event tests), on
+        ``partition`` if given, else the driver's (see ``__init__``)."""
         offset = self._offsets.get(topic, 0)
         self._offsets[topic] = offset + 1
         view = BatchView(self.store)
-        result = self.processor.handle(view, topic, self.partition, offset, key, value, headers, self.now_ms)
+        if partition is None:
+            partition = self.partition if self.partition is not None else self.home_partition(topic, key)
+        result = self.processor.handle(view, topic, partition, offset, key, value, headers, self.now_ms)
         self.store.apply(view.writes)
         return self._record(result)
+
+    def home_partition(self, topic: str, key: bytes | None) -> int:
+        """Where Kafka's default partitioner puts ``key`` on ``topic`` (0 for a null key or a topic
+        the agent does not read)."""
+        count = self.processor.partitions.get(topic)
+        return 0 if key is None or not count else partition_for(key, count)
 
     def advance(self, seconds: float = 0.0, *, to_ms: int | None = None) -> list[DriverResult]:
         """Move the clock and fire the timers now due, earliest first."""
@@ -158,7 +183,7 @@ class AgentDriver:
                 return out
             for _, tk in due:
                 view = BatchView(self.store)
-                result = self.processor.fire_timer(view, tk, self.partition)
+                result = self.processor.fire_timer(view, tk, self.partition or 0)
                 self.store.apply(view.writes)
                 if result is not None:
                     out.append(self._record(result))
@@ -288,7 +313,7 @@ def read_topic(
 
 
 def _read_record(m: Any, app: App | None) -> ReadRecord:
-    headers = {k: (v.decode("utf-8", "replace") if v is not None else "") for k, v in (m.headers() or [])}
+    headers = {k: (v.decode("utf-8", "replace") if v is not None else "") for k, v in kafka_headers(m)}
     value: Any = m.value()
     if app is not None and value is not None and headers.get("ce_type") in set(app.registry.event_types()):
         with contextlib.suppress(Exception):  # poison records stay raw
@@ -345,7 +370,7 @@ def run_agents(
     if state_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="choreo-state-")
         state_dir = tmp.name
-    base = settings or Settings()
+    base = settings or Settings.load()  # the one settings rule: env and ./choreo.toml, as the worker
     from dataclasses import replace
 
     settings = replace(base, bootstrap_servers=bootstrap, state_dir=Path(state_dir), processing_guarantee=guarantee)

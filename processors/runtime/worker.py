@@ -40,6 +40,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from processors.kafka_errors import ErrorKind, KafkaFailure, classify, describe, is_unreachable
 from processors.kafka_types import ConsumedRecord, records
+from processors.kafka_types import headers as read_headers
 from processors.runtime import audit
 from processors.runtime._assignment import Assignment
 from processors.runtime._clients import AgentClients
@@ -52,11 +53,12 @@ from processors.runtime._watchdog import Abandoned, CallWatch
 from processors.runtime.agent import AgentSpec
 from processors.runtime.app import App
 from processors.runtime.conventions import DlqReason
+from processors.runtime.dlq import max_record_bytes
 from processors.runtime.errors import WorkerError
 from processors.runtime.metrics import AgentMetrics
 from processors.runtime.state import RocksStore, StoreMemory
 from processors.runtime.state.store import StoreLockedError
-from processors.runtime.topics import CHANGELOG_DELETE_RETENTION_MS
+from processors.runtime.topics import CHANGELOG_DELETE_RETENTION_MS, existing_topics
 from processors.settings import Settings
 
 log = logging.getLogger("choreo.worker")
@@ -117,7 +119,9 @@ class AgentRunner:
         self.metrics = metrics or AgentMetrics(spec.name, self.guarantee)
         self.health = health or AgentHealth(spec.name, self.metrics)
         self.watch = CallWatch()
-        self.processor = Processor(app, spec, worker_id, metrics=self.metrics)
+        self.processor = Processor(
+            app, spec, worker_id, metrics=self.metrics, max_record_bytes=max_record_bytes(settings.kafka)
+        )
         self.topics = app.input_topics(spec)
         self.state_root = Path(settings.state_dir) / app.app_id / spec.name
         self.ready = threading.Event()
@@ -243,6 +247,8 @@ class AgentRunner:
         opts = self.options
         clients = AgentClients(self.app, self.spec.name, self.worker_id, self.settings)
         self.consumer = Consumer(_with_error_cb(clients.consumer(), self._on_client_error))
+        with self.watch.watch("list_topics", 10 + opts.call_grace_s):
+            self.processor.use_partition_counts(existing_topics(self.consumer))
         marker = orjson.dumps({"worker": self.worker_id, "agent": self.spec.name})
         commit_settings = CommitSettings(
             self.spec.name,
@@ -342,7 +348,7 @@ class AgentRunner:
         """Hand each record to the processor, in partition order; returns how many were handled.
         Past ``max_batch_s`` the rest is handed back to the next poll."""
         deadline = time.monotonic() + self.options.max_batch_s
-        handle, emit = self.processor.handle, self._emit
+        handle, emit = self.processor.handle_message, self._emit
         views, first, nxt = batch.views, batch.first_offsets, batch.next_offsets
         handled = 0
         not_ours: dict[tuple[str, int], int] = {}
@@ -365,7 +371,7 @@ class AgentRunner:
             nxt[tp] = off + 1
             if self.isolating:
                 self.single = msg
-            emit(handle(view, topic, p, off, msg.key(), msg.value(), msg.headers(), msg.timestamp()[1]))
+            emit(handle(view, msg))
             handled += 1
         if not_ours:
             self._not_ours(not_ours)
@@ -480,7 +486,7 @@ class AgentRunner:
             return  # revoked meanwhile: the new owner meets it
         batch.consumed(topic, p, off)
         try:
-            result = self.processor.refuse(view, topic, p, off, msg.key(), msg.value(), msg.headers(),
+            result = self.processor.refuse(view, topic, p, off, msg.key(), msg.value(), read_headers(msg),
                                            DlqReason.OUTPUT_REFUSED, why)  # fmt: skip
             self._emit(result)
             self.metrics.flush()

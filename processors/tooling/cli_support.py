@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,20 +28,83 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # error lines stay whole for grep
 out = Console(highlight=False, soft_wrap=True)
 
-BootstrapOption = typer.Option(
-    None,
-    "--bootstrap",
-    help="Kafka bootstrap servers HOST:PORT [default: $KAFKA_BOOTSTRAP_SERVERS or the config file].",
+BOOTSTRAP_HELP = (
+    "Kafka bootstrap servers HOST:PORT [default: bootstrap_servers of the settings: $CHOREO_BOOTSTRAP_SERVERS, "
+    "$KAFKA_BOOTSTRAP_SERVERS, the config file, else 127.0.0.1:9092]."
 )
-ConfigOption = typer.Option(None, "--config", help="choreo.toml with settings and [kafka] client properties.")
+BootstrapOption = typer.Option(None, "--bootstrap", help=BOOTSTRAP_HELP)
+LOCAL_BROKER_BOOTSTRAP_HELP = (
+    "Kafka bootstrap servers HOST:PORT [default: bootstrap_servers of the settings: $CHOREO_BOOTSTRAP_SERVERS, "
+    "$KAFKA_BOOTSTRAP_SERVERS, the config file; when none is set, the local broker in .choreo/broker, started "
+    "if it is not running]."
+)
+LocalBrokerBootstrapOption = typer.Option(None, "--bootstrap", help=LOCAL_BROKER_BOOTSTRAP_HELP)
+ConfigOption = typer.Option(
+    None,
+    "--config",
+    help="choreo.toml with settings and [kafka] client properties [default: $CHOREO_CONFIG, else ./choreo.toml "
+    "when present].",
+)
+ContractsDirOption = typer.Option(
+    None,
+    "--contracts-dir",
+    help="Contracts directory [default: $CHOREO_CONTRACTS_DIR, contracts_dir of the config file, else the "
+    "commerce contracts shipped with choreo-streams].",
+)
+SchemasDirOption = typer.Option(
+    None,
+    "--schemas-dir",
+    help="Avro schemas directory [default: $CHOREO_SCHEMAS_DIR, schemas_dir of the config file, else the "
+    "commerce schemas shipped with choreo-streams].",
+)
 JsonOption = typer.Option(False, "--json", help="Machine-readable JSON on stdout instead of tables.")
 
 
-def load_settings(bootstrap: str | None, config: Path | None) -> Settings:
+def load_settings(
+    bootstrap: str | None,
+    config: Path | None,
+    *,
+    contracts_dir: Path | None = None,
+    schemas_dir: Path | None = None,
+) -> Settings:
+    """The settings every command uses, by the one rule: options, then the environment, then the
+    config file, then the defaults (see processors/settings.py)."""
     try:
-        return Settings.load(config_file=config, bootstrap_servers=bootstrap)
+        return Settings.load(
+            config_file=config, bootstrap_servers=bootstrap, contracts_dir=contracts_dir, schemas_dir=schemas_dir
+        )
     except SettingsError as exc:
         fail(str(exc), EXIT_USAGE)
+
+
+def settings_or_local_broker(
+    bootstrap: str | None,
+    config: Path | None,
+    *,
+    contracts_dir: Path | None = None,
+    schemas_dir: Path | None = None,
+) -> Settings:
+    """For the commands that can bring their own broker (demo, verify, roundtrip): the configured
+    cluster when anyone named one, else the local broker (started when it is not running). Which
+    one, and why, is said on stderr, so a check never runs against the wrong cluster unnoticed."""
+    settings = load_settings(bootstrap, config, contracts_dir=contracts_dir, schemas_dir=schemas_dir)
+    if settings.bootstrap_configured:
+        err.print(f"broker {settings.bootstrap_servers} (from {settings.bootstrap_source})", markup=False)
+        return settings
+    from processors.localbroker import BrokerError, ToolchainError
+    from processors.localbroker.embedded import ensure_broker
+
+    err.print(
+        "no bootstrap_servers configured (--bootstrap, --config/choreo.toml, CHOREO_BOOTSTRAP_SERVERS, "
+        "KAFKA_BOOTSTRAP_SERVERS): using the local broker in .choreo/broker, started if it is not running",
+        markup=False,
+    )
+    try:
+        address = ensure_broker(None)
+    except (BrokerError, ToolchainError) as exc:
+        fail(str(exc), EXIT_FAILED)
+    err.print(f"broker {address} (local broker)", markup=False)
+    return replace(settings, bootstrap_servers=address, bootstrap_source="local broker")
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:

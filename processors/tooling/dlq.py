@@ -19,21 +19,24 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from processors.kafka_errors import stop_on_access_error
-from processors.kafka_types import ConsumedRecord, coordinates, produce_headers
-from processors.kafka_types import headers as message_headers
+from processors.kafka_types import UNREADABLE_HEADERS, ConsumedRecord, coordinates, produce_headers
+from processors.kafka_types import headers as read_headers
 from processors.runtime import conventions as conv
 from processors.runtime.topics import existing_topics
 from processors.settings import Settings
 from processors.tooling.kafka_io import (
+    MAX_SHOWN_ERROR,
     Headers,
     ProgressReporter,
     RateLimiter,
     ToolingError,
+    bounded,
     header_value,
-    headers_dict,
     plan_ranges,
     read_ranges,
     reader_config,
+    shown_bytes,
+    shown_headers,
     topic_partitions,
 )
 from processors.tooling.timeparse import format_ms
@@ -58,7 +61,7 @@ class DeadLetter:
     def from_message(cls, msg: Message | ConsumedRecord) -> DeadLetter:
         ts_type, ts = msg.timestamp()
         topic, partition, offset = coordinates(msg)
-        return cls(topic, partition, offset, ts if ts_type else None, msg.key(), msg.value(), message_headers(msg))
+        return cls(topic, partition, offset, ts if ts_type else None, msg.key(), msg.value(), read_headers(msg))
 
     def header(self, name: str) -> str | None:
         return header_value(self.headers, name)
@@ -106,21 +109,21 @@ class DeadLetter:
             "partition": self.partition,
             "offset": self.offset,
             "timestamp": format_ms(self.timestamp),
-            "key": None if self.key is None else self.key.decode("utf-8", "backslashreplace"),
-            "reason": self.reason,
-            "error_class": self.error_class,
-            "agent": self.agent,
-            "error_message": self.header(conv.DLQ_ERROR_MESSAGE),
-            "attempts": self.header(conv.DLQ_ATTEMPTS),
-            "first_failure": self.header(conv.DLQ_FIRST_FAILURE),
-            "last_failure": self.header(conv.DLQ_LAST_FAILURE),
+            "key": shown_bytes(self.key)[0],
+            "reason": bounded(self.reason),
+            "error_class": bounded(self.error_class),
+            "agent": bounded(self.agent),
+            "error_message": bounded(self.header(conv.DLQ_ERROR_MESSAGE), MAX_SHOWN_ERROR),
+            "attempts": bounded(self.header(conv.DLQ_ATTEMPTS)),
+            "first_failure": bounded(self.header(conv.DLQ_FIRST_FAILURE)),
+            "last_failure": bounded(self.header(conv.DLQ_LAST_FAILURE)),
             "original": {
-                "topic": self.original_topic,
-                "partition": self.header(conv.DLQ_ORIGINAL_PARTITION),
-                "offset": self.header(conv.DLQ_ORIGINAL_OFFSET),
+                "topic": bounded(self.original_topic),
+                "partition": bounded(self.header(conv.DLQ_ORIGINAL_PARTITION)),
+                "offset": bounded(self.header(conv.DLQ_ORIGINAL_OFFSET)),
             },
             "redrive_count": self.redrive_count,
-            "headers": headers_dict(self.headers),
+            "headers": shown_headers(self.headers)[0],
         }
 
 
@@ -290,6 +293,11 @@ class DlqInspector:
             result.selected += 1
             if max_redrives is not None and rec.redrive_count >= max_redrives:
                 result.skipped_max_redrives += 1
+                continue
+            if any(name == UNREADABLE_HEADERS for name, _ in rec.headers):
+                result.errors.append(  # its copy would lose the headers the client could not read
+                    f"{rec.topic}[{rec.partition}]@{rec.offset}: headers unreadable by the Kafka client, not redriven"
+                )
                 continue
             key = rec.idempotency_key
             if key is None:

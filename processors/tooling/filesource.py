@@ -38,6 +38,7 @@ WRAPPER_KEYS = frozenset(
         "error",
         "envelope_error",
         "redacted",
+        "truncated",
     }
 )
 MAX_REPORTED = 20
@@ -149,6 +150,8 @@ class FileSource:
             raise ToolingError(f"exported as undecodable ({item['error']}): nothing to replay")
         if item.get("redacted"):
             raise ToolingError("exported with PII redacted: export with `choreo tail --show-pii` to backfill it")
+        if item.get("truncated"):
+            raise ToolingError("exported with its key or headers cut for display: replay it with --from TOPIC")
         contract = self.registry.get(item["event_type"]) if item.get("event_type") else self.contract
         headers = encode_headers(item.get("headers"))
         key, value, headers = self._encode_bare(contract, item["value"], headers)

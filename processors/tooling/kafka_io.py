@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,10 +33,11 @@ class ToolingError(Exception):
 
 # ---------------------------------------------------------------------------------- consumers
 def reader_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """A consumer that reads like an operator, not like a member: throwaway group id, no commits,
-    committed data only, and end-of-partition events so bounded reads know when to stop."""
+    """A consumer that reads like an operator, not like a member: it assigns partitions and never
+    commits, under the one group id the tools use (``tools_group_id``, so a secured cluster's ACL
+    can name it), committed data only, and end-of-partition events so bounded reads know when to stop."""
     base = {
-        "group.id": f"choreo-tooling-{uuid.uuid4().hex[:12]}",
+        "group.id": settings.tools_group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "enable.partition.eof": True,
@@ -198,6 +198,48 @@ def header_text(value: bytes | None) -> str | None:
     if value is None:
         return None
     return value.decode("utf-8", errors="backslashreplace")
+
+
+# What the tools print of a record's headers and key: anything read from a record is bounded, so
+# a 500 KB header or ten thousand of them cannot flood a terminal or a log.
+MAX_SHOWN_CHARS = 256
+MAX_SHOWN_HEADERS = 64
+MAX_SHOWN_ERROR = 1024  # an error names a field path and types; a longer one is cut
+
+
+def bounded(text: str | None, limit: int = MAX_SHOWN_CHARS) -> str | None:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} chars, {limit} shown)"
+
+
+def shown_bytes(data: bytes | None) -> tuple[str | None, bool]:
+    """Bytes read from a record (a key, a header value) as bounded text, and whether it was cut;
+    bytes that are not UTF-8 are escaped, never an error."""
+    if data is None:
+        return None, False
+    head = data[:MAX_SHOWN_CHARS].decode("utf-8", "backslashreplace")
+    if len(data) <= MAX_SHOWN_CHARS:
+        return head, False
+    return f"{head}... ({len(data)} bytes, {MAX_SHOWN_CHARS} shown)", True
+
+
+def shown_headers(headers: Headers | None) -> tuple[dict[str, str | None], bool]:
+    """Headers for output, and whether anything was cut: at most :data:`MAX_SHOWN_HEADERS`
+    headers, names and values of at most :data:`MAX_SHOWN_CHARS` characters or bytes."""
+    out: dict[str, str | None] = {}
+    items = list(headers or [])
+    cut = False
+    for index, (name, value) in enumerate(items):
+        if index >= MAX_SHOWN_HEADERS:
+            out["..."] = f"{len(items) - index} more header(s) not shown"
+            return out, True
+        text, value_cut = shown_bytes(value)
+        shown_name = bounded(name) or ""
+        cut = cut or value_cut or shown_name != name
+        out[shown_name] = text
+    return out, cut
 
 
 def headers_dict(headers: Headers | None) -> dict[str, str | None]:

@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from processors.kafka_errors import stop_on_access_error
 from processors.kafka_types import coordinates, produce_headers
-from processors.kafka_types import headers as message_headers
+from processors.kafka_types import headers as read_headers
 from processors.settings import Settings
 from processors.tooling.checkpoint import Checkpoint, default_checkpoint_path
 from processors.tooling.checksums import ALGORITHM, StreamDigest
@@ -100,7 +100,7 @@ class TopicSource:
         planned = [PartitionRange(self.topic, p, start, end) for p, (start, end) in sorted(ranges.items())]
         for msg in read_ranges(self._consumer, planned, stop=stop):
             _, partition, offset = coordinates(msg)
-            yield SourceRecord(partition, offset, msg.key(), msg.value(), message_headers(msg))
+            yield SourceRecord(partition, offset, msg.key(), msg.value(), read_headers(msg))
 
     def close(self) -> None:
         if self._reader is not None:

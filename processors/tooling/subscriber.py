@@ -16,18 +16,22 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from processors.contracts import AvroCodec, ContractError, ContractRegistry, Envelope
 from processors.kafka_types import ConsumedRecord, coordinates, record
-from processors.kafka_types import headers as message_headers
+from processors.kafka_types import headers as read_headers
 from processors.runtime.audit import Redactor
 from processors.settings import Settings
 from processors.tooling.jsonavro import to_json_bytes
 from processors.tooling.kafka_io import (
+    MAX_SHOWN_ERROR,
     Headers,
     PartitionRange,
     ToolingError,
+    bounded,
     headers_dict,
     offsets_for_time,
     read_ranges,
     reader_config,
+    shown_bytes,
+    shown_headers,
     topic_partitions,
     watermarks,
 )
@@ -58,28 +62,37 @@ class ReceivedEvent:
         return self.error is None
 
     def header_dict(self) -> dict[str, str | None]:
+        """Every header in full (for filters); output uses :meth:`shown_headers`."""
         return headers_dict(self.headers)
+
+    def shown_headers(self) -> tuple[dict[str, str | None], bool]:
+        """Headers for output, bounded, and whether anything was cut."""
+        return shown_headers(self.headers)
 
     def to_json(self, redactor: Redactor | None = None) -> dict[str, Any]:
         """The NDJSON form of `choreo tail --format json`; `choreo replay --file` reads it back."""
         redacting = redactor is not None and bool(redactor) and self.value is not None
         value = redactor.redact(self.value) if redacting else self.value  # type: ignore[union-attr]
+        headers, headers_cut = self.shown_headers()
+        key, key_cut = shown_bytes(self.key)
         out: dict[str, Any] = {
             "topic": self.topic,
             "partition": self.partition,
             "offset": self.offset,
             "timestamp": format_ms(self.timestamp),
-            "key": None if self.key is None else self.key.decode("utf-8", "backslashreplace"),
+            "key": key,
             "event_type": self.event_type,
-            "headers": self.header_dict(),
+            "headers": headers,
             "value": value,
         }
         if self.error is not None:
-            out["error"] = self.error
+            out["error"] = bounded(self.error, MAX_SHOWN_ERROR)
         if self.envelope_error is not None:
-            out["envelope_error"] = self.envelope_error
+            out["envelope_error"] = bounded(self.envelope_error, MAX_SHOWN_ERROR)
         if redacting:
             out["redacted"] = True  # so `replay --file` refuses to backfill "***" as data
+        if headers_cut or key_cut:
+            out["truncated"] = True  # headers or key cut for output: not a faithful copy either
         return out
 
 
@@ -245,34 +258,63 @@ class Subscriber:
 
     def _plan(self) -> list[PartitionRange]:
         ranges = []
-        for topic in self.topics:
-            parts = topic_partitions(self._consumer, topic)
-            since = offsets_for_time(self._consumer, topic, parts, self.since_ms) if self.since_ms is not None else {}
-            for p in parts:
-                low, high = watermarks(self._consumer, topic, p)
-                if self.from_beginning:
-                    start = low
-                elif self.since_ms is not None:
-                    at = since[p]
-                    start = high if at is None else at
-                elif self.last is not None:
-                    start = max(low, high - self.last)
-                else:
-                    start = high
-                ranges.append(PartitionRange(topic, p, start, high))
+        counter = Consumer(reader_config(self.settings)) if self.last else None  # with end-of-partition events
+        try:
+            for topic in self.topics:
+                ranges += self._plan_topic(topic, counter)
+        finally:
+            if counter is not None:
+                counter.close()
         return ranges
+
+    def _plan_topic(self, topic: str, counter: Consumer | None) -> list[PartitionRange]:
+        ranges = []
+        parts = topic_partitions(self._consumer, topic)
+        since = offsets_for_time(self._consumer, topic, parts, self.since_ms) if self.since_ms is not None else {}
+        for p in parts:
+            low, high = watermarks(self._consumer, topic, p)
+            if self.from_beginning:
+                start = low
+            elif self.since_ms is not None:
+                at = since[p]
+                start = high if at is None else at
+            elif self.last is not None:  # --last 0 (no counter) starts at the end
+                start = self._start_of_last(counter, topic, p, low, high) if counter is not None else high
+            else:
+                start = high
+            ranges.append(PartitionRange(topic, p, start, high))
+        return ranges
+
+    def _start_of_last(self, counter: Consumer, topic: str, partition: int, low: int, high: int) -> int:
+        """The offset of the N-th record from the end. Offsets are not records: transaction
+        markers, aborted and compacted records take offsets too, so the last N offsets may hold
+        fewer than N records (none, after one transaction). Read back in widening windows until
+        N records are found or the beginning is reached."""
+        wanted = self.last or 0
+        window = 2 * wanted
+        while True:
+            start = max(low, high - window)
+            ranges = [PartitionRange(topic, partition, start, high)]
+            offsets = [coordinates(m)[2] for m in read_ranges(counter, ranges, stop=self._stop)]
+            if len(offsets) >= wanted:
+                return offsets[-wanted]
+            if start == low:
+                return low
+            window *= 4
 
     # ------------------------------------------------------------------ decoding
     def decode(self, msg: Message | ConsumedRecord) -> ReceivedEvent:
         """Decode one record; failures become fields of the event, never exceptions."""
         ts_type, ts = msg.timestamp()
         topic, partition, offset = coordinates(msg)
-        headers = message_headers(msg)
+        headers = read_headers(msg)
         envelope, envelope_error = None, None
         try:
             envelope = Envelope.from_headers(headers)
         except ContractError as exc:
             envelope_error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a reader of foreign records reports what it cannot read
+            envelope_error = f"unreadable envelope headers: {type(exc).__name__}"
         base: dict[str, Any] = dict(
             topic=topic,
             partition=partition,
@@ -290,6 +332,8 @@ class Subscriber:
             event_type, value = self.codec.decode_any(data)
         except ContractError as exc:
             return ReceivedEvent(**base, error=f"undecodable ({len(data)} bytes): {exc}")
+        except Exception as exc:  # noqa: BLE001 - same: whatever the bytes make the decoder raise
+            return ReceivedEvent(**base, error=f"undecodable ({len(data)} bytes): {type(exc).__name__}")
         return ReceivedEvent(**base, event_type=event_type, value=value)
 
     def redactor_for(self, event: ReceivedEvent) -> Redactor:

@@ -101,3 +101,25 @@ def test_committed_transaction_is_visible_and_aborted_one_is_not(kafka_bootstrap
 
     assert read("read_committed") == [b"committed-1", b"committed-2", b"committed-3"]
     assert read("read_uncommitted") == [b"committed-1", b"committed-2", b"aborted", b"committed-3"]
+
+
+def test_choreo_roundtrip_reports_per_record_latencies(kafka_bootstrap):
+    """`choreo roundtrip` counts every event back and gives a produce->ack and a produce->consume
+    latency per record; both come from the records' own timestamps, so the consume side (one
+    poll() per record) cannot add a poll timeout to every record. Figures are not asserted
+    (benchmarks measure speed): only that they are per record and consistent."""
+    import orjson
+    from typer.testing import CliRunner
+
+    from processors.cli.main import app
+
+    result = CliRunner().invoke(
+        app, ["roundtrip", "--events", "200", "--rate", "400", "--bootstrap", kafka_bootstrap, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    figures = orjson.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["sent"] == figures["received"] == 200 and figures["failed"] == 0
+    assert sum(figures["per_partition"].values()) == 200
+    for name in ("produce_to_ack_ms", "produce_to_consume_ms"):
+        p50, p99, worst = (figures[name][k] for k in ("p50", "p99", "max"))
+        assert 0 <= p50 <= p99 <= worst, (name, figures[name])

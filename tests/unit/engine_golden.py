@@ -9,7 +9,12 @@ timers, PII redaction, tenants, trace context, JSON audit records and the bench 
 optimisation; ``test_engine_golden`` replays the scenario and compares. Re-recorded once since, on
 an intended change: an input dead-lettered by its handler (refused, failed, retries exhausted)
 now writes its seen key with the decision, so a replay does not judge it again (4 steps gained
-that one write; every record, audit and other write stayed byte-identical).
+that one write; every record, audit and other write stayed byte-identical). Re-recorded again
+when inputs became checked for where they belong (``misrouted``): the scenario's records now sit
+on the partition Kafka's default partitioner gives their key, as a producer of ours puts them
+(partition and offset numbers in audit records and DLQ headers changed with that, and the fixed
+clock sequence behind ``ctx.now_dt`` shifted by the one step that no longer runs its handler), the
+"odd key bytes" step is dead-lettered ``misrouted``, and the hop-count message names its bound.
 
 Everything that varies between runs is fixed: input envelopes carry fixed ids and times, the
 processor's clock is set per step, the wall clock behind ``ctx.now_dt`` and timer envelopes is
@@ -34,6 +39,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from processors.contracts import Envelope
+from processors.partitioner import partition_for
 from processors.runtime import App
 from processors.runtime import _processor as processor_module
 from processors.runtime import context as context_module
@@ -98,7 +104,7 @@ def order_app() -> App:
     """The load-benchmark workload (benchmarks/workload.py) with a fixed ``confirmed_at``."""
     app = App("golden-orders", contracts_dir=REPO / "contracts", schemas_dir=REPO / "schemas")
 
-    @app.agent("order-totals", consumes=["order.created"], produces=["order.confirmed"], version="1")
+    @app.agent("order-totals", consumes=["order.created"], produces=["order.confirmed"], version="1", routing="key")
     def order_totals(event: Any, ctx: Any) -> None:
         order = event.value
         state = ctx.state
@@ -230,9 +236,12 @@ class Harness:
         key: bytes | None,
         value: bytes | None,
         headers: list[tuple[str, Any]] | None,
-        partition: int = 0,
+        partition: int | None = None,
         advance_ms: int = 137,
     ) -> None:
+        """One record; on ``partition``, else where Kafka's default partitioner puts its key."""
+        if partition is None:
+            partition = self.home(topic, key)
         self.now_ms += advance_ms
         off = self.offsets.get((topic, partition), 0)
         self.offsets[(topic, partition)] = off + 1
@@ -248,19 +257,25 @@ class Harness:
         value: dict[str, Any],
         key: str | None,
         env: Envelope,
-        partition: int = 0,
         extra_headers: list[tuple[str, Any]] | None = None,
     ) -> None:
+        """An event as a producer of ours sends it: on the partition of its key (of its key field
+        when it has no key)."""
         contract = self.app.registry.get(event_type)
         data = self.app.codec.encode(event_type, value)
+        routing = key if key is not None else str(value[contract.key_field])
         self.raw(
             label,
             contract.topic,
             None if key is None else key.encode(),
             data,
             env.to_headers() + (extra_headers or []),
-            partition,
+            self.home(contract.topic, routing.encode()),
         )
+
+    def home(self, topic: str, key: bytes | None) -> int:
+        count = self.processor.partitions.get(topic)
+        return 0 if key is None or not count else partition_for(key, count)
 
     def fire_due(self, label: str, advance_ms: int) -> None:
         self.now_ms += advance_ms
@@ -317,7 +332,6 @@ def counter_scenario(out: list[dict[str, Any]]) -> None:
             value,
             name if n % 10 else None,
             envelope(i, "counter.incremented", **kw),
-            partition=n % 3,
         )
         if n % 11 == 7:  # the same input again: a duplicate
             h.send(f"counter dup {n}", "counter.incremented", value, name, envelope(i, "counter.incremented", **kw))
@@ -455,7 +469,12 @@ def counter_scenario(out: list[dict[str, Any]]) -> None:
         envelope(903, "counter.incremented").to_headers(),
     )
     h.raw(
-        "no key, key from value", "counter.incremented", None, data, envelope(904, "counter.incremented").to_headers()
+        "no key, key from value",
+        "counter.incremented",
+        None,
+        data,
+        envelope(904, "counter.incremented").to_headers(),
+        partition=h.home("counter.incremented", b"p"),
     )
     out.extend(h.out)
 
@@ -483,7 +502,6 @@ def bench_scenario(out: list[dict[str, Any]]) -> None:
             {"name": name, "by": 1},
             name,
             envelope(2000 + i, "counter.incremented", correlation_id=None if i % 2 else f"c{i}"),
-            partition=i % 3,
         )
     out.extend(h.out)
 

@@ -206,27 +206,28 @@ def test_invalid_values_are_refused_with_paths() -> None:
         CODEC.encode("order.created", bad)
     assert [str(p) for p in info.value.problems] == [
         "customer_id: required field missing",
-        'items[2].qty: expected int, got string "3"',
+        "items[2].qty: expected int, got string of 1 character(s)",
     ]
+    assert info.value.problems[1].with_value() == 'items[2].qty: expected int, got string "3"'
 
 
 def test_values_fastavro_would_silently_mangle_are_refused() -> None:
     for field, wrong, message in [
-        ("total_minor", 3.5, "total_minor: expected long, got float 3.5"),
-        ("total_minor", "3", 'total_minor: expected long, got string "3"'),
+        ("total_minor", 3.5, "total_minor: expected long, got float"),
+        ("total_minor", "3", "total_minor: expected long, got string of 1 character(s)"),
         ("customer_mail", "x@example.com", "customer_mail: unknown field, not in record OrderCreated"),
     ]:
         with pytest.raises(ContractViolation) as info:
             CODEC.encode("order.created", {**ORDER_V1, field: wrong})
         assert [str(p) for p in info.value.problems] == [message]
     with pytest.raises(
-        ContractViolation, match=r"items\[0\]\.qty: expected int in \[-2147483648, 2147483647\], got long 4294967296"
+        ContractViolation, match=r"items\[0\]\.qty: expected int in \[-2147483648, 2147483647\], got long\s*$"
     ):
         CODEC.encode("order.created", {**ORDER_V1, "items": [{"sku": "A", "qty": 2**32, "unit_price_minor": 1}]})
 
 
 def test_encode_without_validation_still_names_the_field_when_fastavro_fails() -> None:
-    with pytest.raises(ContractViolation, match=r"currency: expected string, got int 5"):
+    with pytest.raises(ContractViolation, match=r"currency: expected string, got int\s*$"):
         CODEC.encode("order.created", {**ORDER_V1, "currency": 5}, validate=False)
 
 
@@ -360,14 +361,14 @@ def test_corrupt_bytes_decode_exactly_as_with_fastavro(data: st.DataObject) -> N
         expected: Any = fastavro_read(writer, encoded[10:], None if version == contract.current_version else current)
     except AssertionError:
         expected = "trailing"
-    except Exception as exc:  # noqa: BLE001 - whatever fastavro raises, the codec must say the same
-        expected = repr(exc)
+    except Exception:  # noqa: BLE001 - whatever fastavro raises, the codec must refuse the bytes too
+        expected = "refused"
     try:
         got: Any = CODEC.decode(event_type, encoded)
     except DecodeError as exc:
-        got = "trailing" if "trailing byte" in str(exc) else str(exc).split(": ", 1)[1]
-    except Exception as exc:  # noqa: BLE001 - e.g. fastavro's OverflowError for a corrupt timestamp
-        got = repr(exc)
+        got = "trailing" if "trailing byte" in str(exc) else "refused"
+        # named by field path and type, never by the bytes (fastavro's repr quoted them)
+        assert "\\x" not in str(exc) and "b'" not in str(exc) and 'b"' not in str(exc)
     assert got == expected
 
 
@@ -421,5 +422,6 @@ def test_a_timestamp_beyond_datetime_range_is_a_decode_error_not_a_crash() -> No
         {"order_id": "o", "total_minor": 1, "currency": "EUR", "confirmed_at": 2**62},
     )
     framed = b"\xc3\x01" + CODEC.fingerprint("order.confirmed") + body.getvalue()
-    with pytest.raises(DecodeError, match=r"truncated or corrupt body for order.confirmed v1: OverflowError"):
+    message = r"truncated or corrupt body for order.confirmed v1: unreadable \(OverflowError\)"
+    with pytest.raises(DecodeError, match=message):
         CODEC.decode("order.confirmed", framed)

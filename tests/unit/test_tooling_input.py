@@ -82,7 +82,13 @@ def test_check_collects_every_problem_with_its_line(publisher: Publisher) -> Non
     prepared, rejects = publisher.check("order.created", read_json_records(text))
     assert [p.line for p in prepared] == [1]
     assert [(r.line, r.problems) for r in rejects] == [
-        (2, ['items[0].qty: expected int, got string "3"', "items[0].unit_price_minor: required field missing"]),
+        (
+            2,
+            [
+                "items[0].qty: expected int, got string of 1 character(s)",
+                "items[0].unit_price_minor: required field missing",
+            ],
+        ),
         (3, ["<value>: expected a JSON object, got int"]),
     ]
 
@@ -108,7 +114,7 @@ def test_file_source_validates_the_whole_file_first(tmp_path: Path) -> None:
     path.write_text(json.dumps(order(1)) + "\n" + json.dumps(order(2, currency=5)) + "\n")
     source = FileSource(path, "order.created", REGISTRY, CODEC)
     assert source.identity()["format"] == "ndjson" and source.identity()["event_type"] == "order.created"
-    with pytest.raises(ToolingError, match=r"line 2: currency: expected string, got int 5"):
+    with pytest.raises(ToolingError, match=r"line 2: currency: expected string, got int\s*$"):
         source.plan()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import re
 
 import pytest
 
@@ -65,6 +66,12 @@ V = Validator(SCHEMA, "thing")
 
 
 def messages(value: dict) -> list[str]:
+    """The problems as ``--show-pii`` output renders them (with the offending values)."""
+    return [p.with_value() for p in V.problems(value)]
+
+
+def plain_messages(value: dict) -> list[str]:
+    """The problems as every message carries them: paths and types, no values."""
     return [str(p) for p in V.problems(value)]
 
 
@@ -115,6 +122,17 @@ def test_a_valid_value_has_no_problems() -> None:
 )
 def test_each_mismatch_is_reported_with_path_expected_and_found(field: str, value: object, message: str) -> None:
     assert messages({**GOOD, field: value}) == [message]
+    [plain] = plain_messages({**GOOD, field: value})
+    # the message names the path, what was expected and the type found, never the value itself
+    head, _, found = plain.partition(", got ")
+    assert head == message.partition(", got ")[0]
+    assert not found or TYPE_ONLY.fullmatch(found), found
+
+
+TYPE_ONLY = re.compile(
+    r"null|boolean|int|long|float|datetime|string of \d+ character\(s\)|bytes of length \d+|array of length \d+"
+    r"|map of \d+ entr(y|ies)|empty map|decimal with too many digits"
+)
 
 
 def test_every_problem_is_reported_not_only_the_first() -> None:
@@ -131,7 +149,19 @@ def test_every_problem_is_reported_not_only_the_first() -> None:
 
 def test_problem_fields_are_structured() -> None:
     [problem] = V.problems({**GOOD, "lines": [{"qty": 1}, {"qty": 1}, {"qty": "3"}]})
-    assert (problem.path, problem.expected, problem.found) == ("lines[2].qty", "int", 'string "3"')
+    assert (problem.path, problem.expected, problem.found) == ("lines[2].qty", "int", "string of 1 character(s)")
+    assert problem.shown == 'string "3"'
+
+
+def test_a_card_number_in_a_token_field_never_reaches_the_message() -> None:
+    """Publish validation errors name the field path and the types: `card_token: expected string,
+    got long 4111…` put a card number in terminals and logs."""
+    schema = {"type": "record", "name": "Pay", "fields": [{"name": "card_token", "type": "string"}]}
+    with pytest.raises(ContractViolation) as info:
+        Validator(schema, "pay").validate({"card_token": 4111111111111111})
+    assert "4111" not in str(info.value)
+    assert "card_token: expected string, got long" in str(info.value)
+    assert "4111111111111111" in info.value.with_values()  # what --show-pii shows
 
 
 def test_a_non_record_value_and_violation_message() -> None:
@@ -154,7 +184,7 @@ def test_recursive_schema() -> None:
     validator = Validator(node)
     assert validator.problems({"value": 1, "next": {"value": 2, "next": None}}) == []
     assert [str(p) for p in validator.problems({"value": 1, "next": {"value": "2"}})] == [
-        'next.value: expected int, got string "2"'
+        "next.value: expected int, got string of 1 character(s)"
     ]
 
 

@@ -1,0 +1,149 @@
+"""The tools against whatever can be on a topic (real broker, records written by raw clients):
+tombstones, null keys, header values and names that are not UTF-8, huge and numerous headers,
+transaction markers, undecodable bytes carrying PII. `tail`, `dlq show` and `verify` report
+them and go on, with output bounded and no PII value unless --show-pii; `replay` warns when a
+range selects nothing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+from typer.testing import CliRunner
+
+from processors.cli.main import app
+from processors.kafka_types import produce_headers
+from processors.runtime import conventions as conv
+from processors.tooling.kafka_io import MAX_SHOWN_HEADERS
+from processors.tooling.publisher import Publisher
+from tests.integration.raw_records import produce_with_raw_header_names
+from tests.integration.tooling_support import Isolated, isolate_contracts, order
+
+pytestmark = pytest.mark.kafka
+runner = CliRunner(env={"COLUMNS": "200"})
+
+HUGE = 300_000  # bytes of one header value: over any sane display, under the broker's record limit
+MANY = 500  # headers on one record
+EMAIL = "secret.buyer@example.com"
+BOUND = 200_000  # characters of output that every one of these records together must stay under
+
+
+@pytest.fixture
+def iso(tmp_path: Path, kafka_bootstrap: str, create_topics) -> Isolated:
+    iso = isolate_contracts(tmp_path, uuid.uuid4().hex[:10], kafka_bootstrap)
+    topic = iso.topics["order.created"]
+    create_topics([topic, conv.dlq_topic(topic), iso.topics["audit.record"]], partitions=1)
+    return iso
+
+
+def _produce(iso: Isolated, topic: str, *records: dict) -> None:
+    producer = Producer(iso.settings().producer_config())
+    for rec in records:
+        producer.produce(topic, key=rec.get("key"), value=rec.get("value"), headers=rec.get("headers"), partition=0)
+    assert producer.flush(30) == 0
+
+
+def _hostile(iso: Isolated, topic: str, extra_headers: list | None = None) -> int:
+    """Write one of each hostile kind to partition 0 of ``topic``; returns how many records."""
+    extra = extra_headers or []
+    undecodable_with_pii = b"\x00garbage " + EMAIL.encode() + b" \xff\xfe"
+    _produce(
+        iso,
+        topic,
+        {"key": None, "value": None, "headers": extra},  # a tombstone with a null key
+        {"key": b"\xff\xfe-key", "value": b"\xc3\x28 not avro", "headers": [*extra, ("ce_type", b"\xff\xfe\xfd")]},
+        {"key": b"k-huge", "value": undecodable_with_pii, "headers": [*extra, ("x-huge", b"h" * HUGE)]},
+        {"key": b"k-many", "value": b"v", "headers": [*extra, *[(f"x-{i}", b"v") for i in range(MANY)]]},
+    )
+    names = [(b"\xff\xfe-name", b"value"), *[(k.encode(), v) for k, v in extra]]
+    produce_with_raw_header_names(iso.bootstrap, topic, 0, b"k-badname", b"v", names)
+    return 5
+
+
+def test_tail_reports_every_hostile_record_with_bounded_output_and_no_pii(iso: Isolated) -> None:
+    topic = iso.topics["order.created"]
+    count = _hostile(iso, topic)
+    with Publisher(iso.settings(), registry=iso.registry()) as publisher:
+        assert publisher.publish_many("order.created", [order(1, customer_email=EMAIL)]).sent == 1
+    as_json = runner.invoke(app, iso.cli("tail", topic, "--from-beginning", "--format", "json"))
+    assert as_json.exit_code == 0, as_json.output
+    lines = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert len(lines) == count + 1
+    assert sum(1 for line in lines if line.get("error")) == count  # each hostile one reported, none skipped
+    assert len(as_json.stdout) < BOUND and EMAIL not in as_json.stdout
+    many = next(line for line in lines if line["key"] == "k-many")
+    assert len(many["headers"]) == MAX_SHOWN_HEADERS + 1 and many["truncated"] is True
+    badname = next(line for line in lines if line["key"] == "k-badname")
+    assert list(badname["headers"]) == ["choreo_unreadable_headers"]
+    table = runner.invoke(app, iso.cli("tail", topic, "--from-beginning"))
+    assert table.exit_code == 0, table.output
+    assert len(table.stdout) < BOUND and EMAIL not in table.stdout and table.stdout.count("UNDECODABLE") == count
+    shown = runner.invoke(app, iso.cli("tail", topic, "--from-beginning", "--format", "json", "--show-pii"))
+    assert EMAIL in shown.stdout  # the decoded order, on request
+
+
+def test_tail_last_counts_records_not_offsets(iso: Isolated) -> None:
+    """A transactional producer leaves a commit marker after each transaction: offsets 0,1 are
+    one record and its marker, so "the last N offsets" can hold fewer than N records."""
+    topic = iso.topics["order.created"]
+    producer = Producer({**iso.settings().producer_config(), "transactional.id": f"tail-last-{uuid.uuid4().hex[:8]}"})
+    producer.init_transactions(30)
+    with Publisher(iso.settings(), registry=iso.registry()) as publisher:
+        prepared = [publisher.prepare("order.created", order(n)) for n in range(4)]
+    for event in prepared:
+        producer.begin_transaction()
+        producer.produce(topic, key=event.key, value=event.value, headers=produce_headers(event.headers), partition=0)
+        producer.commit_transaction(30)
+    for last, keys in ((1, ["o-3"]), (3, ["o-1", "o-2", "o-3"]), (10, ["o-0", "o-1", "o-2", "o-3"])):
+        result = runner.invoke(app, iso.cli("tail", topic, "--last", str(last), "--format", "json"))
+        assert result.exit_code == 0, result.output
+        assert [json.loads(line)["key"] for line in result.stdout.splitlines()] == keys
+
+
+def test_dlq_show_survives_hostile_records_and_hides_raw_pii(iso: Isolated) -> None:
+    topic = iso.topics["order.created"]
+    dlq = conv.dlq_topic(topic)
+    dead = [(conv.DLQ_REASON, b"undecodable"), (conv.DLQ_ORIGINAL_TOPIC, topic.encode())]
+    count = _hostile(iso, dlq, extra_headers=dead)
+    as_json = runner.invoke(app, iso.cli("dlq", "show", topic, "--json"))
+    assert as_json.exit_code == 0, as_json.output
+    rows = json.loads(as_json.stdout)
+    assert len(rows) == count
+    assert len(as_json.stdout) < BOUND and EMAIL not in as_json.stdout and "secret.buyer" not in as_json.stdout
+    huge = next(row for row in rows if row["key"] == "k-huge")
+    assert "not_shown" in huge["payload"] and "PII" in huge["payload"]["not_shown"]
+    table = runner.invoke(app, iso.cli("dlq", "show", topic))
+    assert table.exit_code == 0, table.output
+    assert len(table.stdout) < BOUND and EMAIL not in table.stdout
+    listed = runner.invoke(app, iso.cli("dlq", "list", "--json"))
+    assert listed.exit_code == 0, listed.output
+    redrive = runner.invoke(app, iso.cli("dlq", "redrive", topic, "--all", "--dry-run"))
+    assert redrive.exit_code == 0 and "headers unreadable by the Kafka client, not redriven" in redrive.stderr
+    shown = runner.invoke(app, iso.cli("dlq", "show", topic, "--json", "--show-pii"))
+    assert "base64" in next(row for row in json.loads(shown.stdout) if row["key"] == "k-huge")["payload"]
+
+
+def test_verify_reports_tombstones_and_undecodable_records_instead_of_crashing(iso: Isolated) -> None:
+    _hostile(iso, iso.topics["order.created"])
+    _hostile(iso, iso.topics["audit.record"])
+    result = runner.invoke(app, iso.cli("verify", "--json"))
+    # Exit 1, not a crash: no agent ran, so the foreign inputs rightly have no audit record.
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["unreadable"] == 10
+    examples = " ".join(summary["unreadable_examples"])
+    assert "tombstone" in examples and "audit record" in examples
+    assert all("no audit record" in v for v in summary["invariant_violations"])
+    assert EMAIL not in result.stdout
+
+
+def test_replay_warns_when_the_range_selects_nothing(iso: Isolated) -> None:
+    topic = iso.topics["order.created"]
+    result = runner.invoke(
+        app, iso.cli("replay", "--from", topic, "--since", "1m", "--to", f"{topic}.copy", "--dry-run")
+    )
+    assert result.exit_code == 0, result.output
+    assert "selects no records" in result.stderr and "--since 1m" in result.stderr

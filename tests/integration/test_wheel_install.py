@@ -1,0 +1,166 @@
+"""What a user gets from `pip install choreo-streams`: a wheel built from the source tree,
+installed in a fresh venv, with no repository, PYTHONPATH or choreo settings around it.
+
+* the commerce commands (`topology`, `contracts check`, `topics create --dry-run`, a short
+  `demo`) find the contracts and schemas the wheel ships;
+* `choreo init` scaffolds a project whose own tests pass and whose agent, run by `choreo worker`,
+  turns a published event into an output.
+
+The default suite runs both on this interpreter; the other supported interpreters found on the
+machine run them under the soak marker (each is another venv and install).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.integration.wheel_support import build_wheel, clean_env, interpreter, make_venv
+
+pytestmark = pytest.mark.kafka
+
+SUPPORTED = ("3.11", "3.12", "3.13")
+CURRENT = f"{sys.version_info.major}.{sys.version_info.minor}"
+COMMAND_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def _run(bin_dir: Path, args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(bin_dir / args[0]), *args[1:]],
+        cwd=cwd,
+        env=clean_env(bin_dir),
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
+        **kwargs,
+    )
+
+
+def _ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"{result.args} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def check_commerce_commands(bin_dir: Path, cwd: Path, bootstrap: str) -> None:
+    assert _ok(_run(bin_dir, ["choreo", "--version"], cwd)).startswith("choreo-streams ")
+    location = _ok(_run(bin_dir, ["python", "-c", "import processors; print(processors.__file__)"], cwd))
+    assert Path(location.strip()).is_relative_to(bin_dir.parent), f"imported {location}, not the installed wheel"
+    probe = "from processors.localbroker.jars import POM_PATH; print(POM_PATH, POM_PATH.is_file())"
+    pom = _ok(_run(bin_dir, ["python", "-c", probe], cwd)).split()
+    assert pom[1] == "True" and Path(pom[0]).is_relative_to(bin_dir.parent), pom  # `choreo broker start` can run
+    assert "order.created" in _ok(_run(bin_dir, ["choreo", "topology", "--check"], cwd))
+    _ok(_run(bin_dir, ["choreo", "contracts", "check"], cwd))
+    topics = _ok(_run(bin_dir, ["choreo", "topics", "create", "--dry-run", "--bootstrap", bootstrap], cwd))
+    assert "already existed" in topics
+    demo = _ok(
+        _run(
+            bin_dir,
+            [
+                "choreo",
+                "demo",
+                "--orders",
+                "12",
+                "--workers",
+                "1",
+                "--timeout",
+                "15",  # the payment timer must not race a loaded machine
+                "--bootstrap",
+                bootstrap,
+                "--json",
+            ],
+            cwd,
+        )
+    )
+    summary = json.loads(demo.strip().splitlines()[-1])
+    assert summary["orders"] == 12 and summary["non_terminal"] == 0 and not summary["invariant_violations"]
+
+
+def check_scaffold(bin_dir: Path, cwd: Path, bootstrap: str) -> None:
+    name = f"ff{uuid.uuid4().hex[:6]}"
+    project = cwd / "first-project"
+    _ok(_run(bin_dir, ["choreo", "init", str(project), "--name", name], cwd))
+    # Each test file in a session of its own too: the real-broker test must find the project's
+    # contracts by itself, not through an app whose contracts another test already loaded.
+    for selection, passed in ((["tests/test_visits_kafka.py"], "1 passed"), ([], "4 passed")):
+        tests = subprocess.run(
+            [str(bin_dir / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection],
+            cwd=project,
+            env=clean_env(bin_dir, KAFKA_BOOTSTRAP_SERVERS=bootstrap),
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+        )
+        assert tests.returncode == 0 and passed in tests.stdout, tests.stdout + tests.stderr
+    module = name  # no '-' in the name, so the module has the same name
+    log = (cwd / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [str(bin_dir / "choreo"), "worker", "--app", f"{module}.app:app", "--bootstrap", bootstrap],
+        cwd=project,
+        env=clean_env(bin_dir),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        visitor = f"ada-{uuid.uuid4().hex[:6]}"
+        _ok(
+            _run(
+                bin_dir,
+                ["choreo", "publish", "page.viewed", "--bootstrap", bootstrap],
+                project,
+                input=json.dumps({"visitor": visitor, "page": "/welcome"}),
+            )
+        )
+        deadline = time.monotonic() + 120
+        counted: list[dict] = []
+        while not counted and time.monotonic() < deadline and worker.poll() is None:
+            shown = _run(
+                bin_dir,
+                [
+                    "choreo",
+                    "tail",
+                    f"{name}.visit.counted",
+                    "--from-beginning",
+                    "--format",
+                    "json",
+                    "--bootstrap",
+                    bootstrap,
+                ],
+                project,
+            )
+            counted = [json.loads(line) for line in shown.stdout.splitlines() if f'"{visitor}"' in line]
+        assert counted, f"no visit.counted for {visitor}; worker log:\n{(cwd / 'worker.log').read_text()[-3000:]}"
+        assert counted[0]["value"] == {"visitor": visitor, "views": 1, "last_page": "/welcome"}
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(90)
+        log.close()
+    assert code == 0, (cwd / "worker.log").read_text()[-3000:]
+
+
+def test_the_wheel_runs_the_commerce_commands_and_a_scaffolded_project(wheel, kafka_bootstrap, tmp_path):
+    bin_dir = make_venv(sys.executable, tmp_path / "venv", wheel, "pytest")
+    check_commerce_commands(bin_dir, tmp_path, kafka_bootstrap)
+    check_scaffold(bin_dir, tmp_path, kafka_bootstrap)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("version", [v for v in SUPPORTED if v != CURRENT])
+def test_the_wheel_on_every_supported_interpreter(version, wheel, kafka_bootstrap, tmp_path):
+    python = interpreter(version)
+    if python is None:
+        pytest.skip(f"python{version} is not installed on this machine")
+    bin_dir = make_venv(python, tmp_path / "venv", wheel, "pytest")
+    check_commerce_commands(bin_dir, tmp_path, kafka_bootstrap)
+    check_scaffold(bin_dir, tmp_path, kafka_bootstrap)
