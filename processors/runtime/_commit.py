@@ -70,6 +70,7 @@ class BatchAborted(Exception):
 
 
 DeliveryError = tuple[KafkaError, str | None]  # the error and the topic of the record
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
 
 def _aborted_by(errors: list[DeliveryError], fallback: str) -> BatchAborted:
@@ -281,7 +282,8 @@ class Committer(ABC):
         and why. Serves them, forgets them, and returns the graver explanation."""
         with contextlib.suppress(KafkaException):
             self.producer.poll(0)
-        errors = list(self.delivery_errors)
+        # records purged by our own abort say nothing about why the batch failed
+        errors = [e for e in self.delivery_errors if e[0].code() not in _PURGED]
         self.delivery_errors.clear()
         if not errors:
             return aborted

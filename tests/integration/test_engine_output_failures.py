@@ -39,7 +39,8 @@ def _produce_long_keys(env, app) -> None:
     from processors.contracts import Envelope
     from processors.kafka_types import produce_headers
 
-    producer = Producer({"bootstrap.servers": env.bootstrap})
+    # the partitioner the engine expects (murmur2 of the key), or the records are dead-lettered as misrouted
+    producer = Producer({"bootstrap.servers": env.bootstrap, "partitioner": "murmur2_random"})
     for name in LONG_KEYS:
         e = Envelope.new("counter.incremented", "/test/long")
         value = app.codec.encode("counter.incremented", {"name": name, "by": 1})
