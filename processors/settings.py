@@ -70,6 +70,10 @@ class Settings:
     # readers: they assign partitions and never commit, but the client still names a group, and a
     # secured cluster's ACLs must allow it. `roundtrip` joins `<tools_group_id>.roundtrip.<random>`.
     tools_group_id: str = DEFAULT_TOOLS_GROUP_ID
+    # How long a worker waits at start-up for a cluster that does not answer (it retries with
+    # backoff meanwhile) before it exits 1 naming the cause; 0 waits without end. A broker being
+    # restarted is waited out; one that never comes is reported, so an orchestrator sees it.
+    startup_wait_s: float = 120.0
     # Where bootstrap_servers came from ("default", "config file PATH", "environment NAME",
     # "argument"): commands that may start a local broker do so only when it is "default".
     bootstrap_source: str = field(default="default", compare=False)
@@ -146,6 +150,8 @@ class Settings:
             )
         if not self.bootstrap_servers:
             raise SettingsError("bootstrap_servers: must not be empty")
+        if self.startup_wait_s < 0:
+            raise SettingsError(f"startup_wait_s: must be 0 (no limit) or a positive number, got {self.startup_wait_s}")
         if not self.tools_group_id:
             raise SettingsError("tools_group_id: must not be empty")
         if self.state_memory_mb <= 0:
@@ -213,6 +219,11 @@ _PATH_FIELDS = frozenset({"contracts_dir", "schemas_dir", "state_dir"})
 def _coerce(name: str, value: Any, source: str) -> Any:
     if name in _PATH_FIELDS:
         return Path(value)
+    if name == "startup_wait_s":
+        try:
+            return float(value)
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"{source}: {name} must be a number of seconds, got {value!r}") from exc
     if name in ("metrics_port", "state_memory_mb"):
         try:
             return int(value)

@@ -123,8 +123,9 @@ class Worker:
     def prepare(self) -> None:
         """Checks that refuse to start (unknown types, undeclared cycle, inputs not co-partitioned)
         and the topics the agents need. A broker that does not answer yet is waited for (with
-        backoff, one log line) until it does or the worker is stopped; what no wait fixes
-        (authorization, configuration) is raised."""
+        backoff, one log line) until it does, the worker is stopped, or ``startup_wait_s`` has
+        passed (then one line naming the cause, exit 1); what no wait fixes (authorization,
+        configuration) is raised at once."""
         self.app.check()
         backoff, since = Backoff(), time.monotonic()
         waiting = False
@@ -140,6 +141,7 @@ class Worker:
                 failure = failure_of(exc, action="prepare topics")
                 if failure is not None and failure.kind is ErrorKind.FATAL:
                     raise failure from None
+                self._check_startup_wait(time.monotonic() - since, failure or exc)
                 if not waiting:
                     waiting = True
                     cause = BROKER_UNREACHABLE if err is None or is_unreachable(err) else "topics not ready"
@@ -149,6 +151,14 @@ class Worker:
             if waiting:
                 log.info(f"broker reachable after {time.monotonic() - since:.1f} s")
             return
+
+    def _check_startup_wait(self, waited: float, cause: BaseException) -> None:
+        """Past ``startup_wait_s`` a cluster that still does not answer is reported, not waited for
+        (0 waits without end): an orchestrator then sees a failed start instead of a silent one."""
+        limit = self.settings.startup_wait_s
+        if limit and waited >= limit:
+            reason = " ".join(str(cause).split())[:400]
+            raise WorkerError(f"no cluster at start-up after {waited:.0f} s (startup_wait_s): {reason}") from None
 
     def start(self) -> None:
         self.prepare()

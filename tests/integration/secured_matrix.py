@@ -166,6 +166,7 @@ def scenario(cluster: SecuredCluster, failure: str, user: str = APP_USER) -> Sce
     secrets: tuple[str, ...] = (cluster.password(user), cluster.password("admin"))
     if failure == "unreachable":
         env = cluster.env(user, bootstrap=f"127.0.0.1:{free_port()}")
+        env["CHOREO_STARTUP_WAIT_S"] = "10"  # a worker waits this long for a cluster at start-up
     elif failure == "wrong_password":
         wrong = "wrong-" + uuid.uuid4().hex[:8]
         env, secrets = cluster.env(user, password=wrong), (*secrets, wrong)

@@ -41,7 +41,7 @@ DEFAULT_TOOLS = {  # the default suite: every failure class, every command at le
     "topic_read_denied": ("tail",),
     "write_denied": ("publish",),
 }
-WORKER_FAILURES = ("wrong_password", "group_denied", "topic_read_denied", "write_denied")
+WORKER_FAILURES = ("unreachable", "wrong_password", "group_denied", "topic_read_denied", "write_denied")
 
 
 def _run(runs: list[Run]) -> None:
@@ -68,14 +68,6 @@ def test_every_failure_class_fails_clean_for_the_worker(secured_cluster: Secured
     _run(runs)
 
 
-NEEDS_FAULTS = pytest.mark.xfail(
-    strict=False,
-    reason="needs faults branch: the worker stops with the right cause, but logs the agent's stop with its "
-    "traceback (runtime/worker.py) and calls the error 'fatal producer error (fenced?)' (runtime/_commit.py)",
-)
-
-
-@NEEDS_FAULTS
 def test_a_denied_transactional_id_stops_the_worker_clean(secured_cluster: SecuredCluster, tmp_path: Path) -> None:
     setup = worker_setup(secured_cluster, tmp_path, "transactional_id_denied")
     _run([worker_run(setup, scenario(secured_cluster, "transactional_id_denied"))])
@@ -95,7 +87,7 @@ def test_with_every_grant_the_commands_work(secured_cluster: SecuredCluster, tmp
 @pytest.mark.soak
 @pytest.mark.parametrize(
     "failure",
-    [pytest.param(f, marks=NEEDS_FAULTS) if f == "transactional_id_denied" else f for f in APPLIES],
+    list(APPLIES),
 )
 def test_the_whole_matrix_fails_clean(secured_cluster: SecuredCluster, tmp_path: Path, failure: str) -> None:
     runs = tool_scenario(secured_cluster, failure, tmp_path, APPLIES[failure])

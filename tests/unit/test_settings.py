@@ -73,3 +73,15 @@ def test_missing_config_file_is_an_error(tmp_path: Path):
 def test_state_memory_comes_from_the_environment():
     assert Settings.load(env={}).state_memory_mb == 256
     assert Settings.load(env={"CHOREO_STATE_MEMORY_MB": "64"}).state_memory_mb == 64
+
+
+def test_startup_wait_is_seconds_from_file_or_environment(tmp_path: Path):
+    assert Settings.load(env={}).startup_wait_s == 120.0
+    assert Settings.load(env={"CHOREO_STARTUP_WAIT_S": "7.5"}).startup_wait_s == 7.5
+    config = tmp_path / "choreo.toml"
+    config.write_text("startup_wait_s = 0\n")
+    assert Settings.load(config, env={}).startup_wait_s == 0.0
+    with pytest.raises(SettingsError, match="startup_wait_s must be a number of seconds"):
+        Settings.load(env={"CHOREO_STARTUP_WAIT_S": "soon"})
+    with pytest.raises(SettingsError, match="startup_wait_s: must be 0"):
+        Settings.load(env={"CHOREO_STARTUP_WAIT_S": "-1"})
