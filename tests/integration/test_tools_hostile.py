@@ -126,6 +126,36 @@ def test_dlq_show_survives_hostile_records_and_hides_raw_pii(iso: Isolated) -> N
     assert "base64" in next(row for row in json.loads(shown.stdout) if row["key"] == "k-huge")["payload"]
 
 
+def test_dlq_list_and_redrive_bound_what_the_dead_letters_own_headers_carry(iso: Isolated) -> None:
+    """The DLQ headers themselves are anyone's bytes: a 300 KB reason, error class or idempotency
+    key, and more distinct reasons than a table can hold, stay bounded in `dlq list` (counts of
+    the top reasons, the rest summed) and in a redrive's dry-run listing."""
+    topic = iso.topics["order.created"]
+    dlq = conv.dlq_topic(topic)
+    where = [(conv.DLQ_ORIGINAL_TOPIC, topic.encode())]
+    huge = [
+        (conv.DLQ_REASON, b"r" * HUGE),
+        (conv.DLQ_ERROR_CLASS, b"c" * HUGE),
+        ("ce_idempotencykey", b"i" * HUGE),
+        *where,
+    ]
+    distinct = [
+        {"key": b"k", "value": b"v", "headers": [(conv.DLQ_REASON, f"reason-{i}".encode()), *where]} for i in range(40)
+    ]
+    _produce(iso, dlq, {"key": b"k-huge", "value": b"v", "headers": huge}, *distinct)
+    listed = runner.invoke(app, iso.cli("dlq", "list", "--json"))
+    assert listed.exit_code == 0, listed.output
+    mine = next(row for row in json.loads(listed.stdout) if row["topic"] == dlq)
+    assert mine["total"] == 41 and sum(mine["by_reason"].values()) == 41
+    assert len(mine["by_reason"]) <= 21 and any("others" in name for name in mine["by_reason"])
+    assert len(json.dumps(mine)) < 10_000, len(json.dumps(mine))
+    table = runner.invoke(app, iso.cli("dlq", "list"))
+    assert table.exit_code == 0 and len(table.stdout) < BOUND, len(table.stdout)
+    redrive = runner.invoke(app, iso.cli("dlq", "redrive", topic, "--all", "--dry-run", "--json"))
+    assert redrive.exit_code == 0, redrive.output
+    assert len(redrive.stdout) < BOUND and "r" * 1000 not in redrive.stdout and "i" * 1000 not in redrive.stdout
+
+
 def test_verify_reports_tombstones_and_undecodable_records_instead_of_crashing(iso: Isolated) -> None:
     _hostile(iso, iso.topics["order.created"])
     _hostile(iso, iso.topics["audit.record"])
