@@ -177,3 +177,24 @@ def test_replay_warns_when_the_range_selects_nothing(iso: Isolated) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "selects no records" in result.stderr and "--since 1m" in result.stderr
+
+
+def test_replay_names_records_whose_headers_it_cannot_copy_and_fails_the_check(iso: Isolated, create_topics) -> None:
+    """A header name that is not UTF-8 cannot be read, so cannot be copied, by confluent-kafka:
+    replay leaves such a record out, names it, and exits 1 (the checksums differ) instead of
+    writing it with the reader's stand-in header and reporting a matching copy."""
+    source, copy = f"{iso.topics['order.created']}.src", f"{iso.topics['order.created']}.copy"
+    create_topics([source, copy], partitions=1)
+    _produce(iso, source, {"key": b"k-1", "value": b"v-1", "headers": [("x", b"1")]})
+    produce_with_raw_header_names(iso.bootstrap, source, 0, b"k-2", b"v-2", [(b"\xff\xfe-name", b"v")])
+    _produce(iso, source, {"key": b"k-3", "value": b"v-3"})
+    dry = runner.invoke(app, iso.cli("replay", "--from", source, "--to", copy, "--dry-run"))
+    assert dry.exit_code == 0 and "offset 1: headers unreadable" in dry.stderr, dry.output
+    result = runner.invoke(app, iso.cli("replay", "--from", source, "--to", copy, "--json"))
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["read"]["count"], summary["written"]["count"], summary["not_copied"]) == (3, 2, 1)
+    assert summary["match"] is False and "offset 1: headers unreadable" in summary["errors"][0]
+    tailed = runner.invoke(app, iso.cli("tail", copy, "--from-beginning", "--json"))
+    copied = [json.loads(line) for line in tailed.stdout.splitlines()]
+    assert [c["key"] for c in copied] == ["k-1", "k-3"] and copied[0]["headers"] == {"x": "1"}
