@@ -198,3 +198,18 @@ def test_replay_names_records_whose_headers_it_cannot_copy_and_fails_the_check(i
     tailed = runner.invoke(app, iso.cli("tail", copy, "--from-beginning", "--json"))
     copied = [json.loads(line) for line in tailed.stdout.splitlines()]
     assert [c["key"] for c in copied] == ["k-1", "k-3"] and copied[0]["headers"] == {"x": "1"}
+
+
+def test_replay_file_refuses_an_export_of_a_record_whose_headers_were_unreadable(iso: Isolated, tmp_path: Path) -> None:
+    """`tail --show-pii --json` exports such a record with the stand-in header only; replaying the
+    export would write an event without its envelope and with that stand-in, so it is refused."""
+    topic = iso.topics["order.created"]
+    with Publisher(iso.settings(), registry=iso.registry()) as publisher:
+        event = publisher.prepare("order.created", order(1))
+    names = [(b"\xff\xfe-name", b"v"), *[(k.encode(), v) for k, v in event.headers]]
+    produce_with_raw_header_names(iso.bootstrap, topic, 0, event.key, event.value, names)
+    export = tmp_path / "export.ndjson"
+    export.write_text(runner.invoke(app, iso.cli("tail", topic, "--from-beginning", "--json", "--show-pii")).stdout)
+    assert "choreo_unreadable_headers" in export.read_text()
+    result = runner.invoke(app, iso.cli("replay", "--file", str(export), "--to", topic))
+    assert result.exit_code == 2 and "headers the Kafka client could not read" in result.stderr, result.output
