@@ -206,7 +206,7 @@ def test_replay_file_refuses_an_export_of_a_record_whose_headers_were_unreadable
     topic = iso.topics["order.created"]
     with Publisher(iso.settings(), registry=iso.registry()) as publisher:
         event = publisher.prepare("order.created", order(1))
-    names = [(b"\xff\xfe-name", b"v"), *[(k.encode(), v) for k, v in event.headers]]
+    names: list[tuple[bytes, bytes | None]] = [(b"\xff\xfe-name", b"v"), *[(k.encode(), v) for k, v in event.headers]]
     produce_with_raw_header_names(iso.bootstrap, topic, 0, event.key, event.value, names)
     export = tmp_path / "export.ndjson"
     export.write_text(runner.invoke(app, iso.cli("tail", topic, "--from-beginning", "--json", "--show-pii")).stdout)
