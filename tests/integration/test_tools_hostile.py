@@ -7,17 +7,18 @@ range selects nothing."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 from typer.testing import CliRunner
 
 from processors.cli.main import app
 from processors.kafka_types import produce_headers
 from processors.runtime import conventions as conv
-from processors.tooling.kafka_io import MAX_SHOWN_HEADERS
+from processors.tooling.kafka_io import MAX_SHOWN_HEADERS, PartitionRange, read_ranges, reader_config
 from processors.tooling.publisher import Publisher
 from tests.integration.raw_records import produce_with_raw_header_names
 from tests.integration.tooling_support import Isolated, isolate_contracts, order
@@ -101,6 +102,47 @@ def test_tail_last_counts_records_not_offsets(iso: Isolated) -> None:
         result = runner.invoke(app, iso.cli("tail", topic, "--last", str(last), "--format", "json"))
         assert result.exit_code == 0, result.output
         assert [json.loads(line)["key"] for line in result.stdout.splitlines()] == keys
+
+
+@pytest.mark.timeout(120)  # it hung: a read that never ends is the failure
+def test_tail_last_reads_back_past_trailing_aborted_transactions(iso: Isolated) -> None:
+    """Aborted transactions after the last committed record: the first windows `--last` reads
+    back hold no record at all, so it widens them, reading the same partition again with the
+    same consumer (which must not stay paused from the previous window's end)."""
+    topic = iso.topics["order.created"]
+    producer = Producer({**iso.settings().producer_config(), "transactional.id": f"tail-abort-{uuid.uuid4().hex[:8]}"})
+    producer.init_transactions(30)
+    with Publisher(iso.settings(), registry=iso.registry()) as publisher:
+        committed, aborted = (publisher.prepare("order.created", order(n)) for n in (1, 2))
+    for event, commit in ((committed, True), *((aborted, False),) * 4):
+        producer.begin_transaction()
+        producer.produce(topic, key=event.key, value=event.value, headers=produce_headers(event.headers), partition=0)
+        producer.flush(30)
+        producer.commit_transaction(30) if commit else producer.abort_transaction(30)
+    for last in (1, 2):
+        result = runner.invoke(app, iso.cli("tail", topic, "--last", str(last), "--format", "json"))
+        assert result.exit_code == 0, result.output
+        assert [json.loads(line)["key"] for line in result.stdout.splitlines()] == ["o-1"]
+
+
+def test_a_reader_reads_the_same_range_twice(iso: Isolated) -> None:
+    """read_ranges pauses each partition it has finished; the next read of that partition with
+    the same consumer must still get its records (it got none: the pause outlived unassign)."""
+    topic = iso.topics["order.created"]
+    _produce(iso, topic, *({"key": f"k{i}".encode(), "value": b"v"} for i in range(3)))
+    consumer = Consumer(reader_config(iso.settings()))
+    try:
+        for _ in range(3):
+            deadline = time.monotonic() + 30
+            got = [
+                m.offset()
+                for m in read_ranges(
+                    consumer, [PartitionRange(topic, 0, 0, 3)], stop=lambda end=deadline: time.monotonic() > end
+                )
+            ]
+            assert got == [0, 1, 2]
+    finally:
+        consumer.close()
 
 
 def test_dlq_show_survives_hostile_records_and_hides_raw_pii(iso: Isolated) -> None:
