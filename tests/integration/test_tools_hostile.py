@@ -134,12 +134,11 @@ def test_a_reader_reads_the_same_range_twice(iso: Isolated) -> None:
     try:
         for _ in range(3):
             deadline = time.monotonic() + 30
-            got = [
-                m.offset()
-                for m in read_ranges(
-                    consumer, [PartitionRange(topic, 0, 0, 3)], stop=lambda end=deadline: time.monotonic() > end
-                )
-            ]
+
+            def too_long(end: float = deadline) -> bool:
+                return time.monotonic() > end
+
+            got = [m.offset() for m in read_ranges(consumer, [PartitionRange(topic, 0, 0, 3)], stop=too_long)]
             assert got == [0, 1, 2]
     finally:
         consumer.close()
