@@ -184,7 +184,7 @@ def _remove(settings: Settings, topic: str, group: str) -> list[str]:
 def _quantiles(values: list[float]) -> str:
     if len(values) < 2:
         return "n/a (fewer than 2 records)"
-    q = statistics.quantiles(values, n=100)
+    q = statistics.quantiles(values, n=100, method="inclusive")  # never past the min or max
     return f"p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, max {max(values):.1f} ms"
 
 
@@ -231,8 +231,8 @@ def roundtrip(
                     "per_partition": {str(p): n for p, n in sorted(per_partition.items())},
                     "rate": rate,
                     "producer_linger_ms": linger,
-                    "produce_to_ack_ms": _figures(sent.acks_ms),
-                    "produce_to_consume_ms": _figures(latencies),
+                    "produce_to_ack_ms": latency_figures(sent.acks_ms),
+                    "produce_to_consume_ms": latency_figures(latencies),
                 }
             ).decode()
         )
@@ -255,8 +255,10 @@ def roundtrip(
         raise typer.Exit(1)
 
 
-def _figures(values: list[float]) -> dict[str, float | None]:
+def latency_figures(values: list[float]) -> dict[str, float | None]:
+    """p50, p99 and max of the latencies; percentiles by the inclusive method, so that with few
+    records they stay within what was measured instead of extrapolating past the max."""
     if len(values) < 2:
         return {"p50": None, "p99": None, "max": max(values) if values else None}
-    q = statistics.quantiles(values, n=100)
+    q = statistics.quantiles(values, n=100, method="inclusive")  # never past the min or max
     return {"p50": round(q[49], 2), "p99": round(q[98], 2), "max": round(max(values), 2)}
