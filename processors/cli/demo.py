@@ -25,8 +25,15 @@ err = Console(stderr=True)
 
 def _commerce_app(settings: Settings):
     from processors.agents.app import app
+    from processors.cli.worker import require_contracts
 
     app.configure(settings)
+    require_contracts(
+        app,
+        settings,
+        "demo and verify run the commerce app, so run them outside this project (where no choreo.toml "
+        "names other contracts) or with --config naming another file",
+    )
     return app
 
 
@@ -47,6 +54,7 @@ def demo(
     from processors.agents.demo import DemoOptions, run_demo
 
     settings = settings_or_local_broker(bootstrap, config)
+    the_app = _commerce_app(settings)  # refused before anything starts
     options = DemoOptions(
         orders=orders,
         bad_ratio=bad_ratio,
@@ -65,7 +73,7 @@ def demo(
             bar.update(tasks[stage], completed=done)
 
         with operator_errors():  # e.g. settings that name other contracts than the commerce ones
-            summary = run_demo(_commerce_app(settings), settings, options, report)
+            summary = run_demo(the_app, settings, options, report)
     _print_summary(summary, as_json, title="commerce demo")
     if summary["non_terminal"] or summary["invariant_violations"]:
         raise typer.Exit(1)

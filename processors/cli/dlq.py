@@ -29,7 +29,7 @@ from processors.tooling.cli_support import (
     print_json,
     time_ms,
 )
-from processors.tooling.dlq import DeadLetter, DlqFilter, DlqInspector, RedriveResult, parse_offset
+from processors.tooling.dlq import DeadLetter, DlqFilter, DlqInspector, RedriveResult, parse_offset, top_counts
 from processors.tooling.jsonavro import to_json_text
 from processors.tooling.kafka_io import MAX_SHOWN_ERROR, bounded
 from processors.tooling.timeparse import format_ms
@@ -264,7 +264,7 @@ class _Decoder:
 
 
 def _counts(counter: Any) -> str:
-    return "\n".join(f"{name}: {count}" for name, count in counter.most_common()) or "-"
+    return "\n".join(f"{name}: {count}" for name, count in top_counts(counter).items()) or "-"
 
 
 def _ms(value: int | None) -> str:

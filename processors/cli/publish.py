@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import typer
 from rich.table import Table
 from rich.text import Text
 
+from processors.runtime.audit import Redactor
 from processors.tooling.cli_support import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -77,6 +79,7 @@ def publish(
     settings = load_settings(bootstrap, config, contracts_dir=contracts_dir, schemas_dir=schemas_dir)
     text = _read_input(file)
     with operator_errors(), Publisher(settings, source=source) as publisher:
+        pii = Redactor(publisher.registry.get(event_type).pii_fields)
         result = publisher.publish_many(
             event_type,
             read_json_records(text),
@@ -94,7 +97,7 @@ def publish(
     if skip_invalid and result.rejects:
         _write_rejects(result, rejects or Path(f"{event_type}.rejects.ndjson"))
     if json_output:
-        print_json(result.to_json())
+        print_json(_without_pii(result.to_json(), pii))
     else:
         _summary(result)
     if result.refused:
@@ -104,6 +107,14 @@ def publish(
         raise typer.Exit(EXIT_USAGE)
     if result.failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _without_pii(summary: dict[str, Any], pii: Redactor) -> dict[str, Any]:
+    """The summary for stdout with the contract's PII fields of each refused record as ``***``:
+    output goes to terminals and CI logs. The --rejects file keeps the records whole, since it is
+    what the producer fixes and sends again."""
+    summary["rejects"] = [{**r, "record": pii.redact(r["record"])} for r in summary["rejects"]]
+    return summary
 
 
 def _read_input(file: str) -> str:

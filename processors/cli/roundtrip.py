@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 import typer
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
@@ -143,10 +143,48 @@ def _consume(
     return per_partition, latencies_ms
 
 
+def _round_trip(
+    settings: Settings, topic: str, group: str, events: int, rate: float, partitions: int
+) -> tuple[dict[int, int], list[float], _Sent]:
+    consumer = Consumer(
+        settings.kafka_config(**{"group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    )
+    consumer.subscribe([topic])
+    try:
+        _wait_for_assignment(consumer, timeout=30)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            producing = pool.submit(_produce, settings, topic, events, rate, partitions)
+            wait_s = CONSUME_TIMEOUT_S + events / max(rate, 1)
+            per_partition, latencies = _consume(consumer, events, timeout=wait_s, producing=producing)
+            return per_partition, latencies, producing.result()
+    finally:
+        consumer.close()
+
+
+def _remove(settings: Settings, topic: str, group: str) -> list[str]:
+    """Delete the throwaway topic and consumer group, so runs against a shared cluster leave
+    nothing behind; what could not be deleted (an ACL without DELETE, say) is returned, named."""
+    admin = AdminClient(settings.kafka_config())
+    leftovers = []
+    for what, future in (
+        (f"topic {topic}", admin.delete_topics([topic], operation_timeout=10)[topic]),
+        (f"group {group}", admin.delete_consumer_groups([group], request_timeout=10)[group]),
+    ):
+        try:
+            future.result(timeout=15)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() != KafkaError.GROUP_ID_NOT_FOUND:  # a run that failed before any commit
+                leftovers.append(f"{what} ({error.str()[:200]})")
+        except Exception as exc:  # noqa: BLE001 - a timeout, say: reported the same way, bounded
+            leftovers.append(f"{what} ({str(exc)[:200]})")
+    return leftovers
+
+
 def _quantiles(values: list[float]) -> str:
     if len(values) < 2:
         return "n/a (fewer than 2 records)"
-    q = statistics.quantiles(values, n=100)
+    q = statistics.quantiles(values, n=100, method="inclusive")  # never past the min or max
     return f"p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, max {max(values):.1f} ms"
 
 
@@ -167,27 +205,17 @@ def roundtrip(
     produce→ack and produce→consume latency."""
     settings = settings_or_local_broker(bootstrap, config)
     topic = f"choreo.roundtrip.{uuid.uuid4().hex[:8]}"
+    group = f"{settings.tools_group_id}.roundtrip.{uuid.uuid4().hex[:8]}"
     err.print(f"topic {topic} with {partitions} partitions")
     _create_topic(settings, topic, partitions)
-    consumer = Consumer(
-        settings.kafka_config(
-            **{
-                "group.id": f"{settings.tools_group_id}.roundtrip.{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
-        )
-    )
-    consumer.subscribe([topic])
     try:
-        _wait_for_assignment(consumer, timeout=30)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            producing = pool.submit(_produce, settings, topic, events, rate, partitions)
-            wait_s = CONSUME_TIMEOUT_S + events / max(rate, 1)
-            per_partition, latencies = _consume(consumer, events, timeout=wait_s, producing=producing)
-            sent = producing.result()
-    finally:
-        consumer.close()
+        per_partition, latencies, sent = _round_trip(settings, topic, group, events, rate, partitions)
+    except BaseException:
+        _remove(settings, topic, group)  # best effort: the failure is what the user must see
+        raise
+    leftovers = _remove(settings, topic, group)
+    if leftovers:
+        err.print(f"warning: left behind (delete them by hand): {'; '.join(leftovers)}", markup=False)
     received = sum(per_partition.values())
     linger = settings.producer_config().get("linger.ms")
     if as_json:
@@ -195,14 +223,16 @@ def roundtrip(
             orjson.dumps(
                 {
                     "bootstrap": settings.bootstrap_servers,
+                    "topic": topic,
+                    "group": group,
                     "sent": events,
                     "received": received,
                     "failed": sent.failed,
                     "per_partition": {str(p): n for p, n in sorted(per_partition.items())},
                     "rate": rate,
                     "producer_linger_ms": linger,
-                    "produce_to_ack_ms": _figures(sent.acks_ms),
-                    "produce_to_consume_ms": _figures(latencies),
+                    "produce_to_ack_ms": latency_figures(sent.acks_ms),
+                    "produce_to_consume_ms": latency_figures(latencies),
                 }
             ).decode()
         )
@@ -225,8 +255,10 @@ def roundtrip(
         raise typer.Exit(1)
 
 
-def _figures(values: list[float]) -> dict[str, float | None]:
+def latency_figures(values: list[float]) -> dict[str, float | None]:
+    """p50, p99 and max of the latencies; percentiles by the inclusive method, so that with few
+    records they stay within what was measured instead of extrapolating past the max."""
     if len(values) < 2:
         return {"p50": None, "p99": None, "max": max(values) if values else None}
-    q = statistics.quantiles(values, n=100)
+    q = statistics.quantiles(values, n=100, method="inclusive")  # never past the min or max
     return {"p50": round(q[49], 2), "p99": round(q[98], 2), "max": round(max(values), 2)}

@@ -15,7 +15,7 @@ import typer
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 from rich.table import Table
 
-from processors.cli.worker import load_app
+from processors.cli.worker import load_app, require_contracts
 from processors.runtime.topics import TopicPlan, TopicSpec, ensure_topics, existing_topics, plan_topics
 from processors.tooling.cli_support import (
     EXIT_FAILED,
@@ -69,6 +69,7 @@ def _context(app_spec: str, bootstrap: str | None, config: Path | None, contract
     settings = load_settings(bootstrap, config, contracts_dir=contracts, schemas_dir=schemas)
     the_app = load_app(app_spec)
     the_app.configure(settings)
+    require_contracts(the_app, settings, f"pass --app MODULE:APP for your own app (the default is {DEFAULT_APP})")
     return settings, the_app, AdminClient(settings.kafka_config())
 
 

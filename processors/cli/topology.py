@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import typer
 
-from processors.cli.worker import load_app
+from processors.cli.worker import load_app, require_contracts
 from processors.tooling.cli_support import (
     ConfigOption,
     ContractsDirOption,
@@ -174,6 +174,7 @@ def topology(
     settings = load_settings(None, config, contracts_dir=contracts_dir, schemas_dir=schemas_dir)
     the_app = load_app(app)
     the_app.configure(settings)
+    require_contracts(the_app, settings, f"pass --app MODULE:APP for your own app (the default is {DEFAULT_APP})")
     with operator_errors():
         report = build_report(the_app)
     if as_json:

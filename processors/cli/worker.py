@@ -16,11 +16,15 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from processors.contracts.registry import display_path
 from processors.settings import Settings, SettingsError
-from processors.tooling.cli_support import BootstrapOption, ConfigOption
+from processors.tooling.cli_support import BootstrapOption, ConfigOption, fail, operator_errors
+
+MISSING_SHOWN = 3  # event types named in the refusal; the rest are counted
 
 # A stop asked for before the worker command runs (the CLI is still importing): honoured too. The
 # handler is installed here, at import, only when the command line is the worker's.
@@ -55,6 +59,23 @@ def load_app(spec: str):  # -> processors.runtime.App
             f"{spec!r} is not a processors.runtime.App (got {type(app).__name__})", param_hint="--app"
         )
     return app
+
+
+def require_contracts(the_app: Any, settings: Settings, remedy: str) -> None:
+    """Refuse, in one short line (exit 2), an app whose event types the configured contracts do not
+    define — typically the commerce app (the default of `topics`/`topology`, what `demo`/`verify`
+    run) in a project whose choreo.toml names its own contracts. Without this, each command fails
+    its own way: an unknown event type deep in a plan, or one clause per agent and event type."""
+    with operator_errors():  # a contracts dir that does not exist or does not load
+        known = set(the_app.registry.event_types())
+    needed = {et for spec in the_app.agents.values() for et in (*spec.consumes, *spec.produces)}
+    missing = sorted(needed - known)
+    if not missing:
+        return
+    shown = ", ".join(missing[:MISSING_SHOWN])
+    more = f" and {len(missing) - MISSING_SHOWN} more" if len(missing) > MISSING_SHOWN else ""
+    where = display_path(Path(settings.contracts_dir))
+    fail(f"app {the_app.app_id!r} needs event types with no contract in {where}/ ({shown}{more}): {remedy}")
 
 
 def worker(
@@ -109,6 +130,8 @@ def worker(
         raise typer.Exit(2) from exc
     configure_logging(settings.log_level)
     the_app = load_app(app)
+    the_app.configure(settings)
+    require_contracts(the_app, settings, "check --app, and contracts_dir in choreo.toml or CHOREO_CONTRACTS_DIR")
     names = [a.strip() for a in agents.split(",") if a.strip()] if agents else None
     try:
         w = Worker(the_app, settings, agents=names, worker_id=worker_id)

@@ -173,6 +173,19 @@ def parse_offset(text: str) -> tuple[int | None, int]:
         raise ToolingError(f"--offset {text!r}: expected OFFSET or PARTITION:OFFSET, e.g. 42 or 2:42") from None
 
 
+MAX_SHOWN_COUNTS = 20  # distinct reasons (or error classes) listed per topic; the rest are summed
+
+
+def top_counts(counter: Counter[str]) -> dict[str, int]:
+    """The most common keys with their counts, at most MAX_SHOWN_COUNTS of them, then one entry
+    summing the others: a DLQ whose records carry thousands of distinct reasons stays one row."""
+    ranked = counter.most_common()
+    shown = dict(ranked[:MAX_SHOWN_COUNTS])
+    if len(ranked) > MAX_SHOWN_COUNTS:
+        shown[f"({len(ranked) - MAX_SHOWN_COUNTS} others)"] = sum(n for _, n in ranked[MAX_SHOWN_COUNTS:])
+    return shown
+
+
 @dataclass
 class DlqSummary:
     topic: str
@@ -188,8 +201,8 @@ class DlqSummary:
             "topic": self.topic,
             "original_topic": self.original_topic,
             "total": self.total,
-            "by_error_class": dict(self.by_error_class.most_common()),
-            "by_reason": dict(self.by_reason.most_common()),
+            "by_error_class": top_counts(self.by_error_class),
+            "by_reason": top_counts(self.by_reason),
             "oldest": format_ms(self.oldest),
             "newest": format_ms(self.newest),
         }
@@ -272,8 +285,9 @@ class DlqInspector:
             summary = DlqSummary(topic, conv.original_topic_of(topic), 0)
             for rec in self.records(topic):
                 summary.total += 1
-                summary.by_error_class[rec.error_class] += 1
-                summary.by_reason[rec.reason] += 1
+                # header values anyone may have written: each key bounded, and the keys shown capped
+                summary.by_error_class[bounded(rec.error_class) or UNKNOWN] += 1
+                summary.by_reason[bounded(rec.reason) or UNKNOWN] += 1
                 if rec.timestamp is not None:
                     summary.oldest = rec.timestamp if summary.oldest is None else min(summary.oldest, rec.timestamp)
                     summary.newest = rec.timestamp if summary.newest is None else max(summary.newest, rec.timestamp)
@@ -382,7 +396,7 @@ def _item(rec: DeadLetter) -> dict[str, Any]:
         "partition": rec.partition,
         "offset": rec.offset,
         "to": rec.original_topic,
-        "reason": rec.reason,
-        "idempotency_key": rec.idempotency_key,
+        "reason": bounded(rec.reason),
+        "idempotency_key": bounded(rec.idempotency_key),
         "redrive_count": rec.redrive_count + 1,
     }

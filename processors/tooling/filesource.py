@@ -20,6 +20,7 @@ import fastavro
 import orjson
 
 from processors.contracts import AvroCodec, Contract, ContractError, ContractRegistry, ContractViolation, Envelope
+from processors.kafka_types import UNREADABLE_HEADERS
 from processors.tooling.jsonavro import content_key, from_json
 from processors.tooling.kafka_io import Headers, ToolingError, encode_headers
 from processors.tooling.replay import FILE_PARTITION, SourceRecord, file_sha256
@@ -152,6 +153,11 @@ class FileSource:
             raise ToolingError("exported with PII redacted: export with `choreo tail --show-pii` to backfill it")
         if item.get("truncated"):
             raise ToolingError("exported with its key or headers cut for display: replay it with --from TOPIC")
+        if isinstance(item.get("headers"), dict) and UNREADABLE_HEADERS in item["headers"]:
+            raise ToolingError(
+                "exported from a record whose headers the Kafka client could not read (a header name that "
+                "is not UTF-8): its headers are not in the export, so it cannot be replayed as it was"
+            )
         contract = self.registry.get(item["event_type"]) if item.get("event_type") else self.contract
         headers = encode_headers(item.get("headers"))
         key, value, headers = self._encode_bare(contract, item["value"], headers)

@@ -146,7 +146,11 @@ def read_ranges(
     pending = {(r.topic, r.partition): r for r in ranges if r.size > 0}
     if not pending:
         return
-    consumer.assign([TopicPartition(r.topic, r.partition, r.start) for r in pending.values()])
+    assigned = [TopicPartition(r.topic, r.partition, r.start) for r in pending.values()]
+    consumer.assign(assigned)
+    # A partition an earlier read of this consumer finished is still paused (librdkafka keeps the
+    # pause across unassign/assign): it would deliver nothing, not even end-of-partition, forever.
+    consumer.resume(assigned)
     try:
         while pending:
             if stop is not None and stop():

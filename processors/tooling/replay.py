@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from processors.kafka_errors import stop_on_access_error
-from processors.kafka_types import coordinates, produce_headers
+from processors.kafka_types import coordinates, produce_headers, unreadable
 from processors.kafka_types import headers as read_headers
 from processors.settings import Settings
 from processors.tooling.checkpoint import Checkpoint, default_checkpoint_path
@@ -39,6 +39,7 @@ from processors.tooling.kafka_io import (
 )
 
 FILE_PARTITION = -1
+MAX_ERRORS = 20  # errors kept on a result (and printed); the counts say how many there were
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class ReplayResult:
     written: StreamDigest
     failed: int = 0
     errors: list[str] = field(default_factory=list)
+    not_copied: int = 0  # read, but not produced: headers the client cannot read (so the sums differ)
     interrupted: bool = False
     completed: bool = False
     resumed: bool = False
@@ -152,6 +154,7 @@ class ReplayResult:
             "written": None if self.dry_run else {"count": self.written.count, "digest": self.written.digest},
             "match": None if self.dry_run else self.match,
             "failed": self.failed,
+            "not_copied": self.not_copied,
             "errors": self.errors,
             "algorithm": ALGORITHM,
             "partitions": {
@@ -264,7 +267,7 @@ class Replayer:
                 if not batch:
                     break
                 if producer is None:
-                    self._count_dry(state, batch, progress)
+                    self._count_dry(state, batch, progress, result)
                 elif not self._deliver(producer, state, batch, result, progress):
                     break
                 if self._stop():
@@ -280,8 +283,11 @@ class Replayer:
             result.read = state.read.copy()
             result.written = StreamDigest() if self.dry_run else state.written.copy()
 
-    def _count_dry(self, state: Checkpoint, batch: list[SourceRecord], progress: ProgressReporter) -> None:
+    def _count_dry(
+        self, state: Checkpoint, batch: list[SourceRecord], progress: ProgressReporter, result: ReplayResult
+    ) -> None:
         for rec in batch:
+            self._copyable(rec, result)  # says now what the real run would leave out
             state.read.add(rec.partition, rec.key, rec.value)
             state.next[rec.partition] = rec.position + 1
         progress.advance(len(batch))
@@ -324,22 +330,39 @@ class Replayer:
         for index, rec in enumerate(batch):
             if self._stop():
                 break
-            self._limiter.acquire()
-            _produce(producer, self.destination, rec, partial(report, index))
             sent += 1
             progress.advance()
+            if not self._copyable(rec, result):
+                continue
+            self._limiter.acquire()
+            _produce(producer, self.destination, rec, partial(report, index))
         while producer.flush(1.0) > 0:
             pass
         handled = batch[:sent]
         if failures:
             self._record_failure(state, handled, delivered, failures, result)
             return False
-        for rec, (key, value) in zip(handled, delivered[:sent], strict=True):  # type: ignore[misc]
+        for rec, outcome in zip(handled, delivered[:sent], strict=True):
             state.read.add(rec.partition, rec.key, rec.value)
-            state.written.add(rec.partition, key, value)
+            if outcome is not None:  # None: not copyable, so not written
+                state.written.add(rec.partition, outcome[0], outcome[1])
             state.next[rec.partition] = rec.position + 1
         state.save(self.checkpoint_path)
         return True
+
+    def _copyable(self, rec: SourceRecord, result: ReplayResult) -> bool:
+        """A record whose headers the Kafka client cannot read (a header name that is not UTF-8)
+        cannot be copied with its headers: it is read (so the checksums differ and the replay
+        exits 1) but not written, and named, rather than copied with a stand-in header."""
+        if not unreadable(rec.headers):
+            return True
+        result.not_copied += 1
+        if len(result.errors) < MAX_ERRORS:
+            result.errors.append(
+                f"source partition {rec.partition} offset {rec.position}: headers unreadable by the Kafka client "
+                "(a header name that is not UTF-8), not copied"
+            )
+        return False
 
     def _record_failure(
         self,
@@ -356,7 +379,7 @@ class Replayer:
                 written.add(rec.partition, outcome[0], outcome[1])
         result.read, result.written = read, written
         result.failed = len(failures)
-        result.errors = failures[:20]
+        result.errors = (result.errors + failures)[:MAX_ERRORS]
 
 
 def _produce(producer: Producer, topic: str, rec: SourceRecord, callback: Callable[..., None]) -> None:

@@ -210,13 +210,15 @@ def tool_topics(cluster: SecuredCluster, tmp: Path, failure: str) -> ToolTopics:
             bindings.append(acl(ResourceType.TOPIC, topic, AclOperation.WRITE, user))
     # roundtrip makes a topic (choreo.roundtrip.*) and a group (choreo-roundtrip-*) of its own
     for op in (
-        (AclOperation.CREATE, AclOperation.DESCRIBE)
+        (AclOperation.CREATE, AclOperation.DESCRIBE, AclOperation.DELETE)
         + ((AclOperation.READ,) if read else ())
         + ((AclOperation.WRITE,) if write else ())
     ):
         bindings.append(acl(ResourceType.TOPIC, "choreo.roundtrip.", op, user, prefixed=True))
     if failure != "group_denied":
         bindings.append(acl(ResourceType.GROUP, "choreo-", AclOperation.READ, user, prefixed=True))
+        # and removes them afterwards
+        bindings.append(acl(ResourceType.GROUP, "choreo-tools.roundtrip.", AclOperation.DELETE, user, prefixed=True))
     create_acls(cluster.admin(), bindings)
     (tmp / "order.json").write_text(json.dumps(order(1)))
     producer = Producer(cluster.client_config("admin"))  # something to replay and to redrive

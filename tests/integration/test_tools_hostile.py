@@ -7,17 +7,18 @@ range selects nothing."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 from typer.testing import CliRunner
 
 from processors.cli.main import app
 from processors.kafka_types import produce_headers
 from processors.runtime import conventions as conv
-from processors.tooling.kafka_io import MAX_SHOWN_HEADERS
+from processors.tooling.kafka_io import MAX_SHOWN_HEADERS, PartitionRange, read_ranges, reader_config
 from processors.tooling.publisher import Publisher
 from tests.integration.raw_records import produce_with_raw_header_names
 from tests.integration.tooling_support import Isolated, isolate_contracts, order
@@ -103,6 +104,46 @@ def test_tail_last_counts_records_not_offsets(iso: Isolated) -> None:
         assert [json.loads(line)["key"] for line in result.stdout.splitlines()] == keys
 
 
+@pytest.mark.timeout(120)  # it hung: a read that never ends is the failure
+def test_tail_last_reads_back_past_trailing_aborted_transactions(iso: Isolated) -> None:
+    """Aborted transactions after the last committed record: the first windows `--last` reads
+    back hold no record at all, so it widens them, reading the same partition again with the
+    same consumer (which must not stay paused from the previous window's end)."""
+    topic = iso.topics["order.created"]
+    producer = Producer({**iso.settings().producer_config(), "transactional.id": f"tail-abort-{uuid.uuid4().hex[:8]}"})
+    producer.init_transactions(30)
+    with Publisher(iso.settings(), registry=iso.registry()) as publisher:
+        committed, aborted = (publisher.prepare("order.created", order(n)) for n in (1, 2))
+    for event, commit in ((committed, True), *((aborted, False),) * 4):
+        producer.begin_transaction()
+        producer.produce(topic, key=event.key, value=event.value, headers=produce_headers(event.headers), partition=0)
+        producer.flush(30)
+        producer.commit_transaction(30) if commit else producer.abort_transaction(30)
+    for last in (1, 2):
+        result = runner.invoke(app, iso.cli("tail", topic, "--last", str(last), "--format", "json"))
+        assert result.exit_code == 0, result.output
+        assert [json.loads(line)["key"] for line in result.stdout.splitlines()] == ["o-1"]
+
+
+def test_a_reader_reads_the_same_range_twice(iso: Isolated) -> None:
+    """read_ranges pauses each partition it has finished; the next read of that partition with
+    the same consumer must still get its records (it got none: the pause outlived unassign)."""
+    topic = iso.topics["order.created"]
+    _produce(iso, topic, *({"key": f"k{i}".encode(), "value": b"v"} for i in range(3)))
+    consumer = Consumer(reader_config(iso.settings()))
+    try:
+        for _ in range(3):
+            deadline = time.monotonic() + 30
+
+            def too_long(end: float = deadline) -> bool:
+                return time.monotonic() > end
+
+            got = [m.offset() for m in read_ranges(consumer, [PartitionRange(topic, 0, 0, 3)], stop=too_long)]
+            assert got == [0, 1, 2]
+    finally:
+        consumer.close()
+
+
 def test_dlq_show_survives_hostile_records_and_hides_raw_pii(iso: Isolated) -> None:
     topic = iso.topics["order.created"]
     dlq = conv.dlq_topic(topic)
@@ -126,6 +167,36 @@ def test_dlq_show_survives_hostile_records_and_hides_raw_pii(iso: Isolated) -> N
     assert "base64" in next(row for row in json.loads(shown.stdout) if row["key"] == "k-huge")["payload"]
 
 
+def test_dlq_list_and_redrive_bound_what_the_dead_letters_own_headers_carry(iso: Isolated) -> None:
+    """The DLQ headers themselves are anyone's bytes: a 300 KB reason, error class or idempotency
+    key, and more distinct reasons than a table can hold, stay bounded in `dlq list` (counts of
+    the top reasons, the rest summed) and in a redrive's dry-run listing."""
+    topic = iso.topics["order.created"]
+    dlq = conv.dlq_topic(topic)
+    where = [(conv.DLQ_ORIGINAL_TOPIC, topic.encode())]
+    huge = [
+        (conv.DLQ_REASON, b"r" * HUGE),
+        (conv.DLQ_ERROR_CLASS, b"c" * HUGE),
+        ("ce_idempotencykey", b"i" * HUGE),
+        *where,
+    ]
+    distinct = [
+        {"key": b"k", "value": b"v", "headers": [(conv.DLQ_REASON, f"reason-{i}".encode()), *where]} for i in range(40)
+    ]
+    _produce(iso, dlq, {"key": b"k-huge", "value": b"v", "headers": huge}, *distinct)
+    listed = runner.invoke(app, iso.cli("dlq", "list", "--json"))
+    assert listed.exit_code == 0, listed.output
+    mine = next(row for row in json.loads(listed.stdout) if row["topic"] == dlq)
+    assert mine["total"] == 41 and sum(mine["by_reason"].values()) == 41
+    assert len(mine["by_reason"]) <= 21 and any("others" in name for name in mine["by_reason"])
+    assert len(json.dumps(mine)) < 10_000, len(json.dumps(mine))
+    table = runner.invoke(app, iso.cli("dlq", "list"))
+    assert table.exit_code == 0 and len(table.stdout) < BOUND, len(table.stdout)
+    redrive = runner.invoke(app, iso.cli("dlq", "redrive", topic, "--all", "--dry-run", "--json"))
+    assert redrive.exit_code == 0, redrive.output
+    assert len(redrive.stdout) < BOUND and "r" * 1000 not in redrive.stdout and "i" * 1000 not in redrive.stdout
+
+
 def test_verify_reports_tombstones_and_undecodable_records_instead_of_crashing(iso: Isolated) -> None:
     _hostile(iso, iso.topics["order.created"])
     _hostile(iso, iso.topics["audit.record"])
@@ -147,3 +218,39 @@ def test_replay_warns_when_the_range_selects_nothing(iso: Isolated) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "selects no records" in result.stderr and "--since 1m" in result.stderr
+
+
+def test_replay_names_records_whose_headers_it_cannot_copy_and_fails_the_check(iso: Isolated, create_topics) -> None:
+    """A header name that is not UTF-8 cannot be read, so cannot be copied, by confluent-kafka:
+    replay leaves such a record out, names it, and exits 1 (the checksums differ) instead of
+    writing it with the reader's stand-in header and reporting a matching copy."""
+    source, copy = f"{iso.topics['order.created']}.src", f"{iso.topics['order.created']}.copy"
+    create_topics([source, copy], partitions=1)
+    _produce(iso, source, {"key": b"k-1", "value": b"v-1", "headers": [("x", b"1")]})
+    produce_with_raw_header_names(iso.bootstrap, source, 0, b"k-2", b"v-2", [(b"\xff\xfe-name", b"v")])
+    _produce(iso, source, {"key": b"k-3", "value": b"v-3"})
+    dry = runner.invoke(app, iso.cli("replay", "--from", source, "--to", copy, "--dry-run"))
+    assert dry.exit_code == 0 and "offset 1: headers unreadable" in dry.stderr, dry.output
+    result = runner.invoke(app, iso.cli("replay", "--from", source, "--to", copy, "--json"))
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["read"]["count"], summary["written"]["count"], summary["not_copied"]) == (3, 2, 1)
+    assert summary["match"] is False and "offset 1: headers unreadable" in summary["errors"][0]
+    tailed = runner.invoke(app, iso.cli("tail", copy, "--from-beginning", "--json"))
+    copied = [json.loads(line) for line in tailed.stdout.splitlines()]
+    assert [c["key"] for c in copied] == ["k-1", "k-3"] and copied[0]["headers"] == {"x": "1"}
+
+
+def test_replay_file_refuses_an_export_of_a_record_whose_headers_were_unreadable(iso: Isolated, tmp_path: Path) -> None:
+    """`tail --show-pii --json` exports such a record with the stand-in header only; replaying the
+    export would write an event without its envelope and with that stand-in, so it is refused."""
+    topic = iso.topics["order.created"]
+    with Publisher(iso.settings(), registry=iso.registry()) as publisher:
+        event = publisher.prepare("order.created", order(1))
+    names: list[tuple[bytes, bytes | None]] = [(b"\xff\xfe-name", b"v"), *[(k.encode(), v) for k, v in event.headers]]
+    produce_with_raw_header_names(iso.bootstrap, topic, 0, event.key, event.value, names)
+    export = tmp_path / "export.ndjson"
+    export.write_text(runner.invoke(app, iso.cli("tail", topic, "--from-beginning", "--json", "--show-pii")).stdout)
+    assert "choreo_unreadable_headers" in export.read_text()
+    result = runner.invoke(app, iso.cli("replay", "--file", str(export), "--to", topic))
+    assert result.exit_code == 2 and "headers the Kafka client could not read" in result.stderr, result.output

@@ -64,3 +64,36 @@ def test_the_scaffolds_driver_tests_pass(tmp_path: Path):
         timeout=240,
     )
     assert done.returncode == 0 and "3 passed" in done.stdout, done.stdout + done.stderr
+
+
+COMMERCE_COMMANDS = [
+    ["topics", "list"],
+    ["topics", "describe"],
+    ["topics", "create", "--dry-run"],
+    ["topology"],
+    ["demo"],
+    ["verify"],
+    ["worker", "--app", "processors.agents.app:app"],
+]
+
+
+def test_commands_of_the_commerce_app_in_a_project_say_so_in_one_line(tmp_path: Path, monkeypatch):
+    """In a scaffolded project, whose choreo.toml names its own contracts, a command that runs the
+    commerce app (the default --app of topics/topology; demo and verify always) is refused before
+    anything touches Kafka, in one bounded line naming the cause and the way out — not an unknown
+    event type deep in a plan, nor one clause per agent and event type."""
+    assert runner.invoke(app, ["init", str(tmp_path / "shop"), "--name", "shop"]).exit_code == 0
+    for name in list(os.environ):
+        if name.startswith("CHOREO_") or name == "KAFKA_BOOTSTRAP_SERVERS":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path / "shop")
+    for command in COMMERCE_COMMANDS:
+        offline = [] if command == ["topology"] else ["--bootstrap", "127.0.0.1:1"]  # never reached
+        result = runner.invoke(app, [*command, *offline])
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert result.exit_code == 2, (command, result.output)
+        assert len(errors) == 1 and len(errors[0]) < 400, (command, result.output)
+        assert "no contract in" in errors[0] and "more)" in errors[0], (command, errors)
+        assert ("--app" if command[0] in ("topics", "topology", "worker") else "--config") in errors[0]
+    own = runner.invoke(app, ["topology", "--app", "shop.app:app"])
+    assert own.exit_code == 0 and "page.viewed" in own.output, own.output
