@@ -60,7 +60,7 @@ def load_app(spec: str):  # -> processors.runtime.App
 def worker(
     app: str = typer.Option(..., "--app", help="The App to run, as MODULE:ATTR (e.g. processors.agents.app:app)."),
     agents: str | None = typer.Option(None, "--agents", help="Comma-separated agent names (default: all)."),
-    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus /metrics on this port."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve /metrics, /healthz, /readyz here."),
     worker_id: str | None = typer.Option(
         None,
         "--worker-id",
@@ -119,7 +119,7 @@ def worker(
     if stopping.is_set():
         raise typer.Exit(0)
     if settings.metrics_port:
-        serve(settings.metrics_port)
+        serve(settings.metrics_port).attach(w.health_state)
     try:
         code = w.run()
     except (AppError, TopologyError, ContractError) as exc:
