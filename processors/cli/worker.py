@@ -81,7 +81,7 @@ def require_contracts(the_app: Any, settings: Settings, remedy: str) -> None:
 def worker(
     app: str = typer.Option(..., "--app", help="The App to run, as MODULE:ATTR (e.g. processors.agents.app:app)."),
     agents: str | None = typer.Option(None, "--agents", help="Comma-separated agent names (default: all)."),
-    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus /metrics on this port."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve /metrics, /healthz, /readyz here."),
     worker_id: str | None = typer.Option(
         None,
         "--worker-id",
@@ -142,7 +142,7 @@ def worker(
     if stopping.is_set():
         raise typer.Exit(0)
     if settings.metrics_port:
-        serve(settings.metrics_port)
+        serve(settings.metrics_port).attach(w.health_state)
     try:
         code = w.run()
     except (AppError, TopologyError, ContractError) as exc:

@@ -14,10 +14,11 @@ import time
 from bisect import bisect_left
 from collections.abc import Sequence
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
+from processors.runtime._endpoints import Endpoints
 from processors.runtime.retry import CIRCUIT_STATES
 
 
@@ -281,6 +282,7 @@ class AgentMetrics:
         ISOLATED_BATCHES.labels(self.agent).inc()
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> None:
-    """Expose /metrics on ``port`` (a daemon thread of prometheus-client)."""
-    start_http_server(port, addr=addr)
+def serve(port: int, addr: str = "0.0.0.0") -> Endpoints:
+    """Expose /metrics, /healthz and /readyz on ``port`` (daemon threads); attach a worker's
+    state to the returned server for the probes (see :mod:`processors.runtime._endpoints`)."""
+    return Endpoints(port, addr).start()

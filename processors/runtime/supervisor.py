@@ -33,6 +33,7 @@ from confluent_kafka.admin import AdminClient
 from processors.kafka_diagnosis import failure_of
 from processors.kafka_errors import ErrorKind, KafkaFailure, describe, is_unreachable, kafka_error_of
 from processors.runtime._commit import Guarantee
+from processors.runtime._health import AgentState, WorkerState
 from processors.runtime._preflight import check_worker_access
 from processors.runtime._recovery import BROKER_UNREACHABLE, AgentHealth, Backoff, cause_of, fatal_line, is_fatal
 from processors.runtime.agent import AgentSpec
@@ -109,6 +110,7 @@ class Worker:
         self.slots: list[AgentSlot] = []
         self.shutdown_timeout_s = 30.0
         self._supervisor: threading.Thread | None = None
+        self._supervised_at = 0.0  # the supervisor's last turn (liveness)
 
     @property
     def runners(self) -> list[AgentRunner]:
@@ -186,7 +188,7 @@ class Worker:
         """Watch every agent until the worker stops and all have ended (or were left behind)."""
         stop_deadline: float | None = None
         while True:
-            now = time.monotonic()
+            now = self._supervised_at = time.monotonic()
             if self.stop_event.is_set():
                 stop_deadline = stop_deadline or now + self.shutdown_timeout_s
             for slot in self.slots:
@@ -260,6 +262,19 @@ class Worker:
         slot.runner = None
         slot.restart_at = time.monotonic()
 
+    # ------------------------------------------------------------------ health
+    def health_state(self) -> WorkerState:
+        """A snapshot for the /healthz and /readyz probes (:mod:`processors.runtime._health`);
+        read from the HTTP server's thread, so it only reads attributes."""
+        now, supervisor = time.monotonic(), self._supervisor
+        return WorkerState(
+            started=supervisor is not None,
+            supervisor_running=supervisor is not None and supervisor.is_alive(),
+            supervisor_idle_s=now - self._supervised_at if supervisor is not None else 0.0,
+            stopping=self.stop_event.is_set(),
+            agents=tuple(_agent_state(slot, now) for slot in list(self.slots)),
+        )
+
     # ------------------------------------------------------------------ life cycle
     def wait_ready(self, timeout: float = 60.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -288,6 +303,23 @@ class Worker:
             self.stop_event.wait(0.5)
         self.join(self.shutdown_timeout_s + 5)
         return 1 if self.errors else 0
+
+
+def _agent_state(slot: AgentSlot, now: float) -> AgentState:
+    runner = slot.runner
+    assignment = getattr(runner, "assignment", None)  # a session that has not opened its clients yet has none
+    call = runner.watch.overdue() if runner is not None else None
+    return AgentState(
+        agent=slot.spec.name,
+        running=runner is not None and runner.thread.is_alive(),
+        joined=assignment is not None and assignment.assigned_once,
+        partitions=len(assignment.stores) if assignment is not None else 0,
+        restoring=len(assignment.paused) if assignment is not None else 0,
+        retrying=slot.health.cause,
+        fatal=slot.fatal is not None,
+        overdue_call=call.name if call is not None else None,
+        overdue_s=now - call.deadline if call is not None else 0.0,
+    )
 
 
 def _parse_guarantee(value: Any) -> Guarantee:
