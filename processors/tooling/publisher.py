@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from processors.contracts import AvroCodec, Contract, ContractError, ContractRegistry, ContractViolation, Envelope
 from processors.contracts.errors import MISSING, Problem
+from processors.contracts.validation import describe, kind_of
 from processors.kafka_errors import stop_on_access_error
 from processors.kafka_types import coordinates, produce_headers
 from processors.settings import Settings
@@ -305,9 +306,15 @@ def _key_from_field(event_type: str, value: dict[str, Any], path: str | None) ->
         current = current[part]
     if current is None or current == "" or isinstance(current, (dict, list)):
         raise ContractViolation(
-            event_type, [Problem(path, "a non-empty scalar for the idempotency key (--key)", repr(current))]
+            event_type, [Problem(path, "a non-empty scalar for the idempotency key (--key)", *_found(current))]
         )
     return str(current)
+
+
+def _found(value: Any) -> tuple[str, str]:
+    """What was in the key field, for the message by type only (bounded, no value), and the value
+    aside for ``--show-pii`` output: any field may be personal data."""
+    return ("empty string" if value == "" else kind_of(value)), describe(value)
 
 
 def _delivery(event: PreparedEvent, msg: Message) -> Delivery:

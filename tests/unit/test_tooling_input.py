@@ -98,7 +98,16 @@ def test_idempotency_key_from_a_field(publisher: Publisher) -> None:
         "order.created", [order(1), order(2, customer_id="")], idempotency_field="customer_id"
     )
     assert prepared[0].envelope.idempotency_key == "c-1"
-    assert rejects[0].problems == ["customer_id: expected a non-empty scalar for the idempotency key (--key), got ''"]
+    assert rejects[0].problems == [
+        "customer_id: expected a non-empty scalar for the idempotency key (--key), got empty string"
+    ]
+
+
+def test_a_key_field_holding_a_structure_is_named_by_its_type_never_its_value(publisher: Publisher) -> None:
+    secret = {"card": "4111111111111111"}
+    _, rejects = publisher.check("order.created", [order(1, customer_id=secret)], idempotency_field="customer_id")
+    assert rejects[0].problems and all("got map of 1 entry" in problem for problem in rejects[0].problems)
+    assert "4111" not in str(rejects[0].problems)
 
 
 def test_dry_run_and_refusal_never_touch_the_broker(publisher: Publisher) -> None:
