@@ -308,10 +308,9 @@ class DlqInspector:
             if max_redrives is not None and rec.redrive_count >= max_redrives:
                 result.skipped_max_redrives += 1
                 continue
-            if any(name == UNREADABLE_HEADERS for name, _ in rec.headers):
-                result.errors.append(  # its copy would lose the headers the client could not read
-                    f"{rec.topic}[{rec.partition}]@{rec.offset}: headers unreadable by the Kafka client, not redriven"
-                )
+            refusal = _not_redrivable(rec.headers)
+            if refusal is not None:
+                result.errors.append(f"{rec.topic}[{rec.partition}]@{rec.offset}: {refusal}, not redriven")
                 continue
             key = rec.idempotency_key
             if key is None:
@@ -400,3 +399,15 @@ def _item(rec: DeadLetter) -> dict[str, Any]:
         "idempotency_key": bounded(rec.idempotency_key),
         "redrive_count": rec.redrive_count + 1,
     }
+
+
+def _not_redrivable(headers: Headers) -> str | None:
+    """Why a dead letter's copy is not the original event (None when it is): sending it back would
+    handle something other than what was sent — a copy without the headers the client could not
+    read, or one the engine cut to fit the producer's size limit."""
+    names = {name for name, _ in headers}
+    if UNREADABLE_HEADERS in names:
+        return "headers unreadable by the Kafka client"
+    if conv.DLQ_TRUNCATED in names:
+        return f"a truncated copy ({conv.DLQ_TRUNCATED}): the original no longer exists whole"
+    return None

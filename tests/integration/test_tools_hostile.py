@@ -197,6 +197,26 @@ def test_dlq_list_and_redrive_bound_what_the_dead_letters_own_headers_carry(iso:
     assert len(redrive.stdout) < BOUND and "r" * 1000 not in redrive.stdout and "i" * 1000 not in redrive.stdout
 
 
+def test_redrive_refuses_a_dead_letter_the_engine_truncated(iso: Isolated) -> None:
+    """A copy cut to fit the producer's limit is not the event that was sent: redriving it would
+    handle something else. It is named and left, the whole copy beside it is redriven."""
+    topic = iso.topics["order.created"]
+    dlq = conv.dlq_topic(topic)
+    where = [(conv.DLQ_ORIGINAL_TOPIC, topic.encode()), (conv.DLQ_REASON, b"undecodable")]
+    cut = [*where, (conv.DLQ_TRUNCATED, b"value cut from 1048600 to 900000 bytes")]
+    _produce(
+        iso,
+        dlq,
+        {"key": b"k-cut", "value": b"v" * 100, "headers": [*cut, ("ce_idempotencykey", b"cut-1")]},
+        {"key": b"k-whole", "value": b"v", "headers": [*where, ("ce_idempotencykey", b"whole-1")]},
+    )
+    redrive = runner.invoke(app, iso.cli("dlq", "redrive", topic, "--all", "--dry-run", "--json"))
+    assert redrive.exit_code == 0, redrive.output
+    result = json.loads(redrive.stdout)
+    assert [item["idempotency_key"] for item in result["items"]] == ["whole-1"]
+    assert len(result["errors"]) == 1 and "@0: a truncated copy (choreo_dlq_truncated)" in result["errors"][0]
+
+
 def test_verify_reports_tombstones_and_undecodable_records_instead_of_crashing(iso: Isolated) -> None:
     _hostile(iso, iso.topics["order.created"])
     _hostile(iso, iso.topics["audit.record"])
