@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from confluent_kafka.admin import AdminClient
 
 from processors.contracts import Envelope
 from processors.kafka_types import produce_headers
+from processors.localbroker import LocalBroker
+from processors.localbroker.broker import free_port
 from processors.runtime import App
 from processors.runtime.testing import ReadRecord, read_topic
 from tests.engine.app import build_app, write_contracts
@@ -209,3 +212,18 @@ def assert_no_duplicate_effects(records: list[ReadRecord], keys: int, per_key: i
         f"missing {sorted(expected - distinct)[:5]}, unexpected {sorted(distinct - expected)[:5]}"
     )
     return len(records) - len(distinct)
+
+
+def stoppable_broker(tmp_path_factory, purpose: str) -> Iterator[LocalBroker]:
+    """A broker of one test module alone, for tests that stop and start it (`yield from` it in a
+    module-scoped fixture). An existing cluster (KAFKA_BOOTSTRAP_SERVERS) cannot be stopped: skip."""
+    import pytest
+
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.skip(f"{purpose} tests need a broker they can stop (unset KAFKA_BOOTSTRAP_SERVERS)")
+    broker = LocalBroker(data_dir=tmp_path_factory.mktemp(f"{purpose}-kafka"), port=free_port())
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

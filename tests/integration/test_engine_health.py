@@ -9,7 +9,6 @@ the broker is back.
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +19,7 @@ import pytest
 
 from processors.localbroker import LocalBroker
 from processors.localbroker.broker import free_port
-from tests.engine.harness import EngineEnv, load_counter_events, make_env, stop_worker, wait_for_count
+from tests.engine.harness import EngineEnv, load_counter_events, make_env, stop_worker, stoppable_broker, wait_for_count
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
@@ -28,14 +27,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 @pytest.fixture(scope="module")
 def health_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     """A broker of this module alone: the test stops and starts it."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        pytest.skip("health tests need a broker they can stop (unset KAFKA_BOOTSTRAP_SERVERS)")
-    broker = LocalBroker(data_dir=tmp_path_factory.mktemp("health-kafka"), port=free_port())
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
+    yield from stoppable_broker(tmp_path_factory, "health")
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ The 10 s outages run in the default suite; 60 s+ ones behind the soak marker.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +18,6 @@ import orjson
 import pytest
 
 from processors.localbroker import LocalBroker
-from processors.localbroker.broker import free_port
 from processors.runtime.testing import read_topic
 from tests.engine.harness import (
     EngineEnv,
@@ -28,6 +26,7 @@ from tests.engine.harness import (
     load_counter_events,
     make_env,
     stop_worker,
+    stoppable_broker,
     wait_for_count,
 )
 
@@ -39,14 +38,7 @@ KEYS = 20
 @pytest.fixture(scope="module")
 def outage_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     """A broker of this module alone: the tests stop and start it."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        pytest.skip("outage tests need a broker they can stop (unset KAFKA_BOOTSTRAP_SERVERS)")
-    broker = LocalBroker(data_dir=tmp_path_factory.mktemp("outage-kafka"), port=free_port())
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
+    yield from stoppable_broker(tmp_path_factory, "outage")
 
 
 @pytest.fixture
