@@ -85,6 +85,7 @@ def test_a_callee_without_an_idempotency_key_parameter_is_called_as_before():
     seen: list[tuple[Any, ...]] = []
     breakers = {"dep": CircuitBreaker("dep", BreakerPolicy())}
     deps = Dependencies("a", breakers, limits={})
+
     def old_style(*args: Any) -> str:
         seen.append(args)
         return "ok"
