@@ -52,7 +52,9 @@ class Database:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")  # a charge acknowledged is a charge on disk
+        # WAL with synchronous=NORMAL: a committed charge survives a killed process (what the fault
+        # runs do); only a power loss may take the last transactions. FULL would fsync every commit.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         self._lock = threading.Lock()
         self._conn.executescript(SCHEMA + schema)
 
