@@ -300,7 +300,6 @@ class Dependency:
         self.bucket = TokenBucket(policy.rate_per_s, policy.bucket_size, clock) if policy.rate_per_s else None
         self.bulkhead = Bulkhead(policy.max_concurrency) if policy.max_concurrency else None
         self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
         self._outcomes = {o: CALLS.labels(agent, name, o) for o in ("ok", "error", "timeout", "busy", "throttled")}
         self._outcomes["open"] = CALLS.labels(agent, name, "open")
         self._seconds = CALL_SECONDS.labels(agent, name)
@@ -396,11 +395,24 @@ class Dependency:
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            with self._pool_lock:
-                if self._pool is None:
-                    workers = self.policy.max_concurrency or 32
-                    self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"choreo-dep-{self.name}")
+            self._pool = _pool_for(self.agent, self.name, self.policy.max_concurrency or DEFAULT_POOL_THREADS)
         return self._pool
+
+
+DEFAULT_POOL_THREADS = 32
+_POOLS: dict[tuple[str, str, int], ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool_for(agent: str, dependency: str, threads: int) -> ThreadPoolExecutor:
+    """One pool per agent and dependency in the process, shared by the agent's successive sessions
+    (an agent restarted after a failure builds its dependencies again; its threads stay few)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get((agent, dependency, threads))
+        if pool is None:
+            pool = ThreadPoolExecutor(threads, thread_name_prefix=f"choreo-dep-{dependency}")
+            _POOLS[(agent, dependency, threads)] = pool
+        return pool
 
 
 # ---------------------------------------------------------------------- an agent's dependencies
