@@ -6,8 +6,8 @@ import logging
 from collections.abc import Callable
 
 from processors.errors import ChoreoError
-from processors.services._faults import Faults, Outage
-from processors.services._http import ServiceServer, serve_forever
+from processors.services.faults import Faults, Outage
+from processors.services.server import ServiceServer, serve_forever
 
 
 class ServiceOptionError(ChoreoError, ValueError):

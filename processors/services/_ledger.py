@@ -151,7 +151,7 @@ def run_idempotent(
 ) -> tuple[int, dict[str, Any], bool]:
     """One request under its Idempotency-Key: (status, answer, replayed). ``problem`` is the
     request's validation error (answered 400, nothing stored); ``faults`` a
-    :class:`~processors.services._faults.Faults`: an outage answers before the key is claimed, the
+    :class:`~processors.services.faults.Faults`: an outage answers before the key is claimed, the
     latency is spent holding the claim (a concurrent repeat sees it in flight), a transient failure
     releases it."""
     if key is None:

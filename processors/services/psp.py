@@ -30,9 +30,9 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from processors.agents.gateway import GatewayRules, decide
-from processors.services._faults import Faults
-from processors.services._http import Reply, Request, Route, ServiceServer, admin_faults, error
 from processors.services._ledger import Database, Idempotency, now_ms, run_idempotent
+from processors.services.faults import Faults
+from processors.services.server import Reply, Request, Route, ServiceServer, admin_faults, error
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from processors.services._faults import Faults
-from processors.services._http import Reply, Request, Route, ServiceServer, admin_faults
 from processors.services._ledger import Database, Idempotency, now_ms, run_idempotent
+from processors.services.faults import Faults
+from processors.services.server import Reply, Request, Route, ServiceServer, admin_faults
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from processors.services._faults import Faults, Outage
+from processors.services.faults import Faults, Outage
 
 
 class Clock:

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from processors.services._faults import Faults
+from processors.services.faults import Faults
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_KEY_CHARS = 255
