@@ -26,6 +26,8 @@ from typing import Any
 
 import orjson
 
+from processors.services.faults import Faults
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
@@ -142,7 +144,7 @@ Effect = Callable[[sqlite3.Connection], tuple[int, dict[str, Any]]]
 
 def run_idempotent(
     idem: Idempotency,
-    faults: Any,
+    faults: Faults,
     endpoint: str,
     key: str | None,
     fingerprint: str,
