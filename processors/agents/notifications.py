@@ -30,11 +30,6 @@ KIND_OF = {
 }
 SINK = "delivery-sink"
 SINK_URL_ENV = "CHOREO_SINK_URL"
-SINK_POLICY = DependencyPolicy(
-    timeout_s=10.0,
-    max_concurrency=16,
-    retry=RetryPolicy(max_attempts=3, base_delay_s=0.05, max_delay_s=0.5, max_elapsed_s=5.0),
-)
 
 
 class SinkUnavailable(Exception):
@@ -43,6 +38,14 @@ class SinkUnavailable(Exception):
 
 class SinkRejected(ChoreoError):
     """The sink refused the delivery (4xx): a bug, not worth a retry; the message never quotes it."""
+
+
+SINK_POLICY = DependencyPolicy(
+    timeout_s=10.0,
+    max_concurrency=16,
+    retry=RetryPolicy(max_attempts=3, base_delay_s=0.05, max_delay_s=0.5, max_elapsed_s=5.0),
+    retry_on=(SinkUnavailable,),
+)
 
 
 class DeliverySink(Protocol):
