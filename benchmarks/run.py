@@ -1,5 +1,8 @@
-"""`make bench`: ours against a raw confluent-kafka loop, Quix Streams and faust-streaming, in one run
-on the same pre-loaded topics, plus growth (keys, partitions) and the full commerce flow.
+"""`make bench`: ours against a hand-written loop, Quix Streams, faust-streaming and a raw loop.
+
+In one run on the same pre-loaded topics: the hand-written confluent-kafka loop doing the same work
+(the fair baseline, benchmarks/handwritten.py), the peers, a raw passthrough loop (no work, for
+reference); plus growth (keys, partitions) and the full commerce flow.
 
     .venv/bin/python benchmarks/run.py [--quick] [--runs R] [--events N] [--only comparison,growth,flow]
 
