@@ -120,7 +120,12 @@ class AgentRunner:
         self.health = health or AgentHealth(spec.name, self.metrics)
         self.watch = CallWatch()
         self.processor = Processor(
-            app, spec, worker_id, metrics=self.metrics, max_record_bytes=max_record_bytes(settings.kafka)
+            app,
+            spec,
+            worker_id,
+            metrics=self.metrics,
+            max_record_bytes=max_record_bytes(settings.kafka),
+            dependency_limits=settings.dependencies,
         )
         self.topics = app.input_topics(spec)
         self.state_root = Path(settings.state_dir) / app.app_id / spec.name

@@ -287,3 +287,20 @@ def test_configured_limits_are_exported_as_metrics():
         return REGISTRY.get_sample_value("choreo_dependency_limit", labels)
 
     assert (limit("timeout_s"), limit("max_concurrency"), limit("rate_per_s"), limit("burst")) == (1.5, 6, 20, 4)
+
+
+def test_a_worker_takes_the_limits_of_the_settings_it_was_started_with(tmp_path, monkeypatch):
+    """`choreo worker --config F` loads F into its settings: the dependency limits must come from
+    those settings, not from a second load of the environment's defaults (which knows no F)."""
+    from processors.runtime.worker import AgentRunner, WorkerOptions
+    from tests.engine.app import build_app
+
+    monkeypatch.delenv("CHOREO_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./choreo.toml here either
+    path = tmp_path / "elsewhere.toml"
+    path.write_text("[dependencies.flaky-api]\nmax_concurrency = 3\ntimeout_s = 1.5\n")
+    settings = Settings.load(config_file=path, env={})
+    app = build_app("limits-test")
+    runner = AgentRunner(app, app.agents["counter"], settings, "w1", "exactly_once", threading.Event(), WorkerOptions())
+    policy = runner.processor.services.dependencies.calls["flaky-api"].policy
+    assert (policy.max_concurrency, policy.timeout_s) == (3, 1.5)
