@@ -74,6 +74,12 @@ class Settings:
     # backoff meanwhile) before it exits 1 naming the cause; 0 waits without end. A broker being
     # restarted is waited out; one that never comes is reported, so an orchestrator sees it.
     startup_wait_s: float = 120.0
+    # How often an agent commits (like Kafka Streams' commit.interval.ms): its work stays open across
+    # polls until this much time has passed since its first record (or a size bound is reached), so
+    # paced load pays one transaction (exactly_once) or one offset commit (at_least_once) per
+    # interval, not per small batch. Adds at most this plus one batch to a hop's latency under
+    # exactly_once (outputs are visible at the commit); 0 commits every poll's batch.
+    commit_interval_ms: int = 100
     # Where bootstrap_servers came from ("default", "config file PATH", "environment NAME",
     # "argument"): commands that may start a local broker do so only when it is "default".
     bootstrap_source: str = field(default="default", compare=False)
@@ -154,6 +160,10 @@ class Settings:
             raise SettingsError(f"startup_wait_s: must be 0 (no limit) or a positive number, got {self.startup_wait_s}")
         if not self.tools_group_id:
             raise SettingsError("tools_group_id: must not be empty")
+        if self.commit_interval_ms < 0:
+            raise SettingsError(
+                f"commit_interval_ms: must be 0 (every batch) or a positive number, got {self.commit_interval_ms}"
+            )
         if self.state_memory_mb <= 0:
             raise SettingsError(f"state_memory_mb: must be a positive number of MiB, got {self.state_memory_mb}")
 
@@ -224,7 +234,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return float(value)
         except (TypeError, ValueError) as exc:
             raise SettingsError(f"{source}: {name} must be a number of seconds, got {value!r}") from exc
-    if name in ("metrics_port", "state_memory_mb"):
+    if name in ("metrics_port", "state_memory_mb", "commit_interval_ms"):
         try:
             return int(value)
         except (TypeError, ValueError) as exc:
