@@ -107,13 +107,13 @@ class Records:
         self.codec = codec
         self.next_offset: dict[int, int] = {}
 
-    def make(self, name: str) -> Message:
+    def make(self, name: str) -> Any:  # a Message, standing in for a ConsumedRecord
         key = name.encode()
         p = partition_for(key, PARTITIONS)
         off = self.next_offset.get(p, 0)
         self.next_offset[p] = off + 1
         value = self.codec.encode("counter.incremented", {"name": name, "by": 1})
-        headers = Envelope.new("counter.incremented", "/t").to_headers()
+        headers: Any = Envelope.new("counter.incremented", "/t").to_headers()
         return Message(topic=self.topic, partition=p, offset=off, key=key, value=value, headers=headers, error=None)
 
 
@@ -133,10 +133,10 @@ def _state_total(runner: AgentRunner, name: str) -> int | None:
 def test_work_stays_open_across_polls_and_one_commit_covers_it_all(setup) -> None:
     runner, committer, _, records = setup
     first = [records.make("a"), records.make("b")]
-    runner._process(first)  # type: ignore[arg-type]
+    runner._process(first)
     assert committer.commits == [], "committed before the interval was up"
     assert all(not s.items() for s in runner.assignment.stores.values()), "a store written before its commit"
-    runner._process([records.make("a")])  # type: ignore[arg-type]
+    runner._process([records.make("a")])
     assert committer.commits == []
     assert runner.open is not None and runner.open.handled == 3
     runner.open.opened -= 6  # the interval is up
@@ -152,9 +152,9 @@ def test_work_stays_open_across_polls_and_one_commit_covers_it_all(setup) -> Non
 
 def test_a_later_poll_reads_what_an_earlier_one_wrote(setup) -> None:
     runner, committer, _, records = setup
-    runner._process([records.make("a")])  # type: ignore[arg-type]
-    runner._process([records.make("a")])  # type: ignore[arg-type]
-    runner.open.opened -= 6  # type: ignore[union-attr]
+    runner._process([records.make("a")])
+    runner._process([records.make("a")])
+    runner.open.opened -= 6
     runner._process([])
     p = partition_for(b"a", PARTITIONS)
     raw = runner.assignment.stores[p].get(keys.state_key(b"a"))
@@ -164,9 +164,9 @@ def test_a_later_poll_reads_what_an_earlier_one_wrote(setup) -> None:
 def test_an_abort_rewinds_to_where_the_open_work_began_and_commits_nothing(setup) -> None:
     runner, committer, consumer, records = setup
     a1 = records.make("a")
-    runner._process([a1])  # type: ignore[arg-type]
+    runner._process([a1])
     committer.refuse_next_send = True
-    runner._process([records.make("a")])  # type: ignore[arg-type]
+    runner._process([records.make("a")])
     assert committer.commits == [], "a commit covered work of an aborted batch"
     assert committer.aborts == 1 and runner.open is None
     assert (records.topic, a1.partition(), a1.offset()) in consumer.seeks, "rewound to the first poll's offset"
@@ -175,7 +175,7 @@ def test_an_abort_rewinds_to_where_the_open_work_began_and_commits_nothing(setup
 
 def test_a_revoke_commits_the_open_work_before_the_partitions_go(setup) -> None:
     runner, committer, _, records = setup
-    runner._process([records.make("a"), records.make("b")])  # type: ignore[arg-type]
+    runner._process([records.make("a"), records.make("b")])
     assert committer.commits == []
     committer.revoke({0, 1, 2})  # what the revoke callback calls, inside the poll
     assert len(committer.commits) == 1, "open work lost on revoke"
@@ -188,16 +188,16 @@ def test_a_failed_commit_on_revoke_aborts_and_rewinds_what_stays_here(setup) -> 
     runner, committer, consumer, records = setup
     a, b = records.make("a"), records.make("b")
     assert a.partition() != b.partition()
-    runner._process([a, b])  # type: ignore[arg-type]
+    runner._process([a, b])
 
     def refuse(batch: Batch) -> dict[int, int]:
         raise BatchAborted("coordinator away")
 
-    committer.commit = refuse  # type: ignore[method-assign]
+    committer.commit = refuse
     committer.revoke({a.partition()})
     assert committer.aborts == 1
     later = records.make("b")
-    kept = runner._settle_after_poll([later])  # type: ignore[arg-type]
+    kept = runner._settle_after_poll([later])
     assert kept == [], "a record past the rewind point would be handled out of order"
     assert consumer.seeks == [(records.topic, b.partition(), b.offset())], "only the kept partition is rewound"
 
@@ -205,7 +205,7 @@ def test_a_failed_commit_on_revoke_aborts_and_rewinds_what_stays_here(setup) -> 
 def test_open_work_of_a_lost_partition_is_aborted_not_committed(setup) -> None:
     runner, committer, consumer, records = setup
     a, b = records.make("a"), records.make("b")
-    runner._process([a, b])  # type: ignore[arg-type]
+    runner._process([a, b])
     del runner.assignment.stores[a.partition()]  # on_lost closed its store
     runner._settle_after_poll([])
     assert committer.commits == [] and committer.aborts == 1 and runner.open is None
@@ -214,12 +214,12 @@ def test_open_work_of_a_lost_partition_is_aborted_not_committed(setup) -> None:
 
 def test_a_restore_step_or_a_stop_commits_the_open_work_first(setup) -> None:
     runner, committer, _, records = setup
-    runner._process([records.make("a")])  # type: ignore[arg-type]
+    runner._process([records.make("a")])
     runner.restorer.busy = True  # a poll assigned a partition to restore
     runner._settle_after_poll([])
     assert len(committer.commits) == 1, "a restore step would write the changelog inside the open transaction"
     runner.restorer.busy = False
-    runner._process([records.make("b")])  # type: ignore[arg-type]
+    runner._process([records.make("b")])
     runner._commit_open_work()
     assert len(committer.commits) == 2, "open work lost at stop"
 
@@ -227,22 +227,22 @@ def test_a_restore_step_or_a_stop_commits_the_open_work_first(setup) -> None:
 def test_the_size_bound_and_interval_zero_commit_at_once(tmp_path) -> None:
     runner, committer, _ = make_runner(tmp_path, interval_s=0.0)
     records = Records(runner.topics[0], runner.app.codec)
-    runner._process([records.make("a")])  # type: ignore[arg-type]
+    runner._process([records.make("a")])
     assert len(committer.commits) == 1, "interval 0 commits every batch"
     bounded, committer2, _ = make_runner(tmp_path / "b", interval_s=5.0)
     bounded.options = WorkerOptions(commit_interval_s=5.0, commit_max_records=2)
     records2 = Records(bounded.topics[0], bounded.app.codec)
-    bounded._process([records2.make("a")])  # type: ignore[arg-type]
+    bounded._process([records2.make("a")])
     assert committer2.commits == []
-    bounded._process([records2.make("b")])  # type: ignore[arg-type]
+    bounded._process([records2.make("b")])
     assert len(committer2.commits) == 1, "the size bound commits"
 
 
 def test_the_poll_waits_no_longer_than_the_open_work_may(setup) -> None:
     runner, _, _, records = setup
     assert runner._poll_timeout() == runner.options.poll_timeout_s
-    runner._process([records.make("a")])  # type: ignore[arg-type]
-    runner.open.opened -= 4.95  # type: ignore[union-attr]
+    runner._process([records.make("a")])
+    runner.open.opened -= 4.95
     assert runner._poll_timeout() <= 0.05 + 1e-3
 
 
