@@ -77,6 +77,7 @@ class WorkerOptions:
     # across polls until it has run this long (or holds commit_max_records inputs): see _commit_due.
     commit_interval_s: float | None = None
     commit_max_records: int = 5000
+    commit_idle_s: float | None = None  # None: the settings' commit_idle_ms (0: off)
     commit_timeout_s: float = 30.0
     timers_per_batch: int = 1000
     purge_interval_s: float = 60.0
@@ -138,6 +139,8 @@ class AgentRunner:
         self._client_failure: KafkaFailure | None = None  # a fatal error a client callback reported
         self._next_probe = 0.0
         self.commit_interval_s = _commit_interval_s(options, settings, self.guarantee)
+        idle = settings.commit_idle_ms / 1000 if options.commit_idle_s is None else options.commit_idle_s
+        self.commit_idle_s = idle if 0 < idle < self.commit_interval_s else None
         self.open: Batch | None = None  # work handled since the last commit (see _commit_due)
         self._rewind_after_poll: dict[tuple[str, int], int] = {}  # set by a revoke whose commit failed
         self._revoke_failure: BaseException | None = None  # raised by the loop once the poll returns
@@ -351,7 +354,7 @@ class AgentRunner:
             self.metrics.flush()
             if not (batch.has_work or self.committer.pending):
                 self.open = None  # nothing to commit: the interval starts with the next work
-            elif self._commit_due(batch):
+            elif self._commit_due(batch, idle=not msgs):
                 self.open = None
                 self._commit(batch, batch.handled)
         except BatchAborted as exc:  # a write refused while the batch ran, or at its commit
@@ -372,10 +375,13 @@ class AgentRunner:
             self.open = Batch(self.assignment.stores)
         return self.open
 
-    def _commit_due(self, batch: Batch) -> bool:
-        """Whether the open work is committed now: its interval is up, it holds the size bound, or
-        the loop is isolating a refused record (one record a commit) or stopping."""
+    def _commit_due(self, batch: Batch, idle: bool = False) -> bool:
+        """Whether the open work is committed now: its interval is up, it holds the size bound, the
+        last poll found nothing for ``commit_idle_s`` (an idle agent has nothing to amortise the
+        commit over), or the loop is isolating a refused record (one record a commit) or stopping."""
         if self.isolating or self.stop_event.is_set() or self.restorer.busy:
+            return True
+        if idle and self.commit_idle_s is not None:
             return True
         if batch.handled >= self.options.commit_max_records:
             return True
@@ -389,6 +395,8 @@ class AgentRunner:
         if self.open is None:
             return self.options.poll_timeout_s
         left = self.open.opened + self.commit_interval_s - time.monotonic()
+        if self.commit_idle_s is not None:
+            left = min(left, self.commit_idle_s)
         return max(0.0, min(self.options.poll_timeout_s, left))
 
     def _settle_revoked(self, partitions: set[int]) -> None:

@@ -254,3 +254,18 @@ def test_an_interval_past_the_transaction_timeout_is_refused(tmp_path) -> None:
                     threading.Event(), options)  # fmt: skip
     AgentRunner(app, app.agents["counter"], Settings(state_dir=tmp_path), "w1", "at_least_once",
                 threading.Event(), options)  # fmt: skip
+
+
+def test_an_idle_poll_commits_early_when_commit_idle_is_set(tmp_path) -> None:
+    runner, committer, _ = make_runner(tmp_path, interval_s=5.0)
+    records = Records(runner.topics[0], runner.app.codec)
+    runner._process([records.make("a")])
+    runner._process([])  # commit_idle off: an empty poll does not commit
+    assert committer.commits == []
+    assert runner._poll_timeout() > 0.1
+    runner.commit_idle_s = 0.01
+    assert runner._poll_timeout() <= 0.01, "the poll waits no longer than the idle time"
+    runner._process([records.make("b")])
+    assert committer.commits == [], "a poll that brought records is not idle"
+    runner._process([])
+    assert len(committer.commits) == 1 and sum(committer.commits[0].offsets.values()) == 2
