@@ -82,7 +82,7 @@ class Settings:
     commit_interval_ms: int = 100
     # ...but commit before the interval is up once no input has come for this long (0: never): an
     # idle agent has nothing to amortise a commit over, so waiting out the interval only adds latency.
-    commit_idle_ms: int = 0
+    commit_idle_ms: int = 10
     # Where bootstrap_servers came from ("default", "config file PATH", "environment NAME",
     # "argument"): commands that may start a local broker do so only when it is "default".
     bootstrap_source: str = field(default="default", compare=False)

@@ -85,7 +85,7 @@ class FakeConsumer:
 def make_runner(tmp_path, interval_s: float) -> tuple[AgentRunner, RecordingCommitter, FakeConsumer]:
     app = build_app("interval-test")
     spec = app.agents["counter"]
-    options = WorkerOptions(commit_interval_s=interval_s)
+    options = WorkerOptions(commit_interval_s=interval_s, commit_idle_s=0.0)
     runner = AgentRunner(app, spec, Settings(state_dir=tmp_path), "w1", "exactly_once", threading.Event(), options)
     stores = {p: MemoryStore() for p in range(PARTITIONS)}
     committer = RecordingCommitter(stores)
@@ -230,7 +230,7 @@ def test_the_size_bound_and_interval_zero_commit_at_once(tmp_path) -> None:
     runner._process([records.make("a")])
     assert len(committer.commits) == 1, "interval 0 commits every batch"
     bounded, committer2, _ = make_runner(tmp_path / "b", interval_s=5.0)
-    bounded.options = WorkerOptions(commit_interval_s=5.0, commit_max_records=2)
+    bounded.options = WorkerOptions(commit_interval_s=5.0, commit_max_records=2, commit_idle_s=0.0)
     records2 = Records(bounded.topics[0], bounded.app.codec)
     bounded._process([records2.make("a")])
     assert committer2.commits == []
@@ -269,3 +269,13 @@ def test_an_idle_poll_commits_early_when_commit_idle_is_set(tmp_path) -> None:
     assert committer.commits == [], "a poll that brought records is not idle"
     runner._process([])
     assert len(committer.commits) == 1 and sum(committer.commits[0].offsets.values()) == 2
+
+
+def test_commit_idle_defaults_on_and_zero_turns_it_off(tmp_path) -> None:
+    app = build_app("interval-test")
+    spec = app.agents["counter"]
+    on = AgentRunner(app, spec, Settings(state_dir=tmp_path), "w1", "exactly_once", threading.Event(), WorkerOptions())
+    assert on.commit_interval_s == 0.1 and on.commit_idle_s == 0.01
+    off = AgentRunner(app, spec, Settings(state_dir=tmp_path, commit_idle_ms=0), "w1", "exactly_once",
+                      threading.Event(), WorkerOptions())  # fmt: skip
+    assert off.commit_idle_s is None
