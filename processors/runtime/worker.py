@@ -5,8 +5,9 @@ Each agent runs in a thread of its own, around this loop (:meth:`AgentRunner.run
     poll a batch  →  restore step  →  handle each record  →  timers and TTL purge  →  commit
 
 Handlers write into a per-batch overlay of their partition's store; follow-ups, dead letters and
-audit records are sent as they come; at the end of the batch the commit protocol makes it
-durable and writes the overlays to the stores. The parts live beside this module:
+audit records are sent as they come; when the batch is due (the commit interval: a batch spans
+polls until ``commit_interval_ms`` is up, or the agent finds itself idle) the commit protocol makes
+it durable and writes the overlays to the stores. The parts live beside this module:
 
 * :mod:`processors.runtime.topics`: the topics an agent set needs, created and checked at start;
 * :mod:`processors.runtime._clients`: the settings of the agent's Kafka clients;
