@@ -86,6 +86,15 @@ class Settings:
     # Per external dependency (name with dashes as underscores, lower case): limit -> value, over
     # what the agent declares. Parsed and checked by processors.runtime.dependencies.
     dependencies: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # How often an agent commits (like Kafka Streams' commit.interval.ms): its work stays open across
+    # polls until this much time has passed since its first record (or a size bound is reached), so
+    # paced load pays one transaction (exactly_once) or one offset commit (at_least_once) per
+    # interval, not per small batch. Adds at most this plus one batch to a hop's latency under
+    # exactly_once (outputs are visible at the commit); 0 commits every poll's batch.
+    commit_interval_ms: int = 100
+    # ...but commit before the interval is up once no input has come for this long (0: never): an
+    # idle agent has nothing to amortise a commit over, so waiting out the interval only adds latency.
+    commit_idle_ms: int = 10
     # Where bootstrap_servers came from ("default", "config file PATH", "environment NAME",
     # "argument"): commands that may start a local broker do so only when it is "default".
     bootstrap_source: str = field(default="default", compare=False)
@@ -175,6 +184,12 @@ class Settings:
             raise SettingsError(f"startup_wait_s: must be 0 (no limit) or a positive number, got {self.startup_wait_s}")
         if not self.tools_group_id:
             raise SettingsError("tools_group_id: must not be empty")
+        if self.commit_idle_ms < 0:
+            raise SettingsError(f"commit_idle_ms: must be 0 (off) or a positive number, got {self.commit_idle_ms}")
+        if self.commit_interval_ms < 0:
+            raise SettingsError(
+                f"commit_interval_ms: must be 0 (every batch) or a positive number, got {self.commit_interval_ms}"
+            )
         if self.state_memory_mb <= 0:
             raise SettingsError(f"state_memory_mb: must be a positive number of MiB, got {self.state_memory_mb}")
 
@@ -267,7 +282,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return float(value)
         except (TypeError, ValueError) as exc:
             raise SettingsError(f"{source}: {name} must be a number of seconds, got {value!r}") from exc
-    if name in ("metrics_port", "state_memory_mb"):
+    if name in ("metrics_port", "state_memory_mb", "commit_interval_ms", "commit_idle_ms"):
         try:
             return int(value)
         except (TypeError, ValueError) as exc:
