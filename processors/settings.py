@@ -86,6 +86,10 @@ class Settings:
     # Per external dependency (name with dashes as underscores, lower case): limit -> value, over
     # what the agent declares. Parsed and checked by processors.runtime.dependencies.
     dependencies: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # How agents' consumer groups rebalance: "consumer" (Kafka 4's KIP-848 protocol, incremental,
+    # broker-side range assignor), "classic" (cooperative-sticky for one-input agents, eager range
+    # for co-partitioned ones) or "auto": consumer when the broker serves it, else classic.
+    group_protocol: str = "auto"
     # Where bootstrap_servers came from ("default", "config file PATH", "environment NAME",
     # "argument"): commands that may start a local broker do so only when it is "default".
     bootstrap_source: str = field(default="default", compare=False)
@@ -177,6 +181,8 @@ class Settings:
             raise SettingsError("tools_group_id: must not be empty")
         if self.state_memory_mb <= 0:
             raise SettingsError(f"state_memory_mb: must be a positive number of MiB, got {self.state_memory_mb}")
+        if self.group_protocol not in ("auto", "consumer", "classic"):
+            raise SettingsError(f"group_protocol: expected auto, consumer or classic, got {self.group_protocol!r}")
 
     # ------------------------------------------------------------------ use
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
