@@ -141,8 +141,9 @@ def _settled(runner) -> bool:
     return assignment is not None and assignment.settled and len(assignment.stores) == 3
 
 
-def _opens(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    found = [r for r in caplog.records if r.getMessage() == "store opened"]
+def _opens(caplog: pytest.LogCaptureFixture) -> list[dict]:
+    """The "store opened" lines logged since the last call: their fields."""
+    found = [vars(r) for r in caplog.records if r.getMessage() == "store opened"]
     caplog.clear()
     return found
 
@@ -159,7 +160,7 @@ def test_store_opens_say_whether_they_read_the_changelog_and_count_what_they_res
     _run_until(env, app, tmp_path, "first", "state-first", outputs=12, events=12)
     opens = _opens(caplog)
     assert _delta(before) == {"up_to_date": 3, "opens": 3}, "empty stores open without a changelog read"
-    assert all("read" not in r.phases_ms for r in opens)
+    assert all("read" not in r["phases_ms"] for r in opens)
     changelog = [
         r
         for r in read_topic(env.bootstrap, app.changelog_topic("counter"), None, timeout=30)
@@ -176,13 +177,13 @@ def test_store_opens_say_whether_they_read_the_changelog_and_count_what_they_res
     assert delta["records"] == len(changelog), "every changelog record applied is counted"
     assert delta["restores"] == len(with_records)
     assert all(_remaining("counter", p) == 0 for p in range(3))
-    assert {r.partition: r.records for r in _opens(caplog) if r.outcome == "restored"} == {
-        p: sum(1 for r in changelog if r.partition == p) for p in with_records
-    }
+    restored = {r["partition"]: r["records"] for r in _opens(caplog) if r["outcome"] == "restored"}
+    assert restored == {p: sum(1 for r in changelog if r.partition == p) for p in with_records}
 
     before = _metrics()
     _run_until(env, app, tmp_path, "first", "state-first", outputs=12)
     delta = _delta(before)
     assert delta.get("caught_up") == len(with_records), "up to date but for its last transaction marker"
     assert "records" not in delta and "restored" not in delta and "rebuilt" not in delta
-    assert all(r.records == 0 and set(r.phases_ms) <= {"open", "watermarks", "read"} for r in _opens(caplog))
+    phases = {"open", "watermarks", "read"}
+    assert all(r["records"] == 0 and set(r["phases_ms"]) <= phases for r in _opens(caplog))

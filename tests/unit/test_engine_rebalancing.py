@@ -159,8 +159,8 @@ def test_an_incremental_revoke_closes_only_what_moves_and_the_rest_keeps_its_sto
     assignment, consumer, restorer, committer = _assignment(incremental=True)
     assignment.on_assign(consumer, both(0, 1, 2))  # type: ignore[arg-type]
     assignment.activate(consumer, restorer.step())  # type: ignore[arg-type]
-    kept = {p: assignment.stores[p] for p in (0, 1)}
-    moved = assignment.stores[2]
+    kept: dict[int, Any] = {p: assignment.stores[p] for p in (0, 1)}
+    moved: Any = assignment.stores[2]
 
     assignment.on_revoke(consumer, both(2))  # type: ignore[arg-type]
     assignment.on_assign(consumer, [])  # type: ignore[arg-type]  # the rebalance completes: nothing new here
@@ -177,7 +177,7 @@ def test_a_store_stays_open_while_one_input_of_its_partition_is_still_here():
     assignment, consumer, restorer, _ = _assignment(incremental=True)
     assignment.on_assign(consumer, both(0))  # type: ignore[arg-type]
     assignment.activate(consumer, restorer.step())  # type: ignore[arg-type]
-    store = assignment.stores[0]
+    store: Any = assignment.stores[0]
     assignment.on_revoke(consumer, tps(("a", 0)))  # type: ignore[arg-type]
     assert assignment.stores == {0: store} and not store.closed
     assignment.on_revoke(consumer, tps(("b", 0)))  # type: ignore[arg-type]
