@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,19 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from processors.agents.loadgen import Expected, GeneratedOrder, OrderGenerator, OrderMix
-from processors.agents.verify import collect, end_offsets, wait_settled, watched_topics
+from processors.agents.verify import (
+    PSP_URL_ENV,
+    SINK_URL_ENV,
+    check_receivers,
+    collect,
+    end_offsets,
+    wait_settled,
+    watched_topics,
+)
 from processors.contracts import Envelope
 from processors.kafka_types import produce_headers
 from processors.runtime import App, Worker
+from processors.services.process import start_commerce_services
 from processors.settings import Settings
 from processors.tooling.kafka_io import reader_config
 
@@ -76,7 +85,28 @@ def run_demo(app: App, settings: Settings, options: DemoOptions, progress: Progr
     Worker(app, settings).prepare()  # refuses a bad topology and creates the topics from contracts
     since = end_offsets(settings, watched_topics(app))
     run_id = uuid.uuid4().hex[:6]
-    workers = start_workers(settings, options, run_id)
+    running = {name: os.environ[name] for name in (PSP_URL_ENV, SINK_URL_ENV) if os.environ.get(name)}
+    if len(running) == 2:  # the user's own PSP and sink (e.g. `choreo psp serve` with faults)
+        return _run_with_services(app, settings, options, progress, since, run_id, running)
+    services = start_commerce_services(options.work_dir / "services", seed=options.seed)
+    try:
+        return _run_with_services(app, settings, options, progress, since, run_id, services.env)
+    finally:
+        services.stop()
+
+
+def _run_with_services(
+    app: App,
+    settings: Settings,
+    options: DemoOptions,
+    progress: Progress,
+    since: dict[tuple[str, int], int],
+    run_id: str,
+    services_env: dict[str, str],
+) -> dict[str, Any]:
+    """The demo against the PSP and the delivery sink at ``services_env`` (real processes): their
+    own ledgers are judged beside the topics, so "never charged twice" is the receiver's word."""
+    workers = start_workers(settings, options, run_id, services_env)
     follower = TerminalFollower(settings, since)
     try:
         started = time.monotonic()
@@ -91,6 +121,9 @@ def run_demo(app: App, settings: Settings, options: DemoOptions, progress: Progr
     ledger = collect(settings, app, since, order_prefix=f"ord-{run_id}")
     summary = ledger.summary()
     summary["invariant_violations"] += outcome_mismatches(ledger, published.orders)
+    receivers = check_receivers(ledger, f"ord-{run_id}", services_env)
+    summary["invariant_violations"] += receivers["violations"]
+    summary["receivers"] = {"psp": receivers["psp"], "sink": receivers["sink"]}
     if not settled:
         summary["invariant_violations"].append("the agents did not catch up with their inputs within 60s")
     elapsed_s = max(1e-3, (terminal_at - published.first_ms) / 1000)
@@ -188,12 +221,15 @@ class Window:
             self.size += 1
 
 
-def start_workers(settings: Settings, options: DemoOptions, run_id: str) -> list[subprocess.Popen]:
+def start_workers(
+    settings: Settings, options: DemoOptions, run_id: str, extra_env: Mapping[str, str] | None = None
+) -> list[subprocess.Popen]:
     options.work_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     for index in range(options.workers):
         env = {
             **os.environ,
+            **(extra_env or {}),
             "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
             "CHOREO_BOOTSTRAP_SERVERS": settings.bootstrap_servers,  # it would win over the line above
             "CHOREO_COMMERCE_TIMEOUT_S": str(options.timeout_s),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import typer
 from rich.console import Console
@@ -92,12 +93,20 @@ def verify(
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Read the outcome and audit topics from the start and check the business invariants (exit 1 on a violation)."""
-    from processors.agents.verify import collect
+    from processors.agents.verify import check_receivers, collect
 
     settings = settings_or_local_broker(bootstrap, config)
     with operator_errors():  # e.g. settings that name other contracts than the commerce ones
         ledger = collect(settings, _commerce_app(settings), order_prefix=order_prefix)
     summary = ledger.summary()
+    # the PSP's and the sink's own ledgers, where CHOREO_PSP_URL / CHOREO_SINK_URL name them
+    try:
+        receivers = check_receivers(ledger, order_prefix)
+    except httpx.HTTPError as exc:
+        err.print(f"error: reading the PSP or sink ledger: {type(exc).__name__}: {str(exc)[:200]}")
+        raise typer.Exit(2) from exc
+    summary["invariant_violations"] += receivers["violations"]
+    summary["receivers"] = {"psp": receivers["psp"], "sink": receivers["sink"]}
     summary["bootstrap"] = settings.bootstrap_servers
     _print_summary(summary, as_json, title="verify")
     if summary["invariant_violations"]:
@@ -142,6 +151,20 @@ def _print_summary(summary: dict[str, Any], as_json: bool, title: str) -> None:
         table.add_row("throughput", f"{summary['orders_per_s']} orders/s")
     if summary.get("workers_ready_s") is not None:
         table.add_row("workers ready (groups joined)", f"{summary['workers_ready_s']} s")
+    receivers = summary.get("receivers") or {}
+    if receivers.get("psp"):
+        psp = receivers["psp"]
+        table.add_row(
+            "PSP ledger",
+            f"{psp['orders_charged']} orders charged, {len(psp['double_charges'])} twice; {psp['refunds']} refunds, "
+            f"{len(psp['refunds_without_charge'])} without a charge, {len(psp['double_refunds'])} twice",
+        )
+    if receivers.get("sink"):
+        sink = receivers["sink"]
+        table.add_row(
+            "delivery sink",
+            f"{sink['deliveries']} notifications, {len(sink['duplicate_notifications'])} delivered twice",
+        )
     table.add_row(
         "invariants",
         "all hold"

@@ -66,6 +66,7 @@ def test_full_flow_reaches_terminal_states_and_verify_agrees(kafka_bootstrap: st
     assert summary["published"]["duplicates"] > 0
     assert summary["duplicates_dropped"] >= summary["published"]["duplicates"]
     assert summary["audit_completeness"] == 1.0
+    assert summary["receivers"]["psp"]["orders_charged"] > 0  # the demo used the services of CHOREO_PSP_URL/SINK_URL
 
     verified = subprocess.run(
         [sys.executable, "-m", "processors.cli.main", "verify", "--json", "--order-prefix", f"ord-{summary['run_id']}"],

@@ -85,6 +85,9 @@ def check_commerce_commands(bin_dir: Path, cwd: Path, bootstrap: str) -> None:
     )
     summary = json.loads(demo.strip().splitlines()[-1])
     assert summary["orders"] == 12 and summary["non_terminal"] == 0 and not summary["invariant_violations"]
+    psp, sink = summary["receivers"]["psp"], summary["receivers"]["sink"]  # the demo started both services
+    assert psp["orders_charged"] > 0 and psp["double_charges"] == {}, psp
+    assert sink["deliveries"] > 0 and sink["duplicate_notifications"] == [], sink
 
 
 def check_scaffold(bin_dir: Path, cwd: Path, bootstrap: str) -> None:
