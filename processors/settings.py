@@ -65,6 +65,9 @@ class Settings:
     processing_guarantee: str = "exactly_once"
     state_memory_mb: int = 256  # RocksDB block cache + memtables of all the state stores of a worker process
     metrics_port: int | None = None
+    # Warm standbys: each agent keeps copies of the stores of the partitions its k group members
+    # before it (in a ring of members) own, so a takeover after a crash restores only the tail.
+    standby_replicas: int = 0
     log_level: str = "INFO"
     # The one consumer group id the tools (tail, dlq, replay, verify, publish checks) give their
     # readers: they assign partitions and never commit, but the client still names a group, and a
@@ -156,6 +159,8 @@ class Settings:
             raise SettingsError("tools_group_id: must not be empty")
         if self.state_memory_mb <= 0:
             raise SettingsError(f"state_memory_mb: must be a positive number of MiB, got {self.state_memory_mb}")
+        if self.standby_replicas < 0:
+            raise SettingsError(f"standby_replicas: must be 0 (none) or more, got {self.standby_replicas}")
 
     # ------------------------------------------------------------------ use
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
@@ -224,7 +229,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return float(value)
         except (TypeError, ValueError) as exc:
             raise SettingsError(f"{source}: {name} must be a number of seconds, got {value!r}") from exc
-    if name in ("metrics_port", "state_memory_mb"):
+    if name in ("metrics_port", "state_memory_mb", "standby_replicas"):
         try:
             return int(value)
         except (TypeError, ValueError) as exc:

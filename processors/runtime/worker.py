@@ -49,6 +49,7 @@ from processors.runtime._housekeeping import Housekeeping, HousekeepingOptions
 from processors.runtime._processor import IGNORED, HandleResult, Processor
 from processors.runtime._recovery import BROKER_UNREACHABLE, AgentHealth, TransientFailure
 from processors.runtime._restore import ChangelogRestorer, RestoreOptions
+from processors.runtime._standby import open_standby
 from processors.runtime._watchdog import Abandoned, CallWatch
 from processors.runtime.agent import AgentSpec
 from processors.runtime.app import App
@@ -164,6 +165,9 @@ class AgentRunner:
         if assignment is not None:
             assignment.detach()
             assignment.close()
+        standby = getattr(self, "standby", None)
+        if standby is not None:
+            standby.release()
         if stuck_call in _CONSUMER_CALLS:
             return  # closing a consumer another thread is inside of is not safe: the group evicts it
         restorer = getattr(self, "restorer", None)
@@ -203,6 +207,7 @@ class AgentRunner:
         self._raise_client_failure()
         if self.restorer.busy:  # also when the poll just assigned partitions
             self.assignment.activate(self.consumer, self.restorer.step())
+        self.standby.step()  # a bounded turn of the warm standbys (none: a no-op)
         if self.assignment.settled:
             self.ready.set()
         self._process(msgs)
@@ -286,19 +291,36 @@ class AgentRunner:
             HousekeepingOptions(opts.timers_per_batch, opts.purge_interval_s, opts.purge_limit, opts.lag_interval_s),
         )
         assignment = self.assignment
+        self.standby = open_standby(  # warm standbys (standby_replicas): copies of others' stores
+            self.settings.standby_replicas,
+            clients.restorer(),
+            self.settings.kafka_config(),
+            self.app.group_id(self.spec.name),
+            commit_settings.changelog,
+            self.consumer.memberid,
+            lambda: assignment.stores.keys() | assignment.paused.keys(),
+            lambda p: self._open_store(p, standby=True),
+            self.spec.name,
+        )
         self.consumer.subscribe(
             self.topics, on_assign=assignment.on_assign, on_revoke=assignment.on_revoke, on_lost=assignment.on_lost
         )
 
-    def _open_store(self, partition: int) -> RocksStore:
+    def _open_store(self, partition: int, standby: bool = False) -> RocksStore:
         """The store of ``partition``. Locked by this very process, it is still held by a session
         that was replaced (stuck in a client call with the store just opened): transient, the
         next session tries again. Locked by another process is a misconfiguration (two workers on
-        one state directory): fatal."""
+        one state directory): fatal. A warm standby copy is handed over open; a standby's own
+        open never waits for the lock."""
+        if not standby:
+            warm = self.standby.take(partition)
+            if warm is not None:
+                return warm
         try:
             return RocksStore(
                 self.state_root / f"p{partition}",
                 max_age_ms=self.options.max_store_age_ms,
+                lock_wait_s=0.0 if standby else 20.0,
                 memory=StoreMemory.shared(self.settings.state_memory_mb),
             )
         except StoreLockedError as exc:
@@ -559,6 +581,10 @@ class AgentRunner:
                 assignment.close()
             if restorer is not None:
                 restorer.close()
+            standby = getattr(self, "standby", None)
+            if standby is not None:
+                with self.watch.watch("close", 10 + self.options.call_grace_s):
+                    standby.close()
             log.info("agent stopped", extra={"agent": self.spec.name, "batches": self.batches})
 
 
