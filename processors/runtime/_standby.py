@@ -65,7 +65,9 @@ class StandbyOptions:
     replicas: int = 0  # k: each member's partitions are shadowed by the k members after it
     refresh_s: float = 5.0  # how often the group's membership and assignment are read
     max_records: int = 5_000  # changelog records applied per loop turn, at most
-    max_pending: int = 200_000  # unmarked records held for one partition before its copy is reset
+    # unmarked records held for one partition before its copy is reset (a batch of 500 inputs
+    # writes a few records each; a longer run waits in the store's changelog for the restore)
+    max_pending: int = 100_000
     describe_timeout_s: float = 10.0  # a describe not answered by then is given up (and retried)
 
 
@@ -110,10 +112,21 @@ class _Copy:
     position: int  # next offset to read (0 with no offset stored: from the beginning)
     pending: dict[bytes, ChangelogValue] = field(default_factory=dict)
     applied: int = 0  # records applied since shadowing began
+    trust_eof: bool = True  # False from a wipe until a record of the new reading came
 
     def add(self, key: bytes, value: ChangelogValue, offset: int) -> None:
         self.pending[key] = value
         self.position = offset + 1
+        self.trust_eof = True
+
+    def caught_up(self, end: int) -> None:
+        """The end of what a read_committed reader sees is ``end`` and nothing is held since the
+        last marker: only transaction markers (or aborted records, which a restore skips as well)
+        lie between, so the store may say it has everything up to ``end - 1``. A restore of the
+        copy then starts at ``end`` and has nothing to read, instead of waiting for the end of
+        a partition whose remaining offsets hold no record."""
+        self.store.apply({}, end - 1)
+        self.position = end
 
     def mark(self, offset: int) -> None:
         """A batch marker: apply the batch with the marker's offset, as the restorer does."""
@@ -121,6 +134,7 @@ class _Copy:
         self.applied += len(self.pending)
         self.pending = {}
         self.position = offset + 1
+        self.trust_eof = True
 
 
 class WarmStandby:
@@ -325,8 +339,8 @@ class WarmStandby:
         code = err.code()
         if code == KafkaError._PARTITION_EOF:
             caught_up.add(copy.partition)
-            if offset is not None and offset > copy.position and not copy.pending:
-                copy.position = offset  # past trailing transaction markers
+            if offset is not None and offset > copy.position and not copy.pending and copy.trust_eof:
+                copy.caught_up(offset)
         elif code == KafkaError._AUTO_OFFSET_RESET:
             log.warning(
                 "standby store does not match its changelog, rebuilding it",
@@ -335,6 +349,7 @@ class WarmStandby:
             copy.store.wipe()
             copy.pending = {}
             copy.position = 0
+            copy.trust_eof = False  # an end reported for the old reading must not be taken as ours
             self._assigned = []
             self._assign()
         elif err.fatal():

@@ -3,7 +3,10 @@ group changes the plan (pure functions of processors/runtime/_standby.py)."""
 
 from __future__ import annotations
 
+import pytest
+
 from processors.runtime._standby import Member, next_plan, plan_standbys
+from processors.settings import Settings, SettingsError
 
 
 def _members(*owned: tuple[str, set[int]]) -> list[Member]:
@@ -41,3 +44,12 @@ def test_a_dead_members_partitions_stay_shadowed_until_someone_else_owns_them():
     assert next_plan({2}, set(), owned_by_others={2}, stable=True) == set()
     # while it rebalances, nothing is dropped
     assert next_plan({2}, {5}, owned_by_others={2}, stable=False) == {2, 5}
+
+
+def test_the_setting_comes_from_the_environment_and_is_checked():
+    assert Settings.load(env={}).standby_replicas == 0
+    assert Settings.load(env={"CHOREO_STANDBY_REPLICAS": "2"}).standby_replicas == 2
+    with pytest.raises(SettingsError, match="standby_replicas: must be 0"):
+        Settings.load(env={"CHOREO_STANDBY_REPLICAS": "-1"})
+    with pytest.raises(SettingsError, match="standby_replicas must be an integer"):
+        Settings.load(env={"CHOREO_STANDBY_REPLICAS": "many"})
