@@ -65,8 +65,8 @@ class Settings:
     processing_guarantee: str = "exactly_once"
     state_memory_mb: int = 256  # RocksDB block cache + memtables of all the state stores of a worker process
     metrics_port: int | None = None
-    # Warm standbys: each agent keeps copies of the stores of the partitions its k group members
-    # before it (in a ring of members) own, so a takeover after a crash restores only the tail.
+    # Warm standbys: > 0 makes each agent keep copies of the stores of the partitions it does not
+    # own, so a takeover after a crash restores only the tail (see _standby.py for the rule).
     standby_replicas: int = 0
     log_level: str = "INFO"
     # The one consumer group id the tools (tail, dlq, replay, verify, publish checks) give their

@@ -1,15 +1,17 @@
 """Warm standbys: up-to-date copies of partition stores this worker does not own.
 
-With ``standby_replicas`` = k > 0, each agent keeps, beside its active stores, copies of the stores
-of partitions other members of its group own, fed from their changelogs, so that a partition taken
-over after its owner died (a SIGKILL, a lost node) restores only the changelog's tail instead of
-all of it. librdkafka has no custom assignor, so the group cannot place standbys for us: each
-worker decides itself what to shadow. Every ``refresh_s`` it reads its group's membership and
-assignment (one ``describe_consumer_groups`` per agent, answered asynchronously: the loop never
-waits for it), sorts the members into a ring (by client id, then member id) and shadows the
-partitions of the k members *before* it in the ring, i.e. every member's partitions are shadowed by
-the k members that follow it. With two workers and k = 1 each shadows the other's partitions; with
-k ≥ members - 1, every partition it does not own.
+With ``standby_replicas`` > 0, each agent keeps, beside its active stores, copies of the stores
+of the partitions it does not own, fed from their changelogs, so that a partition taken over after
+its owner died (a SIGKILL, a lost node) restores only the changelog's tail instead of all of it.
+librdkafka has no custom assignor, so the group cannot place standbys for us: each worker decides
+itself, and the rule is the simplest one that needs nothing but the assignment it already has:
+*every partition of the agent not owned here*. With two workers that is exactly one standby of
+every partition; with n workers, n - 1 (each worker holds a copy of everything, the cost grows
+with the worker count). A ring of k followers (each member's partitions shadowed by the k members
+after it) needs the group's membership and assignment, which only an admin client's
+``describe_consumer_groups`` gives a member; that call, made every few seconds, aborted the worker
+process (``rd_kafka_enq_once_del_source_return: Assertion `eonce->refcnt > 0'``, librdkafka
+2.16.0) when the broker went away while a request was in flight, so it is not used.
 
 A standby copy is the same on-disk store the active path uses (same directory, same changelog
 offset record), written the way a restore writes it: changelog records are gathered per partition
@@ -43,12 +45,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from processors.kafka_types import records
 from processors.runtime.metrics import report_standby_lag, report_standby_partitions
@@ -62,45 +62,11 @@ ChangelogValue = bytes | None
 
 @dataclass(frozen=True)
 class StandbyOptions:
-    replicas: int = 0  # k: each member's partitions are shadowed by the k members after it
-    refresh_s: float = 5.0  # how often the group's membership and assignment are read
+    retry_s: float = 5.0  # a copy that failed (store locked, an error) is tried again after this
     max_records: int = 5_000  # changelog records applied per loop turn, at most
     # unmarked records held for one partition before its copy is reset (a batch of 500 inputs
     # writes a few records each; a longer run waits in the store's changelog for the restore)
     max_pending: int = 100_000
-    describe_timeout_s: float = 10.0  # a describe not answered by then is given up (and retried)
-
-
-@dataclass(frozen=True)
-class Member:
-    """A member of the agent's group as the standby plan sees it."""
-
-    client_id: str
-    member_id: str
-    partitions: frozenset[int]
-
-
-def plan_standbys(members: Iterable[Member], me: str, replicas: int) -> set[int]:
-    """The partitions ``me`` (a member id) shadows: those of the ``replicas`` members before it in
-    the ring of members sorted by (client id, member id), never its own. Pure, for the unit tests."""
-    ring = sorted(members, key=lambda m: (m.client_id, m.member_id))
-    ids = [m.member_id for m in ring]
-    if me not in ids or replicas <= 0:
-        return set()
-    i = ids.index(me)
-    mine = ring[i].partitions
-    shadowed: set[int] = set()
-    for step in range(1, min(replicas, len(ring) - 1) + 1):
-        shadowed |= ring[(i - step) % len(ring)].partitions
-    return shadowed - mine
-
-
-def next_plan(current: set[int], planned: set[int], owned_by_others: set[int], stable: bool) -> set[int]:
-    """What to shadow after a description of the group: the ring's plan, plus what is shadowed now
-    and nobody else owns (the partitions of a member that died: exactly what a takeover needs),
-    plus, while the group is rebalancing, everything shadowed now (assignments are in flux)."""
-    keep = current - owned_by_others if stable else set(current)
-    return planned | keep
 
 
 @dataclass
@@ -143,29 +109,22 @@ class WarmStandby:
     def __init__(
         self,
         consumer: Consumer,
-        admin: AdminClient,
-        group: str,
         changelog: str,
-        member_id: Callable[[], str | None],
+        partitions: int,
         owned: Callable[[], Iterable[int]],
         open_store: Callable[[int], RocksStore],
         agent: str,
         options: StandbyOptions,
     ) -> None:
         self.consumer = consumer
-        self.admin = admin
-        self.group = group
         self.changelog = changelog
-        self.member_id = member_id
+        self.partitions = partitions
         self.owned = owned
         self.open_store = open_store
         self.agent = agent
         self.options = options
-        self.planned: set[int] = set()
         self.copies: dict[int, _Copy] = {}
-        self._described: Future | None = None
-        self._described_at = 0.0
-        self._next_refresh = 0.0
+        self._not_before: dict[int, float] = {}  # partitions whose copy failed: not retried before
         self._assigned: list[tuple[int, int]] = []
 
     # ------------------------------------------------------------------ from the loop
@@ -173,7 +132,6 @@ class WarmStandby:
         """One bounded turn: follow the group's plan, read and apply a chunk of changelog records.
         Never raises for a failure of its own: a standby is an optimisation, the agent goes on."""
         try:
-            self._refresh()
             self._follow_plan()
             self._read()
         except Exception as exc:  # noqa: BLE001 - see the docstring: the copies go, the agent stays
@@ -181,16 +139,16 @@ class WarmStandby:
                 "standby copies dropped after an error",
                 extra={"agent": self.agent, "error": str(exc)[:300], "partitions": sorted(self.copies)},
             )
+            retry = time.monotonic() + self.options.retry_s
+            self._not_before.update(dict.fromkeys(self.copies, retry))
             try:
                 self._drop(list(self.copies))
             except Exception:  # noqa: BLE001 - the consumer is gone too: close the stores at least
                 self.release()
-            self._next_refresh = time.monotonic() + self.options.refresh_s
 
     def take(self, partition: int) -> RocksStore | None:
         """The partition is assigned to this worker: stop shadowing it and hand over its open store
         (it ends at a batch marker; the restorer reads the tail from there). None: not shadowed."""
-        self.planned.discard(partition)
         copy = self.copies.pop(partition, None)
         if copy is None:
             return None
@@ -222,47 +180,17 @@ class WarmStandby:
         self.consumer.close()
 
     # ------------------------------------------------------------------ the plan
-    def _refresh(self) -> None:
-        now = time.monotonic()
-        future = self._described
-        if future is not None:
-            if future.done():
-                self._described = None
-                self._apply_description(future)
-            elif now - self._described_at > self.options.describe_timeout_s:
-                self._described = None  # an answer never came: ask again on the next refresh
-            return
-        if now < self._next_refresh:
-            return
-        self._next_refresh = now + self.options.refresh_s
-        self._described_at = now
-        self._described = self.admin.describe_consumer_groups([self.group], request_timeout=5)[self.group]
-
-    def _apply_description(self, future: Future) -> None:
-        try:
-            description: Any = future.result()
-        except Exception as exc:  # noqa: BLE001 - the group cannot be described now: keep the plan
-            log.debug("standby: group not described", extra={"agent": self.agent, "error": str(exc)[:300]})
-            return
-        me = self.member_id()
-        if not me:
-            return
-        members = [
-            Member(m.client_id, m.member_id, frozenset(tp.partition for tp in m.assignment.topic_partitions))
-            for m in description.members
-        ]
-        owned_by_others = set().union(*(m.partitions for m in members if m.member_id != me))
-        stable = getattr(description.state, "name", "") == "STABLE"
-        planned = plan_standbys(members, me, self.options.replicas)
-        self.planned = next_plan(self.planned, planned, owned_by_others, stable)
-
     def _follow_plan(self) -> None:
-        """Open copies for planned partitions, drop the ones no longer planned or now owned here."""
-        wanted = self.planned - set(self.owned())
-        gone = [p for p in self.copies if p not in wanted]
+        """Open copies of the partitions not owned here, drop the ones now owned (handed over
+        already, normally: see :meth:`take`)."""
+        owned = set(self.owned())
+        gone = [p for p in self.copies if p in owned]
         self._drop(gone)
         started = False
-        for p in sorted(wanted - set(self.copies)):
+        now = time.monotonic()
+        for p in range(self.partitions):
+            if p in owned or p in self.copies or self._not_before.get(p, 0.0) > now:
+                continue
             store = self._open(p)
             if store is None:
                 continue
@@ -277,7 +205,7 @@ class WarmStandby:
         try:
             store = self.open_store(p)
         except Exception as exc:  # noqa: BLE001 - locked by another process, a disk error: not now
-            self.planned.discard(p)  # the next description may plan it again
+            self._not_before[p] = time.monotonic() + self.options.retry_s
             log.warning(
                 "standby store not opened", extra={"agent": self.agent, "partition": p, "error": str(exc)[:300]}
             )
@@ -360,7 +288,7 @@ class WarmStandby:
         """Drop what is held of an unmarked run and stop shadowing until the next refresh: the store
         still ends at its last marker, a valid restore start."""
         log.warning("standby copy reset", extra={"agent": self.agent, "partition": copy.partition, "reason": why})
-        self.planned.discard(copy.partition)
+        self._not_before[copy.partition] = time.monotonic() + self.options.retry_s
         self._drop([copy.partition])
 
     def _report_lag(self, caught_up: set[int]) -> None:
@@ -395,18 +323,16 @@ class NoStandby:
 def open_standby(
     replicas: int,
     consumer_config: dict[str, Any],
-    admin_config: dict[str, Any],
-    group: str,
     changelog: str,
-    member_id: Callable[[], str | None],
+    partitions: int,
     owned: Callable[[], Iterable[int]],
     open_store: Callable[[int], RocksStore],
     agent: str,
 ) -> WarmStandby | NoStandby:
-    """The agent's standby: a :class:`NoStandby` when ``replicas`` is 0, else a :class:`WarmStandby`
-    with its own group-less consumer (``consumer_config``: the restore consumer's settings) and an
-    admin client for the group's description."""
-    if replicas <= 0:
+    """The agent's standby: a :class:`NoStandby` when ``replicas`` is 0 (or the changelog's
+    partition count is not known), else a :class:`WarmStandby` with its own group-less consumer
+    (``consumer_config``: the restore consumer's settings)."""
+    if replicas <= 0 or partitions <= 0:
         return NoStandby()
     config = {
         **consumer_config,
@@ -416,14 +342,4 @@ def open_standby(
         "enable.auto.commit": False,
         "client.id": f"{str(consumer_config.get('client.id', agent)).removesuffix('.restore')}.standby",
     }
-    return WarmStandby(
-        Consumer(config),
-        AdminClient(admin_config),
-        group,
-        changelog,
-        member_id,
-        owned,
-        open_store,
-        agent,
-        StandbyOptions(replicas=replicas),
-    )
+    return WarmStandby(Consumer(config), changelog, partitions, owned, open_store, agent, StandbyOptions())

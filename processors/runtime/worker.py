@@ -253,7 +253,8 @@ class AgentRunner:
         clients = AgentClients(self.app, self.spec.name, self.worker_id, self.settings)
         self.consumer = Consumer(_with_error_cb(clients.consumer(), self._on_client_error))
         with self.watch.watch("list_topics", 10 + opts.call_grace_s):
-            self.processor.use_partition_counts(existing_topics(self.consumer))
+            topic_partitions = existing_topics(self.consumer)
+        self.processor.use_partition_counts(topic_partitions)
         marker = orjson.dumps({"worker": self.worker_id, "agent": self.spec.name})
         commit_settings = CommitSettings(
             self.spec.name,
@@ -294,10 +295,8 @@ class AgentRunner:
         self.standby = open_standby(  # warm standbys (standby_replicas): copies of others' stores
             self.settings.standby_replicas,
             clients.restorer(),
-            self.settings.kafka_config(),
-            self.app.group_id(self.spec.name),
             commit_settings.changelog,
-            self.consumer.memberid,
+            topic_partitions.get(commit_settings.changelog, 0),
             lambda: assignment.stores.keys() | assignment.paused.keys(),
             lambda p: self._open_store(p, standby=True),
             self.spec.name,
