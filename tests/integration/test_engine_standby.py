@@ -4,7 +4,7 @@ comes to it the copy is handed to the active path, which then restores nothing.
 
 The other member is a bare group consumer that owns its partitions and does nothing (its leaving
 is the takeover); the worker is the engine's, in this process. The one lean default-suite proof;
-the SIGKILL takeover between two worker processes is the soak test below."""
+the SIGKILL takeover between two worker processes is test_engine_standby_soak.py."""
 
 from __future__ import annotations
 
