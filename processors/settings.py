@@ -74,6 +74,9 @@ class Settings:
     processing_guarantee: str = "exactly_once"
     state_memory_mb: int = 256  # RocksDB block cache + memtables of all the state stores of a worker process
     metrics_port: int | None = None
+    # Warm standbys: > 0 makes each agent keep copies of the stores of the partitions it does not
+    # own, so a takeover after a crash restores only the tail (see _standby.py for the rule).
+    standby_replicas: int = 0
     log_level: str = "INFO"
     # The one consumer group id the tools (tail, dlq, replay, verify, publish checks) give their
     # readers: they assign partitions and never commit, but the client still names a group, and a
@@ -198,6 +201,8 @@ class Settings:
             raise SettingsError(f"state_memory_mb: must be a positive number of MiB, got {self.state_memory_mb}")
         if self.group_protocol not in ("auto", "consumer", "classic"):
             raise SettingsError(f"group_protocol: expected auto, consumer or classic, got {self.group_protocol!r}")
+        if self.standby_replicas < 0:
+            raise SettingsError(f"standby_replicas: must be 0 (none) or more, got {self.standby_replicas}")
 
     # ------------------------------------------------------------------ use
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
@@ -288,7 +293,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return float(value)
         except (TypeError, ValueError) as exc:
             raise SettingsError(f"{source}: {name} must be a number of seconds, got {value!r}") from exc
-    if name in ("metrics_port", "state_memory_mb", "commit_interval_ms", "commit_idle_ms"):
+    if name in ("metrics_port", "state_memory_mb", "commit_interval_ms", "commit_idle_ms", "standby_replicas"):
         try:
             return int(value)
         except (TypeError, ValueError) as exc:

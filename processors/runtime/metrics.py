@@ -7,6 +7,7 @@ retries; circuit state per dependency; consumer lag per partition; restore progr
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -368,3 +369,26 @@ def serve(port: int, addr: str = "0.0.0.0") -> Endpoints:
     """Expose /metrics, /healthz and /readyz on ``port`` (daemon threads); attach a worker's
     state to the returned server for the probes (see :mod:`processors.runtime._endpoints`)."""
     return Endpoints(port, addr).start()
+
+
+# Warm standbys (processors/runtime/_standby.py): their own gauges and functions, so the agent's
+# metrics object stays as it is.
+STANDBY_PARTITIONS = Gauge("choreo_standby_partitions", "Standby copies of stores kept by this worker", ["agent"])
+STANDBY_LAG = Gauge(
+    "choreo_standby_lag_records",
+    "Changelog records a standby copy is behind (high watermark - position)",
+    ["agent", "partition"],
+)
+
+
+def report_standby_partitions(agent: str, n: int) -> None:
+    STANDBY_PARTITIONS.labels(agent).set(n)
+
+
+def report_standby_lag(agent: str, partition: int, lag: int | None) -> None:
+    """``lag`` None: the partition is no longer shadowed here (its series goes)."""
+    if lag is None:
+        with contextlib.suppress(KeyError):  # never reported
+            STANDBY_LAG.remove(agent, str(partition))
+        return
+    STANDBY_LAG.labels(agent, str(partition)).set(lag)

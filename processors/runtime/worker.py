@@ -52,6 +52,7 @@ from processors.runtime._housekeeping import Housekeeping, HousekeepingOptions
 from processors.runtime._processor import IGNORED, HandleResult, Processor
 from processors.runtime._recovery import BROKER_UNREACHABLE, AgentHealth, TransientFailure
 from processors.runtime._restore import ChangelogRestorer, RestoreOptions
+from processors.runtime._standby import open_standby
 from processors.runtime._watchdog import Abandoned, CallWatch
 from processors.runtime.agent import AgentSpec
 from processors.runtime.app import App
@@ -183,6 +184,9 @@ class AgentRunner:
         if assignment is not None:
             assignment.detach()
             assignment.close()
+        standby = getattr(self, "standby", None)
+        if standby is not None:
+            standby.release()
         if stuck_call in _CONSUMER_CALLS:
             return  # closing a consumer another thread is inside of is not safe: the group evicts it
         restorer = getattr(self, "restorer", None)
@@ -222,6 +226,7 @@ class AgentRunner:
         self._raise_client_failure()
         if self.restorer.busy:  # also when the poll just assigned partitions
             self.assignment.activate(self.consumer, self.restorer.step())
+        self.standby.step()  # a bounded turn of the warm standbys (none: a no-op)
         if self.assignment.settled:
             self.ready.set()
         self._process(msgs)
@@ -270,7 +275,8 @@ class AgentRunner:
                                           "assignor": protocol.assignor, "reason": protocol.reason})  # fmt: skip
         self.consumer = Consumer(_with_error_cb(clients.consumer(protocol), self._on_client_error))
         with self.watch.watch("list_topics", 10 + opts.call_grace_s):
-            self.processor.use_partition_counts(existing_topics(self.consumer))
+            topic_partitions = existing_topics(self.consumer)
+        self.processor.use_partition_counts(topic_partitions)
         marker = orjson.dumps({"worker": self.worker_id, "agent": self.spec.name})
         commit_settings = CommitSettings(
             self.spec.name,
@@ -311,19 +317,34 @@ class AgentRunner:
             HousekeepingOptions(opts.timers_per_batch, opts.purge_interval_s, opts.purge_limit, opts.lag_interval_s),
         )
         assignment = self.assignment
+        self.standby = open_standby(  # warm standbys (standby_replicas): copies of others' stores
+            self.settings.standby_replicas,
+            clients.restorer(),
+            commit_settings.changelog,
+            topic_partitions.get(commit_settings.changelog, 0),
+            lambda: assignment.stores.keys() | assignment.paused.keys(),
+            lambda p: self._open_store(p, standby=True),
+            self.spec.name,
+        )
         self.consumer.subscribe(
             self.topics, on_assign=assignment.on_assign, on_revoke=assignment.on_revoke, on_lost=assignment.on_lost
         )
 
-    def _open_store(self, partition: int) -> RocksStore:
+    def _open_store(self, partition: int, standby: bool = False) -> RocksStore:
         """The store of ``partition``. Locked by this very process, it is still held by a session
         that was replaced (stuck in a client call with the store just opened): transient, the
         next session tries again. Locked by another process is a misconfiguration (two workers on
-        one state directory): fatal."""
+        one state directory): fatal. A warm standby copy is handed over open; a standby's own
+        open never waits for the lock."""
+        if not standby:
+            warm = self.standby.take(partition)
+            if warm is not None:
+                return warm
         try:
             return RocksStore(
                 self.state_root / f"p{partition}",
                 max_age_ms=self.options.max_store_age_ms,
+                lock_wait_s=0.0 if standby else 20.0,
                 memory=StoreMemory.shared(self.settings.state_memory_mb),
             )
         except StoreLockedError as exc:
@@ -713,6 +734,10 @@ class AgentRunner:
                 assignment.close()
             if restorer is not None:
                 restorer.close()
+            standby = getattr(self, "standby", None)
+            if standby is not None:
+                with self.watch.watch("close", 10 + self.options.call_grace_s):
+                    standby.close()
             log.info("agent stopped", extra={"agent": self.spec.name, "batches": self.batches})
 
 
