@@ -124,6 +124,40 @@ def render(results: dict[str, Any]) -> str:
             )
             parts.append("")
             parts.append(report.flow_table(fl.get("points", [])))
+            sustained = fl.get("sustained") or {}
+            if sustained:
+                parts.append("")
+                probes = ", ".join(
+                    f"{pr['share']:.0%} {'holds' if pr['held'] else 'grows'}" for pr in sustained.get("probes", [])
+                )
+                share = sustained.get("sustained_share")
+                parts.append(
+                    f"Sustained capacity (the highest paced rate whose backlog does not grow over "
+                    f"{sustained.get('window_s', 0):.0f} s): "
+                    + ("none of the probed rates held" if share is None else f"{share:.0%} of the maximum")
+                    + f" (probes: {probes}); commit interval {fl.get('commit_interval_ms') or 'default'} ms."
+                )
+        parts.append("")
+    dm = results.get("demo")
+    if dm:
+        parts.append("### The default demo")
+        parts.append("")
+        if dm.get("status") != "ok":
+            parts.append(f"Not measured ({dm.get('status')}): {dm.get('reason')}.")
+        else:
+            ft = dm["flow_time_ms"]
+            parts.append(
+                f"`choreo demo` as shipped: {dm['orders']} orders, {dm['workers']} worker processes, publishing "
+                f"paced by the flow, the PSP and the delivery sink as processes. Flow time p50 / p95 / p99: "
+                f"{ft['p50'] or 0:,.0f} / {ft['p95'] or 0:,.0f} / {ft['p99'] or 0:,.0f} ms; workers ready after "
+                f"{dm.get('workers_ready_s')} s; {dm.get('orders_per_s')} orders/s; "
+                f"{dm['invariant_violations']} invariant violations."
+            )
+        parts.append("")
+    if fl or dm:
+        parts.append("Issue 16's flow targets, this run:")
+        parts.append("")
+        parts.append(report.flow_target_table(report.flow_targets(fl, dm)))
         parts.append("")
     if results.get("plots"):
         parts.append("Plots: " + ", ".join(f"`{p}`" for p in results["plots"]) + ".")

@@ -162,6 +162,37 @@ def flow_table(points: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+FLOW_TARGETS = (
+    ("sustained capacity / burst maximum", 0.9, "≥"),
+    ("flow time p99 at 50% of the maximum, ms", 300.0, "≤"),
+    ("default demo (300 orders, 2 workers) flow time p50, ms", 500.0, "≤"),
+)
+
+
+def flow_targets(flow: Mapping[str, Any] | None, demo: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Issue 16's flow targets with this run's figures (None where the section did not run)."""
+    flow = flow or {}
+    sustained = (flow.get("sustained") or {}).get("sustained_share")
+    half = next((p for p in flow.get("points") or [] if round(p.get("load_pct", 0)) == 50), None)
+    p99 = None if half is None else half.get("p99_ms")
+    p50 = ((demo or {}).get("flow_time_ms") or {}).get("p50")
+    rows = []
+    for (name, target, sense), value in zip(FLOW_TARGETS, (sustained, p99, p50), strict=True):
+        met = None if value is None else (value >= target if sense == "≥" else value <= target)
+        rows.append({"target": name, "value": value, "bound": f"{sense} {target:g}", "met": met})
+    return rows
+
+
+def flow_target_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    lines = ["| target | value | bound | met |", "|---|---:|---:|---|"]
+    for r in rows:
+        value = r["value"]
+        shown = "—" if value is None else f"{value:.0%}" if "capacity" in r["target"] else f"{value:,.0f}"
+        met = {True: "yes", False: "**no**", None: "—"}[r["met"]]
+        lines.append(f"| {r['target']} | {shown} | {r['bound']} | {met} |")
+    return "\n".join(lines)
+
+
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
     """Nearest-rank percentile (q in 0..100) of already sorted values."""
     if not sorted_values:

@@ -85,6 +85,8 @@ class Plan:
     flow_loads: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     flow_burst: int = 5_000
     flow_seconds: float = 60.0
+    flow_sustain_seconds: float = 60.0  # the window a sustained rate's backlog must not grow over (0: no search)
+    demo_orders: int = 300  # the default `choreo demo` (two workers), for its p50 flow time
     timeout_s: float = 600.0
     faust_timeout_s: float = 240.0  # ~30 s of work; a faust run that stalls in a rebalance is cut off sooner
 
@@ -104,6 +106,7 @@ class Plan:
                 growth_partitions=[1, 6],
                 flow_burst=2_000,
                 flow_seconds=15.0,
+                flow_sustain_seconds=20.0,
                 timeout_s=240.0,
             )
         # ~30 min on 2 cores (it was ~61 min with 200,000 events per comparison run, 1M events per
@@ -460,6 +463,37 @@ def flow(bootstrap: str, plan: Plan, root: Path, max_rate: float | None) -> dict
         return {"status": "failed", "reason": repr(exc)[:300]}
 
 
+def demo(bootstrap: str, plan: Plan, root: Path) -> dict[str, Any]:
+    """The default `choreo demo` (300 orders, two worker processes, paced by the flow, the PSP and
+    the delivery sink as processes): its flow time and verdict. Reported, never raised."""
+    try:
+        from processors.agents.app import app as commerce
+        from processors.agents.demo import DemoOptions, run_demo
+        from processors.settings import Settings
+
+        settings = Settings.load(bootstrap_servers=bootstrap, env={})
+        commerce.configure(settings)
+        summary = run_demo(commerce, settings, DemoOptions(orders=plan.demo_orders, work_dir=root / "demo"))
+    except Exception as exc:  # noqa: BLE001 - keep the rest of the report
+        log(f"demo failed: {exc!r}")
+        return {"status": "failed", "reason": repr(exc)[:300]}
+    flow_ms = summary["flow_time_ms"]
+    log(
+        f"demo: {summary['orders']} orders, p50 {flow_ms['p50'] or 0:,.0f} ms, p99 {flow_ms['p99'] or 0:,.0f} ms, "
+        f"{len(summary['invariant_violations'])} violations"
+    )
+    return {
+        "status": "ok",
+        "orders": summary["orders"],
+        "workers": 2,
+        "flow_time_ms": flow_ms,
+        "orders_per_s": summary.get("orders_per_s"),
+        "workers_ready_s": summary.get("workers_ready_s"),
+        "terminal": summary["terminal"],
+        "invariant_violations": len(summary["invariant_violations"]),
+    }
+
+
 # ============================================================================ machine
 def machine() -> dict[str, Any]:
     cpu = "unknown"
@@ -528,7 +562,7 @@ def main() -> int:
     parser.add_argument(
         "--growth-partitions", type=_int_list, help="partition counts of the growth section ('' for none)"
     )
-    parser.add_argument("--only", default="comparison,growth,profile,flow", help="sections to run")
+    parser.add_argument("--only", default="comparison,growth,profile,flow,demo", help="sections to run")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--results-md", type=Path, default=BENCH / "RESULTS.md")
     parser.add_argument("--no-results-md", action="store_true", help="do not touch RESULTS.md")
@@ -583,6 +617,8 @@ def main() -> int:
             if "flow" in sections:
                 ours = ((results.get("comparison") or {}).get("summary") or {}).get("ours/at_least_once") or {}
                 results["flow"] = flow(bootstrap, plan, root, ours.get("events_per_s"))
+            if "demo" in sections:
+                results["demo"] = demo(bootstrap, plan, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     results["duration_s"] = round(time.monotonic() - started, 1)

@@ -232,3 +232,48 @@ def test_collapse_profile_ranks_self_and_inclusive_time_of_our_code():
     incl = {r["function"]: r["share"] for r in prof["inclusive_ours"]}
     assert incl == {"run (processors/runtime/worker.py)": 1.0, "handle (processors/runtime/processor.py)": 0.9}
     assert "| `run (processors/runtime/worker.py)` | 100.0% |" in report.profile_table(prof, "inclusive_ours")
+
+
+def test_flow_targets_take_the_sustained_share_the_half_load_p99_and_the_demo_p50():
+    flow = {
+        "points": [{"load_pct": 25.0, "p99_ms": 100.0}, {"load_pct": 50.0, "p99_ms": 420.0}],
+        "sustained": {"sustained_share": 0.9, "window_s": 60, "probes": []},
+    }
+    demo = {"flow_time_ms": {"p50": 480.0}}
+    rows = report.flow_targets(flow, demo)
+    assert [(r["value"], r["met"]) for r in rows] == [(0.9, True), (420.0, False), (480.0, True)]
+    table = report.flow_target_table(rows)
+    assert "| 90% | ≥ 0.9 | yes |" in table and "| 420 | ≤ 300 | **no** |" in table
+    missing = report.flow_targets({"points": [], "sustained": None}, None)
+    assert [r["met"] for r in missing] == [None, None, None]  # a section that did not run is no verdict
+
+
+def test_the_rendered_section_shows_the_sustained_search_and_the_demo():
+    results = {
+        "quick": True,
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "duration_s": 1.0,
+        "flow": {
+            "status": "ok",
+            "app": "processors.agents.app:app",
+            "workers": 1,
+            "max_orders_per_s": 300.0,
+            "burst_orders": 2000,
+            "points": [{"load_pct": 50.0, "offered_per_s": 150, "completed_per_s": 150, "p99_ms": 250.0}],
+            "sustained": {"sustained_share": None, "window_s": 20, "probes": [{"share": 0.9, "held": False}]},
+            "commit_interval_ms": None,
+        },
+        "demo": {
+            "status": "ok",
+            "orders": 300,
+            "workers": 2,
+            "flow_time_ms": {"p50": 700.0, "p95": 900.0, "p99": 1200.0},
+            "workers_ready_s": 5.5,
+            "orders_per_s": 40.0,
+            "invariant_violations": 0,
+        },
+    }
+    text = markdown_section.render(results)
+    assert "none of the probed rates held (probes: 90% grows)" in text
+    assert "### The default demo" in text and "700 / 900 / 1,200 ms" in text
+    assert "| default demo (300 orders, 2 workers) flow time p50, ms | 700 | ≤ 500 | **no** |" in text
