@@ -65,6 +65,9 @@ class Settings:
     processing_guarantee: str = "exactly_once"
     state_memory_mb: int = 256  # RocksDB block cache + memtables of all the state stores of a worker process
     metrics_port: int | None = None
+    # Worker processes of one `choreo worker` (--processes): each a member of every agent's group,
+    # so a machine's cores are used (one process runs all its agents under one interpreter lock).
+    processes: int = 1
     log_level: str = "INFO"
     # The one consumer group id the tools (tail, dlq, replay, verify, publish checks) give their
     # readers: they assign partitions and never commit, but the client still names a group, and a
@@ -154,6 +157,8 @@ class Settings:
             raise SettingsError(f"startup_wait_s: must be 0 (no limit) or a positive number, got {self.startup_wait_s}")
         if not self.tools_group_id:
             raise SettingsError("tools_group_id: must not be empty")
+        if self.processes < 1:
+            raise SettingsError(f"processes: must be 1 or more worker processes, got {self.processes}")
         if self.state_memory_mb <= 0:
             raise SettingsError(f"state_memory_mb: must be a positive number of MiB, got {self.state_memory_mb}")
 
@@ -224,7 +229,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return float(value)
         except (TypeError, ValueError) as exc:
             raise SettingsError(f"{source}: {name} must be a number of seconds, got {value!r}") from exc
-    if name in ("metrics_port", "state_memory_mb"):
+    if name in ("metrics_port", "state_memory_mb", "processes"):
         try:
             return int(value)
         except (TypeError, ValueError) as exc:
