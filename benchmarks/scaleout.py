@@ -477,6 +477,42 @@ def _s(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
+BENCH_SECTION = "## Scale-out walk: latest `make bench` run"
+
+
+def bench(bootstrap: str, quick: bool, root: Path, say: Callable[[str], None], results_md: Path | None) -> dict:
+    """The ``scaleout`` section of ``benchmarks/run.py`` (`make bench`): one walk (shorter with
+    ``--quick``); its table goes to its own section of RESULTS.md. A failure is reported, not
+    raised: the other sections stand."""
+    plan = WalkPlan(rate=20.0, phase_s=20.0, window_s=8.0) if quick else WalkPlan()
+    try:
+        result = run(bootstrap, plan, root / "scaleout", say)
+    except Exception as exc:  # noqa: BLE001 - keep the rest of the report
+        say(f"scaleout failed: {exc!r}")
+        return {"status": "failed", "reason": repr(exc)[:300]}
+    if results_md is not None:
+        import report
+
+        text = results_md.read_text() if results_md.is_file() else "# Benchmark results\n"
+        results_md.write_text(report.replace_section(text, section(result), heading=BENCH_SECTION))
+    return result
+
+
+def section(result: dict[str, Any]) -> str:
+    plan = result["plan"]
+    return (
+        f"{BENCH_SECTION}\n\n"
+        f"`benchmarks/run.py --only scaleout` ({time.strftime('%Y-%m-%d')}): {plan['rate']:g} orders/s, "
+        f"{plan['phase_s']:g} s between changes, flow time over {plan['window_s']:g} s before/after each; "
+        f"steady longest gap per partition {result['steady_max_gap_s']} s, steady flow p50/p99 "
+        f"{_s(result['steady_flow']['p50_ms'], 0)} / {_s(result['steady_flow']['p99_ms'], 0)} ms. "
+        f"Exactly-once: {'held' if result['exactly_once'] else 'FAILED'} ({result['orders']:,} of "
+        f"{result['orders_offered']:,} orders, {result['non_terminal']} not terminal, "
+        f"{result['violations']} invariant violations, SIGTERM exits {result['sigterm_exit_codes']}).\n\n"
+        f"{table(result)}\n"
+    )
+
+
 @contextmanager
 def broker() -> Iterator[str]:
     """``KAFKA_BOOTSTRAP_SERVERS`` when set, else a local broker for the run."""
@@ -507,7 +543,7 @@ def main() -> int:
         result = run(bootstrap, plan, root)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
+    print(section(result))
     keys = ("exactly_once", "orders_offered", "orders", "non_terminal", "violations", "sigterm_exit_codes")
     print(json.dumps({k: result[k] for k in keys} | {"steady_flow": result["steady_flow"]}))
     print(f"worker logs in {root}")

@@ -101,7 +101,9 @@ def test_a_killed_child_is_restarted_and_nothing_is_lost(kafka_bootstrap, tmp_pa
         load_counter_events(env, app, KEYS, PER_KEY)  # a second round, 26..50 per key
         wait_shared(port, proc, total=3, timeout=120)
         assert victim not in _children(proc.pid)
-        assert wait_for_count(env.bootstrap, out_topic, 2 * KEYS * PER_KEY, timeout=120, proc=proc) >= 2 * KEYS * PER_KEY
+        assert (
+            wait_for_count(env.bootstrap, out_topic, 2 * KEYS * PER_KEY, timeout=120, proc=proc) >= 2 * KEYS * PER_KEY
+        )
         assert "choreo_worker_process_restarts_total 1.0" in _metrics(port)
     finally:
         code = stop_worker(proc, timeout=90)
