@@ -38,7 +38,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,10 @@ from processors.runtime._health import Verdict
 log = logging.getLogger("choreo.worker")
 
 PARENT_PID_ENV = "CHOREO_PARENT_PID"
-FATAL_EXITS = (1, 2)  # a fatal failure / a usage error: a restart would fail the same way
+FATAL_EXITS = (1, 2)
+# 0, or ended by our SIGTERM before its interpreter got to install the worker's handler: it had
+# started nothing, so there was nothing to commit
+STOPPED_CLEANLY = (0, -signal.SIGTERM)  # a fatal failure / a usage error: a restart would fail the same way
 RESTART_MIN_S, RESTART_MAX_S = 1.0, 30.0
 STABLE_AFTER_S = 60.0  # a child that ran this long starts its backoff anew when it dies
 PROBE_TIMEOUT_S = 2.0
@@ -108,8 +111,10 @@ class ProcessGroup:
         metrics: bool,
         state_memory_mb: int,
         shutdown_timeout_s: float = 90.0,
+        command: Callable[[Sequence[str], Child], list[str]] = child_command,
     ) -> None:
         self.worker_args = list(worker_args)
+        self.command = command  # what a child runs (the tests give other programs)
         self.children = [
             Child(i, f"{worker_id}-{i}", state_dir / f"process-{i}", free_port() if metrics else None)
             for i in range(processes)
@@ -140,7 +145,7 @@ class ProcessGroup:
             "CHOREO_STATE_MEMORY_MB": str(self.state_memory_mb),
         }
         env.pop("CHOREO_WORKER_ID", None)  # the child's own id is on its command line
-        child.proc = subprocess.Popen(child_command(self.worker_args, child), env=env, stdin=subprocess.DEVNULL)
+        child.proc = subprocess.Popen(self.command(self.worker_args, child), env=env, stdin=subprocess.DEVNULL)
         child.started_at = time.monotonic()
         child.restart_at = None
         self._up.set(sum(1 for c in self.children if c.running))
@@ -168,7 +173,7 @@ class ProcessGroup:
                 if now >= child.restart_at and not self.stopping.is_set():
                     child.restarts += 1
                     self._restarts.inc()
-                    log.warning("restarting a worker process", extra={"process": child.worker_id})
+                    log.warning("restarting a worker process", extra={"worker_process": child.worker_id})
                     self._spawn(child)
                 continue
             if child.proc is None or child.proc.poll() is None:
@@ -180,7 +185,7 @@ class ProcessGroup:
             if code in FATAL_EXITS:
                 log.error(
                     "a worker process stopped on a fatal error; stopping the others",
-                    extra={"process": child.worker_id, "exit_code": code},
+                    extra={"worker_process": child.worker_id, "exit_code": code},
                 )
                 self.fatal_code = code
                 self.stopping.set()
@@ -190,7 +195,7 @@ class ProcessGroup:
             child.restart_at = now + child.backoff_s
             log.error(
                 "a worker process died; restarting it",
-                extra={"process": child.worker_id, "exit_code": code, "in_s": round(child.backoff_s, 1)},
+                extra={"worker_process": child.worker_id, "exit_code": code, "in_s": round(child.backoff_s, 1)},
             )
             child.backoff_s = min(RESTART_MAX_S, child.backoff_s * 2)
 
@@ -201,17 +206,17 @@ class ProcessGroup:
         clean = True
         for child in self.children:
             if child.proc is None:  # reaped already: died (waiting for a restart) or stopped the worker
-                clean = clean and bool(child.exit_codes) and child.exit_codes[-1] == 0
+                clean = clean and bool(child.exit_codes) and child.exit_codes[-1] in STOPPED_CLEANLY
                 continue
             try:
                 code = child.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("a worker process did not stop in time; killing it", extra={"process": child.worker_id})
+                log.error("a worker process did not stop in time; killing it", extra={"worker_process": child.worker_id})
                 child.proc.kill()
                 code = child.proc.wait()
             child.exit_codes.append(code)
             child.proc = None
-            clean = clean and code == 0
+            clean = clean and code in STOPPED_CLEANLY
         self._up.set(0)
         if self.fatal_code is not None:
             return self.fatal_code
