@@ -211,7 +211,9 @@ class ProcessGroup:
             try:
                 code = child.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("a worker process did not stop in time; killing it", extra={"worker_process": child.worker_id})
+                log.error(
+                    "a worker process did not stop in time; killing it", extra={"worker_process": child.worker_id}
+                )
                 child.proc.kill()
                 code = child.proc.wait()
             child.exit_codes.append(code)
