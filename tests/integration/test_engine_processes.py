@@ -6,6 +6,7 @@ the parent restarts it and nothing is lost or duplicated."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -35,7 +36,8 @@ def partitions_by_process(body: dict) -> dict[str, int]:
     out = {}
     for worker_id, child in body.get("processes", {}).items():
         reason = child.get("agents", {}).get("counter", {}).get("reason", "")
-        out[worker_id] = int(reason.split()[1]) if reason.startswith("processing ") else -1
+        found = re.search(r"(\d+) partition", reason)
+        out[worker_id] = int(found.group(1)) if found and "processing" in reason else -1
     return out
 
 
