@@ -1,7 +1,8 @@
 """Scale-out walk of the full commerce flow: under a steady paced load, 1 → 2 → 3 → 2 workers, then
 one SIGKILLed (and started again), with exactly-once judged at the end.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/scaleout.py [--rate 40] [--phase-s 30] [--processes 1] [--json OUT]
+    PYTHONPATH=. .venv/bin/python benchmarks/scaleout.py [--rate 40] [--phase-s 30] [--processes 1]
+        [--worker-env CHOREO_STANDBY_REPLICAS=1] [--json OUT]
 
 Against ``KAFKA_BOOTSTRAP_SERVERS`` when set, else a local KRaft broker started for the run (as
 ``benchmarks/run.py`` does; `make bench` runs this as its ``scaleout`` section).
@@ -74,6 +75,7 @@ class WalkPlan:
     phase_s: float = 30.0  # time between changes
     window_s: float = 10.0  # flow time compared in this long before / after each change
     processes: int = 1  # --processes of each worker
+    worker_env: dict[str, str] = field(default_factory=dict)  # settings for the workers, e.g. CHOREO_STANDBY_REPLICAS
     settle_timeout_s: float = 300.0
     steps: list[str] = field(default_factory=lambda: ["start", "start", "start", "stop", "kill", "restart"])
 
@@ -96,8 +98,9 @@ def log(message: str) -> None:
 class Fleet:
     """The worker processes of the walk: ``choreo worker`` each, own id and state directory."""
 
-    def __init__(self, bootstrap: str, app_id: str, root: Path, processes: int) -> None:
+    def __init__(self, bootstrap: str, app_id: str, root: Path, processes: int, extra: dict[str, str]) -> None:
         self.bootstrap, self.app_id, self.root, self.processes = bootstrap, app_id, root, processes
+        self.extra = extra
         self.procs: dict[str, subprocess.Popen] = {}
         self.exit_codes: dict[str, list[int]] = defaultdict(list)
 
@@ -110,6 +113,7 @@ class Fleet:
             "CHOREO_COMMERCE_TIMEOUT_S": "60",
             "CHOREO_STATE_DIR": str(self.root / "state" / name),
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+            **self.extra,
         }
         cmd = [sys.executable, "-m", "processors.cli.main", "worker", "--app", APP_REF, "--worker-id", name]
         if self.processes > 1:
@@ -211,7 +215,7 @@ def run(bootstrap: str, plan: WalkPlan, root: Path, say: Callable[[str], None] =
     agents = sorted(app.agents)
     partitions = created.partitions
     complete = len(agents) * partitions
-    fleet = Fleet(bootstrap, app_id, root, plan.processes)
+    fleet = Fleet(bootstrap, app_id, root, plan.processes, plan.worker_env)
     sampler = OwnerSampler(settings, app, agents)
     changes: list[Change] = []
     sent: dict[str, int] = {}
@@ -289,7 +293,7 @@ def run(bootstrap: str, plan: WalkPlan, root: Path, say: Callable[[str], None] =
     result.update(
         {
             "status": "ok",
-            "plan": asdict(plan),
+            "plan": {**asdict(plan), "worker_env": shown_env(plan.worker_env)},
             "app_id": app_id,
             "orders_offered": len(sent),
             "orders": summary["orders"],
@@ -498,13 +502,24 @@ def bench(bootstrap: str, quick: bool, root: Path, say: Callable[[str], None], r
     return result
 
 
+def shown_env(env: dict[str, str]) -> dict[str, str]:
+    """The workers' extra settings as reported (JSON, RESULTS.md): secret-looking values masked."""
+    secret = ("PASSWORD", "SECRET", "TOKEN", "SASL", "KEY")
+    return {k: "***" if any(m in k.upper() for m in secret) else v for k, v in sorted(env.items())}
+
+
 def section(result: dict[str, Any]) -> str:
     plan = result["plan"]
     return (
         f"{BENCH_SECTION}\n\n"
         f"`benchmarks/run.py --only scaleout` ({time.strftime('%Y-%m-%d')}): {plan['rate']:g} orders/s, "
         f"{plan['phase_s']:g} s between changes, flow time over {plan['window_s']:g} s before/after each; "
-        f"steady longest gap per partition {result['steady_max_gap_s']} s, steady flow p50/p99 "
+        + (
+            f"worker settings {', '.join(f'{k}={v}' for k, v in plan.get('worker_env', {}).items())}; "
+            if plan.get("worker_env")
+            else ""
+        )
+        + f"steady longest gap per partition {result['steady_max_gap_s']} s, steady flow p50/p99 "
         f"{_s(result['steady_flow']['p50_ms'], 0)} / {_s(result['steady_flow']['p99_ms'], 0)} ms. "
         f"Exactly-once: {'held' if result['exactly_once'] else 'FAILED'} ({result['orders']:,} of "
         f"{result['orders_offered']:,} orders, {result['non_terminal']} not terminal, "
@@ -531,10 +546,20 @@ def main() -> int:
     parser.add_argument("--phase-s", type=float, default=WalkPlan.phase_s)
     parser.add_argument("--window-s", type=float, default=WalkPlan.window_s)
     parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every worker (repeatable), e.g. CHOREO_STANDBY_REPLICAS=1",
+    )
     parser.add_argument("--json", type=Path, help="write the result here")
     parser.add_argument("--root", type=Path, help="work directory (state, worker logs); default a temp dir")
     args = parser.parse_args()
-    plan = WalkPlan(rate=args.rate, phase_s=args.phase_s, window_s=args.window_s, processes=args.processes)
+    extra = dict(item.split("=", 1) for item in args.worker_env if "=" in item)
+    plan = WalkPlan(
+        rate=args.rate, phase_s=args.phase_s, window_s=args.window_s, processes=args.processes, worker_env=extra
+    )
     import tempfile
 
     root = args.root or Path(tempfile.mkdtemp(prefix="choreo-scaleout-"))
