@@ -66,7 +66,7 @@ from processors.tooling.kafka_io import PartitionRange, read_ranges, reader_conf
 
 APP_REF = "processors.agents.app:app"
 SAMPLE_EVERY_S = 0.5
-Owners = dict[tuple[str, int], str]  # (agent, partition) -> worker id
+Owners = dict[tuple[str, int], str]  # (agent, partition) -> "<worker id>|<group member id>"
 
 
 @dataclass
@@ -178,7 +178,8 @@ class OwnerSampler:
                     group = future.result(timeout=10)
                     stable = stable and str(group.state).endswith("STABLE")
                     for member in group.members:
-                        worker = member.client_id.rsplit(".", 1)[0]
+                        # the member id tells a restarted worker from the dead instance of it
+                        worker = f"{member.client_id.rsplit('.', 1)[0]}|{member.member_id}"
                         for tp in member.assignment.topic_partitions:
                             owners[(self.groups[group_id], tp.partition)] = worker
             except Exception:  # noqa: BLE001 - a sample the broker could not answer is skipped
@@ -397,6 +398,10 @@ def _pct(values: list[float], q: int) -> float | None:
     return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 1)
 
 
+def _worker(owner: str) -> str:
+    return owner.split("|", 1)[0]
+
+
 def _stats(values: list[float]) -> dict[str, Any]:
     if not values:
         return {"n": 0, "median_s": None, "max_s": None}
@@ -418,15 +423,22 @@ def analyse(
     first_ms = min(created.values()) if created else 0
     steady_end = changes[0].at_ms if changes else end_ms
     baseline = [steady_gap(times, first_ms + 5000, steady_end) for times in audit.values()]
+    # a pause is a gap longer than the machine's steady gaps: twice the longest, 1 s at least
+    threshold = round(max(1.0, 2 * max(baseline, default=0.0)), 2)
     for i, change in enumerate(changes):
         until = changes[i + 1].at_ms if i + 1 < len(changes) else end_ms
         before = sampler.owners(change.at_ms, complete=complete)
         after = sampler.owners(until, change.at_ms, complete=complete)
         moved: list[float] = []
         unmoved: list[float] = []
+        lost = (
+            {k for k, w in before.items() if _worker(w) == change.worker} if change.kind in ("stop", "kill") else set()
+        )
         for key, times in sorted(audit.items()):
             pause = pause_after(times, change.at_ms, until)
-            if before.get(key) is None or after.get(key) is None or before[key] != after[key]:
+            # a stopped or killed worker's partitions move even while the group still lists the
+            # dead member (the consumer protocol keeps it until the broker's session timeout)
+            if key in lost or before.get(key) is None or after.get(key) is None or before[key] != after[key]:
                 moved.append(pause)
             else:
                 unmoved.append(pause)
@@ -435,13 +447,13 @@ def analyse(
             "workers_after": change.workers_after,
             "moved": _stats(moved),
             "unmoved": _stats(unmoved),
-            "unmoved_paused_over_1s": sum(1 for p in unmoved if p > 1.0),
+            "unmoved_paused": sum(1 for p in unmoved if p > threshold),
             "flow_before": flow_quantiles(created, terminal, change.at_ms - window_ms, change.at_ms),
             "flow_during": flow_quantiles(created, terminal, change.at_ms, change.at_ms + window_ms),
             "owners_known": bool(before) and bool(after),
         }
         if change.kind == "kill":
-            owned = [k for k, w in before.items() if w.startswith(change.worker)]
+            owned = sorted(lost)
             resumes = []
             for key in owned:
                 later = [t for t in audit.get(key, []) if t > change.at_ms]
@@ -450,6 +462,7 @@ def analyse(
         rows.append(row)
     return {
         "steady_max_gap_s": round(max(baseline), 3) if baseline else None,
+        "pause_threshold_s": threshold,
         "steady_flow": flow_quantiles(created, terminal, first_ms + 5000, steady_end),
         "changes": rows,
     }
@@ -460,17 +473,19 @@ def table(result: dict[str, Any]) -> str:
     """The Markdown table of one walk (RESULTS.md)."""
     lines = [
         "| change | workers | moved: n / median / max pause s | unmoved: n / median / max pause s "
-        "| unmoved paused > 1 s | flow p50/p99 ms before | during | failover resume median / max s |",
+        f"| unmoved paused > {result.get('pause_threshold_s', 1.0):g} s | flow p50/p99 ms before | during "
+        "| failover resume median / max s |",
         "|---|---:|---|---|---:|---|---|---|",
     ]
     for row in result.get("changes", []):
         m, u = row["moved"], row["unmoved"]
         fb, fd = row["flow_before"], row["flow_during"]
         fo = row.get("failover")
+        paused = row.get("unmoved_paused", row.get("unmoved_paused_over_1s"))  # the name of earlier runs
         failover = f"{_s(fo['median_s'])} / {_s(fo['max_s'])} ({fo['partitions']} partitions)" if fo else ""
         lines.append(
             f"| {row['change']} | {row['workers_after']} | {m['n']} / {_s(m['median_s'])} / {_s(m['max_s'])} "
-            f"| {u['n']} / {_s(u['median_s'])} / {_s(u['max_s'])} | {row['unmoved_paused_over_1s']} "
+            f"| {u['n']} / {_s(u['median_s'])} / {_s(u['max_s'])} | {paused} "
             f"| {_s(fb['p50_ms'], 0)} / {_s(fb['p99_ms'], 0)} | {_s(fd['p50_ms'], 0)} / {_s(fd['p99_ms'], 0)} "
             f"| {failover} |"
         )
