@@ -157,13 +157,25 @@ class Fleet:
         return [name for name, proc in self.procs.items() if proc.poll() is not None]
 
 
+Sample = tuple[int, Owners, bool]  # (ms, owners, every group stable)
+
+
+def owners_at(samples: list[Sample], before_ms: int, after_ms: int = 0, complete: int = 0) -> Owners:
+    """The last sample in [after_ms, before_ms) whose owners cover ``complete`` partitions and
+    whose groups were stable (empty when there is none)."""
+    for at, owners, stable in reversed(samples):
+        if after_ms <= at < before_ms and stable and len(owners) >= complete:
+            return owners
+    return {}
+
+
 class OwnerSampler:
     """Samples each agent's group every 0.5 s: who owns which partition, when."""
 
     def __init__(self, settings: Settings, app: App, agents: list[str]) -> None:
         self.admin = AdminClient(settings.kafka_config())
         self.groups = {app.group_id(a): a for a in agents}
-        self.samples: list[tuple[int, Owners, bool]] = []  # (ms, owners, every group stable)
+        self.samples: list[Sample] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="owner-sampler")
         self._thread.start()
@@ -186,14 +198,6 @@ class OwnerSampler:
                 stable = False
             self.samples.append((now, owners, stable))
             self._stop.wait(SAMPLE_EVERY_S)
-
-    def owners(self, before_ms: int, after_ms: int = 0, complete: int = 0) -> Owners:
-        """The last sample in [after_ms, before_ms) whose owners cover ``complete`` partitions and
-        whose groups were stable (empty when there is none)."""
-        for at, owners, stable in reversed(self.samples):
-            if after_ms <= at < before_ms and stable and len(owners) >= complete:
-                return owners
-        return {}
 
     def close(self) -> None:
         self._stop.set()
@@ -288,7 +292,19 @@ def run(bootstrap: str, plan: WalkPlan, root: Path, say: Callable[[str], None] =
     ledger = collect(settings, app, since, order_prefix=f"ord-{run_id}")
     summary = ledger.summary(settled=True)
     audit = audit_times(settings, app, audit_since)
-    result = analyse(plan, changes, sampler, audit, ledger.created_ms, ledger.terminal, complete, end_ms)
+    terminal = {o: events[0][2] for o, events in ledger.terminal.items() if events}
+    raw = Raw(
+        asdict(plan),
+        [asdict(c) for c in changes],
+        sampler.samples,
+        audit,
+        ledger.created_ms,
+        terminal,
+        complete,
+        end_ms,
+    )
+    raw.save(root / "walk-raw.json")
+    result = analyse(plan, changes, sampler.samples, audit, ledger.created_ms, terminal, complete, end_ms)
     exits = [c for cs in fleet.exit_codes.values() for c in cs]
     sigterm_codes = [c.exit_code for c in changes if c.kind == "stop"] + list(final_codes.values())
     result.update(
@@ -361,6 +377,54 @@ def audit_times(settings: Settings, app: App, since: dict[tuple[str, int], int])
     return out
 
 
+# ============================================================================ raw data
+@dataclass
+class Raw:
+    """What a walk observed, saved beside its worker logs (``walk-raw.json``) so the analysis can
+    be inspected and redone (``--reanalyse``) without running the walk again."""
+
+    plan: dict[str, Any]
+    changes: list[dict[str, Any]]
+    samples: list[Sample]
+    audit: dict[tuple[str, int], list[int]]
+    created: dict[str, int]
+    terminal: dict[str, int]  # order -> first terminal event's timestamp
+    complete: int
+    end_ms: int
+
+    def save(self, path: Path) -> None:
+        data = asdict(self)
+        data["samples"] = [[at, {_key(k): w for k, w in owners.items()}, stable] for at, owners, stable in self.samples]
+        data["audit"] = {_key(k): v for k, v in self.audit.items()}
+        data["plan"]["worker_env"] = shown_env(self.plan.get("worker_env", {}))
+        path.write_text(json.dumps(data) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Raw:
+        data = json.loads(path.read_text())
+        data["samples"] = [
+            (at, {_unkey(k): w for k, w in owners.items()}, stable) for at, owners, stable in data["samples"]
+        ]
+        data["audit"] = {_unkey(k): v for k, v in data["audit"].items()}
+        return cls(**data)
+
+
+def _key(key: tuple[str, int]) -> str:
+    return f"{key[0]}:{key[1]}"
+
+
+def _unkey(text: str) -> tuple[str, int]:
+    agent, _, partition = text.rpartition(":")
+    return agent, int(partition)
+
+
+def reanalyse(path: Path) -> dict[str, Any]:
+    raw = Raw.load(path)
+    plan = WalkPlan(**{k: v for k, v in raw.plan.items() if k in WalkPlan.__dataclass_fields__})
+    changes = [Change(**c) for c in raw.changes]
+    return analyse(plan, changes, raw.samples, raw.audit, raw.created, raw.terminal, raw.complete, raw.end_ms)
+
+
 # ============================================================================ analysis
 def pause_after(times: list[int], start_ms: int, end_ms: int) -> float:
     """The longest stop (s) of one partition in [start_ms, end_ms]: the largest gap between
@@ -383,10 +447,8 @@ def steady_gap(times: list[int], start_ms: int, end_ms: int) -> float:
     return max(gaps) / 1000 if gaps else 0.0
 
 
-def flow_quantiles(created: dict[str, int], terminal: dict[str, list], start_ms: int, end_ms: int) -> dict[str, Any]:
-    times = sorted(
-        float(terminal[o][0][2] - t) for o, t in created.items() if start_ms <= t < end_ms and terminal.get(o)
-    )
+def flow_quantiles(created: dict[str, int], terminal: dict[str, int], start_ms: int, end_ms: int) -> dict[str, Any]:
+    times = sorted(float(terminal[o] - t) for o, t in created.items() if start_ms <= t < end_ms and o in terminal)
     return {"orders": len(times), "p50_ms": _pct(times, 50), "p99_ms": _pct(times, 99)}
 
 
@@ -411,10 +473,10 @@ def _stats(values: list[float]) -> dict[str, Any]:
 def analyse(
     plan: WalkPlan,
     changes: list[Change],
-    sampler: OwnerSampler,
+    samples: list[Sample],
     audit: dict[tuple[str, int], list[int]],
     created: dict[str, int],
-    terminal: dict[str, list],
+    terminal: dict[str, int],
     complete: int,
     end_ms: int,
 ) -> dict[str, Any]:
@@ -427,8 +489,8 @@ def analyse(
     threshold = round(max(1.0, 2 * max(baseline, default=0.0)), 2)
     for i, change in enumerate(changes):
         until = changes[i + 1].at_ms if i + 1 < len(changes) else end_ms
-        before = sampler.owners(change.at_ms, complete=complete)
-        after = sampler.owners(until, change.at_ms, complete=complete)
+        before = owners_at(samples, change.at_ms, complete=complete)
+        after = owners_at(samples, until, change.at_ms, complete=complete)
         moved: list[float] = []
         unmoved: list[float] = []
         lost = (
@@ -570,7 +632,11 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, help="write the result here")
     parser.add_argument("--root", type=Path, help="work directory (state, worker logs); default a temp dir")
+    parser.add_argument("--reanalyse", type=Path, metavar="WALK_RAW_JSON", help="only redo the tables of a walk")
     args = parser.parse_args()
+    if args.reanalyse:
+        print(table(reanalyse(args.reanalyse)))
+        return 0
     extra = dict(item.split("=", 1) for item in args.worker_env if "=" in item)
     plan = WalkPlan(
         rate=args.rate, phase_s=args.phase_s, window_s=args.window_s, processes=args.processes, worker_env=extra
