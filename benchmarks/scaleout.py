@@ -303,7 +303,10 @@ def run(bootstrap: str, plan: WalkPlan, root: Path, say: Callable[[str], None] =
         complete,
         end_ms,
     )
-    raw.save(root / "walk-raw.json")
+    try:
+        raw.save(root / "walk-raw.json")
+    except (OSError, TypeError, ValueError) as exc:  # the figures below do not depend on it
+        say(f"could not save the raw observations: {exc!r}")
     result = analyse(plan, changes, sampler.samples, audit, ledger.created_ms, terminal, complete, end_ms)
     exits = [c for cs in fleet.exit_codes.values() for c in cs]
     sigterm_codes = [c.exit_code for c in changes if c.kind == "stop"] + list(final_codes.values())
@@ -374,7 +377,7 @@ def audit_times(settings: Settings, app: App, since: dict[tuple[str, int], int])
         consumer.close()
     for times in out.values():
         times.sort()
-    return out
+    return dict(out)
 
 
 # ============================================================================ raw data
@@ -393,10 +396,10 @@ class Raw:
     end_ms: int
 
     def save(self, path: Path) -> None:
-        data = asdict(self)
+        data = {f: getattr(self, f) for f in self.__dataclass_fields__}  # asdict() cannot copy a defaultdict
         data["samples"] = [[at, {_key(k): w for k, w in owners.items()}, stable] for at, owners, stable in self.samples]
         data["audit"] = {_key(k): v for k, v in self.audit.items()}
-        data["plan"]["worker_env"] = shown_env(self.plan.get("worker_env", {}))
+        data["plan"] = {**self.plan, "worker_env": shown_env(self.plan.get("worker_env", {}))}
         path.write_text(json.dumps(data) + "\n")
 
     @classmethod

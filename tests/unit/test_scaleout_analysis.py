@@ -4,6 +4,7 @@ as a pause, which partitions moved, the failover time, and the raw data's round 
 from __future__ import annotations
 
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -56,7 +57,7 @@ def test_the_raw_data_round_trips(tmp_path: Path) -> None:
         {"phase_s": 10.0, "worker_env": {"CHOREO_KAFKA_SASL_PASSWORD": "p"}},
         [scaleout.Change("start w2", "start", "w2", 10_000, 2).__dict__],
         samples,
-        {("x", 0): [1, 2]},
+        defaultdict(list, {("x", 0): [1, 2]}),
         {"o": 1},
         {"o": 2},
         1,
