@@ -169,6 +169,14 @@ def owners_at(samples: list[Sample], before_ms: int, after_ms: int = 0, complete
     return {}
 
 
+def last_owners(samples: list[Sample], after_ms: int, before_ms: int) -> Owners:
+    """The last sample in [after_ms, before_ms), whatever the groups' state."""
+    for at, owners, _stable in reversed(samples):
+        if after_ms <= at < before_ms:
+            return owners
+    return {}
+
+
 class OwnerSampler:
     """Samples each agent's group every 0.5 s: who owns which partition, when."""
 
@@ -490,19 +498,22 @@ def analyse(
     baseline = [steady_gap(times, first_ms + 5000, steady_end) for times in audit.values()]
     # a pause is a gap longer than the machine's steady gaps: twice the longest, 1 s at least
     threshold = round(max(1.0, 2 * max(baseline, default=0.0)), 2)
+    gone: set[str] = set()  # group members of stopped or killed worker instances
     for i, change in enumerate(changes):
         until = changes[i + 1].at_ms if i + 1 < len(changes) else end_ms
         before = owners_at(samples, change.at_ms, complete=complete)
-        after = owners_at(samples, until, change.at_ms, complete=complete)
+        # the owners at the window's end, settled or not: a partition nobody holds then is moving
+        after = last_owners(samples, change.at_ms, until)
         moved: list[float] = []
         unmoved: list[float] = []
-        lost = (
-            {k for k, w in before.items() if _worker(w) == change.worker} if change.kind in ("stop", "kill") else set()
-        )
+        departing = {k for k, w in before.items() if _worker(w) == change.worker} if change.kind != "start" else set()
+        if change.kind in ("stop", "kill"):
+            gone |= {before[k] for k in departing}
+        # partitions of a stopped or killed instance must move, even while the group still lists
+        # it (the consumer protocol keeps a dead member until the broker's session timeout)
+        lost = {k for k, w in before.items() if w in gone}
         for key, times in sorted(audit.items()):
             pause = pause_after(times, change.at_ms, until)
-            # a stopped or killed worker's partitions move even while the group still lists the
-            # dead member (the consumer protocol keeps it until the broker's session timeout)
             if key in lost or before.get(key) is None or after.get(key) is None or before[key] != after[key]:
                 moved.append(pause)
             else:
@@ -518,7 +529,7 @@ def analyse(
             "owners_known": bool(before) and bool(after),
         }
         if change.kind == "kill":
-            owned = sorted(lost)
+            owned = sorted(departing)
             resumes = []
             for key in owned:
                 later = [t for t in audit.get(key, []) if t > change.at_ms]
