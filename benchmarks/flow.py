@@ -3,7 +3,15 @@
 1. Maximum: publish a burst of orders as fast as one producer goes and time them to their terminal
    event (`order.confirmed` or `order.cancelled`): orders/s to the terminal state.
 2. Offered load: at 25%, 50% and 75% of that maximum, publish at a fixed rate (open loop, token
-   bucket) for a while; flow time per order = terminal event timestamp − publish time; p50/p95/p99.
+   bucket) for a while; flow time per order = when its terminal event became readable
+   (read_committed, i.e. committed) − publish time; p50/p95/p99.
+3. Sustained capacity: the highest paced rate whose backlog (orders published and not yet terminal)
+   does not grow over the window (60 s in the full plan): probes at 90% of the maximum, then up
+   or down in steps of 10%. Backlog is sampled at each quarter of the window; it "grows" when the
+   last sample exceeds the first by more than one second's worth of the offered rate.
+
+Standalone: `python benchmarks/flow.py --bootstrap HOST:PORT [--commit-interval-ms N ...]` (prints
+the result as JSON); `benchmarks/run.py` runs it as its `flow` section.
 
 Run from `benchmarks/run.py` (section `flow`); the workers are `choreo worker` processes under a
 unique app id, so consumer groups and state never mix with another run's. The contracts' topics are
@@ -13,6 +21,8 @@ id would otherwise begin by replaying every earlier run's orders, and time that 
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import subprocess
 import sys
@@ -31,7 +41,7 @@ from confluent_kafka.admin import AdminClient
 from processors.agents.app import CommerceConfig, build_app
 from processors.agents.demo import wait_for_members
 from processors.agents.loadgen import OrderMix
-from processors.agents.verify import end_offsets
+from processors.agents.verify import end_offsets, wait_settled
 from processors.kafka_types import produce_headers
 from processors.runtime import Worker
 from processors.settings import Settings
@@ -41,11 +51,13 @@ TERMINAL = ("order.confirmed", "order.cancelled")
 
 
 class Terminals:
-    """Follows the terminal topics from given offsets; order id → timestamp (ms) of its first
-    terminal event."""
+    """Follows the terminal topics from given offsets; order id → when its first terminal event was
+    read (ms, wall clock: under exactly_once an event is readable once its transaction commits) and
+    its record timestamp (when it was produced)."""
 
     def __init__(self, bootstrap: str, topics: dict[str, str], since: dict[tuple[str, int], int]) -> None:
         self.seen: dict[str, int] = {}
+        self.produced: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._consumer = Consumer(
@@ -66,12 +78,19 @@ class Terminals:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for msg in self._consumer.consume(1000, 0.2):
-                if msg.error() is not None:
-                    continue
-                order_id = (msg.key() or b"").decode()
-                with self._lock:
-                    self.seen.setdefault(order_id, msg.timestamp()[1])
+            first = self._consumer.poll(0.2)  # consume(n, t) alone would wait t unless n arrive
+            if first is None:
+                continue
+            msgs = [first, *self._consumer.consume(1000, 0)]
+            now = int(time.time() * 1000)
+            with self._lock:
+                for msg in msgs:
+                    if msg.error() is not None:
+                        continue
+                    order_id = (msg.key() or b"").decode()
+                    if order_id not in self.seen:
+                        self.seen[order_id] = now
+                        self.produced[order_id] = msg.timestamp()[1]
 
     def wait(self, order_ids: set[str], timeout: float) -> dict[str, int]:
         deadline = time.monotonic() + timeout
@@ -116,8 +135,95 @@ def start_groups_at_end(settings: Settings, app: Any) -> None:
             future.result(timeout=30)
 
 
+def backlog_samples(sent: dict[str, int], done: dict[str, int], start_ms: int, end_ms: int) -> list[int]:
+    """Orders published and not yet terminal at each quarter of the publishing window."""
+    samples = []
+    for q in (1, 2, 3, 4):
+        t = start_ms + (end_ms - start_ms) * q // 4
+        samples.append(sum(1 for o, s in sent.items() if s <= t and done.get(o, t + 1) > t))
+    return samples
+
+
+def grows(samples: list[int], rate: float) -> bool:
+    """The backlog grew over the window: its last sample over its first by more than a second's
+    worth of the offered rate (a flow keeping up holds a backlog of about rate × flow time)."""
+    return samples[-1] - samples[0] > max(rate, 20.0)
+
+
+def _offer(
+    bootstrap: str, created: Any, terminals: Terminals, rate: float, seconds: float, run_id: str
+) -> tuple[dict[str, int], dict[str, int], dict[str, Any]]:
+    """Publish at ``rate`` for ``seconds``, then wait for the orders' terminal events."""
+    sent: dict[str, int] = {}
+    spec = loadgen.LoadSpec(created.topic, 0, created.partitions, key_by="order")
+    offered = loadgen.paced(bootstrap, spec, rate, seconds, on_sent=sent.__setitem__, mix=OrderMix(), run_id=run_id)
+    done = terminals.wait(set(sent), timeout=30 + seconds)
+    return sent, done, offered
+
+
+def _point(share: float, sent: dict[str, int], done: dict[str, int], offered: dict[str, Any],
+           terminals: Terminals) -> dict[str, Any]:  # fmt: skip
+    flow_ms = sorted(float(done[o] - sent[o]) for o in done)
+    produced_ms = sorted(float(terminals.produced[o] - sent[o]) for o in done if o in terminals.produced)
+    span = (max(done.values()) - min(sent.values())) / 1000 if done else 0
+    return {
+        "load_pct": share * 100,
+        "offered_per_s": offered["events_per_s"],
+        "completed_per_s": len(done) / span if span else None,
+        "orders": len(sent),
+        "completed": len(done),
+        "p50_ms": report.percentile(flow_ms, 50),
+        "p95_ms": report.percentile(flow_ms, 95),
+        "p99_ms": report.percentile(flow_ms, 99),
+        # to the terminal record's timestamp (when produced, before its commit): the old measure
+        "produced_p50_ms": report.percentile(produced_ms, 50),
+        "produced_p99_ms": report.percentile(produced_ms, 99),
+    }
+
+
+def sustained_capacity(
+    bootstrap: str, created: Any, terminals: Terminals, max_rate: float, seconds: float, run_id: str,
+    log: Callable[[str], None], settle: Callable[[], Any] = lambda: None,
+    start: float = 0.9, step: float = 0.1, top: float = 1.1,
+) -> dict[str, Any]:  # fmt: skip
+    """The highest probed share of ``max_rate`` whose backlog does not grow over ``seconds``:
+    from ``start`` up while it holds (to ``top``), else down until one holds."""
+    probes: list[dict[str, Any]] = []
+    best: float | None = None
+    share = start
+    direction = 0
+    while 0 < share <= top + 1e-9:
+        rate = share * max_rate
+        sent, done, offered = _offer(bootstrap, created, terminals, rate, seconds, f"{run_id}s{int(share * 100)}-")
+        settle()
+        samples = backlog_samples(sent, done, min(sent.values()), max(sent.values())) if sent else [0]
+        held = bool(sent) and not grows(samples, rate) and len(done) == len(sent)
+        probes.append({"share": share, "rate": rate, "offered_per_s": offered["events_per_s"],
+                       "backlog": samples, "completed": len(done), "orders": len(sent), "held": held})  # fmt: skip
+        log(f"flow: sustained probe {share * 100:.0f}% ({rate:,.0f}/s): backlog {samples} -> "
+            f"{'holds' if held else 'grows'}")  # fmt: skip
+        if held:
+            best = share
+            if direction < 0:
+                break
+            direction = 1
+            share += step
+        else:
+            if direction > 0:
+                break
+            direction = -1
+            share -= step
+    return {
+        "sustained_share": best,
+        "sustained_orders_per_s": None if best is None else best * max_rate,
+        "window_s": seconds,
+        "probes": probes,
+    }
+
+
 def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> dict[str, Any]:
     app_id = f"benchflow{uuid.uuid4().hex[:6]}"
+    commit_interval_ms = getattr(plan, "commit_interval_ms", None)
     app = build_app(CommerceConfig(app_id=app_id, timeout_s=30.0))
     settings = Settings(bootstrap_servers=bootstrap, state_dir=root / app_id)
     Worker(app, settings).prepare()  # the topics, from the contracts
@@ -132,6 +238,8 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
         "CHOREO_COMMERCE_TIMEOUT_S": "30",
         "CHOREO_STATE_DIR": str(root / app_id / "worker-0"),
     }
+    if commit_interval_ms is not None:
+        env["CHOREO_COMMIT_INTERVAL_MS"] = str(commit_interval_ms)
     log_path = root / f"{app_id}-worker.log"
     with open(log_path, "ab") as worker_log:
         proc = subprocess.Popen(
@@ -154,44 +262,37 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
         elapsed = (max(done.values()) - min(sent.values())) / 1000
         max_rate = len(done) / max(elapsed, 1e-3)
         log(f"flow: maximum {max_rate:,.0f} orders/s ({len(done)}/{burst} terminal in {elapsed:.1f}s)")
+        # the orders are terminal, but shipping, notifications and compensations still drain the
+        # burst's tail in the same worker: a point measured now would time that backlog
+        settled = wait_settled(settings, app, timeout=120 + burst / 20)
+        log(f"flow: agents caught up with the burst ({'yes' if settled else 'not within the wait'})")
         points = []
         for share in plan.flow_loads:
             rate = max(1.0, share * max_rate)
-            sent = {}
-            spec = loadgen.LoadSpec(created.topic, 0, created.partitions, key_by="order")
-            offered = loadgen.paced(
-                bootstrap,
-                spec,
-                rate,
-                plan.flow_seconds,
-                on_sent=sent.__setitem__,
-                mix=OrderMix(),
-                run_id=f"{app_id}-{int(share * 100)}-",
-            )
-            done = terminals.wait(set(sent), timeout=30 + plan.flow_seconds)
-            flow_ms = sorted(float(done[o] - sent[o]) for o in done)
-            span = (max(done.values()) - min(sent.values())) / 1000 if done else 0
-            point = {
-                "load_pct": share * 100,
-                "offered_per_s": offered["events_per_s"],
-                "completed_per_s": len(done) / span if span else None,
-                "orders": len(sent),
-                "completed": len(done),
-                "p50_ms": report.percentile(flow_ms, 50),
-                "p95_ms": report.percentile(flow_ms, 95),
-                "p99_ms": report.percentile(flow_ms, 99),
-            }
+            run_id = f"{app_id}-{int(share * 100)}-"
+            sent, done, offered = _offer(bootstrap, created, terminals, rate, plan.flow_seconds, run_id)
+            wait_settled(settings, app, timeout=120)
+            point = _point(share, sent, done, offered, terminals)
             points.append(point)
             log(
                 f"flow: {share * 100:.0f}% ({rate:,.0f}/s offered): {len(done)}/{len(sent)} terminal, "
                 f"p50 {point['p50_ms'] or 0:,.0f} ms, p95 {point['p95_ms'] or 0:,.0f} ms, "
                 f"p99 {point['p99_ms'] or 0:,.0f} ms"
             )
+        sustained = None
+        sustain_s = getattr(plan, "flow_sustain_seconds", None)
+        if sustain_s:
+            settle = lambda: wait_settled(settings, app, timeout=120)  # noqa: E731 - between probes
+            sustained = sustained_capacity(bootstrap, created, terminals, max_rate, sustain_s, app_id, log, settle)
+            best = sustained["sustained_share"]
+            log(f"flow: sustained capacity {'none found' if best is None else f'{best * 100:.0f}% of the maximum'}")
         return {
             "status": "ok",
             "max_orders_per_s": max_rate,
             "burst_orders": burst,
             "points": points,
+            "sustained": sustained,
+            "commit_interval_ms": commit_interval_ms,
             "workers": 1,
             "app": APP_REF,
         }
@@ -204,3 +305,30 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def main() -> None:
+    """Run the flow benchmark alone against a broker, e.g. to compare commit intervals in one run."""
+    parser = argparse.ArgumentParser(description="The full commerce flow under load (one worker)")
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--burst", type=int, default=5_000)
+    parser.add_argument("--seconds", type=float, default=60.0, help="each offered-load point")
+    parser.add_argument("--loads", default="0.25,0.5,0.75", help="shares of the maximum")
+    parser.add_argument("--sustain-seconds", type=float, default=60.0, help="0: no sustained-capacity search")
+    parser.add_argument("--commit-interval-ms", type=int, default=None, help="default: the settings'")
+    parser.add_argument("--root", type=Path, default=Path("/tmp/choreo-bench-flow"))
+    args = parser.parse_args()
+    plan = argparse.Namespace(
+        flow_burst=args.burst,
+        flow_seconds=args.seconds,
+        flow_loads=[float(x) for x in args.loads.split(",") if x],
+        flow_sustain_seconds=args.sustain_seconds,
+        commit_interval_ms=args.commit_interval_ms,
+    )
+    args.root.mkdir(parents=True, exist_ok=True)
+    result = run(args.bootstrap, plan, args.root, lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,8 @@
-"""`make bench`: ours against a raw confluent-kafka loop, Quix Streams and faust-streaming, in one run
-on the same pre-loaded topics, plus growth (keys, partitions) and the full commerce flow.
+"""`make bench`: ours against a hand-written loop, Quix Streams, faust-streaming and a raw loop.
+
+In one run on the same pre-loaded topics: the hand-written confluent-kafka loop doing the same work
+(the fair baseline, benchmarks/handwritten.py), the peers, a raw passthrough loop (no work, for
+reference); plus growth (keys, partitions) and the full commerce flow.
 
     .venv/bin/python benchmarks/run.py [--quick] [--runs R] [--events N] [--only comparison,growth,flow]
 
@@ -67,6 +70,8 @@ class Plan:
         default_factory=lambda: [
             "raw/at_least_once",
             "raw/exactly_once",
+            "hand/at_least_once",
+            "hand/exactly_once",
             "ours/at_least_once",
             "ours/exactly_once",
             "quix/at_least_once",
@@ -77,6 +82,7 @@ class Plan:
     growth_keys: list[int] = field(default_factory=list)
     growth_events: int = 0
     growth_partitions: list[int] = field(default_factory=list)
+    growth_runs: int = 1  # repeats per growth point: the points' spread is small next to the axis
     flow_loads: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     flow_burst: int = 5_000
     flow_seconds: float = 60.0
@@ -101,17 +107,20 @@ class Plan:
                 flow_seconds=15.0,
                 timeout_s=240.0,
             )
+        # ~30 min on 2 cores (it was ~61 min with 200,000 events per comparison run, 1M events per
+        # growth point and 3 runs per growth point): the comparison keeps 3 repeats (its spread is
+        # the widest), the growth points run once on 400,000 / 100,000 events (benchmarks/RESULTS.md).
         return cls(
             quick=False,
             runs=3,
-            events=200_000,
+            events=100_000,
             faust_events=20_000,
             partitions=6,
             keys=10_000,
             skew=0.0,
-            growth_keys=[1_000, 10_000, 100_000, 1_000_000],
-            growth_events=1_000_000,
-            growth_partitions=[1, 3, 6, 12],
+            growth_keys=[1_000, 100_000, 1_000_000],
+            growth_events=400_000,
+            growth_partitions=[1, 6, 12],
         )
 
 
@@ -193,7 +202,7 @@ class Config:
             f"({load['mean_value_bytes']:.0f} B Avro value + {load['mean_header_bytes']:.0f} B headers + key)"
         )
         admin = AdminClient({"bootstrap.servers": bootstrap})
-        for name in ("output", "audit", "raw_output"):
+        for name in ("output", "audit", "raw_output", "hand_changelog"):
             loadgen.ensure_topic(admin, workload.topics(prefix)[name], partitions)
         return cls(bootstrap, prefix, workdir, spec, load)
 
@@ -231,6 +240,25 @@ def command(system: str, guarantee: str, cfg: Config, events: int, batch: int) -
             *(["--eos"] if eos else []),
         ]
     state = tempfile.mkdtemp(prefix=f"{system}-", dir=cfg.workdir)
+    if system == "hand":
+        return [
+            PY,
+            str(BENCH / "handwritten.py"),
+            *common,
+            "--topic",
+            t["input"],
+            "--out-topic",
+            t["output"],
+            "--audit-topic",
+            t["audit"],
+            "--changelog-topic",
+            t["hand_changelog"],
+            "--state-dir",
+            state,
+            "--batch",
+            str(batch),
+            *(["--eos"] if eos else []),
+        ]
     if system == "quix":
         return [
             str(peer_setup.venv_python("quix")),
@@ -363,7 +391,7 @@ def _growth_point(
     try:
         results = [
             run_system("ours", "at_least_once", cfg, events, plan.batch, plan.timeout_s * 4)
-            for _ in range(1 if plan.quick else plan.runs)
+            for _ in range(plan.growth_runs)
         ]
     finally:
         delete_prefix(bootstrap, cfg.prefix)

@@ -50,6 +50,7 @@ def topics(prefix: str) -> dict[str, str]:
         "output": f"{prefix}.{OUTPUT_TYPE}",
         "audit": f"{prefix}.choreo.audit",
         "raw_output": f"{prefix}.raw-out",
+        "hand_changelog": f"{prefix}.hand-changelog",  # the hand-written loop's state changelog
     }
 
 

@@ -12,6 +12,7 @@ path), instead of an ``assert`` or a ``cast`` at each call site.
 from __future__ import annotations
 
 import ctypes
+import gc
 import operator
 import sys
 from collections.abc import Sequence
@@ -71,9 +72,31 @@ _CHECK_SLOTS = sys.implementation.name == "cpython"
 
 
 def _name_missing(pair: object) -> bool:
+    """The reference check of one header: a 2-tuple whose name slot is NULL."""
     if not _CHECK_SLOTS or type(pair) is not tuple or len(pair) != 2:
         return False
     return ctypes.c_void_p.from_address(id(pair) + _TUPLE_ITEMS).value is None
+
+
+_referents = gc.get_referents
+_PAIR = {2}
+_TUPLE = {tuple}
+
+
+def _names_missing(found: Sequence[object]) -> bool:
+    """``any(_name_missing(pair) for pair in found)``, ~10x cheaper in the usual case (this runs
+    once per consumed record: ~9 µs a record of 10 headers the reference way). A tuple's traversal
+    skips a NULL slot, so when every header is a 2-tuple and the pairs hold 2 referents each, no
+    name slot is NULL; on anything else (a NULL slot, or a shape the client never gives) the
+    reference check alone decides."""
+    if (
+        _CHECK_SLOTS
+        and set(map(type, found)) == _TUPLE
+        and set(map(len, found)) == _PAIR  # type: ignore[arg-type] # all tuples, checked just above
+        and len(_referents(*found)) == 2 * len(found)
+    ):
+        return False
+    return any(_name_missing(pair) for pair in found)
 
 
 def headers(message: Message | ConsumedRecord) -> Headers:
@@ -87,7 +110,7 @@ def headers(message: Message | ConsumedRecord) -> Headers:
         return [(UNREADABLE_HEADERS, UNREADABLE_NOTE)]
     if not found:
         return []
-    if any(_name_missing(pair) for pair in found):
+    if _names_missing(found):
         return [(UNREADABLE_HEADERS, UNREADABLE_NOTE)]
     return list(found)
 

@@ -14,6 +14,14 @@ confluent-kafka untouched, so SASL, TLS and any librdkafka tuning work without c
 * in the environment, ``CHOREO_KAFKA_<PROPERTY>`` with dots written as underscores,
   e.g. ``CHOREO_KAFKA_SASL_MECHANISM=PLAIN`` becomes ``sasl.mechanism``.
 
+The limits of an agent's external dependencies (timeout, bulkhead, rate limit, retries; see
+:mod:`processors.runtime.dependencies`) are set the same two ways, over what the agent declares:
+
+* in the file, a ``[dependencies.<name>]`` table, e.g. ``[dependencies.payment-gateway]`` with
+  ``timeout_s = 2.0``;
+* in the environment, ``CHOREO_DEPENDENCY_<NAME>__<LIMIT>`` with the name's dashes written as
+  underscores, e.g. ``CHOREO_DEPENDENCY_PAYMENT_GATEWAY__RATE_PER_S=50``.
+
 Secrets are never printed: :meth:`Settings.redacted` masks any property whose name suggests one.
 """
 
@@ -35,6 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 _PACKAGED_DATA = Path(__file__).resolve().parent / "_data"
 _SECRET_MARKERS = ("password", "secret", "token", "key.pem", "private", "credentials", "sasl.jaas")
 _KAFKA_ENV_PREFIX = "CHOREO_KAFKA_"
+_DEPENDENCY_ENV_PREFIX = "CHOREO_DEPENDENCY_"
 
 
 # Directories of the source tree a wheel carries inside the package, as processors/_data/<name>
@@ -77,6 +86,18 @@ class Settings:
     # backoff meanwhile) before it exits 1 naming the cause; 0 waits without end. A broker being
     # restarted is waited out; one that never comes is reported, so an orchestrator sees it.
     startup_wait_s: float = 120.0
+    # Per external dependency (name with dashes as underscores, lower case): limit -> value, over
+    # what the agent declares. Parsed and checked by processors.runtime.dependencies.
+    dependencies: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # How often an agent commits (like Kafka Streams' commit.interval.ms): its work stays open across
+    # polls until this much time has passed since its first record (or a size bound is reached), so
+    # paced load pays one transaction (exactly_once) or one offset commit (at_least_once) per
+    # interval, not per small batch. Adds at most this plus one batch to a hop's latency under
+    # exactly_once (outputs are visible at the commit); 0 commits every poll's batch.
+    commit_interval_ms: int = 100
+    # ...but commit before the interval is up once no input has come for this long (0: never): an
+    # idle agent has nothing to amortise a commit over, so waiting out the interval only adds latency.
+    commit_idle_ms: int = 10
     # Where bootstrap_servers came from ("default", "config file PATH", "environment NAME",
     # "argument"): commands that may start a local broker do so only when it is "default".
     bootstrap_source: str = field(default="default", compare=False)
@@ -118,6 +139,7 @@ class Settings:
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"config file {path}: {exc}") from exc
         kafka = {str(k): str(v) for k, v in data.pop("kafka", {}).items()}
+        dependencies = _dependency_tables(data.pop("dependencies", {}), str(path))
         known = {f for f in self.__dataclass_fields__ if f not in _NOT_SETTABLE}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -127,7 +149,8 @@ class Settings:
             values[name] = path.parent / values[name]  # absolute paths stay as they are
         if "bootstrap_servers" in values:
             values["bootstrap_source"] = f"config file {path}"
-        return replace(self, kafka={**self.kafka, **kafka}, config_file=path, **values)
+        merged = _merge_dependencies(self.dependencies, dependencies)
+        return replace(self, kafka={**self.kafka, **kafka}, dependencies=merged, config_file=path, **values)
 
     def _merge_env(self, env: Mapping[str, str]) -> Settings:
         values: dict[str, Any] = {}
@@ -144,7 +167,14 @@ class Settings:
         for key, value in env.items():
             if key.startswith(_KAFKA_ENV_PREFIX) and len(key) > len(_KAFKA_ENV_PREFIX):
                 kafka[key[len(_KAFKA_ENV_PREFIX) :].lower().replace("_", ".")] = value
-        return replace(self, kafka=kafka, **values)
+        dependencies: dict[str, dict[str, str]] = {}
+        for key, value in env.items():
+            if key.startswith(_DEPENDENCY_ENV_PREFIX) and "__" in key[len(_DEPENDENCY_ENV_PREFIX) :]:
+                name, _, limit = key[len(_DEPENDENCY_ENV_PREFIX) :].partition("__")
+                if name and limit:
+                    dependencies.setdefault(dependency_setting_name(name), {})[limit.lower()] = value
+        merged = _merge_dependencies(self.dependencies, dependencies)
+        return replace(self, kafka=kafka, dependencies=merged, **values)
 
     def _validate(self) -> None:
         if self.processing_guarantee not in ("at_least_once", "exactly_once"):
@@ -159,6 +189,12 @@ class Settings:
             raise SettingsError("tools_group_id: must not be empty")
         if self.processes < 1:
             raise SettingsError(f"processes: must be 1 or more worker processes, got {self.processes}")
+        if self.commit_idle_ms < 0:
+            raise SettingsError(f"commit_idle_ms: must be 0 (off) or a positive number, got {self.commit_idle_ms}")
+        if self.commit_interval_ms < 0:
+            raise SettingsError(
+                f"commit_interval_ms: must be 0 (every batch) or a positive number, got {self.commit_interval_ms}"
+            )
         if self.state_memory_mb <= 0:
             raise SettingsError(f"state_memory_mb: must be a positive number of MiB, got {self.state_memory_mb}")
 
@@ -217,8 +253,30 @@ def _is_secret(name: str) -> bool:
     return any(marker in lowered for marker in _SECRET_MARKERS)
 
 
-_NOT_SETTABLE = frozenset({"kafka", "bootstrap_source", "config_file"})  # kafka has its own table and prefix
+# kafka and dependencies have their own tables and prefixes
+_NOT_SETTABLE = frozenset({"kafka", "dependencies", "bootstrap_source", "config_file"})
 _PATH_FIELDS = frozenset({"contracts_dir", "schemas_dir", "state_dir"})
+
+
+def dependency_setting_name(name: str) -> str:
+    """How a dependency is named in settings: lower case, dashes and dots as underscores (so the
+    environment can name it)."""
+    return name.lower().replace("-", "_").replace(".", "_")
+
+
+def _dependency_tables(data: Any, source: str) -> dict[str, dict[str, str]]:
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise SettingsError(f"config file {source}: [dependencies.<name>] must be tables of limits")
+    return {dependency_setting_name(str(n)): {str(k): str(v) for k, v in t.items()} for n, t in data.items()}
+
+
+def _merge_dependencies(
+    base: Mapping[str, Mapping[str, str]], over: Mapping[str, Mapping[str, str]]
+) -> dict[str, dict[str, str]]:
+    out = {name: dict(limits) for name, limits in base.items()}
+    for name, limits in over.items():
+        out.setdefault(name, {}).update(limits)
+    return out
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -229,7 +287,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return float(value)
         except (TypeError, ValueError) as exc:
             raise SettingsError(f"{source}: {name} must be a number of seconds, got {value!r}") from exc
-    if name in ("metrics_port", "state_memory_mb", "processes"):
+    if name in ("metrics_port", "state_memory_mb", "processes", "commit_interval_ms", "commit_idle_ms"):
         try:
             return int(value)
         except (TypeError, ValueError) as exc:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from processors.agents import inventory, notifications, orders, payments, shipping, stock
 from processors.agents.catalog import DEFAULT_CATALOG, Catalog
-from processors.agents.gateway import GatewayRules, SimulatedPaymentGateway
+from processors.agents.gateway import GatewayRules, SimulatedPaymentGateway, payment_gateway
 from processors.runtime import App
 
 APP_ID = "commerce"
@@ -51,7 +51,7 @@ def build_app(config: CommerceConfig | None = None, gateway: SimulatedPaymentGat
     config = config or CommerceConfig.from_env()
     app = App(config.app_id)
     orders.register(app, timeout_s=config.timeout_s, max_hops=MAX_HOPS)
-    payments.register(app, gateway or SimulatedPaymentGateway(config.gateway))
+    payments.register(app, gateway or payment_gateway(config.gateway))  # the PSP at CHOREO_PSP_URL, if set
     inventory.register(app, max_hops=MAX_HOPS)
     stock.register(app, config.catalog, max_hops=MAX_HOPS)
     shipping.register(app)

@@ -4,6 +4,14 @@ Separated from the CLI so tests can drive it: :func:`run_demo` starts worker pro
 (`choreo worker --app processors.agents.app:app`), publishes orders — some declined, some out of
 stock, some timing out, some invalid, plus undecodable payloads and exact duplicates — waits until
 every order is terminal, then reads the topics back and checks the invariants.
+
+Publishing is paced by the flow itself (closed loop): at most ``in_flight`` orders that are meant to
+complete are published and not yet terminal at any time, and the window halves while orders take
+longer than a quarter of the flow timeout. A burst would otherwise queue every order behind the
+others, and an order that waits in that queue longer than the flow timeout is cancelled as timed
+out: the verdict would depend on the machine's speed. Paced, a slow or loaded machine gives the
+same outcomes, only later. (Orders meant to time out are not counted in the window: they wait for
+the timer, not for the flow.)
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -46,6 +55,7 @@ class DemoOptions:
     seed: int | None = None
     work_dir: Path = Path(".choreo/demo")
     max_wait_s: float | None = None
+    in_flight: int = 32  # orders meant to complete, published and not yet terminal, at most
 
 
 @dataclass
@@ -67,12 +77,16 @@ def run_demo(app: App, settings: Settings, options: DemoOptions, progress: Progr
     since = end_offsets(settings, watched_topics(app))
     run_id = uuid.uuid4().hex[:6]
     workers = start_workers(settings, options, run_id)
+    follower = TerminalFollower(settings, since)
     try:
+        started = time.monotonic()
         wait_for_members(settings, app, options.workers, timeout=90)
-        published = publish_orders(app, settings, options, run_id, progress)
-        terminal_at = wait_terminal(settings, published.orders, since, options, progress)
+        joined_s = time.monotonic() - started
+        published = publish_orders(app, settings, options, run_id, progress, follower)
+        terminal_at = await_terminal(follower, published.orders, options, progress)
         settled = wait_settled(settings, app, timeout=60)
     finally:
+        follower.close()
         stop_workers(workers)
     ledger = collect(settings, app, since, order_prefix=f"ord-{run_id}")
     summary = ledger.summary()
@@ -85,8 +99,93 @@ def run_demo(app: App, settings: Settings, options: DemoOptions, progress: Progr
         published={"orders": len(published.orders), "undecodable": published.bad, "duplicates": published.duplicates},
         orders_per_s=round(summary["orders"] / elapsed_s, 1),
         bootstrap=settings.bootstrap_servers,
+        workers_ready_s=round(joined_s, 1),
+        publish_window=follower.window_min,
     )
     return summary
+
+
+class TerminalFollower:
+    """Follows order.confirmed / order.cancelled (read_committed) from ``since`` on a thread of its
+    own: order id → when its first terminal event was read (wall clock, ms). The publisher asks it
+    for room (:meth:`wait_for_room`), :func:`wait_terminal` for the end."""
+
+    def __init__(self, settings: Settings, since: dict[tuple[str, int], int]) -> None:
+        self.done: dict[str, int] = {}
+        self.produced_ms: dict[str, int] = {}  # the terminal record's timestamp
+        self.window_min: int | None = None
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._consumer = Consumer(reader_config(settings, **{"enable.partition.eof": False}))
+        assignment = []
+        for topic in ("order.confirmed", "order.cancelled"):
+            for partition in self._consumer.list_topics(topic, timeout=15).topics[topic].partitions:
+                assignment.append(TopicPartition(topic, partition, since.get((topic, partition), 0)))
+        self._consumer.assign(assignment)
+        self._thread = threading.Thread(target=self._run, name="demo-terminals", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            first = self._consumer.poll(0.1)  # then what is there: consume(n, t) alone waits t for n
+            if first is None:
+                continue
+            msgs = [first, *self._consumer.consume(500, 0)]
+            now = int(time.time() * 1000)
+            with self._cond:
+                for msg in msgs:
+                    if msg.error() is None:
+                        order_id = (msg.key() or b"").decode()
+                        if order_id not in self.done:
+                            self.done[order_id] = now
+                            self.produced_ms[order_id] = msg.timestamp()[1]
+                self._cond.notify_all()
+
+    def wait_for_room(self, paced: dict[str, int], window: int, deadline: float) -> None:
+        """Wait until fewer than ``window`` of the ``paced`` orders (id → publish ms) are open."""
+        with self._cond:
+            while time.monotonic() < deadline:
+                open_now = [o for o in paced if o not in self.done]
+                for order_id in [o for o in paced if o in self.done]:
+                    del paced[order_id]
+                if len(open_now) < window:
+                    return
+                self._cond.wait(0.5)
+
+    def terminal(self, wanted: set[str]) -> set[str]:
+        with self._cond:
+            return wanted & self.done.keys()
+
+    def wait(self, seconds: float) -> None:
+        with self._cond:
+            self._cond.wait(seconds)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+
+class Window:
+    """How many orders may be open at once: halved while orders take longer than a quarter of the
+    flow timeout (at most once per second), grown by one while they take under an eighth of it."""
+
+    def __init__(self, limit: int, timeout_s: float) -> None:
+        self.limit = self.size = max(1, limit)
+        self.slow_ms = timeout_s * 1000 / 4
+        self.fast_ms = timeout_s * 1000 / 8
+        self.smallest = self.size
+        self._cut_at = 0.0
+
+    def observe(self, flow_ms: float) -> None:
+        if flow_ms > self.slow_ms:
+            now = time.monotonic()
+            if now - self._cut_at >= 1.0:
+                self._cut_at = now
+                self.size = max(1, self.size // 2)
+                self.smallest = min(self.smallest, self.size)
+        elif flow_ms < self.fast_ms and self.size < self.limit:
+            self.size += 1
 
 
 def start_workers(settings: Settings, options: DemoOptions, run_id: str) -> list[subprocess.Popen]:
@@ -163,7 +262,15 @@ def wait_for_members(settings: Settings, app: App, members: int, timeout: float)
     )
 
 
-def publish_orders(app: App, settings: Settings, options: DemoOptions, run_id: str, progress: Progress) -> Published:
+def publish_orders(
+    app: App,
+    settings: Settings,
+    options: DemoOptions,
+    run_id: str,
+    progress: Progress,
+    follower: TerminalFollower | None = None,
+) -> Published:
+    """Publish the orders; with a ``follower``, paced to the flow (see the module's docstring)."""
     rng = random.Random(options.seed)
     generator = OrderGenerator(
         seed=options.seed if options.seed is not None else rng.randrange(1 << 30), mix=options.mix, run_id=f"{run_id}-"
@@ -172,9 +279,19 @@ def publish_orders(app: App, settings: Settings, options: DemoOptions, run_id: s
     producer = Producer(settings.producer_config())
     orders, bad, duplicates = [], 0, 0
     first_ms = int(time.time() * 1000)
+    paced: dict[str, int] = {}  # open orders that are meant to complete: id -> publish time
+    window = Window(options.in_flight, options.timeout_s)
+    seen_done: set[str] = set()
+    deadline = time.monotonic() + (options.max_wait_s or (60 + options.timeout_s * 3 + options.orders / 5))
     for index in range(options.orders):
         generated = generator.next()
         orders.append(generated)
+        if follower is not None:
+            _observe_done(follower, paced, seen_done, window)
+            producer.poll(0)
+            follower.wait_for_room(paced, window.size, deadline)
+            if generated.expected is not Expected.TIMEOUT:
+                paced[generated.order_id] = int(time.time() * 1000)
         env = Envelope.new("order.created", SOURCE, idempotency_key=f"order-created-{generated.order_id}")
         value = app.codec.encode("order.created", generated.value)
         # confluent-kafka's stub types produce(headers=) as an invariant List of (str, str | bytes | None),
@@ -195,9 +312,22 @@ def publish_orders(app: App, settings: Settings, options: DemoOptions, run_id: s
             bad += 1
         producer.poll(0)
         progress("published", index + 1, options.orders)
+        if follower is not None:
+            producer.flush(10)  # paced: each order goes out now, not after the producer's linger
     if producer.flush(60):
         raise RuntimeError("the broker did not confirm every published order within 60s")
+    if follower is not None:
+        follower.window_min = window.smallest
     return Published(orders, bad, duplicates, first_ms, int(time.time() * 1000))
+
+
+def _observe_done(follower: TerminalFollower, paced: dict[str, int], seen: set[str], window: Window) -> None:
+    """Feed the window the flow times of paced orders that became terminal since the last look."""
+    with follower._cond:  # noqa: SLF001 - the follower's own lock, read in its module
+        finished = [(o, follower.done[o] - t) for o, t in paced.items() if o in follower.done and o not in seen]
+    for order_id, flow_ms in finished:
+        seen.add(order_id)
+        window.observe(flow_ms)
 
 
 def _poison(rng: random.Random, order_id: str) -> bytes:
@@ -210,32 +340,30 @@ def _poison(rng: random.Random, order_id: str) -> bytes:
 def wait_terminal(
     settings: Settings, orders: list[GeneratedOrder], since, options: DemoOptions, progress: Progress
 ) -> int:
-    """Follow the terminal topics until every order has its terminal event; returns the time of
-    the last one (ms). Raises TimeoutError naming how many are still open."""
-    wanted = {o.order_id for o in orders}
-    done: set[str] = set()
-    last_ms = int(time.time() * 1000)
-    budget = options.max_wait_s or (60 + options.timeout_s * 3 + len(orders) / 20)
-    consumer = Consumer(reader_config(settings, **{"enable.partition.eof": False}))
-    assignment = []
-    for topic in ("order.confirmed", "order.cancelled"):
-        for partition in consumer.list_topics(topic, timeout=15).topics[topic].partitions:
-            assignment.append(TopicPartition(topic, partition, since.get((topic, partition), 0)))
-    consumer.assign(assignment)
-    deadline = time.monotonic() + budget
+    """Follow the terminal topics from ``since`` until every order has its terminal event; returns
+    the timestamp of the last one (ms)."""
+    follower = TerminalFollower(settings, since)
     try:
-        while len(done) < len(wanted) and time.monotonic() < deadline:
-            for msg in consumer.consume(500, 0.5):
-                if msg.error() is not None:
-                    continue
-                order_id = (msg.key() or b"").decode()
-                if order_id in wanted and order_id not in done:
-                    done.add(order_id)
-                    last_ms = max(last_ms, msg.timestamp()[1])
-            progress("terminal", len(done), len(wanted))
+        return await_terminal(follower, orders, options, progress)
     finally:
-        consumer.close()
-    return last_ms
+        follower.close()
+
+
+def await_terminal(follower: TerminalFollower, orders: list[GeneratedOrder], options: DemoOptions,
+                   progress: Progress) -> int:  # fmt: skip
+    """Wait until every order has its terminal event (or the budget is spent: the summary then
+    names the orders still open); returns the timestamp of the last terminal event (ms)."""
+    wanted = {o.order_id for o in orders}
+    budget = options.max_wait_s or (60 + options.timeout_s * 3 + len(orders) / 20)
+    deadline = time.monotonic() + budget
+    done = follower.terminal(wanted)
+    while len(done) < len(wanted) and time.monotonic() < deadline:
+        follower.wait(0.5)
+        done = follower.terminal(wanted)
+        progress("terminal", len(done), len(wanted))
+    with follower._cond:  # noqa: SLF001 - the follower's own lock, read in its module
+        stamps = [follower.produced_ms[o] for o in done if o in follower.produced_ms]
+    return max(stamps, default=int(time.time() * 1000))
 
 
 def outcome_mismatches(ledger, orders: list[GeneratedOrder]) -> list[str]:

@@ -211,3 +211,35 @@ def percentiles(values: list[int]) -> dict[str, float | None]:
         return {"p50": float(values[0]), "p95": float(values[0]), "p99": float(values[0])}
     q = statistics.quantiles(values, n=100, method="inclusive")
     return {"p50": round(q[49], 1), "p95": round(q[94], 1), "p99": round(q[98], 1)}
+
+
+def receiver_violations(
+    ledger: FlowLedger, psp: dict[str, Any] | None = None, sink: dict[str, Any] | None = None
+) -> list[str]:
+    """What the receivers' own ledgers say against the topics: the PSP's (``GET /v1/ledger``) and
+    the delivery sink's (``GET /v1/deliveries``), both read with the run's order prefix. "Never
+    twice" is judged there, where a charge or a message really happened."""
+    out: list[str] = []
+    if psp is not None:
+        summary = psp["summary"]
+        out += [f"order {o}: charged {n} times at the PSP" for o, n in summary["double_charges"].items()]
+        out += [f"order {o}: refunded {n} times at the PSP" for o, n in summary["double_refunds"].items()]
+        out += [f"order {o}: refunded at the PSP without a charge" for o in summary["refunds_without_charge"]]
+        charged = {c["order_id"] for c in psp["charges"] if c["status"] == "approved"}
+        refunded = {r["order_id"] for r in psp["refunds"]}
+        authorized = {o for o in ledger.authorized if o.startswith(ledger.order_prefix)}
+        out += [f"order {o}: charged at the PSP, no payment.authorized" for o in sorted(charged - authorized)]
+        out += [f"order {o}: payment.authorized, no charge at the PSP" for o in sorted(authorized - charged)]
+        announced = set(ledger.refunded)
+        out += [f"order {o}: refunded at the PSP, no payment.refunded" for o in sorted(refunded - announced)]
+        out += [f"order {o}: payment.refunded, no refund at the PSP" for o in sorted(announced - refunded)]
+        for order_id in sorted(charged - refunded):
+            if ledger.status(order_id) == "cancelled":
+                out.append(f"order {order_id}: charged at the PSP and cancelled, never refunded")
+    if sink is not None:
+        out += [f"notification delivered twice: {d}" for d in sink["summary"]["duplicate_notifications"]]
+        delivered = Counter((d["order_id"], d["kind"]) for d in sink["deliveries"])
+        sent = Counter({k: n for k, n in ledger.notifications.items() if k[0].startswith(ledger.order_prefix)})
+        out += [f"order {o}: {k} sent but never delivered" for (o, k) in sorted(set(sent) - set(delivered))]
+        out += [f"order {o}: {k} delivered but never announced" for (o, k) in sorted(set(delivered) - set(sent))]
+    return out

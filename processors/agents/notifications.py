@@ -2,12 +2,24 @@
 shipped), never twice, whatever is redelivered.
 
 The recipient comes from `order.created`; an outcome that overtakes its order waits in the state
-until the address is known.
+until the address is known. With a delivery sink configured (``CHOREO_SINK_URL``, ``choreo sink
+serve``), each notification is delivered there through ``ctx.call`` with the call's derived
+idempotency key before ``notification.sent`` is emitted, so a replayed handler delivers under
+the same key and the sink, not our own state, shows that nothing was sent twice.
 """
 
 from __future__ import annotations
 
-from processors.runtime import App, Context, Event
+import os
+from collections.abc import Mapping
+from typing import Protocol
+
+import httpx
+
+from processors.agents.gateway import post_idempotent
+from processors.errors import ChoreoError
+from processors.runtime import App, Context, Event, RetryPolicy
+from processors.runtime.dependencies import DependencyPolicy
 
 CONSUMES = ("order.created", "order.confirmed", "order.cancelled", "shipment.requested")
 PRODUCES = ("notification.sent",)
@@ -16,10 +28,65 @@ KIND_OF = {
     "order.cancelled": "ORDER_CANCELLED",
     "shipment.requested": "ORDER_SHIPPED",
 }
+SINK = "delivery-sink"
+SINK_URL_ENV = "CHOREO_SINK_URL"
 
 
-def register(app: App) -> None:
-    @app.agent("notifications", consumes=CONSUMES, produces=PRODUCES, version="1.0")
+class SinkUnavailable(Exception):
+    """The sink did not answer in time, answered 5xx or is still handling the key: transient."""
+
+
+class SinkRejected(ChoreoError):
+    """The sink refused the delivery (4xx): a bug, not worth a retry; the message never quotes it."""
+
+
+SINK_POLICY = DependencyPolicy(
+    timeout_s=10.0,
+    max_concurrency=16,
+    retry=RetryPolicy(max_attempts=3, base_delay_s=0.05, max_delay_s=0.5, max_elapsed_s=5.0),
+    retry_on=(SinkUnavailable,),
+)
+
+
+class DeliverySink(Protocol):
+    def deliver(self, order_id: str, kind: str, channel: str, recipient: str, idempotency_key: str = ...) -> None: ...
+
+
+class HttpDeliverySink:
+    """The delivery sink over HTTP: one pooled keep-alive client, a timeout per request."""
+
+    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
+        self._client = httpx.Client(base_url=base_url.rstrip("/"), timeout=httpx.Timeout(timeout_s))
+
+    def deliver(self, order_id: str, kind: str, channel: str, recipient: str, idempotency_key: str = "") -> None:
+        body = {"order_id": order_id, "kind": kind, "channel": channel, "recipient": recipient}
+        post_idempotent(self._client, "/v1/deliveries", body, idempotency_key, SinkUnavailable, SinkRejected)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def delivery_sink(env: Mapping[str, str] | None = None) -> DeliverySink | None:
+    """The sink at ``CHOREO_SINK_URL`` when set (timeout ``CHOREO_SINK_TIMEOUT_S``, default 5)."""
+    env = os.environ if env is None else env
+    url = env.get(SINK_URL_ENV)
+    return HttpDeliverySink(url, float(env.get("CHOREO_SINK_TIMEOUT_S", "5"))) if url else None
+
+
+def register(app: App, sink: DeliverySink | None = None) -> None:
+    """``sink`` defaults to :func:`delivery_sink` (none: ``notification.sent`` is the delivery)."""
+    sink = sink if sink is not None else delivery_sink()
+    dependencies = {SINK: SINK_POLICY} if sink is not None else None
+    transient = (SinkUnavailable,) if sink is not None else ()
+
+    @app.agent(
+        "notifications",
+        consumes=CONSUMES,
+        produces=PRODUCES,
+        version="1.0",
+        transient=transient,
+        dependencies=dependencies,
+    )
     def notifications(event: Event, ctx: Context) -> None:
         state = ctx.state
         if event.type == "order.created":
@@ -30,15 +97,17 @@ def register(app: App) -> None:
             if kind not in pending and kind not in state.get("sent", []):
                 pending.append(kind)
         if state.get("recipient"):
-            _send_pending(ctx)
+            _send_pending(ctx, sink)
 
 
-def _send_pending(ctx: Context) -> None:
+def _send_pending(ctx: Context, sink: DeliverySink | None) -> None:
     state = ctx.state
     sent = state.setdefault("sent", [])
     for kind in state.pop("pending", []):
         if kind in sent:
             continue
+        if sink is not None:
+            ctx.call(SINK, sink.deliver, ctx.key, kind, "EMAIL", state["recipient"])
         sent.append(kind)
         ctx.emit(
             "notification.sent",

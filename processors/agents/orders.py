@@ -45,7 +45,16 @@ def register(app: App, timeout_s: float, max_hops: int) -> None:
                 f"(payment: {ctx.state.get('payment') or 'none'}, stock: {ctx.state.get('stock') or 'none'})",
             )
 
-    @app.agent("orders", consumes=CONSUMES, produces=PRODUCES, version="1.0", on_timer=on_timer, max_hops=max_hops)
+    # an order confirmed or cancelled ends its flow: the engine observes the flow time there
+    @app.agent(
+        "orders",
+        consumes=CONSUMES,
+        produces=PRODUCES,
+        version="1.0",
+        on_timer=on_timer,
+        max_hops=max_hops,
+        terminal=PRODUCES,
+    )
     def orders(event: Event, ctx: Context) -> None:
         handler = _HANDLERS[event.type]
         handler(event, ctx, timeout_s)

@@ -7,13 +7,18 @@ sees what downstream consumers see, independent of any worker's state.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
+import httpx
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from processors.agents.ledger import FlowLedger
+from processors.agents.gateway import PSP_URL_ENV
+from processors.agents.ledger import FlowLedger, receiver_violations
+from processors.agents.notifications import SINK_URL_ENV
 from processors.contracts import ContractError
 from processors.kafka_types import coordinates
 from processors.kafka_types import headers as read_headers
@@ -197,3 +202,25 @@ def _records_after(consumer: Consumer, positions: list[TopicPartition], timeout:
         return bool(open_partitions)
     finally:
         consumer.unassign()
+
+
+def check_receivers(ledger: FlowLedger, order_prefix: str = "", env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Read the PSP's and the delivery sink's ledgers (at ``CHOREO_PSP_URL`` / ``CHOREO_SINK_URL``,
+    those set) for the orders with ``order_prefix`` and judge them against the topics: ``{"psp":
+    summary or None, "sink": summary or None, "violations": [...]}``."""
+    env = os.environ if env is None else env
+    psp = _get(env.get(PSP_URL_ENV), "/v1/ledger", order_prefix)
+    sink = _get(env.get(SINK_URL_ENV), "/v1/deliveries", order_prefix)
+    return {
+        "psp": psp["summary"] if psp else None,
+        "sink": sink["summary"] if sink else None,
+        "violations": receiver_violations(ledger, psp, sink),
+    }
+
+
+def _get(base_url: str | None, path: str, order_prefix: str) -> dict[str, Any] | None:
+    if not base_url:
+        return None
+    response = httpx.get(base_url.rstrip("/") + path, params={"order_prefix": order_prefix}, timeout=30)
+    response.raise_for_status()
+    return response.json()

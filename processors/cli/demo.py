@@ -46,6 +46,9 @@ def demo(
     workers: int = typer.Option(2, "--workers", min=1, max=8, help="Worker processes sharing the partitions."),
     timeout_s: float = typer.Option(8.0, "--timeout", min=1.0, help="Seconds before an unanswered order is cancelled."),
     seed: int | None = typer.Option(None, "--seed", help="Make the generated orders repeatable."),
+    in_flight: int = typer.Option(
+        32, "--in-flight", min=1, help="Orders open at once at most: publishing is paced to what the flow completes."
+    ),
     bootstrap: str | None = LocalBrokerBootstrapOption,
     config: Path | None = ConfigOption,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on the last line."),
@@ -62,8 +65,9 @@ def demo(
         workers=workers,
         timeout_s=timeout_s,
         seed=seed,
+        in_flight=in_flight,
     )
-    err.print(f"starting {workers} workers, then publishing {orders} orders")
+    err.print(f"starting {workers} workers, then publishing {orders} orders, at most {in_flight} open at once")
     with _progress() as bar:
         tasks: dict[str, Any] = {}
 
@@ -136,6 +140,8 @@ def _print_summary(summary: dict[str, Any], as_json: bool, title: str) -> None:
         table.add_row("flow time p50 / p95 / p99", f"{flow['p50']:.0f} / {flow['p95']:.0f} / {flow['p99']:.0f} ms")
     if "orders_per_s" in summary:
         table.add_row("throughput", f"{summary['orders_per_s']} orders/s")
+    if summary.get("workers_ready_s") is not None:
+        table.add_row("workers ready (groups joined)", f"{summary['workers_ready_s']} s")
     table.add_row(
         "invariants",
         "all hold"

@@ -72,6 +72,12 @@ def _filter(
 
 @app.command("list")
 def list_(
+    patterns: list[str] = typer.Argument(
+        None,
+        metavar="[TOPIC]...",
+        help="Only these DLQ topics, or the topics they belong to; shell-style patterns (orders.*) allowed.",
+        show_default=False,
+    ),
     bootstrap: str | None = BootstrapOption,
     config: Path | None = ConfigOption,
     json_output: bool = JsonOption,
@@ -79,7 +85,7 @@ def list_(
     """DLQ topics (`<topic>.dlq`) with their record counts by error class and reason."""
     settings = load_settings(bootstrap, config)
     with operator_errors(), DlqInspector(settings) as inspector:
-        summaries = inspector.summarize()
+        summaries = inspector.summarize(inspector.matching(patterns) if patterns else None)
     if json_output:
         print_json([s.to_json() for s in summaries])
         return

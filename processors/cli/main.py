@@ -19,6 +19,8 @@ import typer
 from processors.cli import broker as broker_cli
 from processors.cli import contracts as contracts_cli
 from processors.cli import dlq as dlq_cli
+from processors.cli import psp as psp_cli
+from processors.cli import sink as sink_cli
 from processors.cli import topics as topics_cli
 from processors.cli.demo import demo, verify
 from processors.cli.init import init
@@ -78,6 +80,8 @@ app.command(name="worker")(worker)
 app.command(name="topology")(topology)
 app.command(name="demo")(demo)
 app.command(name="verify")(verify)
+app.add_typer(psp_cli.app, name="psp")
+app.add_typer(sink_cli.app, name="sink")
 
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130

@@ -3,7 +3,7 @@ without decoding its payload.
 
 Binary content mode: the payload is the Avro value, the attributes travel as ``ce_*`` headers
 (UTF-8 strings), plus our extensions (idempotency key, correlation and causation ids, tenant, hop
-count) and W3C trace context. :meth:`Envelope.from_headers` runs for every consumed event, so it is
+count, root time) and W3C trace context. :meth:`Envelope.from_headers` runs for every consumed event, so it is
 one pass over the header list with no regular expressions on the required attributes.
 """
 
@@ -31,6 +31,11 @@ CE_CORRELATIONID = "ce_correlationid"
 CE_CAUSATIONID = "ce_causationid"
 CE_TENANT = "ce_tenant"
 CE_HOPCOUNT = "ce_hopcount"
+# The time of the flow's root event, epoch milliseconds in decimal: set by Envelope.child (from the
+# root's ce_time at the first hop, then carried on), so an agent emitting a terminal event knows the
+# flow time. Measurement only: a malformed value is dropped, never a reason to refuse the event.
+CE_ROOTTIME = "ce_roottime"
+MAX_ROOTTIME_DIGITS = 15
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 
@@ -38,7 +43,8 @@ SPEC_VERSION = "1.0"
 AVRO_CONTENT_TYPE = "application/avro"
 REQUIRED_HEADERS = (CE_ID, CE_TYPE, CE_SOURCE, CE_SPECVERSION, CE_TIME, CE_IDEMPOTENCYKEY)
 _KNOWN = frozenset(
-    REQUIRED_HEADERS + (CONTENT_TYPE, CE_CORRELATIONID, CE_CAUSATIONID, CE_TENANT, CE_HOPCOUNT, TRACEPARENT, TRACESTATE)
+    REQUIRED_HEADERS
+    + (CONTENT_TYPE, CE_CORRELATIONID, CE_CAUSATIONID, CE_TENANT, CE_HOPCOUNT, TRACEPARENT, TRACESTATE, CE_ROOTTIME)
 )
 # The longest value a CloudEvents header of ours may have. Whatever is read from these headers is
 # carried on: into follow-up events (correlation id, tenant, trace context), audit records, dead
@@ -69,6 +75,13 @@ class Envelope:
     tracestate: str | None = None
     content_type: str = AVRO_CONTENT_TYPE
     specversion: str = SPEC_VERSION
+    root_time_ms: int | None = None  # ce_roottime: when the flow's root event happened (None: this is the root)
+
+    @property
+    def flow_root_ms(self) -> int:
+        """When this event's flow began: the root time carried, else this event's own time (a root)."""
+        root = self.root_time_ms
+        return time_ms(self.time) if root is None else root
 
     @classmethod
     def new(
@@ -116,6 +129,7 @@ class Envelope:
                 causation_id=self.id,
                 hop_count=self.hop_count + 1,
                 content_type=AVRO_CONTENT_TYPE,
+                root_time_ms=self.flow_root_ms,
             )
         # dataclasses.replace, field for field, without its generic machinery.
         return build_envelope(
@@ -132,6 +146,7 @@ class Envelope:
             self.tracestate,
             AVRO_CONTENT_TYPE,
             self.specversion,
+            self.flow_root_ms,
         )
 
     def to_headers(self) -> list[tuple[str, bytes]]:
@@ -161,6 +176,9 @@ class Envelope:
         value = self.tracestate
         if value is not None:
             headers.append((TRACESTATE, value.encode()))
+        root = self.root_time_ms
+        if root is not None:
+            headers.append((CE_ROOTTIME, str(root).encode()))
         return headers
 
     @classmethod
@@ -232,6 +250,9 @@ def read_header_fields(headers: list[tuple[str, bytes | str | None]]) -> tuple |
         tracestate = get(TRACESTATE)
         if tracestate is not None and tracestate.__class__ is not str:
             tracestate = tracestate.decode()
+        root = get(CE_ROOTTIME)
+        if root is not None and root.__class__ is not str:
+            root = root.decode()
     except (UnicodeDecodeError, AttributeError):  # let the reference pass name the first bad header
         return None
     for text in (
@@ -248,6 +269,7 @@ def read_header_fields(headers: list[tuple[str, bytes | str | None]]) -> tuple |
         hops,
         traceparent,
         tracestate,
+        root,
     ):
         if text is not None and len(text) > MAX_HEADER_BYTES:
             return None  # the reference pass names it
@@ -281,6 +303,7 @@ def read_header_fields(headers: list[tuple[str, bytes | str | None]]) -> tuple |
         tracestate if traceparent is not None else None,
         content_type,
         SPEC_VERSION,
+        _root_time(root),
     )
 
 
@@ -322,6 +345,7 @@ def read_header_fields_reference(headers: Headers) -> tuple:
         values.get(TRACESTATE) if traceparent is not None else None,
         values.get(CONTENT_TYPE, AVRO_CONTENT_TYPE),
         SPEC_VERSION,
+        _root_time(values.get(CE_ROOTTIME)),
     )
 
 
@@ -369,6 +393,20 @@ def parse_time(text: str) -> dt.datetime:
             CE_TIME, f"not an RFC 3339 timestamp (needs a date, 'T', a time and an offset): {snippet(text)}"
         )
     return value
+
+
+def time_ms(value: dt.datetime) -> int:
+    """Epoch milliseconds of an aware datetime (what ce_roottime carries)."""
+    delta = value - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def _root_time(text: str | None) -> int | None:
+    """A ce_roottime value: decimal epoch milliseconds of at most MAX_ROOTTIME_DIGITS digits; anything
+    else is dropped (the flow-time metric skips the event) rather than refused."""
+    if text is None or not text.isascii() or not text.isdigit() or len(text) > MAX_ROOTTIME_DIGITS:
+        return None
+    return int(text)
 
 
 def _hop_count(text: str | None) -> int:

@@ -5,6 +5,9 @@ changelog records and their batch markers) and the two guarantees, behind one in
 :meth:`Committer.send_records` while the batch runs, :meth:`Committer.commit` at its end. The
 worker loop never asks which guarantee it runs.
 
+A batch is the work since the last commit: one poll's records, or several when a commit interval
+(``commit_interval_ms``) keeps it open across polls; the worker decides when to commit.
+
 * :class:`ExactlyOnceCommitter`: one Kafka transaction per batch — outputs, DLQ and audit
   records, the batch's changelog records and the input offsets (``send_offsets_to_transaction``
   with the consumer's group metadata, so a zombie from an older generation is fenced, KIP-447).
@@ -99,13 +102,27 @@ def _produce_failed(exc: KafkaException, topic: str) -> BatchAborted:
 
 @dataclass
 class Batch:
-    """One batch of one agent: the per-partition overlays its records wrote into, where each input
-    partition started (to rewind on abort) and the offsets to commit (last handled + 1)."""
+    """The open work of one agent, up to its next commit: the per-partition overlays its records
+    wrote into, where each input partition started (to rewind on abort) and the offsets to commit
+    (last handled + 1). One commit covers one batch; with a commit interval a batch spans several
+    polls (the overlays carry over, so a later poll reads what an earlier one wrote)."""
 
     stores: Mapping[int, KeyValueStore]
     views: dict[int, BatchView] = field(default_factory=dict)
     first_offsets: dict[InputPartition, int] = field(default_factory=dict)
     next_offsets: dict[InputPartition, int] = field(default_factory=dict)
+    handled: int = 0  # inputs handled into it (the commit's size bound counts these)
+    opened: float = field(default_factory=time.monotonic)  # when its first work came (the interval's start)
+
+    @property
+    def has_work(self) -> bool:
+        """Inputs handled or state written: something a commit must cover."""
+        return bool(self.next_offsets) or self.dirty
+
+    @property
+    def partitions(self) -> set[int]:
+        """The partitions this batch holds work of."""
+        return set(self.views) | {p for _, p in self.first_offsets}
 
     def view(self, partition: int) -> BatchView | None:
         """The overlay of ``partition``, created on first use; None when the partition has no open
@@ -165,6 +182,11 @@ class Committer(ABC):
         # failed deliveries reported since the last commit (the producer's callback appends)
         self.delivery_errors: list[DeliveryError] = [] if delivery_errors is None else delivery_errors
         self.watch = watch or CallWatch()
+        # Called first thing in :meth:`revoke` (inside the consumer's revoke callback) with the
+        # revoked partitions: the loop commits its open work there (a commit interval keeps work
+        # open across polls), before the partitions' stores close and their new owner reads the
+        # committed offsets.
+        self.before_revoke: Callable[[set[int]], None] | None = None
 
     @property
     def deadline_s(self) -> float:
@@ -271,6 +293,10 @@ class Committer(ABC):
     def revoke(self, partitions: set[int]) -> None:
         """Partitions are about to go to another worker: settle what is theirs."""
 
+    def _settle_open_work(self, partitions: set[int]) -> None:
+        if self.before_revoke is not None:
+            self.before_revoke(partitions)
+
     def close(self) -> None:
         """The agent stops: abort an open transaction or commit what is done, flush the producer."""
         with self.watch.watch("flush", 5 + self.settings.grace_s):
@@ -375,7 +401,8 @@ class ExactlyOnceCommitter(Committer):
             self.producer.poll(0)
 
     def revoke(self, partitions: set[int]) -> None:
-        """Nothing to settle: input offsets are committed inside each batch's transaction."""
+        """The loop commits its open transaction (its input offsets are inside it)."""
+        self._settle_open_work(partitions)
 
     def close(self) -> None:
         try:
@@ -483,6 +510,7 @@ class AtLeastOnceCommitter(Committer):
         """Sent records cannot be taken back; the replay's dedupe makes them harmless."""
 
     def revoke(self, partitions: set[int]) -> None:
+        self._settle_open_work(partitions)  # the loop's open work: flushed, offsets handed to commit
         self._commit_sync(partitions)
 
     def close(self) -> None:

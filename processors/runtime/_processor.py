@@ -129,7 +129,10 @@ class Processor:
         rng: Callable[[float, float], float] = random.uniform,
         breaker_clock: Callable[[], float] | None = None,
         max_record_bytes: int = dlq.DEFAULT_MAX_RECORD_BYTES,
+        dependency_limits: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
+        """``dependency_limits``: the settings' ``dependencies`` (the worker passes the settings it
+        was started with, so ``--config`` is honoured); None reads them from the environment."""
         self.app = app
         self.spec = spec
         self.worker_id = worker_id
@@ -172,7 +175,7 @@ class Processor:
             spec.name,
             spec.on_timer is not None,
             Emitter.for_agent(spec.name, self.source, self.codec, self.registry, spec.produces),
-            Dependencies(spec.name, self.breakers),
+            Dependencies(spec.name, self.breakers, dependency_limits),
         )
         self._init_audit()
 

@@ -36,7 +36,10 @@ class AgentSpec:
     ``transient`` lists exception types worth retrying; anything else raised by the handler is
     permanent and dead-lettered at once. ``dependencies`` names external systems called through
     ``ctx.call(name, fn, ...)``, each behind its own circuit breaker. ``routing`` says which
-    records the agent takes as correctly keyed and partitioned (:class:`Routing`).
+    records the agent takes as correctly keyed and partitioned (:class:`Routing`). ``terminal`` names
+    the produced types that end a flow (an order confirmed or cancelled): emitting one observes the
+    flow time (from the flow's root event, ``ce_roottime``) in ``choreo_flow_seconds``; the engine
+    itself knows no flow.
     """
 
     name: str
@@ -51,6 +54,7 @@ class AgentSpec:
     on_timer: TimerHandler | None = None
     dedupe_ttl_s: float | None = None
     routing: Routing = Routing.CONTRACT
+    terminal: frozenset[str] = frozenset()
 
     @staticmethod
     def normalize_dependencies(

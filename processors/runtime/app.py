@@ -93,6 +93,7 @@ class App:
         on_timer: TimerHandler | None = None,
         dedupe_ttl_s: float | None = None,
         routing: Routing | str = Routing.CONTRACT,
+        terminal: Iterable[str] = (),
     ) -> Callable[[Handler], Handler]:
         """Decorator declaring an agent; the decorated function is the handler ``(event, ctx)``."""
 
@@ -111,6 +112,7 @@ class App:
                     on_timer=on_timer,
                     dedupe_ttl_s=dedupe_ttl_s,
                     routing=Routing(routing),
+                    terminal=frozenset(terminal),
                 )
             )
             return handler
@@ -124,6 +126,9 @@ class App:
             raise AppError(f"agent {spec.name!r} is declared twice")
         if not spec.consumes:
             raise AppError(f"agent {spec.name!r} consumes nothing")
+        if not spec.terminal <= set(spec.produces):
+            extra = ", ".join(sorted(spec.terminal - set(spec.produces)))
+            raise AppError(f"agent {spec.name!r}: terminal type(s) {extra} not among what it produces")
         if spec.max_hops is not None and spec.max_hops < 1:
             raise AppError(f"agent {spec.name!r}: max_hops must be at least 1")
         self.agents[spec.name] = spec

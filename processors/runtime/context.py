@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 import orjson
 
 from processors.contracts import Envelope
+from processors.runtime.dependencies import Dependencies, call_key
 from processors.runtime.emitter import Emitted, Emitter
 from processors.runtime.errors import EmitError, InvalidStateError, TimerError
 from processors.runtime.inputs import Event, Timer
-from processors.runtime.retry import Dependencies
 from processors.runtime.state import keys
 from processors.runtime.state.store import KeyValueStore, StateView
 
@@ -221,10 +221,24 @@ class Context:
         return out
 
     # ------------------------------------------------------------------ dependencies
+    _call_counts: dict[str, int]  # calls made so far per dependency, set by the first call
+
     def call(self, dependency: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call an external dependency through its circuit breaker. An open breaker raises
-        :class:`~processors.runtime.retry.CircuitOpenError`, which the engine retries with backoff."""
-        return self._services.dependencies.call(dependency, fn, *args, **kwargs)
+        """Call an external dependency within its limits (timeout, bulkhead, rate limit, retries,
+        circuit breaker: :mod:`processors.runtime.dependencies`). ``fn`` is given an idempotency key
+        of its own when it takes a keyword parameter ``idempotency_key``: derived from the input's
+        key, this agent, the dependency and the call's ordinal in this handling, so a retry or a
+        replay hands the callee the same key. A refused or timed-out call raises
+        :class:`~processors.runtime.dependencies.DependencyUnavailable` and an open breaker
+        :class:`~processors.runtime.retry.CircuitOpenError`; the engine retries both with backoff."""
+        try:
+            counts = self._call_counts
+        except AttributeError:
+            counts = self._call_counts = {}
+        ordinal = counts.get(dependency, 0)
+        counts[dependency] = ordinal + 1
+        key = call_key(self.envelope.idempotency_key, self._services.agent, dependency, ordinal)
+        return self._services.dependencies.invoke(dependency, key, fn, args, kwargs)
 
 
 __all__ = ["AgentServices", "Context", "EmitError", "Emitted", "InvalidStateError", "TimerError"]

@@ -121,6 +121,7 @@ class Emitter:
             cause.tracestate,
             AVRO_CONTENT_TYPE,
             SPEC_VERSION,
+            cause.flow_root_ms,  # ce_roottime, as Envelope.child carries it
         )
         if key is None:
             key_value = value.get(plan.key_field)  # type: ignore[arg-type]

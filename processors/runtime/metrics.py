@@ -161,6 +161,19 @@ OUTPUT_REFUSED = Counter(
     "Inputs whose output the broker refused (isolated and dead-lettered, or skipped when even the dead letter was)",
     ["agent", "topic", "outcome"],
 )
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+E2E_SECONDS = BatchedHistogram(
+    "choreo_record_e2e_seconds",
+    "End-to-end latency of a record at its agent: when it was handled minus its Kafka record timestamp",
+    ["agent"],
+    buckets=LATENCY_BUCKETS,
+)
+FLOW_SECONDS = BatchedHistogram(
+    "choreo_flow_seconds",
+    "Flow time at a terminal event: when it was emitted minus the time of the flow's root event (ce_roottime)",
+    ["agent", "event_type"],
+    buckets=LATENCY_BUCKETS,
+)
 ISOLATED_BATCHES = Counter(
     "choreo_isolated_batches_total", "Batches replayed record by record to find a refused output", ["agent"]
 )
@@ -188,6 +201,9 @@ class AgentMetrics:
         self._timers = TIMERS_FIRED.labels(agent)
         self._restored = RESTORED.labels(agent)
         self._assigned = ASSIGNED.labels(agent)
+        self._e2e = E2E_SECONDS.labels(agent)
+        self._e2e_counts = [0] * len(E2E_SECONDS.bounds)
+        self._e2e_sum = 0.0
 
     # Per-event counts are tallied in plain dicts and added to the Prometheus counters once per
     # batch (flush), which keeps the counters' locks off the per-event path.
@@ -210,6 +226,11 @@ class AgentMetrics:
             self._handler.add(counts, self._handler_sum)
             counts[:] = [0] * len(counts)
             self._handler_sum = 0.0
+        e2e = self._e2e_counts
+        if self._e2e_sum or any(e2e):
+            self._e2e.add(e2e, self._e2e_sum)
+            e2e[:] = [0] * len(e2e)
+            self._e2e_sum = 0.0
         for tally, metric in (
             (self._in, EVENTS_IN),
             (self._out, EVENTS_OUT),
@@ -235,6 +256,17 @@ class AgentMetrics:
             self._handler_sum += seconds
         else:  # negative or NaN (a clock step): as observe() counts it
             self._handler.observe(seconds)
+
+    def record_e2e(self, seconds: float) -> None:
+        """A record's end-to-end latency at this agent; binned now, published at the next flush. A
+        negative value (a producer's clock ahead of ours) counts as 0."""
+        seconds = max(0.0, seconds)
+        self._e2e_counts[bisect_left(E2E_SECONDS.bounds, seconds)] += 1
+        self._e2e_sum += seconds
+
+    def flow_time(self, event_type: str, seconds: float) -> None:
+        """The flow time of a flow ending in ``event_type`` (a terminal output of this agent)."""
+        FLOW_SECONDS.labels(self.agent, event_type).observe(max(0.0, seconds))
 
     def batch(self, size: int) -> None:
         self._batch.observe(size)

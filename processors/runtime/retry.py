@@ -101,6 +101,17 @@ class CircuitBreaker:
         self._probing = False
 
     @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
+
+    def reconfigure(self, policy: BreakerPolicy) -> None:
+        """Take ``policy`` (the declared one with the settings' limits over it) before the first
+        call; the window keeps its latest calls up to the new size."""
+        with self._lock:
+            self.policy = policy
+            self._window = deque(self._window, maxlen=policy.window_size)
+
+    @property
     def state(self) -> str:
         with self._lock:
             self._maybe_half_open()
@@ -162,24 +173,11 @@ class CircuitBreaker:
                 self._on_state_change(old, state)
 
 
-class Dependencies:
-    """The external systems one agent declared, each behind its own breaker: what ``ctx.call``
-    goes through. Built once per agent; the breakers are shared by every invocation."""
+def __getattr__(name: str) -> Any:
+    """``Dependencies`` moved to :mod:`processors.runtime.dependencies` (with the limits around the
+    breaker); it is still importable from here, lazily, because that module builds on this one."""
+    if name == "Dependencies":
+        from processors.runtime.dependencies import Dependencies
 
-    __slots__ = ("agent", "breakers")
-
-    def __init__(self, agent: str, breakers: dict[str, CircuitBreaker]) -> None:
-        self.agent = agent
-        self.breakers = breakers
-
-    def call(self, dependency: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)`` through the breaker of ``dependency``; an open breaker raises
-        :class:`CircuitOpenError` without calling it, an undeclared dependency ``KeyError``."""
-        try:
-            breaker = self.breakers[dependency]
-        except KeyError:
-            raise KeyError(
-                f"agent {self.agent!r} calls dependency {dependency!r} it does not declare "
-                f"(declared: {', '.join(self.breakers) or 'none'})"
-            ) from None
-        return breaker.call(fn, *args, **kwargs)
+        return Dependencies
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

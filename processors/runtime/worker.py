@@ -5,8 +5,9 @@ Each agent runs in a thread of its own, around this loop (:meth:`AgentRunner.run
     poll a batch  →  restore step  →  handle each record  →  timers and TTL purge  →  commit
 
 Handlers write into a per-batch overlay of their partition's store; follow-ups, dead letters and
-audit records are sent as they come; at the end of the batch the commit protocol makes it
-durable and writes the overlays to the stores. The parts live beside this module:
+audit records are sent as they come; when the batch is due (the commit interval: a batch spans
+polls until ``commit_interval_ms`` is up, or the agent finds itself idle) the commit protocol makes
+it durable and writes the overlays to the stores. The parts live beside this module:
 
 * :mod:`processors.runtime.topics`: the topics an agent set needs, created and checked at start;
 * :mod:`processors.runtime._clients`: the settings of the agent's Kafka clients;
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition
 
 from processors.kafka_errors import ErrorKind, KafkaFailure, classify, describe, is_unreachable
 from processors.kafka_types import ConsumedRecord, records
@@ -72,7 +73,12 @@ class WorkerOptions:
     batch_size: int = 500
     poll_timeout_s: float = 0.2  # how long an idle loop waits for a first record
     batch_linger_s: float = 0.005  # once one record is there, how long to wait for more to join it
-    max_batch_s: float = 10.0  # cut a batch short (and commit what is done) past this
+    max_batch_s: float = 10.0  # cut a poll's batch short (and commit what is done) past this
+    # The commit interval in seconds; None takes the settings' commit_interval_ms. Work stays open
+    # across polls until it has run this long (or holds commit_max_records inputs): see _commit_due.
+    commit_interval_s: float | None = None
+    commit_max_records: int = 5000
+    commit_idle_s: float | None = None  # None: the settings' commit_idle_ms (0: off)
     commit_timeout_s: float = 30.0
     timers_per_batch: int = 1000
     purge_interval_s: float = 60.0
@@ -82,8 +88,8 @@ class WorkerOptions:
     restore_stall_s: float = 120.0
     max_store_age_ms: int = CHANGELOG_DELETE_RETENTION_MS // 2
     # How long a transaction left open by a worker that never comes back blocks read_committed
-    # readers (one that restarts fences it at once). Longer than a batch may take (max_batch_s
-    # plus its commit), or the broker would abort healthy batches.
+    # readers (one that restarts fences it at once). Longer than a batch may take (the commit
+    # interval plus max_batch_s plus its commit), or the broker would abort healthy batches.
     transaction_timeout_ms: int = 20_000
     # The watchdog: a blocking client call may take its own timeout plus this, then the agent is
     # given up and replaced (fresh clients); poll and consume have no long timeout of their own.
@@ -120,7 +126,12 @@ class AgentRunner:
         self.health = health or AgentHealth(spec.name, self.metrics)
         self.watch = CallWatch()
         self.processor = Processor(
-            app, spec, worker_id, metrics=self.metrics, max_record_bytes=max_record_bytes(settings.kafka)
+            app,
+            spec,
+            worker_id,
+            metrics=self.metrics,
+            max_record_bytes=max_record_bytes(settings.kafka),
+            dependency_limits=settings.dependencies,
         )
         self.topics = app.input_topics(spec)
         self.state_root = Path(settings.state_dir) / app.app_id / spec.name
@@ -133,6 +144,12 @@ class AgentRunner:
         self.single: ConsumedRecord | None = None  # the record of a one-record (isolating) batch
         self._client_failure: KafkaFailure | None = None  # a fatal error a client callback reported
         self._next_probe = 0.0
+        self.commit_interval_s = _commit_interval_s(options, settings, self.guarantee)
+        idle = settings.commit_idle_ms / 1000 if options.commit_idle_s is None else options.commit_idle_s
+        self.commit_idle_s = idle if 0 < idle < self.commit_interval_s else None
+        self.open: Batch | None = None  # work handled since the last commit (see _commit_due)
+        self._rewind_after_poll: dict[tuple[str, int], int] = {}  # set by a revoke whose commit failed
+        self._revoke_failure: BaseException | None = None  # raised by the loop once the poll returns
         self.thread = threading.Thread(target=self._main, name=f"agent-{spec.name}", daemon=True)
 
     @property
@@ -199,7 +216,7 @@ class AgentRunner:
 
     def run_once(self) -> None:
         """One turn of the loop: poll, restore step, handle, timers and purge, commit."""
-        msgs = self._next_batch(0.0 if self.restorer.busy else self.options.poll_timeout_s)
+        msgs = self._next_batch(self._poll_timeout())
         self._raise_client_failure()
         if self.restorer.busy:  # also when the poll just assigned partitions
             self.assignment.activate(self.consumer, self.restorer.step())
@@ -267,6 +284,7 @@ class AgentRunner:
             self.watch,
             self._on_producer_error,
         )
+        self.committer.before_revoke = self._settle_revoked
         self.restorer = ChangelogRestorer(
             Consumer(_with_error_cb(clients.restorer(), self._on_client_error)),
             commit_settings.changelog,
@@ -313,9 +331,12 @@ class AgentRunner:
         records arrive: at low load that added the poll timeout to every hop of a flow. This way a
         lone event is handled within the linger, a backlog still comes in full batches, and a
         trickle is gathered for a few milliseconds rather than committed record by record."""
+        return self._settle_after_poll(self._poll(timeout))
+
+    def _poll(self, timeout: float) -> list[ConsumedRecord]:
         opts = self.options
-        # the deadline covers the rebalance callbacks served inside poll (an at-least-once revoke
-        # commits offsets there)
+        # the deadline covers the rebalance callbacks served inside poll (a revoke commits the open
+        # work there)
         deadline = opts.commit_timeout_s + opts.call_grace_s
         with self.watch.watch("poll", timeout + deadline):
             first = self.consumer.poll(timeout)
@@ -328,26 +349,134 @@ class AgentRunner:
         return records([first, *more])
 
     def _process(self, msgs: list[ConsumedRecord]) -> None:
-        batch = Batch(self.assignment.stores)
+        batch = self._open_work()
         if msgs:
             self.metrics.batch(len(msgs))
         self.single = None
         try:
-            handled = self._handle_records(msgs, batch)
+            batch.handled += self._handle_records(msgs, batch)
             self.housekeeping.fire_timers(batch, self._emit)
             self.housekeeping.purge(batch)
             self.metrics.flush()
-            if batch.next_offsets or batch.dirty or self.committer.pending:
-                self._commit(batch, handled)
+            if not (batch.has_work or self.committer.pending):
+                self.open = None  # nothing to commit: the interval starts with the next work
+            elif self._commit_due(batch, idle=not msgs):
+                self.open = None
+                self._commit(batch, batch.handled)
         except BatchAborted as exc:  # a write refused while the batch ran, or at its commit
+            self.open = None
             self.metrics.flush()
             self._aborted(batch, exc)
         self.housekeeping.report_lag(self.consumer)
 
+    # ------------------------------------------------------------------ commit interval
+    # Work stays open across polls until the commit interval is up (Kafka Streams' commit.interval.ms):
+    # one transaction, or one offset commit, per interval rather than per poll. What must still hold:
+    # a commit covers only handled inputs (the loop commits between polls, never inside a handler);
+    # a revoke commits the open work before the partitions go (_settle_revoked, called by the
+    # committer inside the revoke callback); a lost partition aborts it; a restore step or a stop
+    # commits it first; an abort rewinds every partition to where the open work began.
+    def _open_work(self) -> Batch:
+        if self.open is None:
+            self.open = Batch(self.assignment.stores)
+        return self.open
+
+    def _commit_due(self, batch: Batch, idle: bool = False) -> bool:
+        """Whether the open work is committed now: its interval is up, it holds the size bound, the
+        last poll found nothing for ``commit_idle_s`` (an idle agent has nothing to amortise the
+        commit over), or the loop is isolating a refused record (one record a commit) or stopping."""
+        if self.isolating or self.stop_event.is_set() or self.restorer.busy:
+            return True
+        if idle and self.commit_idle_s is not None:
+            return True
+        if batch.handled >= self.options.commit_max_records:
+            return True
+        return time.monotonic() - batch.opened >= self.commit_interval_s
+
+    def _poll_timeout(self) -> float:
+        """How long the next poll may wait: not past the open work's commit (so a lone event's
+        latency stays within the interval), and not at all while a restore is to be stepped."""
+        if self.restorer.busy:
+            return 0.0
+        if self.open is None:
+            return self.options.poll_timeout_s
+        left = self.open.opened + self.commit_interval_s - time.monotonic()
+        if self.commit_idle_s is not None:
+            left = min(left, self.commit_idle_s)
+        return max(0.0, min(self.options.poll_timeout_s, left))
+
+    def _settle_revoked(self, partitions: set[int]) -> None:
+        """Inside the revoke callback: commit the open work, all of it (a batch is one transaction),
+        while this member still owns the partitions. A failed commit aborts it: the revoked
+        partitions' new owner replays from the committed offsets, the ones kept here are rewound
+        once the poll returns. Nothing raises inside the client's callback: a failure that ends the
+        session is raised by the loop after the poll."""
+        batch, self.open = self.open, None
+        if batch is None or not (batch.has_work or self.committer.pending):
+            return
+        try:
+            self._commit(batch, batch.handled)
+        except BatchAborted as exc:
+            self.metrics.abort()
+            log.warning(
+                "commit on revoke failed; the open work is replayed",
+                extra={"agent": self.spec.name, "error": str(exc)[:300]},
+            )
+            try:
+                self.committer.abort()
+            except Exception as failure:  # noqa: BLE001 - raised by the loop, outside the callback
+                self._revoke_failure = failure
+            self._rewind_after_poll.update(
+                {tp: off for tp, off in batch.first_offsets.items() if tp[1] not in partitions}
+            )
+        except Exception as failure:  # noqa: BLE001 - raised by the loop, outside the callback
+            self._revoke_failure = failure
+
+    def _settle_after_poll(self, msgs: list[ConsumedRecord]) -> list[ConsumedRecord]:
+        """What a poll's rebalance callbacks left to the loop: a revoke's failure to raise, partitions
+        to rewind, open work of a partition lost meanwhile (aborted: no commit may cover it) and,
+        before a restore step (which may write the changelog through the committer), open work to
+        commit. Records of rewound partitions are dropped: the next poll brings them again."""
+        failure, self._revoke_failure = self._revoke_failure, None
+        if failure is not None:
+            raise failure
+        back, self._rewind_after_poll = self._rewind_after_poll, {}
+        batch = self.open
+        if batch is not None and not batch.partitions <= set(self.assignment.stores):
+            self.open = None
+            self.metrics.abort()
+            self.committer.abort()
+            back.update({tp: off for tp, off in batch.first_offsets.items() if tp[1] in self.assignment.stores})
+            log.warning("partitions lost with open work: it is aborted and replayed", extra={"agent": self.spec.name})
+        elif batch is not None and self.restorer.busy and (batch.has_work or self.committer.pending):
+            self.open = None
+            try:
+                self._commit(batch, batch.handled)
+            except BatchAborted as exc:
+                self._aborted(batch, exc)
+                back.update(batch.first_offsets)
+        if not back:
+            return msgs
+        self._rewind(back)
+        return [m for m in msgs if (m.topic(), m.partition()) not in back]
+
+    def _commit_open_work(self) -> None:
+        """On a stop: commit the open work (a failure aborts it: the next owner replays it)."""
+        batch, self.open = self.open, None
+        if batch is None or not (batch.has_work or self.committer.pending):
+            return
+        try:
+            self._commit(batch, batch.handled)
+        except BatchAborted as exc:
+            log.warning("commit at stop failed; the open work is replayed", extra={"agent": self.spec.name,
+                                                                              "error": str(exc)[:300]})  # fmt: skip
+
     def _handle_records(self, msgs: list[ConsumedRecord], batch: Batch) -> int:
         """Hand each record to the processor, in partition order; returns how many were handled.
-        Past ``max_batch_s`` the rest is handed back to the next poll."""
+        Past ``max_batch_s`` the rest is handed back to the next poll. Each handled record's
+        end-to-end latency is observed (see :meth:`_observe_latency`)."""
         deadline = time.monotonic() + self.options.max_batch_s
+        observe = self._observe_latency
         handle, emit = self.processor.handle_message, self._emit
         views, first, nxt = batch.views, batch.first_offsets, batch.next_offsets
         handled = 0
@@ -371,11 +500,27 @@ class AgentRunner:
             nxt[tp] = off + 1
             if self.isolating:
                 self.single = msg
-            emit(handle(view, msg))
+            result = handle(view, msg)
+            observe(msg, result)
+            emit(result)
             handled += 1
         if not_ours:
             self._not_ours(not_ours)
         return handled
+
+    def _observe_latency(self, msg: ConsumedRecord, result: HandleResult) -> None:
+        """The record's end-to-end latency (now minus its Kafka timestamp, as Kafka Streams'
+        record-e2e-latency) and, for each terminal output the agent declares, the flow time (now
+        minus the flow's root time). Binned per record, published with the batch's metrics."""
+        now = time.time()
+        kind, ts_ms = msg.timestamp()
+        if kind != TIMESTAMP_NOT_AVAILABLE:
+            self.metrics.record_e2e(now - ts_ms / 1000)
+        terminal = self.spec.terminal
+        if terminal and result.emitted:
+            for emitted in result.emitted:
+                if emitted.event_type in terminal:
+                    self.metrics.flow_time(emitted.event_type, now - emitted.envelope.flow_root_ms / 1000)
 
     def _not_ours(self, first: dict[tuple[str, int], int]) -> None:
         """Records of partitions without an open store. A revoked partition's records belong to its
@@ -545,6 +690,8 @@ class AgentRunner:
         try:
             if committer is not None:
                 try:
+                    if not failed:
+                        self._commit_open_work()
                     committer.discard() if failed else committer.close()
                 except (KafkaException, TransientFailure, KafkaFailure, BatchAborted) as exc:
                     log.debug("closing the producer failed", extra={"agent": self.spec.name, "error": str(exc)})
@@ -585,6 +732,22 @@ def _close_quietly(clients: list) -> None:
             client.close()
         except Exception as exc:  # noqa: BLE001 - an abandoned client: nothing to report to
             log.debug("closing an abandoned client failed", extra={"error": str(exc)})
+
+
+def _commit_interval_s(options: WorkerOptions, settings: Settings, guarantee: Guarantee) -> float:
+    """The commit interval; under exactly-once a transaction stays open for up to the interval plus
+    one batch (max_batch_s) and its commit, which must stay inside the transaction timeout (else the
+    broker aborts healthy work)."""
+    interval = settings.commit_interval_ms / 1000 if options.commit_interval_s is None else options.commit_interval_s
+    if interval < 0:
+        raise WorkerError(f"commit interval must not be negative, got {interval}s")
+    open_for = interval + options.max_batch_s
+    if guarantee is EXACTLY_ONCE and open_for * 1000 >= options.transaction_timeout_ms:
+        raise WorkerError(
+            f"commit_interval_ms {interval * 1000:.0f}: a transaction would stay open up to {open_for:.0f}s, "
+            f"past the transaction timeout ({options.transaction_timeout_ms} ms); lower the interval"
+        )
+    return interval
 
 
 def _first_offsets(msgs: Iterable[ConsumedRecord]) -> dict[tuple[str, int], int]:

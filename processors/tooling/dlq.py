@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from functools import partial
 from typing import Any
 
@@ -196,6 +197,15 @@ class DlqSummary:
     oldest: int | None = None
     newest: int | None = None
 
+    def add(self, rec: DeadLetter) -> None:
+        self.total += 1
+        # header values anyone may have written: each key bounded, and the keys shown capped
+        self.by_error_class[bounded(rec.error_class) or UNKNOWN] += 1
+        self.by_reason[bounded(rec.reason) or UNKNOWN] += 1
+        if rec.timestamp is not None:
+            self.oldest = rec.timestamp if self.oldest is None else min(self.oldest, rec.timestamp)
+            self.newest = rec.timestamp if self.newest is None else max(self.newest, rec.timestamp)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "topic": self.topic,
@@ -256,6 +266,19 @@ class DlqInspector:
     def topics(self) -> list[str]:
         return sorted(t for t in existing_topics(self._consumer) if conv.is_dlq_topic(t))
 
+    def matching(self, patterns: Iterable[str]) -> list[str]:
+        """The DLQ topics named by ``patterns``: DLQ topic names or the topics they belong to,
+        exact or shell-style (``orders.*``). A pattern that matches nothing is an error, so a typo
+        is not read as "no dead letters"."""
+        dlqs = self.topics()
+        chosen: set[str] = set()
+        for pattern in patterns:
+            found = [t for t in dlqs if fnmatchcase(t, pattern) or fnmatchcase(t, conv.dlq_topic(pattern))]
+            if not found:
+                raise ToolingError(f"no DLQ topic matches {bounded(pattern)!r} (DLQ topics: {len(dlqs)})")
+            chosen.update(found)
+        return sorted(chosen)
+
     def resolve(self, topic: str) -> str:
         """Accept the DLQ topic or the topic it belongs to (`order.created` means `order.created.dlq`)."""
         names = existing_topics(self._consumer)
@@ -279,20 +302,15 @@ class DlqInspector:
                 yield rec
 
     def summarize(self, topics: Iterable[str] | None = None) -> list[DlqSummary]:
-        """Counts by error class and reason per DLQ topic (each topic is read to its end)."""
-        out = []
-        for topic in sorted(topics if topics is not None else self.topics()):
-            summary = DlqSummary(topic, conv.original_topic_of(topic), 0)
-            for rec in self.records(topic):
-                summary.total += 1
-                # header values anyone may have written: each key bounded, and the keys shown capped
-                summary.by_error_class[bounded(rec.error_class) or UNKNOWN] += 1
-                summary.by_reason[bounded(rec.reason) or UNKNOWN] += 1
-                if rec.timestamp is not None:
-                    summary.oldest = rec.timestamp if summary.oldest is None else min(summary.oldest, rec.timestamp)
-                    summary.newest = rec.timestamp if summary.newest is None else max(summary.newest, rec.timestamp)
-            out.append(summary)
-        return out
+        """Counts by error class and reason per DLQ topic (each topic is read to its end). All
+        topics are read in one pass: one assignment of every partition rather than one read per
+        topic, which cost about a second each on a cluster with many DLQ topics."""
+        names = sorted(topics if topics is not None else self.topics())
+        summaries = {t: DlqSummary(t, conv.original_topic_of(t), 0) for t in names}
+        ranges = [r for t in names for r in plan_ranges(self._consumer, t, None)]
+        for msg in read_ranges(self._consumer, ranges):
+            summaries[msg.topic()].add(DeadLetter.from_message(msg))
+        return [summaries[t] for t in names]
 
     # ------------------------------------------------------------------ redrive
     def select_for_redrive(

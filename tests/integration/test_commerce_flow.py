@@ -1,6 +1,8 @@
 """The commerce choreography against the real broker: worker processes, every outcome path
 (confirmed, declined → release, out of stock → refund, timeout → cancel and compensate, invalid),
-poison payloads and duplicates, then `choreo verify` reading the topics back independently."""
+poison payloads and duplicates, then `choreo verify` reading the topics back independently. The
+PSP and the delivery sink are real processes (with a few percent of transient failures), and
+their own ledgers are judged against the topics: no order charged, refunded or told twice."""
 
 from __future__ import annotations
 
@@ -14,12 +16,24 @@ import pytest
 
 from processors.agents.demo import DemoOptions, run_demo
 from processors.agents.loadgen import OrderMix
+from processors.agents.verify import check_receivers, collect
+from processors.services.process import start_commerce_services
 from processors.settings import Settings
 
 pytestmark = pytest.mark.kafka
 
 
-def test_full_flow_reaches_terminal_states_and_verify_agrees(kafka_bootstrap: str, tmp_path: Path):
+@pytest.fixture()
+def commerce_services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The PSP and the sink as processes; the worker processes inherit their URLs."""
+    services = start_commerce_services(tmp_path / "services", psp_failure_rate=0.05, sink_failure_rate=0.05, seed=3)
+    for name, value in services.env.items():
+        monkeypatch.setenv(name, value)
+    yield services
+    services.stop()
+
+
+def test_full_flow_reaches_terminal_states_and_verify_agrees(kafka_bootstrap: str, tmp_path: Path, commerce_services):
     from processors.agents.app import app
 
     settings = Settings.load(bootstrap_servers=kafka_bootstrap)
@@ -65,3 +79,12 @@ def test_full_flow_reaches_terminal_states_and_verify_agrees(kafka_bootstrap: st
     assert result["terminal"] == summary["terminal"]
     assert result["invariant_violations"] == []
     assert result["audit_completeness"] == 1.0
+
+    prefix = f"ord-{summary['run_id']}"
+    receivers = check_receivers(collect(settings, app, order_prefix=prefix), prefix)
+    assert receivers["violations"] == []
+    psp, sink = receivers["psp"], receivers["sink"]
+    assert psp["approved"] == summary["terminal"]["confirmed"] + psp["refunds"]  # each charge confirmed or refunded
+    assert 0 < psp["refunds"] <= summary["terminal"]["cancelled_out_of_stock"]
+    assert psp["double_charges"] == {} and psp["double_refunds"] == {}
+    assert sink["deliveries"] > 0 and sink["duplicate_notifications"] == []

@@ -76,8 +76,12 @@ def test_list_counts_dead_letters_by_error_class(iso: Isolated) -> None:
     assert ours["by_error_class"] == {"ValueError": 3, "TimeoutError": 1, "DecodeError": 1}
     assert ours["by_reason"]["handler_error"] == 3
     assert ours["original_topic"] == iso.topics["order.created"]
-    table = runner.invoke(app, iso.cli("dlq", "list"))
-    assert table.exit_code == 0 and "ValueError: 3" in table.stdout
+    pattern = iso.topics["order.created"][:-2] + "*"  # shell-style, on the original topic's name
+    table = runner.invoke(app, iso.cli("dlq", "list", pattern))
+    assert table.exit_code == 0 and "ValueError: 3" in table.stdout, table.output
+    assert conv.dlq_topic(iso.topics["order.created"]) in table.stdout
+    unknown = runner.invoke(app, iso.cli("dlq", "list", "no-such-topic-" + iso.topics["order.created"]))
+    assert unknown.exit_code == 2 and "no DLQ topic matches" in unknown.stderr, unknown.output
 
 
 def test_show_filters_and_decodes_with_error_headers(iso: Isolated) -> None:

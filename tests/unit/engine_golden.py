@@ -15,6 +15,9 @@ on the partition Kafka's default partitioner gives their key, as a producer of o
 (partition and offset numbers in audit records and DLQ headers changed with that, and the fixed
 clock sequence behind ``ctx.now_dt`` shifted by the one step that no longer runs its handler), the
 "odd key bytes" step is dead-lettered ``misrouted``, and the hop-count message names its bound.
+Re-recorded when follow-ups began to carry the flow's root time (``ce_roottime``, the envelope's
+``root_time_ms``): each emitted record gained that one last header and each emitted envelope that
+field; with both removed the recording is identical to the one before.
 
 Everything that varies between runs is fixed: input envelopes carry fixed ids and times, the
 processor's clock is set per step, the wall clock behind ``ctx.now_dt`` and timer envelopes is

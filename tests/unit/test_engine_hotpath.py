@@ -152,7 +152,22 @@ UTC = dt.UTC
 @given(st.text(max_size=8), st.text(max_size=8), st.integers(0, 50), st.none() | st.text(max_size=5))
 def test_slot_built_envelope_event_emitted_equal_init(ident, key, hops, tenant):
     now = dt.datetime(2025, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
-    fields = (ident, "t.x", "/s", now, key, None, ident, tenant, hops, None, None, "application/avro", "1.0")
+    fields = (
+        ident,
+        "t.x",
+        "/s",
+        now,
+        key,
+        None,
+        ident,
+        tenant,
+        hops,
+        None,
+        None,
+        "application/avro",
+        "1.0",
+        1735787045000,
+    )
     built, init = build_envelope(*fields), Envelope(*fields)
     assert built == init and hash(built) == hash(init) and repr(built) == repr(init)
     assert type(built) is Envelope

@@ -192,8 +192,27 @@ def test_child_equals_dataclasses_replace() -> None:
         causation_id="evt-1",
         hop_count=1,
         content_type="application/avro",
+        root_time_ms=cause.flow_root_ms,
     )
     assert child.tracestate == "a=b" and child.specversion == "1.0"
+
+
+def test_root_time_is_the_roots_time_carried_down_the_flow() -> None:
+    root = Envelope.from_headers(HEADERS)
+    assert root.root_time_ms is None and ("ce_roottime", b"") not in root.to_headers()
+    grandchild = root.child("a.b", "/a").child("c.d", "/c")
+    assert grandchild.root_time_ms == root.flow_root_ms == int(root.time.timestamp() * 1000)
+    read = Envelope.from_headers(grandchild.to_headers())
+    assert read.root_time_ms == root.flow_root_ms, "ce_roottime survives the wire"
+    assert read.child("e.f", "/e").root_time_ms == root.flow_root_ms
+
+
+@pytest.mark.parametrize("bad", [b"-5", b"12.5", b"1" * 16, b"\xd9\xa3", b"abc", "١٢٣".encode()])
+def test_a_malformed_root_time_is_dropped_not_refused(bad: bytes) -> None:
+    env = Envelope.from_headers(HEADERS + [("ce_roottime", bad)])
+    assert env.root_time_ms is None
+    assert env.child("a.b", "/a").root_time_ms == int(env.time.timestamp() * 1000)
+    assert Envelope.from_headers([*HEADERS, ("ce_roottime", bad), ("ce_roottime", b"7")]).root_time_ms == 7
 
 
 def _format_time_reference(value: dt.datetime) -> str:
