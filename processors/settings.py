@@ -98,6 +98,10 @@ class Settings:
     # ...but commit before the interval is up once no input has come for this long (0: never): an
     # idle agent has nothing to amortise a commit over, so waiting out the interval only adds latency.
     commit_idle_ms: int = 10
+    # How agents' consumer groups rebalance: "consumer" (Kafka 4's KIP-848 protocol, incremental,
+    # broker-side range assignor), "classic" (cooperative-sticky for one-input agents, eager range
+    # for co-partitioned ones) or "auto": consumer when the broker serves it, else classic.
+    group_protocol: str = "auto"
     # Where bootstrap_servers came from ("default", "config file PATH", "environment NAME",
     # "argument"): commands that may start a local broker do so only when it is "default".
     bootstrap_source: str = field(default="default", compare=False)
@@ -197,6 +201,8 @@ class Settings:
             )
         if self.state_memory_mb <= 0:
             raise SettingsError(f"state_memory_mb: must be a positive number of MiB, got {self.state_memory_mb}")
+        if self.group_protocol not in ("auto", "consumer", "classic"):
+            raise SettingsError(f"group_protocol: expected auto, consumer or classic, got {self.group_protocol!r}")
 
     # ------------------------------------------------------------------ use
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:

@@ -102,6 +102,13 @@ def server_properties(port: int, controller_port: int, log_dir: Path, security: 
             "share.coordinator.state.topic.replication.factor=1",
             "share.coordinator.state.topic.min.isr=1",
             "group.initial.rebalance.delay.ms=0",
+            # consumer group protocol (KIP-848) groups: the session and heartbeat the engine sets
+            # client-side for classic groups (10 s, 1 s), which Kafka 4 keeps broker-side; its
+            # defaults (45 s, 5 s) held a killed worker's partitions for 45 s
+            "group.consumer.min.session.timeout.ms=6000",
+            "group.consumer.session.timeout.ms=10000",
+            "group.consumer.min.heartbeat.interval.ms=1000",
+            "group.consumer.heartbeat.interval.ms=1000",
             "auto.create.topics.enable=true",
             "delete.topic.enable=true",
             "log.retention.hours=168",

@@ -4,7 +4,8 @@ Two questions with different consequences: a worker that is not *alive* is resta
 supervisor loop stopped turning, or an agent's thread is stuck in a client call the watchdog
 should long have replaced), so the answer must not turn false for what a wait fixes; a worker
 that is not *ready* only gets no traffic or holds up a rollout, so it is false whenever an agent
-is not processing: not joined its group, partitions paused for a restore, retrying (a broker
+is not processing: not joined its group, left with nothing by a revoke until the group's next
+assignment comes, partitions paused for a restore, retrying (a broker
 outage, a client error) or stopped by a fatal failure (authorization refused).
 
 The verdicts are pure functions of a snapshot (:class:`WorkerState`) the supervisor takes; the
@@ -34,6 +35,7 @@ class AgentState:
     joined: bool = False  # its consumer received an assignment from the group
     partitions: int = 0  # processing (store open)
     restoring: int = 0  # assigned, paused until their store is restored
+    rebalancing: bool = False  # a revoke took every partition; the next assignment has not come
     retrying: str | None = None  # the cause while not healthy
     fatal: bool = False  # stopped by a failure no retry fixes
     overdue_call: str | None = None  # a blocking client call past its deadline...
@@ -91,6 +93,8 @@ def agent_reason(agent: AgentState) -> tuple[bool, str]:
         return False, "no session (restarting)"
     if not agent.joined:
         return False, "not joined its group yet"
+    if agent.rebalancing and not agent.partitions and not agent.restoring:
+        return False, "rebalancing: every partition revoked, the next assignment not come yet"
     if agent.restoring:
         return False, f"{agent.restoring} partition(s) restoring"
     return True, f"processing {agent.partitions} partition(s)"

@@ -8,6 +8,14 @@ a long restore does not hold the rebalance callback, partitions that are ready k
 while others restore, a stop request is seen between steps, and a restore error is an ordinary
 exception raised in the loop.
 
+Opening is cheap when there is nothing to restore: a store whose changelog offset is the end of
+its changelog partition (or both empty) is handed back at once, with no read at all; one whose
+changelog ends with what read_committed never delivers (the transaction marker after an
+exactly-once store's last batch) is read to the end, which the restore consumer's short fetch
+wait and a poll that returns at the first event keep to milliseconds. Each open is counted by
+its outcome (``up_to_date``, ``caught_up``, ``restored``, ``rebuilt``) with its phases timed (store
+open, watermark query, changelog read), so a slow open says where its time went.
+
 Records are applied in chunks; the store's offset moves only at batch markers. A trailing run of
 records with no marker (an at-least-once worker died mid-flush) is undone in the store and rolled
 back on the changelog, through the agent's commit protocol, before the partition is processed.
@@ -27,7 +35,7 @@ from processors.kafka_types import records
 from processors.runtime._commit import Batch, BatchAborted, Committer
 from processors.runtime._recovery import TransientFailure
 from processors.runtime._watchdog import CallWatch
-from processors.runtime.metrics import AgentMetrics
+from processors.runtime.metrics import AgentMetrics, restore_finished, store_opened
 from processors.runtime.state import BatchView, RocksStore
 from processors.runtime.state.keys import MARKER
 from processors.runtime.topics import watermarks
@@ -54,38 +62,44 @@ class _Progress:
     high: int
     position: int
     started: float
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: open, watermarks (before the read)
+    rebuilt: bool = False  # the local store was wiped first
     chunk: dict[bytes, ChangelogValue] = field(default_factory=dict)
     undo: dict[bytes, ChangelogValue] = field(default_factory=dict)  # values before the unmarked run
     last: int | None = None
-    applied: int = 0
+    applied: int = 0  # changelog records of complete batches applied (what the metric counts)
+    unmarked: int = 0  # records read since the last marker (applied only once a marker closes them)
 
     def add(self, key: bytes, value: ChangelogValue, offset: int) -> None:
         self.last = offset
         self.position = offset + 1
+        self.unmarked += 1
         if key not in self.undo:
             self.undo[key] = self.chunk[key] if key in self.chunk else self.store.get(key)
         self.chunk[key] = value
 
     def mark(self, offset: int) -> int:
-        """A batch marker: everything up to it is a complete batch. Returns the records applied."""
+        """A batch marker: everything up to it is a complete batch. Returns its changelog records
+        (every record read, also one that a later record of the same key overwrote)."""
         self.last = offset
         self.position = offset + 1
-        applied = len(self.chunk)
         self.store.apply(self.chunk, offset)
+        applied, self.unmarked = self.unmarked, 0
         self.applied += applied
         self.chunk = {}
         self.undo = {}
         return applied
 
-    def spill(self, limit: int) -> int:
-        """Apply a long unmarked run in pieces (its undo values are kept); returns records applied."""
-        if len(self.chunk) < limit:
-            return 0
-        applied = len(self.chunk)
-        self.store.apply(self.chunk)
-        self.applied += applied
-        self.chunk = {}
-        return applied
+    def spill(self, limit: int) -> None:
+        """Apply a long unmarked run in pieces (its undo values are kept); it counts as restored
+        once its marker comes (a run that never gets one is undone)."""
+        if len(self.chunk) >= limit:
+            self.store.apply(self.chunk)
+            self.chunk = {}
+
+    def remaining(self) -> int:
+        """Changelog offsets left up to the end seen when the restore started."""
+        return max(0, self.high - self.position)
 
 
 class ChangelogRestorer:
@@ -131,6 +145,10 @@ class ChangelogRestorer:
         for progress in dropped:
             progress.store.close()
             self.metrics.restore_remaining(progress.partition, 0)
+            log.info(
+                "restore dropped",
+                extra={"agent": self.agent, "partition": progress.partition, "records": progress.applied},
+            )
         if dropped:
             self._assign()
 
@@ -174,18 +192,25 @@ class ChangelogRestorer:
         """Open the store of ``p`` and decide where its restore starts (no progress: up to date).
         A failure (the broker away while the watermarks are read) closes the store again: the
         session that replaces this one opens it anew (RocksDB locks it while it is open)."""
+        t0 = time.monotonic()
         store = self.open_store(p)
+        opened = time.monotonic()
         try:
-            return self._position(p, store)
+            return self._position(p, store, t0, {"open": opened - t0})
         except BaseException:
             store.close()
             raise
 
-    def _position(self, p: int, store: RocksStore) -> tuple[RocksStore, _Progress | None]:
+    def _position(
+        self, p: int, store: RocksStore, t0: float, phases: dict[str, float]
+    ) -> tuple[RocksStore, _Progress | None]:
+        rebuilt = bool(store.wiped_reason)
         if store.wiped_reason:
             log.info("local store wiped", extra={"agent": self.agent, "partition": p, "reason": store.wiped_reason})
+        t1 = time.monotonic()
         with self.watch.watch("get_watermark_offsets", 30 + self.grace_s):
             low, high = watermarks(self.consumer, self.changelog, p)
+        phases["watermarks"] = time.monotonic() - t1
         stored = store.changelog_offset
         if stored is not None and not (low <= stored + 1 <= high):
             log.warning(
@@ -194,13 +219,31 @@ class ChangelogRestorer:
             )
             store.wipe()
             stored = None
+            rebuilt = True
         start = low if stored is None else stored + 1
         if start >= high:
             self.metrics.restore_remaining(p, 0)
+            self._opened(p, "rebuilt" if rebuilt else "up_to_date", 0, time.monotonic() - t0, phases)
             return store, None
         store.set_restoring(True)
         self._last_progress = time.monotonic()
-        return store, _Progress(p, store, start, high, start, time.monotonic())
+        self.metrics.restore_remaining(p, high - start)
+        return store, _Progress(p, store, start, high, start, t0, phases, rebuilt)
+
+    def _opened(self, p: int, outcome: str, records: int, seconds: float, phases: dict[str, float]) -> None:
+        """Count one store open by its outcome and say where its time went."""
+        store_opened(self.agent, outcome, seconds)
+        log.info(
+            "store opened",
+            extra={
+                "agent": self.agent,
+                "partition": p,
+                "outcome": outcome,
+                "records": records,
+                "ms": round(seconds * 1000, 1),
+                "phases_ms": {k: round(v * 1000, 1) for k, v in phases.items()},
+            },
+        )
 
     def _assign(self) -> None:
         """Point the restore consumer at every partition being restored, each at its position."""
@@ -216,7 +259,7 @@ class ChangelogRestorer:
     def _read_chunk(self) -> dict[int, RocksStore]:
         done: list[int] = []
         with self.watch.watch("consume", self.options.poll_s + self.grace_s):
-            msgs = records(self.consumer.consume(1000, self.options.poll_s))
+            msgs = self._consume()
         for msg in msgs:
             p = msg.partition()
             progress = self.restoring.get(p)
@@ -256,11 +299,19 @@ class ChangelogRestorer:
         self._check_stalled()
         return ready
 
+    def _consume(self) -> list:
+        """Up to 1000 changelog records or end-of-partition events: waits up to ``poll_s`` for the
+        first only (``consume(n, timeout)`` waits its whole timeout unless ``n`` arrive, which
+        cost every catching-up open a full poll), then takes what is already fetched."""
+        first = self.consumer.poll(self.options.poll_s)
+        if first is None:
+            return []
+        return records([first, *self.consumer.consume(999, 0)])
+
     def _report_progress(self) -> None:
         for p, progress in self.restoring.items():
-            self.metrics.restored(progress.spill(self.options.chunk))
-            if progress.last is not None:
-                self.metrics.restore_remaining(p, max(0, progress.high - progress.last - 1))
+            progress.spill(self.options.chunk)
+            self.metrics.restore_remaining(p, progress.remaining())
 
     def _check_stalled(self) -> None:
         if not self.restoring or time.monotonic() - self._last_progress <= self.options.stall_s:
@@ -280,6 +331,11 @@ class ChangelogRestorer:
             )
         store.set_restoring(False)
         self.metrics.restore_remaining(p, 0)
+        seconds = time.monotonic() - progress.started
+        read_s = seconds - sum(progress.phases.values())
+        restore_finished(self.agent, progress.applied, seconds)
+        outcome = _outcome(progress)
+        self._opened(p, outcome, progress.applied, seconds, {**progress.phases, "read": read_s})
         log.info(
             "store restored",
             extra={
@@ -288,7 +344,7 @@ class ChangelogRestorer:
                 "from_offset": progress.start,
                 "to_offset": progress.last,
                 "records": progress.applied,
-                "seconds": round(time.monotonic() - progress.started, 3),
+                "seconds": round(seconds, 3),
             },
         )
         return store
@@ -306,3 +362,10 @@ class ChangelogRestorer:
             if exc.error is not None:
                 raise KafkaFailure(exc.error, topic=self.changelog, action="roll back") from exc
             raise
+
+
+def _outcome(progress: _Progress) -> str:
+    """How an open that read the changelog ended (the label of ``choreo_store_opens_total``)."""
+    if progress.rebuilt:
+        return "rebuilt"
+    return "restored" if progress.applied or progress.undo else "caught_up"

@@ -137,7 +137,11 @@ CONSUMER_LAG = Gauge("choreo_consumer_lag", "High watermark minus position", ["a
 RESTORE_REMAINING = Gauge(
     "choreo_restore_remaining_records", "Changelog records left to restore (0 when ready)", ["agent", "partition"]
 )
-RESTORED = Counter("choreo_restored_records_total", "Changelog records applied on restore", ["agent"])
+RESTORED = Counter(
+    "choreo_restored_records_total",
+    "Changelog records of complete batches applied to stores on restore (each record read, overwritten or not)",
+    ["agent"],
+)
 COMMIT_SECONDS = Histogram(
     "choreo_commit_seconds",
     "Batch commit latency: transaction commit (exactly_once) or flush+commit (at_least_once)",
@@ -312,6 +316,52 @@ class AgentMetrics:
 
     def isolated_batch(self) -> None:
         ISOLATED_BATCHES.labels(self.agent).inc()
+
+
+# ---------------------------------------------------------------------- rebalance and restore
+# Kept apart from AgentMetrics: called per rebalance and per store open, never per record.
+_OPEN_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+REBALANCE_PARTITIONS = Counter(
+    "choreo_rebalance_partitions_total",
+    "Partitions that changed hands in rebalance callbacks (assigned, revoked, lost): incremental "
+    "rebalancing counts only those that move",
+    ["agent", "change"],
+)
+STORE_OPENS = Counter(
+    "choreo_store_opens_total",
+    "Partition stores opened, by outcome: up_to_date (no changelog read), caught_up (read, nothing to "
+    "apply), restored (changelog records applied), rebuilt (local store wiped and restored)",
+    ["agent", "outcome"],
+)
+STORE_OPEN_SECONDS = Histogram(
+    "choreo_store_open_seconds",
+    "Assigned to ready, per partition store (open, restore)",
+    ["agent"],
+    buckets=_OPEN_BUCKETS,
+)
+RESTORE_SECONDS = Histogram(
+    "choreo_restore_seconds",
+    "Duration of the store opens that read the changelog (assigned to ready)",
+    ["agent"],
+    buckets=_OPEN_BUCKETS,
+)
+
+
+def rebalance_changed(agent: str, change: str, partitions: int) -> None:
+    """``partitions`` partitions of ``agent`` were assigned, revoked or lost (``change``)."""
+    REBALANCE_PARTITIONS.labels(agent, change).inc(partitions)
+
+
+def store_opened(agent: str, outcome: str, seconds: float) -> None:
+    """One partition store of ``agent`` is ready, after ``seconds`` since its open began."""
+    STORE_OPENS.labels(agent, outcome).inc()
+    STORE_OPEN_SECONDS.labels(agent).observe(seconds)
+
+
+def restore_finished(agent: str, records: int, seconds: float) -> None:
+    """A store that read its changelog caught up (``records`` applied; the records counter and the
+    remaining gauge move as the restore goes, see :class:`AgentMetrics`)."""
+    RESTORE_SECONDS.labels(agent).observe(seconds)
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> Endpoints:

@@ -313,6 +313,7 @@ def _agent_state(slot: AgentSlot, now: float) -> AgentState:
         agent=slot.spec.name,
         running=runner is not None and runner.thread.is_alive(),
         joined=assignment is not None and assignment.assigned_once,
+        rebalancing=assignment is not None and assignment.awaiting,
         partitions=len(assignment.stores) if assignment is not None else 0,
         restoring=len(assignment.paused) if assignment is not None else 0,
         retrying=slot.health.cause,

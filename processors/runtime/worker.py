@@ -22,9 +22,11 @@ backoff, or stops the worker when the failure is fatal. Every blocking client ca
 to the agent's :class:`~processors.runtime._watchdog.CallWatch`, so one that outlives its
 deadline gets the agent replaced instead of hanging it.
 
-Rebalances are eager (``range`` assignor: partition N of every co-partitioned input goes to the
-same worker, where the store of partition N lives). An assigned partition stays paused until its
-store is restored; on revocation its store is closed.
+Rebalances are incremental where the group protocol allows it (see
+:mod:`processors.runtime._clients`): partition N of every co-partitioned input goes to the same
+worker, where the store of partition N lives, and only partitions that change owner are assigned
+or revoked. An assigned partition stays paused until its store is restored; on revocation its
+store is closed.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from processors.kafka_types import ConsumedRecord, records
 from processors.kafka_types import headers as read_headers
 from processors.runtime import audit
 from processors.runtime._assignment import Assignment
-from processors.runtime._clients import AgentClients
+from processors.runtime._clients import AgentClients, group_protocol
 from processors.runtime._commit import Batch, BatchAborted, CommitSettings, Guarantee, open_committer
 from processors.runtime._housekeeping import Housekeeping, HousekeepingOptions
 from processors.runtime._processor import IGNORED, HandleResult, Processor
@@ -263,7 +265,10 @@ class AgentRunner:
     def _open(self) -> None:
         opts = self.options
         clients = AgentClients(self.app, self.spec.name, self.worker_id, self.settings)
-        self.consumer = Consumer(_with_error_cb(clients.consumer(), self._on_client_error))
+        protocol = group_protocol(self.settings, len(self.topics), self.watch, opts.call_grace_s)
+        log.info("group protocol", extra={"agent": self.spec.name, "protocol": protocol.protocol,
+                                          "assignor": protocol.assignor, "reason": protocol.reason})  # fmt: skip
+        self.consumer = Consumer(_with_error_cb(clients.consumer(protocol), self._on_client_error))
         with self.watch.watch("list_topics", 10 + opts.call_grace_s):
             self.processor.use_partition_counts(existing_topics(self.consumer))
         marker = orjson.dumps({"worker": self.worker_id, "agent": self.spec.name})
@@ -296,7 +301,9 @@ class AgentRunner:
             self.watch,
             opts.call_grace_s,
         )
-        self.assignment = Assignment(self.restorer, self.committer, self.metrics, self.spec.name)
+        self.assignment = Assignment(
+            self.restorer, self.committer, self.metrics, self.spec.name, incremental=protocol.incremental
+        )
         self.housekeeping = Housekeeping(
             self.processor,
             self.assignment.stores,
