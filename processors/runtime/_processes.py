@@ -53,10 +53,10 @@ from processors.runtime._health import Verdict
 log = logging.getLogger("choreo.worker")
 
 PARENT_PID_ENV = "CHOREO_PARENT_PID"
-FATAL_EXITS = (1, 2)
+FATAL_EXITS = (1, 2)  # a fatal failure / a usage error: a restart would fail the same way
 # 0, or ended by our SIGTERM before its interpreter got to install the worker's handler: it had
 # started nothing, so there was nothing to commit
-STOPPED_CLEANLY = (0, -signal.SIGTERM)  # a fatal failure / a usage error: a restart would fail the same way
+STOPPED_CLEANLY = (0, -signal.SIGTERM)
 RESTART_MIN_S, RESTART_MAX_S = 1.0, 30.0
 STABLE_AFTER_S = 60.0  # a child that ran this long starts its backoff anew when it dies
 PROBE_TIMEOUT_S = 2.0
