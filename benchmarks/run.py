@@ -39,6 +39,7 @@ sys.path.insert(0, str(BENCH))
 
 import loadgen  # noqa: E402
 import report  # noqa: E402
+import scaleout  # noqa: E402
 import workload  # noqa: E402
 from confluent_kafka import Consumer  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
@@ -562,7 +563,7 @@ def main() -> int:
     parser.add_argument(
         "--growth-partitions", type=_int_list, help="partition counts of the growth section ('' for none)"
     )
-    parser.add_argument("--only", default="comparison,growth,profile,flow,demo", help="sections to run")
+    parser.add_argument("--only", default="comparison,growth,profile,flow,demo,scaleout", help="sections to run")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--results-md", type=Path, default=BENCH / "RESULTS.md")
     parser.add_argument("--no-results-md", action="store_true", help="do not touch RESULTS.md")
@@ -619,6 +620,10 @@ def main() -> int:
                 results["flow"] = flow(bootstrap, plan, root, ours.get("events_per_s"))
             if "demo" in sections:
                 results["demo"] = demo(bootstrap, plan, root)
+            if "scaleout" in sections:
+                results["scaleout"] = scaleout.bench(
+                    bootstrap, plan.quick, root, log, None if args.no_results_md else args.results_md
+                )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     results["duration_s"] = round(time.monotonic() - started, 1)

@@ -77,6 +77,9 @@ class Settings:
     # Warm standbys: > 0 makes each agent keep copies of the stores of the partitions it does not
     # own, so a takeover after a crash restores only the tail (see _standby.py for the rule).
     standby_replicas: int = 0
+    # Worker processes of one `choreo worker` (--processes): each a member of every agent's group,
+    # so a machine's cores are used (one process runs all its agents under one interpreter lock).
+    processes: int = 1
     log_level: str = "INFO"
     # The one consumer group id the tools (tail, dlq, replay, verify, publish checks) give their
     # readers: they assign partitions and never commit, but the client still names a group, and a
@@ -191,6 +194,8 @@ class Settings:
             raise SettingsError(f"startup_wait_s: must be 0 (no limit) or a positive number, got {self.startup_wait_s}")
         if not self.tools_group_id:
             raise SettingsError("tools_group_id: must not be empty")
+        if self.processes < 1:
+            raise SettingsError(f"processes: must be 1 or more worker processes, got {self.processes}")
         if self.commit_idle_ms < 0:
             raise SettingsError(f"commit_idle_ms: must be 0 (off) or a positive number, got {self.commit_idle_ms}")
         if self.commit_interval_ms < 0:
@@ -293,7 +298,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return float(value)
         except (TypeError, ValueError) as exc:
             raise SettingsError(f"{source}: {name} must be a number of seconds, got {value!r}") from exc
-    if name in ("metrics_port", "state_memory_mb", "commit_interval_ms", "commit_idle_ms", "standby_replicas"):
+    if name in (
+        "metrics_port",
+        "state_memory_mb",
+        "processes",
+        "commit_interval_ms",
+        "commit_idle_ms",
+        "standby_replicas",
+    ):
         try:
             return int(value)
         except (TypeError, ValueError) as exc:

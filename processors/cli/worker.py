@@ -6,6 +6,10 @@ client call is left behind after a bounded time. It exits 1 when an agent stoppe
 (authorization, fenced by a newer instance, misconfiguration: one line naming the cause), 2 on a
 usage error (bad --app, unknown agent, refused topology). Transient failures (broker away, stuck
 calls) never end it: see the README's "Faults" section.
+
+With ``--processes N`` (setting ``processes``) the command starts N such workers as child
+processes and supervises them (:mod:`processors.runtime._processes`): same signals, same exit codes,
+one metrics port for all.
 """
 
 from __future__ import annotations
@@ -96,6 +100,13 @@ def worker(
     config: Path | None = ConfigOption,
     bootstrap: str | None = BootstrapOption,
     log_level: str | None = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING ... (default: settings)."),
+    processes: int | None = typer.Option(
+        None,
+        "--processes",
+        min=1,
+        help="Run as this many worker processes, each a member of every agent's group, so all cores are used "
+        "(default: settings, 1).",
+    ),
 ) -> None:
     """Run agents: one consumer group per agent; start more workers to share the partitions."""
     # First thing: a stop asked for while the app loads or the broker is awaited is honoured
@@ -124,6 +135,7 @@ def worker(
             state_dir=state_dir,
             processing_guarantee=guarantee,
             log_level=log_level,
+            processes=processes,
         )
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -138,7 +150,14 @@ def worker(
     except (AppError, WorkerError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if settings.processes > 1:
+        passed = {"--app": app, "--agents": agents, "--guarantee": guarantee, "--config": config}
+        passed |= {"--bootstrap": bootstrap, "--log-level": log_level}
+        raise typer.Exit(_run_processes(settings, w.worker_id, passed, workers, stopping))
     workers.append(w)
+    from processors.runtime._processes import watch_parent
+
+    watch_parent(lambda: on_signal(signal.SIGTERM, None))  # a child of --processes whose parent was killed
     if stopping.is_set():
         raise typer.Exit(0)
     if settings.metrics_port:
@@ -159,3 +178,30 @@ def worker(
         sys.stderr.flush()
         os._exit(code)
     raise typer.Exit(code)
+
+
+def _run_processes(
+    settings: Settings, worker_id: str, passed: dict[str, Any], stoppers: list, stopping: threading.Event
+) -> int:
+    """``--processes N``: N child workers, started, reported and stopped together; the exit code
+    of the whole (0 when all stopped cleanly, 1 when one did not, a fatal child's own code)."""
+    from processors.runtime._processes import ProcessGroup
+
+    args = [str(item) for name, value in passed.items() if value is not None for item in (name, value)]
+    group = ProcessGroup(
+        args,
+        settings.processes,
+        worker_id,
+        Path(settings.state_dir),
+        metrics=bool(settings.metrics_port),
+        state_memory_mb=settings.state_memory_mb,
+    )
+    stoppers.append(group)  # the signal handler's stop() now forwards SIGTERM to the children
+    if stopping.is_set():
+        return 0
+    endpoints = group.serve(settings.metrics_port) if settings.metrics_port else None
+    try:
+        return group.run()
+    finally:
+        if endpoints is not None:
+            endpoints.close()

@@ -21,6 +21,8 @@ from processors.runtime._health import Verdict, WorkerState, liveness, readiness
 log = logging.getLogger("choreo.worker")
 
 StateSource = Callable[[], WorkerState]
+Probes = Callable[[str], Verdict]  # "/healthz" or "/readyz" -> the verdict
+Exposition = Callable[[], bytes]
 
 
 class Endpoints:
@@ -28,6 +30,10 @@ class Endpoints:
 
     def __init__(self, port: int, addr: str = "0.0.0.0") -> None:
         self.source: StateSource = WorkerState
+        # A worker of several processes answers for all of them (processors.runtime._processes):
+        # these replace the verdicts from a snapshot and this process's own registry.
+        self.probes: Probes | None = None
+        self.exposition: Exposition = lambda: generate_latest(REGISTRY)
         endpoints = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -60,19 +66,23 @@ class Endpoints:
     def answer(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?", 1)[0].rstrip("/") or "/"
         if path in ("/metrics", "/"):  # "/" as prometheus-client served it before
-            self._send(request, 200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            self._send(request, 200, self.exposition(), CONTENT_TYPE_LATEST)
         elif path in ("/healthz", "/readyz"):
-            try:
-                state = self.source()
-            except Exception as exc:  # noqa: BLE001 - a probe answers 503, it never kills the server
-                log.warning("health snapshot failed", extra={"error": type(exc).__name__})
-                verdict = Verdict(False, {"status": "unknown", "reason": "state unavailable"})
-            else:
-                verdict = liveness(state) if path == "/healthz" else readiness(state)
+            verdict = self._verdict(path)
             body = json.dumps(verdict.body, sort_keys=True).encode("utf-8") + b"\n"
             self._send(request, 200 if verdict.ok else 503, body, "application/json")
         else:
             self._send(request, 404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain")
+
+    def _verdict(self, path: str) -> Verdict:
+        try:
+            if self.probes is not None:
+                return self.probes(path)
+            state = self.source()
+        except Exception as exc:  # noqa: BLE001 - a probe answers 503, it never kills the server
+            log.warning("health snapshot failed", extra={"error": type(exc).__name__})
+            return Verdict(False, {"status": "unknown", "reason": "state unavailable"})
+        return liveness(state) if path == "/healthz" else readiness(state)
 
     @staticmethod
     def _send(request: BaseHTTPRequestHandler, code: int, body: bytes, content_type: str) -> None:
@@ -84,4 +94,4 @@ class Endpoints:
         request.wfile.write(body)
 
 
-__all__ = ["Endpoints", "StateSource"]
+__all__ = ["Endpoints", "Exposition", "Probes", "StateSource"]
