@@ -43,33 +43,15 @@ from peers.common import (  # noqa: E402
     DEDUPE_TTL_MS,
     INPUT_TYPE,
     OUTPUT_TYPE,
-    SOURCE,
     Codec,
+    ce_headers,
     derive_key,
     result_line,
-    rfc3339,
 )
 
 AGENT = "handwritten"
 SEEN = b"seen:"
 TOTALS = b"totals:"
-
-
-def ce_headers(
-    event_id: str, event_type: str, ms: int, idem: str, correlation: str, cause: str, hops: int
-) -> list[tuple[str, bytes]]:
-    return [
-        ("ce_id", event_id.encode()),
-        ("ce_type", event_type.encode()),
-        ("ce_source", SOURCE.encode()),
-        ("ce_specversion", b"1.0"),
-        ("ce_time", rfc3339(ms).encode()),
-        ("content-type", b"application/avro"),
-        ("ce_idempotencykey", idem.encode()),
-        ("ce_hopcount", str(hops).encode()),
-        ("ce_correlationid", correlation.encode()),
-        ("ce_causationid", cause.encode()),
-    ]
 
 
 class Loop:

@@ -158,7 +158,7 @@ class Workload:
                 "confirmed_at": now,
             }
         )
-        out_headers = _ce_headers(out_id, OUTPUT_TYPE, now, out_key, correlation, cause_id, hops)
+        out_headers = ce_headers(out_id, OUTPUT_TYPE, now, out_key, correlation, cause_id, hops)
         audit = self.codec.encode_audit(
             {
                 "agent_name": self.agent,
@@ -180,9 +180,7 @@ class Workload:
             }
         )
         audit_id = str(uuid.uuid4())
-        audit_headers = _ce_headers(
-            audit_id, AUDIT_TYPE, now, derive_key(idem, AUDIT_TYPE), correlation, cause_id, hops
-        )
+        audit_headers = ce_headers(audit_id, AUDIT_TYPE, now, derive_key(idem, AUDIT_TYPE), correlation, cause_id, hops)
         return confirmed, out_headers, audit, audit_headers
 
 
@@ -191,9 +189,10 @@ def update_state(before: dict[str, Any] | None, order: dict[str, Any]) -> dict[s
     return {"orders": before["orders"] + 1, "total_minor": before["total_minor"] + order["total_minor"]}
 
 
-def _ce_headers(
+def ce_headers(
     event_id: str, event_type: str, ms: int, idem: str, correlation: str, causation: str, hops: int
 ) -> list[tuple[str, bytes]]:
+    """The CloudEvents headers of a follow-up, as every peer and the hand-written loop write them."""
     return [
         ("ce_id", event_id.encode()),
         ("ce_type", event_type.encode()),

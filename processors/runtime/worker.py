@@ -439,8 +439,8 @@ class AgentRunner:
         partitions' new owner replays from the committed offsets, the ones kept here are rewound
         once the poll returns. Nothing raises inside the client's callback: a failure that ends the
         session is raised by the loop after the poll."""
-        batch, self.open = self.open, None
-        if batch is None or not (batch.has_work or self.committer.pending):
+        batch = self._take_open_work()
+        if batch is None:
             return
         try:
             self._commit(batch, batch.handled)
@@ -488,10 +488,18 @@ class AgentRunner:
         self._rewind(back)
         return [m for m in msgs if (m.topic(), m.partition()) not in back]
 
-    def _commit_open_work(self) -> None:
-        """On a stop: commit the open work (a failure aborts it: the next owner replays it)."""
+    def _take_open_work(self) -> Batch | None:
+        """The open work, taken out of the loop's hands to be committed now (the next record opens
+        new work); None when there is nothing to commit."""
         batch, self.open = self.open, None
         if batch is None or not (batch.has_work or self.committer.pending):
+            return None
+        return batch
+
+    def _commit_open_work(self) -> None:
+        """On a stop: commit the open work (a failure aborts it: the next owner replays it)."""
+        batch = self._take_open_work()
+        if batch is None:
             return
         try:
             self._commit(batch, batch.handled)
