@@ -464,6 +464,13 @@ def flow(bootstrap: str, plan: Plan, root: Path, max_rate: float | None) -> dict
         return {"status": "failed", "reason": repr(exc)[:300]}
 
 
+def default_sections(quick: bool) -> str:
+    """What `make bench` runs; the quick variant leaves out the scale-out walk (its own ~4 minutes;
+    `--only scaleout` runs it alone)."""
+    sections = "comparison,growth,profile,flow,demo"
+    return sections if quick else sections + ",scaleout"
+
+
 def demo(bootstrap: str, plan: Plan, root: Path) -> dict[str, Any]:
     """The default `choreo demo` (300 orders, two worker processes, paced by the flow, the PSP and
     the delivery sink as processes): its flow time and verdict. Reported, never raised."""
@@ -563,7 +570,11 @@ def main() -> int:
     parser.add_argument(
         "--growth-partitions", type=_int_list, help="partition counts of the growth section ('' for none)"
     )
-    parser.add_argument("--only", default="comparison,growth,profile,flow,demo,scaleout", help="sections to run")
+    parser.add_argument(
+        "--only",
+        help="sections to run (default: comparison,growth,profile,flow,demo,scaleout; --quick leaves out the "
+        "scale-out walk, ~4 minutes on its own, to stay under 10 minutes)",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--results-md", type=Path, default=BENCH / "RESULTS.md")
     parser.add_argument("--no-results-md", action="store_true", help="do not touch RESULTS.md")
@@ -586,7 +597,7 @@ def main() -> int:
             setattr(plan, name, getattr(args, name))
     if args.systems:
         plan.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    sections = {s.strip() for s in args.only.split(",")}
+    sections = {s.strip() for s in (args.only or default_sections(plan.quick)).split(",")}
     started = time.monotonic()
     t0 = time.monotonic()
     peers = (
