@@ -40,6 +40,10 @@ def configure_logging(level: str = "INFO", stream=None) -> None:
         if getattr(handler, "_choreo_json", False) or getattr(handler, "_choreo_cli", False):
             root.removeHandler(handler)  # the CLI's plain lines (processors.cli.main) give way to JSON
     logging.getLogger("choreo.kafka.client").setLevel(logging.NOTSET)  # client lines at the worker's level
+    # one INFO line per HTTP request (every PSP charge, every notification) would drown the
+    # engine's lines: the HTTP client says only what goes wrong; its failures reach ctx.call anyway
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler._choreo_json = True  # type: ignore[attr-defined]

@@ -100,3 +100,24 @@ def test_the_diagnosis_connects_as_the_last_client_did_without_its_role() -> Non
     env = {"KAFKA_BOOTSTRAP_SERVERS": "b:1", "CHOREO_KAFKA_SASL_USERNAME": "u", "CHOREO_KAFKA_SECURITY_PROTOCOL": "SSL"}
     Settings.load(env=env).kafka_config(**{"group.id": "g", "isolation.level": "read_committed"})
     assert last_client_config() == {"bootstrap.servers": "b:1", "sasl.username": "u", "security.protocol": "SSL"}
+
+
+def test_the_http_client_logs_only_what_goes_wrong_under_the_worker_logging() -> None:
+    """A worker calling a PSP per order must not write a line per request (httpx logs each at INFO)."""
+    import io
+
+    from processors.runtime.logs import configure_logging
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    try:
+        configure_logging("INFO", stream)
+        logging.getLogger("httpx").info('HTTP Request: POST http://127.0.0.1:1/v1/charges "HTTP/1.1 201 Created"')
+        logging.getLogger("httpx").warning("connection refused")
+        logging.getLogger("choreo.worker").info("agent started")
+    finally:
+        root.handlers[:] = before[0]
+        root.setLevel(before[1])
+    text = stream.getvalue()
+    assert "HTTP Request" not in text and "connection refused" in text and "agent started" in text
