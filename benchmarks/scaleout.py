@@ -214,6 +214,7 @@ class OwnerSampler:
 
 # ============================================================================ the walk
 def run(bootstrap: str, plan: WalkPlan, root: Path, say: Callable[[str], None] = log) -> dict[str, Any]:
+    root.mkdir(parents=True, exist_ok=True)  # the workers' logs go here (make bench hands a fresh path)
     app_id = f"scale{uuid.uuid4().hex[:6]}"
     run_id = f"{app_id}-"
     app = build_app(CommerceConfig(app_id=app_id, timeout_s=60.0))
