@@ -78,7 +78,13 @@ def native_extensions() -> list[Any]:
     extensions = [Extension(m, [str(_source(m).relative_to(ROOT))], optional=True) for m in NATIVE_MODULES]
     try:
         return list(
-            cythonize(extensions, compiler_directives=DIRECTIVES, build_dir="build/cython", quiet=True, nthreads=0)
+            cythonize(
+                extensions,
+                compiler_directives=DIRECTIVES,
+                build_dir="build/cython",
+                quiet=True,
+                nthreads=os.cpu_count() or 0,
+            )
         )
     except Exception as exc:  # noqa: BLE001 - any Cython failure leaves the pure modules in use
         _warn(f"Cython failed ({type(exc).__name__}: {exc})")
@@ -102,7 +108,8 @@ class OptionalBuildExt(build_ext):
 
     def build_extension(self, ext: Any) -> None:
         if self.compiler.compiler_type == "unix":
-            # -O2 without debug info: as fast here as Python's own -O3 -g (RESULTS.md), half the build time
+            # -O2 without debug info: ~40% less compile time than Python's own -O3 -g (codegen.c:
+            # 7.6 -> 4.7 s of CPU), which every fresh install and the wheel test pay
             ext.extra_compile_args = [*ext.extra_compile_args, "-O2", "-g0"]
         try:
             super().build_extension(ext)
