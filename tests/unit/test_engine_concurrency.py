@@ -264,3 +264,71 @@ def test_concurrency_needs_an_async_handler_or_threads():
     assert app.agents["t"].concurrency() == DEFAULT_MAX_IN_FLIGHT
     assert app.agents["s"].concurrency() == 1
     assert app.agents["a"].concurrency(7) == 7
+
+
+def test_the_loop_guard_and_contracts_judge_inputs_before_they_run_concurrently():
+    driver = AgentDriver(sequenced_app(Gauge()), "seq")
+    events = [
+        ("counter.incremented", {"name": "a", "by": 1}, "a"),
+        ("counter.incremented", {"name": "b", "by": 1}, "b", {"hop_count": 500}),
+        ("counter.incremented", {"name": "a", "by": 2}, "a"),
+    ]
+    results = driver.send_many(events, max_in_flight=8)
+    outcomes = {(r.raw.key, r.outcome, r.reason) for r in results}
+    assert outcomes == {(b"a", "PROCESSED", None), (b"b", "DEAD_LETTERED", "loop")}
+    assert driver.state("a") == {"last": 2}
+
+
+def test_a_dropped_coroutine_is_cancelled():
+    app = App("concurrency-test", contracts_dir=CONTRACTS, schemas_dir=SCHEMAS)
+    started, cancelled = threading.Event(), threading.Event()
+
+    @app.agent("hang", consumes=["counter.incremented"], max_in_flight=2, routing="any")
+    async def hang(event, ctx):
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    driver = AgentDriver(app, "hang", partition=0)
+    view = BatchView(MemoryStore())
+    executor = KeyedExecutor(driver.processor, 2, lambda _p: view)
+    t, k, d, h = driver._record_of("counter.incremented", {"name": "x", "by": 1}, "x")
+    executor.submit(t, 0, 0, driver.processor.admit(t, 0, 0, k, d, h))
+    assert started.wait(10)
+    assert executor.drop([0]) == {(t, 0): 0}
+    assert cancelled.wait(10), "the handler of a dropped input went on running"
+    assert executor.collect(0.2) == 0 and executor.take_released() == []  # its end is ignored
+    executor.close()
+
+
+def test_a_due_timer_waits_while_an_input_of_its_key_is_in_flight():
+    from processors.runtime._commit import Batch
+    from processors.runtime._housekeeping import Housekeeping, HousekeepingOptions
+    from processors.runtime.state import keys
+    from processors.runtime.metrics import AgentMetrics
+
+    app = App("concurrency-test", contracts_dir=CONTRACTS, schemas_dir=SCHEMAS)
+
+    def on_timer(timer, ctx):
+        ctx.state["fired"] = True
+
+    @app.agent("t", consumes=["counter.incremented"], on_timer=on_timer, max_in_flight=2)
+    async def t(event, ctx):
+        pass
+
+    driver = AgentDriver(app, "t", now_ms=1_000_000)
+    store = MemoryStore()
+    for name in ("busy", "free"):
+        store.apply({keys.timer_key(name.encode(), "nudge"): keys.pack_u64(10) + b"{}"})
+    housekeeping = Housekeeping(driver.processor, {0: store}, AgentMetrics("t"), HousekeepingOptions())
+    batch = Batch({0: store})
+    fired = []
+    housekeeping.fire_timers(batch, fired.append, lambda p, key: key == b"busy")
+    assert len(fired) == 1
+    view = batch.views[0]
+    assert view.get(keys.state_key(b"free")) is not None
+    assert view.get(keys.state_key(b"busy")) is None  # left due: fired once its key is free
+    assert view.get(keys.timer_key(b"busy", "nudge")) is not None
