@@ -307,8 +307,8 @@ def test_a_dropped_coroutine_is_cancelled():
 def test_a_due_timer_waits_while_an_input_of_its_key_is_in_flight():
     from processors.runtime._commit import Batch
     from processors.runtime._housekeeping import Housekeeping, HousekeepingOptions
-    from processors.runtime.state import keys
     from processors.runtime.metrics import AgentMetrics
+    from processors.runtime.state import keys
 
     app = App("concurrency-test", contracts_dir=CONTRACTS, schemas_dir=SCHEMAS)
 

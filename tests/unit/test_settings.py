@@ -89,7 +89,7 @@ def test_startup_wait_is_seconds_from_file_or_environment(tmp_path: Path):
 
 def test_an_agents_max_in_flight_comes_from_the_file_or_the_environment(tmp_path):
     config = tmp_path / "choreo.toml"
-    config.write_text('[agents.order-payments]\nmax_in_flight = 32\n')
+    config.write_text("[agents.order-payments]\nmax_in_flight = 32\n")
     assert Settings.load(config, env={}).max_in_flight("order-payments") == 32
     env = {"CHOREO_AGENT_ORDER_PAYMENTS__MAX_IN_FLIGHT": "128"}
     assert Settings.load(config, env=env).max_in_flight("order-payments") == 128
