@@ -127,9 +127,7 @@ class AgentDriver:
         return self.send_raw(*self._record_of(event_type, value, key, envelope, idempotency_key, correlation_id,
                                               hop_count, tenant))  # fmt: skip
 
-    def send_many(
-        self, events: Iterable[tuple[Any, ...]], *, max_in_flight: int | None = None
-    ) -> list[DriverResult]:
+    def send_many(self, events: Iterable[tuple[Any, ...]], *, max_in_flight: int | None = None) -> list[DriverResult]:
         """Hand ``events`` (event type, value[, key[, a dict of :meth:`send`'s keyword options]]) to
         the agent as one poll's records, handled
         with the worker's key-ordered concurrency (``max_in_flight``: default the agent's): inputs
