@@ -16,10 +16,10 @@ from typing import Protocol
 
 import httpx
 
-from processors.agents.gateway import post_idempotent
 from processors.errors import ChoreoError
 from processors.runtime import App, Context, Event, RetryPolicy
 from processors.runtime.dependencies import DependencyPolicy
+from processors.services.client import LoopClients, post_idempotent, post_idempotent_async
 
 CONSUMES = ("order.created", "order.confirmed", "order.cancelled", "shipment.requested")
 PRODUCES = ("notification.sent",)
@@ -51,19 +51,47 @@ SINK_POLICY = DependencyPolicy(
 class DeliverySink(Protocol):
     def deliver(self, order_id: str, kind: str, channel: str, recipient: str, idempotency_key: str = ...) -> None: ...
 
+    async def deliver_async(
+        self, order_id: str, kind: str, channel: str, recipient: str, idempotency_key: str = ...
+    ) -> None: ...
+
 
 class HttpDeliverySink:
-    """The delivery sink over HTTP: one pooled keep-alive client, a timeout per request."""
+    """The delivery sink over HTTP: a pooled keep-alive client for :meth:`deliver`, one per event
+    loop for :meth:`deliver_async` (made on the loop's first call), a timeout per request."""
 
-    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
-        self._client = httpx.Client(base_url=base_url.rstrip("/"), timeout=httpx.Timeout(timeout_s))
+    def __init__(self, base_url: str, timeout_s: float = 5.0, max_connections: int = 32) -> None:
+        base_url = base_url.rstrip("/")
+        timeout = httpx.Timeout(timeout_s)
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._client = httpx.Client(base_url=base_url, timeout=timeout, limits=limits)
+        self._async = LoopClients(lambda: httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits))
 
     def deliver(self, order_id: str, kind: str, channel: str, recipient: str, idempotency_key: str = "") -> None:
-        body = {"order_id": order_id, "kind": kind, "channel": channel, "recipient": recipient}
-        post_idempotent(self._client, "/v1/deliveries", body, idempotency_key, SinkUnavailable, SinkRejected)
+        body = _delivery(order_id, kind, channel, recipient)
+        post_idempotent(self._client, DELIVERIES, body, idempotency_key, SinkUnavailable, SinkRejected)
+
+    async def deliver_async(
+        self, order_id: str, kind: str, channel: str, recipient: str, idempotency_key: str = ""
+    ) -> None:
+        body = _delivery(order_id, kind, channel, recipient)
+        client = self._async.get()
+        await post_idempotent_async(client, DELIVERIES, body, idempotency_key, SinkUnavailable, SinkRejected)
+
+    async def aclose(self) -> None:
+        """Close the running loop's async client (the sync one stays open)."""
+        await self._async.aclose()
 
     def close(self) -> None:
         self._client.close()
+        self._async.close()
+
+
+DELIVERIES = "/v1/deliveries"
+
+
+def _delivery(order_id: str, kind: str, channel: str, recipient: str) -> dict[str, str]:
+    return {"order_id": order_id, "kind": kind, "channel": channel, "recipient": recipient}
 
 
 def delivery_sink(env: Mapping[str, str] | None = None) -> DeliverySink | None:
