@@ -3,16 +3,17 @@ shipped), never twice, whatever is redelivered.
 
 The recipient comes from `order.created`; an outcome that overtakes its order waits in the state
 until the address is known. With a delivery sink configured (``CHOREO_SINK_URL``, ``choreo sink
-serve``), each notification is delivered there through ``ctx.call`` with the call's derived
-idempotency key before ``notification.sent`` is emitted, so a replayed handler delivers under
-the same key and the sink, not our own state, shows that nothing was sent twice.
+serve``), each notification is delivered there through ``ctx.call`` (``await ctx.call_async`` in
+the async handler) with the call's derived idempotency key before ``notification.sent`` is
+emitted, so a replayed handler delivers under the same key and the sink, not our own state, shows
+that nothing was sent twice.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 
@@ -101,51 +102,70 @@ def delivery_sink(env: Mapping[str, str] | None = None) -> DeliverySink | None:
     return HttpDeliverySink(url, float(env.get("CHOREO_SINK_TIMEOUT_S", "5"))) if url else None
 
 
-def register(app: App, sink: DeliverySink | None = None) -> None:
+# As the payments agent's: ``async def`` with the sink awaited through ``ctx.call_async`` once the
+# engine runs async handlers, the sync handler until then; both the same steps around the call.
+ASYNC_HANDLER = False
+
+
+def register(app: App, sink: DeliverySink | None = None, asynchronous: bool = ASYNC_HANDLER) -> None:
     """``sink`` defaults to :func:`delivery_sink` (none: ``notification.sent`` is the delivery)."""
     sink = sink if sink is not None else delivery_sink()
-    dependencies = {SINK: SINK_POLICY} if sink is not None else None
-    transient = (SinkUnavailable,) if sink is not None else ()
-
-    @app.agent(
+    agent = app.agent(
         "notifications",
         consumes=CONSUMES,
         produces=PRODUCES,
         version="1.0",
-        transient=transient,
-        dependencies=dependencies,
+        transient=(SinkUnavailable,) if sink is not None else (),
+        dependencies={SINK: SINK_POLICY} if sink is not None else None,
     )
+    if asynchronous:
+
+        async def notifications_async(event: Event, ctx: Context) -> None:
+            for kind in _due(event, ctx):
+                if sink is not None:
+                    await ctx.call_async(SINK, sink.deliver_async, ctx.key, kind, "EMAIL", ctx.state["recipient"])
+                _record_sent(ctx, kind)
+
+        agent(cast(Any, notifications_async))  # cast: until the engine's handler type names async handlers
+        return
+
     def notifications(event: Event, ctx: Context) -> None:
-        state = ctx.state
-        if event.type == "order.created":
-            state.setdefault("recipient", event.value["customer_email"])
-        else:
-            pending = state.setdefault("pending", [])
-            kind = KIND_OF[event.type]
-            if kind not in pending and kind not in state.get("sent", []):
-                pending.append(kind)
-        if state.get("recipient"):
-            _send_pending(ctx, sink)
+        for kind in _due(event, ctx):
+            if sink is not None:
+                ctx.call(SINK, sink.deliver, ctx.key, kind, "EMAIL", ctx.state["recipient"])
+            _record_sent(ctx, kind)
+
+    agent(notifications)
 
 
-def _send_pending(ctx: Context, sink: DeliverySink | None) -> None:
+def _due(event: Event, ctx: Context) -> list[str]:
+    """Take the event into the state; the kinds to send now (none until the recipient is known)."""
     state = ctx.state
+    if event.type == "order.created":
+        state.setdefault("recipient", event.value["customer_email"])
+    else:
+        pending = state.setdefault("pending", [])
+        kind = KIND_OF[event.type]
+        if kind not in pending and kind not in state.get("sent", []):
+            pending.append(kind)
+    if not state.get("recipient"):
+        return []
     sent = state.setdefault("sent", [])
-    for kind in state.pop("pending", []):
-        if kind in sent:
-            continue
-        if sink is not None:
-            ctx.call(SINK, sink.deliver, ctx.key, kind, "EMAIL", state["recipient"])
-        sent.append(kind)
-        ctx.emit(
-            "notification.sent",
-            ctx.key,
-            {
-                "order_id": ctx.key,
-                "notification_id": f"ntf_{ctx.key}_{kind.lower()}",
-                "kind": kind,
-                "channel": "EMAIL",
-                "recipient": state["recipient"],
-                "sent_at": ctx.now_ms,
-            },
-        )
+    return [kind for kind in state.pop("pending", []) if kind not in sent]
+
+
+def _record_sent(ctx: Context, kind: str) -> None:
+    state = ctx.state
+    state["sent"].append(kind)
+    ctx.emit(
+        "notification.sent",
+        ctx.key,
+        {
+            "order_id": ctx.key,
+            "notification_id": f"ntf_{ctx.key}_{kind.lower()}",
+            "kind": kind,
+            "channel": "EMAIL",
+            "recipient": state["recipient"],
+            "sent_at": ctx.now_ms,
+        },
+    )

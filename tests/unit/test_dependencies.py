@@ -73,10 +73,19 @@ class KeyRecordingGateway(SimulatedPaymentGateway):
     def authorize(
         self, order_id: str, amount_minor: int, card_token: str, currency: str = "EUR", idempotency_key: str = ""
     ) -> Authorization | None:
+        self._fail_first_calls(idempotency_key)
+        return super().authorize(order_id, amount_minor, card_token, currency, idempotency_key)
+
+    async def authorize_async(
+        self, order_id: str, amount_minor: int, card_token: str, currency: str = "EUR", idempotency_key: str = ""
+    ) -> Authorization | None:
+        self._fail_first_calls(idempotency_key)
+        return await super().authorize_async(order_id, amount_minor, card_token, currency, idempotency_key)
+
+    def _fail_first_calls(self, idempotency_key: str) -> None:
         self.keys.append(idempotency_key)
         if len(self.keys) <= self.fail_first:
             raise GatewayUnavailable("down")
-        return super().authorize(order_id, amount_minor, card_token, currency, idempotency_key)
 
 
 def test_ctx_call_hands_the_same_key_on_every_retry_and_replay():
