@@ -3,17 +3,16 @@ shipped), never twice, whatever is redelivered.
 
 The recipient comes from `order.created`; an outcome that overtakes its order waits in the state
 until the address is known. With a delivery sink configured (``CHOREO_SINK_URL``, ``choreo sink
-serve``), each notification is delivered there through ``ctx.call`` (``await ctx.call_async`` in
-the async handler) with the call's derived idempotency key before ``notification.sent`` is
-emitted, so a replayed handler delivers under the same key and the sink, not our own state, shows
-that nothing was sent twice.
+serve``), each notification is delivered there through ``await ctx.call_async`` with the call's
+derived idempotency key before ``notification.sent`` is emitted, so a replayed handler delivers
+under the same key and the sink, not our own state, shows that nothing was sent twice.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Protocol, cast
+from typing import Protocol
 
 import httpx
 
@@ -102,15 +101,12 @@ def delivery_sink(env: Mapping[str, str] | None = None) -> DeliverySink | None:
     return HttpDeliverySink(url, float(env.get("CHOREO_SINK_TIMEOUT_S", "5"))) if url else None
 
 
-# As the payments agent's: ``async def`` with the sink awaited through ``ctx.call_async`` once the
-# engine runs async handlers, the sync handler until then; both the same steps around the call.
-ASYNC_HANDLER = False
-
-
-def register(app: App, sink: DeliverySink | None = None, asynchronous: bool = ASYNC_HANDLER) -> None:
-    """``sink`` defaults to :func:`delivery_sink` (none: ``notification.sent`` is the delivery)."""
+def register(app: App, sink: DeliverySink | None = None) -> None:
+    """``sink`` defaults to :func:`delivery_sink` (none: ``notification.sent`` is the delivery). An
+    ``async def`` handler, as the payments agent's: deliveries to the sink are awaited."""
     sink = sink if sink is not None else delivery_sink()
-    agent = app.agent(
+
+    @app.agent(
         "notifications",
         consumes=CONSUMES,
         produces=PRODUCES,
@@ -118,24 +114,11 @@ def register(app: App, sink: DeliverySink | None = None, asynchronous: bool = AS
         transient=(SinkUnavailable,) if sink is not None else (),
         dependencies={SINK: SINK_POLICY} if sink is not None else None,
     )
-    if asynchronous:
-
-        async def notifications_async(event: Event, ctx: Context) -> None:
-            for kind in _due(event, ctx):
-                if sink is not None:
-                    await ctx.call_async(SINK, sink.deliver_async, ctx.key, kind, "EMAIL", ctx.state["recipient"])
-                _record_sent(ctx, kind)
-
-        agent(cast(Any, notifications_async))  # cast: until the engine's handler type names async handlers
-        return
-
-    def notifications(event: Event, ctx: Context) -> None:
+    async def notifications(event: Event, ctx: Context) -> None:
         for kind in _due(event, ctx):
             if sink is not None:
-                ctx.call(SINK, sink.deliver, ctx.key, kind, "EMAIL", ctx.state["recipient"])
+                await ctx.call_async(SINK, sink.deliver_async, ctx.key, kind, "EMAIL", ctx.state["recipient"])
             _record_sent(ctx, kind)
-
-    agent(notifications)
 
 
 def _due(event: Event, ctx: Context) -> list[str]:

@@ -3,7 +3,7 @@
 Keyed by order id, so one order's payment has one writer. The state records what was done, so
 an order is charged at most once and refunded at most once, whatever arrives twice or out of
 order (a cancellation that overtakes its order means the order is never charged). Gateway calls
-go through ``ctx.call`` (``await ctx.call_async`` in the async handler) within the limits of the
+are awaited through ``ctx.call_async`` (the handler is ``async def``) within the limits of the
 ``payment-gateway`` dependency (timeout, bulkhead, in-place retries, circuit breaker; settings may
 change them), and carry the call's derived idempotency key: a handler replayed after a crash
 between the PSP's charge and the commit sends the same key, and the PSP answers with its first
@@ -16,7 +16,7 @@ first and the PSP never refuses it as a reused key.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from processors.agents.gateway import Authorization, GatewayUnavailable, PaymentGateway
 from processors.agents.rules import order_problems, refund_reason
@@ -37,15 +37,12 @@ GATEWAY_POLICY = DependencyPolicy(
 )
 
 
-# The handler is ``async def`` (gateway calls awaited through ``ctx.call_async``, so records of other
-# orders run while one waits on the PSP) once the engine runs async handlers; until then the sync one
-# (``ctx.call``). Both are the same steps around the one call: :func:`_charge_of` /
-# :func:`_record_answer` and :func:`_refund_of` / :func:`_record_refund`.
-ASYNC_HANDLER = False
+def register(app: App, gateway: PaymentGateway) -> None:
+    """An ``async def`` handler: the gateway's answer is awaited (``ctx.call_async``), so the
+    payments of other orders go on while one waits on the PSP (``max_in_flight`` of them at once;
+    ``[agents.payments] max_in_flight = 1`` handles one at a time). One order's events stay in order."""
 
-
-def register(app: App, gateway: PaymentGateway, asynchronous: bool = ASYNC_HANDLER) -> None:
-    agent = app.agent(
+    @app.agent(
         "payments",
         consumes=CONSUMES,
         produces=PRODUCES,
@@ -53,34 +50,16 @@ def register(app: App, gateway: PaymentGateway, asynchronous: bool = ASYNC_HANDL
         transient=(GatewayUnavailable,),
         dependencies={GATEWAY: GATEWAY_POLICY},
     )
-    if asynchronous:
-
-        async def payments_async(event: Event, ctx: Context) -> None:
-            if event.type == "order.created":
-                charge = _charge_of(event, ctx)
-                if charge is not None:
-                    _record_answer(ctx, event.value, await ctx.call_async(GATEWAY, gateway.authorize_async, *charge))
-            else:
-                refund = _refund_of(ctx)
-                if refund is not None:
-                    await ctx.call_async(GATEWAY, gateway.refund_async, *refund)
-                    _record_refund(event, ctx)
-
-        agent(cast(Any, payments_async))  # cast: until the engine's handler type names async handlers
-        return
-
-    def payments(event: Event, ctx: Context) -> None:
+    async def payments(event: Event, ctx: Context) -> None:
         if event.type == "order.created":
             charge = _charge_of(event, ctx)
             if charge is not None:
-                _record_answer(ctx, event.value, ctx.call(GATEWAY, gateway.authorize, *charge))
+                _record_answer(ctx, event.value, await ctx.call_async(GATEWAY, gateway.authorize_async, *charge))
         else:
             refund = _refund_of(ctx)
             if refund is not None:
-                ctx.call(GATEWAY, gateway.refund, *refund)
+                await ctx.call_async(GATEWAY, gateway.refund_async, *refund)
                 _record_refund(event, ctx)
-
-    agent(payments)
 
 
 def _charge_of(event: Event, ctx: Context) -> tuple[str, int, str, str] | None:
