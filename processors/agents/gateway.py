@@ -182,7 +182,7 @@ class HttpPaymentGateway:
     per event loop for the async ones (made on the loop's first call), a timeout per request.
     Errors name the endpoint and the PSP's error code, never the request (it has the card token)."""
 
-    def __init__(self, base_url: str, timeout_s: float = 5.0, max_connections: int = 32) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 5.0, max_connections: int = 64) -> None:
         self.base_url = base_url.rstrip("/")
         timeout = httpx.Timeout(timeout_s)
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)

@@ -18,6 +18,7 @@ import httpx
 
 from processors.errors import ChoreoError
 from processors.runtime import App, Context, Event, RetryPolicy
+from processors.runtime.agent import DEFAULT_MAX_IN_FLIGHT
 from processors.runtime.dependencies import DependencyPolicy
 from processors.services.client import LoopClients, post_idempotent, post_idempotent_async
 
@@ -40,9 +41,11 @@ class SinkRejected(ChoreoError):
     """The sink refused the delivery (4xx): a bug, not worth a retry; the message never quotes it."""
 
 
+# As many calls at once as the handler has inputs in flight by default: the bulkhead then never
+# refuses a call of one agent session (settings can lower either).
 SINK_POLICY = DependencyPolicy(
     timeout_s=10.0,
-    max_concurrency=16,
+    max_concurrency=DEFAULT_MAX_IN_FLIGHT,
     retry=RetryPolicy(max_attempts=3, base_delay_s=0.05, max_delay_s=0.5, max_elapsed_s=5.0),
     retry_on=(SinkUnavailable,),
 )
@@ -60,7 +63,7 @@ class HttpDeliverySink:
     """The delivery sink over HTTP: a pooled keep-alive client for :meth:`deliver`, one per event
     loop for :meth:`deliver_async` (made on the loop's first call), a timeout per request."""
 
-    def __init__(self, base_url: str, timeout_s: float = 5.0, max_connections: int = 32) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 5.0, max_connections: int = 64) -> None:
         base_url = base_url.rstrip("/")
         timeout = httpx.Timeout(timeout_s)
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)

@@ -21,6 +21,7 @@ from typing import Any
 from processors.agents.gateway import Authorization, GatewayUnavailable, PaymentGateway
 from processors.agents.rules import order_problems, refund_reason
 from processors.runtime import App, Context, Event, RetryPolicy
+from processors.runtime.agent import DEFAULT_MAX_IN_FLIGHT
 from processors.runtime.dependencies import DependencyPolicy
 
 GATEWAY = "payment-gateway"
@@ -29,9 +30,11 @@ PRODUCES = ("payment.authorized", "payment.declined", "payment.refunded")
 # The client's own timeout (CHOREO_PSP_TIMEOUT_S, default 5 s) answers first; this one is the
 # backstop for a call that hangs anyway. Three quick in-place tries with the same key, then the
 # engine's backoff.
+# As many calls at once as the handler has inputs in flight by default: the bulkhead then never
+# refuses a call of one agent session (settings can lower either).
 GATEWAY_POLICY = DependencyPolicy(
     timeout_s=10.0,
-    max_concurrency=16,
+    max_concurrency=DEFAULT_MAX_IN_FLIGHT,
     retry=RetryPolicy(max_attempts=3, base_delay_s=0.05, max_delay_s=0.5, max_elapsed_s=5.0),
     retry_on=(GatewayUnavailable,),
 )
