@@ -11,9 +11,10 @@ Both take the call's idempotency key (``ctx.call`` and ``ctx.call_async`` hand i
 repeated key returns the first answer and never charges twice, which is what makes a replayed
 handler safe at the PSP. Each has sync methods (``authorize``, ``refund``) for a sync handler's
 ``ctx.call`` and async ones (``authorize_async``, ``refund_async``) for an async handler's
-``await ctx.call_async``: the HTTP gateway's async methods go through one pooled keep-alive
-:class:`httpx.AsyncClient` per event loop (:class:`~processors.services.client.LoopClients`),
-with the same error mapping as the sync ones (:mod:`processors.services.client`).
+``await ctx.call_async``: the HTTP gateway's sync methods go through a pooled keep-alive
+:class:`httpx.Client`, its async ones through one pooled keep-alive :class:`aiohttp.ClientSession`
+per event loop (:class:`~processors.services.client.LoopSessions`; why aiohttp there is in that
+module), with one error mapping for both (:mod:`processors.services.client`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, Protocol
 import httpx
 
 from processors.errors import ChoreoError
-from processors.services.client import LoopClients, post_idempotent, post_idempotent_async
+from processors.services.client import LoopSessions, post_idempotent, post_idempotent_async, session_factory
 
 PSP_URL_ENV = "CHOREO_PSP_URL"
 PSP_TIMEOUT_ENV = "CHOREO_PSP_TIMEOUT_S"
@@ -187,7 +188,7 @@ class HttpPaymentGateway:
         timeout = httpx.Timeout(timeout_s)
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._client = httpx.Client(base_url=self.base_url, timeout=timeout, limits=limits)
-        self._async = LoopClients(lambda: httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=limits))
+        self._async = LoopSessions(session_factory(self.base_url, timeout_s, max_connections))
 
     def authorize(
         self, order_id: str, amount_minor: int, card_token: str, currency: str = "EUR", idempotency_key: str = ""
@@ -213,7 +214,7 @@ class HttpPaymentGateway:
         return response.json()
 
     async def aclose(self) -> None:
-        """Close the running loop's async client (the sync one stays open)."""
+        """Close the running loop's async session (the sync client stays open)."""
         await self._async.aclose()
 
     def close(self) -> None:
@@ -225,8 +226,7 @@ class HttpPaymentGateway:
         return post_idempotent(self._client, path, body, key, GatewayUnavailable, GatewayRejected)
 
     async def _post_async(self, path: str, body: dict[str, Any], key: str) -> tuple[int, dict[str, Any]]:
-        client = self._async.get()
-        return await post_idempotent_async(client, path, body, key, GatewayUnavailable, GatewayRejected)
+        return await post_idempotent_async(self._async.get(), path, body, key, GatewayUnavailable, GatewayRejected)
 
 
 def _charge_body(order_id: str, amount_minor: int, card_token: str, currency: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from processors.errors import ChoreoError
 from processors.runtime import App, Context, Event, RetryPolicy
 from processors.runtime.agent import DEFAULT_MAX_IN_FLIGHT
 from processors.runtime.dependencies import DependencyPolicy
-from processors.services.client import LoopClients, post_idempotent, post_idempotent_async
+from processors.services.client import LoopSessions, post_idempotent, post_idempotent_async, session_factory
 
 CONSUMES = ("order.created", "order.confirmed", "order.cancelled", "shipment.requested")
 PRODUCES = ("notification.sent",)
@@ -68,7 +68,7 @@ class HttpDeliverySink:
         timeout = httpx.Timeout(timeout_s)
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._client = httpx.Client(base_url=base_url, timeout=timeout, limits=limits)
-        self._async = LoopClients(lambda: httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits))
+        self._async = LoopSessions(session_factory(base_url, timeout_s, max_connections))
 
     def deliver(self, order_id: str, kind: str, channel: str, recipient: str, idempotency_key: str = "") -> None:
         body = _delivery(order_id, kind, channel, recipient)
@@ -78,11 +78,10 @@ class HttpDeliverySink:
         self, order_id: str, kind: str, channel: str, recipient: str, idempotency_key: str = ""
     ) -> None:
         body = _delivery(order_id, kind, channel, recipient)
-        client = self._async.get()
-        await post_idempotent_async(client, DELIVERIES, body, idempotency_key, SinkUnavailable, SinkRejected)
+        await post_idempotent_async(self._async.get(), DELIVERIES, body, idempotency_key, SinkUnavailable, SinkRejected)
 
     async def aclose(self) -> None:
-        """Close the running loop's async client (the sync one stays open)."""
+        """Close the running loop's async session (the sync client stays open)."""
         await self._async.aclose()
 
     def close(self) -> None:
