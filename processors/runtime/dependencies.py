@@ -290,6 +290,10 @@ class Bulkhead:
         with self._lock:
             slots = self._loop_slots.get(loop)
             if slots is None:
+                # A semaphore that waited holds its loop, so its entry outlives the loop: drop those
+                # of closed loops (replaced agent sessions) now.
+                for closed in [old for old in self._loop_slots if old.is_closed()]:
+                    del self._loop_slots[closed]
                 slots = self._loop_slots[loop] = asyncio.Semaphore(self.size)
             return slots
 

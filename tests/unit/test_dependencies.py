@@ -509,6 +509,7 @@ def test_call_async_makes_its_semaphore_per_running_loop_never_before():
 
     assert asyncio.run(one()) == 7  # a first loop
     assert asyncio.run(one()) == 7  # a second one (a replaced session): its own semaphore, no error
+    assert dep.bulkhead is not None and len(dep.bulkhead._loop_slots) <= 1  # none kept for a closed loop
 
 
 async def _answer(n: int) -> int:
