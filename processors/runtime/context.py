@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -239,6 +239,23 @@ class Context:
         counts[dependency] = ordinal + 1
         key = call_key(self.envelope.idempotency_key, self._services.agent, dependency, ordinal)
         return self._services.dependencies.invoke(dependency, key, fn, args, kwargs)
+
+    def call_async(
+        self, dependency: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+    ) -> Coroutine[Any, Any, T]:
+        """``await ctx.call_async(dependency, fn, ...)``: :meth:`call` for an async ``fn``, from an
+        async handler. The same key (the ordinal counter per dependency is the one ``call`` uses,
+        taken when ``call_async`` is called, not when it is awaited, so calls gathered at once get
+        their ordinals in the order they were made) and the same limits, with waits that never
+        block the loop and a timeout that cancels ``fn`` (it sees :class:`asyncio.CancelledError`)."""
+        try:
+            counts = self._call_counts
+        except AttributeError:
+            counts = self._call_counts = {}
+        ordinal = counts.get(dependency, 0)
+        counts[dependency] = ordinal + 1
+        key = call_key(self.envelope.idempotency_key, self._services.agent, dependency, ordinal)
+        return self._services.dependencies.invoke_async(dependency, key, fn, args, kwargs)
 
 
 __all__ = ["AgentServices", "Context", "EmitError", "Emitted", "InvalidStateError", "TimerError"]
