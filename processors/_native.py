@@ -94,6 +94,8 @@ def choose(
         source = source_path(module, root)
         if not isinstance(entry, dict):
             choices.append(Choice(module, False, "not compiled"))
+        elif entry.get("file") not in _extension_names(module):  # e.g. built by another Python version
+            choices.append(Choice(module, False, "compiled for another interpreter"))
         elif not (source.parent / str(entry.get("file", ""))).is_file():
             choices.append(Choice(module, False, "compiled file missing"))
         elif _digest(source) != entry.get("sha256"):
@@ -101,6 +103,12 @@ def choose(
         else:
             choices.append(Choice(module, True, ""))
     return choices
+
+
+def _extension_names(module: str) -> set[str]:
+    """The file names this interpreter would import ``module``'s compiled build from."""
+    leaf = module.rpartition(".")[2]
+    return {leaf + suffix for suffix in importlib.machinery.EXTENSION_SUFFIXES}
 
 
 def _digest(path: Path) -> str:

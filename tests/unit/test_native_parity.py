@@ -20,6 +20,7 @@ import dataclasses
 import datetime as dt
 import functools
 import importlib
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -133,12 +134,15 @@ def test_pure_python_is_forced_by_the_environment():
     assert line == "hot path: pure Python (CHOREO_PURE_PYTHON=1)"
 
 
-def _fake_build(root: Path, source: str = "X = 1\n") -> Path:
-    (root / "contracts").mkdir(parents=True)
+SO = "ids" + importlib.machinery.EXTENSION_SUFFIXES[0]  # this interpreter's name for a compiled ids
+
+
+def _fake_build(root: Path, source: str = "X = 1\n", so: str = SO) -> Path:
+    (root / "contracts").mkdir(parents=True, exist_ok=True)
     py = root / "contracts" / "ids.py"
     py.write_text(source)
-    (root / "contracts" / "ids.cpython-311-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
-    manifest = {"processors.contracts.ids": {"file": "ids.cpython-311-x86_64-linux-gnu.so", "sha256": _digest(py)}}
+    (root / "contracts" / so).write_bytes(b"\x7fELF")
+    manifest = {"processors.contracts.ids": {"file": so, "sha256": _digest(py)}}
     (root / "_native.json").write_text(json.dumps({"modules": manifest}))
     return py
 
@@ -159,8 +163,10 @@ def test_the_choice_rules(tmp_path):
     py.write_text("X = 2\n")  # edited after the build: the stale build must not shadow it
     assert "source changed" in _native.choose(mods, env={}, root=tmp_path)[0].reason
     py.write_text("X = 1\n")
-    (tmp_path / "contracts" / "ids.cpython-311-x86_64-linux-gnu.so").unlink()
+    (tmp_path / "contracts" / SO).unlink()
     assert _native.choose(mods, env={}, root=tmp_path)[0].reason == "compiled file missing"
+    _fake_build(tmp_path, so="ids.cpython-20-other.so")  # an editable tree built by another Python
+    assert _native.choose(mods, env={}, root=tmp_path)[0].reason == "compiled for another interpreter"
     (tmp_path / "_native.json").write_text("{not json")
     assert _native.choose(mods, env={}, root=tmp_path)[0].reason == "not compiled"
 
