@@ -347,7 +347,10 @@ class Run:
             names = [f"w{i}" for i in range(o.workers)]
             for name in names:
                 self.pool.start(name)
-            wait_for_members(settings, app, o.workers, timeout=180)
+            try:
+                wait_for_members(settings, app, o.workers, timeout=300)
+            except TimeoutError:  # a loaded machine: the orders go out anyway, the judge is the same
+                self.figures.notes.append("not every agent group was stable with every worker within 300 s")
             self.say(f"{o.workers} workers joined; publishing {o.orders} orders, {o.kills} SIGKILLs on the way")
             published = self.publish_while_killing(app, settings, names)
             self.say(f"published; waiting for every order to be terminal ({len(self.pool.procs)} workers)")
@@ -402,7 +405,9 @@ class Run:
                 break
             victim = rng.choice(names)
             self.pool.kill(victim)
-            line = f"t+{time.monotonic() - self.t0:.1f}s {victim} at {self.published_count}/{o.orders} published"
+            at = time.strftime("%H:%M:%S", time.gmtime())  # UTC, to set beside the PSP's and the logs' times
+            elapsed = time.monotonic() - self.t0
+            line = f"t+{elapsed:.1f}s ({at} UTC) {victim} at {self.published_count}/{o.orders} published"
             self.figures.kills.append(line)
             self.say(f"SIGKILL {index}/{o.kills}: {line}")
         while publisher.is_alive():
