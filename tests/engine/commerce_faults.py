@@ -201,7 +201,9 @@ def _judge_psp(out: Judged, orders: Mapping[str, OrderOutcome], psp: Mapping[str
     cancelled_charged = [o for o in charged if status(o) == "cancelled"]
     out.charged_then_cancelled = len(cancelled_charged)
     out.refunded_once = sum(1 for o in cancelled_charged if refunded[o] == 1)
-    out.flag("unrefunded", [o for o in cancelled_charged if not refunded[o]], "charged and cancelled, never refunded")
+    charged_at = {c["order_id"]: c.get("created_ms") for c in approved}
+    unrefunded = [f"{o} (charged {_utc(charged_at[o])})" for o in cancelled_charged if not refunded[o]]
+    out.flag("unrefunded", unrefunded, "charged and cancelled, never refunded")
     out.flag("wrong_refunds", [o for o in refunded if status(o) != "cancelled"], "refunded but not cancelled")
     confirmed = [o for o, x in orders.items() if x.status == "confirmed"]
     out.flag("confirmed_uncharged", [o for o in confirmed if not charged[o]], "confirmed without a charge at the PSP")
@@ -219,6 +221,13 @@ def _judge_sink(out: Judged, orders: Mapping[str, OrderOutcome], sink: Mapping[s
         wanted += [SHIPPED_NOTICE] if x.shipped else []
         missing += [f"{order_id} {kind}" for kind in wanted if (order_id, kind) not in per_notice]
     out.flag("missing_notifications", missing, "never delivered at the sink")
+
+
+def _utc(ms: int | None) -> str:
+    """A ledger's time in UTC to the millisecond, to set beside the kill lines and the worker logs."""
+    if ms is None:
+        return "at an unknown time"
+    return time.strftime("%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d} UTC"
 
 
 def outcomes_of(ledger: FlowLedger, published: Published) -> dict[str, OrderOutcome]:

@@ -26,7 +26,7 @@ def _psp() -> dict[str, Any]:
     return {
         "charges": [
             {"order_id": "ord-a", "payment_id": "pay_a", "status": "approved"},
-            {"order_id": "ord-b", "payment_id": "pay_b", "status": "approved"},
+            {"order_id": "ord-b", "payment_id": "pay_b", "status": "approved", "created_ms": 61_250},
             {"order_id": "ord-c", "payment_id": "pay_c", "status": "declined"},
             {"order_id": "ord-d", "payment_id": "pay_d", "status": "pending"},
         ],
@@ -127,7 +127,9 @@ def test_a_charged_order_that_timed_out_is_context_but_must_still_be_refunded():
     assert judged.failures() == {} and judged.timed_out_instead == 1
     psp = copy.deepcopy(_psp())
     psp["refunds"].clear()
-    assert judge(orders, psp, _sink()).failures() == {"unrefunded": 1}
+    unrefunded = judge(orders, psp, _sink())
+    assert unrefunded.failures() == {"unrefunded": 1}
+    assert "ord-b (charged 00:01:01.250 UTC)" in unrefunded.notes[-1]  # set beside the kill lines
 
 
 def _figures(**kwargs: Any) -> Figures:
