@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv install broker-jars broker-start broker-stop lint test test-unit test-soak chaos demo bench bench-quick clean
+.PHONY: help venv install broker-jars broker-start broker-stop lint test test-unit test-soak chaos fault-commerce demo bench bench-quick clean
 
 help:
 	@echo "make demo        run the commerce flow on the embedded local Kafka broker"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint        ruff (lint and format check) and mypy over the whole tree; no broker needed"
 	@echo "make test-soak   long fault and soak runs (marker: soak)"
 	@echo "make chaos       the ledger through SIGKILLs, scaling, a wiped state dir and a broker restart"
+	@echo "make fault-commerce  the commerce flow with the real PSP and sink through SIGKILLs, judged by their ledgers"
 	@echo "make bench       benchmarks against the local broker (bench-quick: the short variant)"
 
 $(BIN)/python:
@@ -55,6 +56,11 @@ CHAOS_ARGS ?=
 
 chaos: broker-jars
 	$(BIN)/python -m tests.engine.chaos $(CHAOS_ARGS)
+
+FAULT_ARGS ?=
+
+fault-commerce: broker-jars
+	$(BIN)/python -m tests.engine.commerce_faults $(FAULT_ARGS)
 
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=

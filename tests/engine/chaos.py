@@ -25,8 +25,6 @@ import argparse
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,6 +44,7 @@ from processors.localbroker import LocalBroker
 from processors.localbroker.broker import free_port
 from processors.runtime.testing import read_topic
 from processors.runtime.topics import ensure_topics, plan_topics
+from tests.engine.harness import WorkerPool
 from tests.engine.ledger import build_ledger_app, write_ledger_contracts
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,8 +109,7 @@ class Run:
         self.contracts, self.schemas = write_ledger_contracts(work / "contracts", self.prefix)
         self.app = build_ledger_app(self.prefix, self.contracts, self.schemas)
         self.events = postings(events, 200, seed=18)
-        self.workers: dict[str, subprocess.Popen] = {}
-        self.expected_end: set[str] = set()  # workers we are stopping or killing right now
+        self.pool = WorkerPool(self.worker_command, self.worker_env, work)
         self.outage_start: float | None = None
         self.outage_end: float | None = None
         self.done = threading.Event()
@@ -123,7 +121,12 @@ class Run:
     def topic(self, event_type: str) -> str:
         return f"{self.prefix}.{event_type}"
 
-    def start_worker(self, name: str) -> None:
+    def worker_command(self, name: str) -> list[str]:
+        state_dir = str(self.work / f"state-{name}")
+        return [sys.executable, "-m", "processors.cli.main", "worker", "--app", "tests.engine.ledger:app",
+                "--agents", "ledger", "--guarantee", self.guarantee, "--state-dir", state_dir]  # fmt: skip
+
+    def worker_env(self, name: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
             {
@@ -134,40 +137,18 @@ class Run:
                 "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
             }
         )
-        log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps its own copy
-        self.workers[name] = subprocess.Popen(
-            [sys.executable, "-m", "processors.cli.main", "worker", "--app", "tests.engine.ledger:app",
-             "--agents", "ledger", "--guarantee", self.guarantee, "--state-dir", str(self.work / f"state-{name}")],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
-        self.expected_end.discard(name)
+        return env
+
+    def start_worker(self, name: str) -> None:
+        self.pool.start(name)
 
     def kill(self, name: str, wipe: bool = False) -> None:
-        self.expected_end.add(name)
-        proc = self.workers[name]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        self.figures.sigkills += 1
-        if wipe:
-            shutil.rmtree(self.work / f"state-{name}", ignore_errors=True)
-        self.start_worker(name)
+        # a wiped state directory: the restarted worker restores from the changelog
+        wipe_state = (lambda: shutil.rmtree(self.work / f"state-{name}", ignore_errors=True)) if wipe else None
+        self.pool.kill(name, before_restart=wipe_state)
 
     def stop(self, name: str) -> None:
-        self.expected_end.add(name)
-        proc = self.workers.pop(name)
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(120)
-        if code != 0:
-            self.figures.unexpected_exits += 1
-            self.figures.notes.append(f"{name} stopped with {code}")
-
-    def check_workers(self) -> None:
-        for name, proc in list(self.workers.items()):
-            if proc.poll() is not None and name not in self.expected_end:
-                self.figures.unexpected_exits += 1
-                self.figures.notes.append(f"{name} exited by itself with {proc.returncode}")
-                self.start_worker(name)
+        self.pool.stop(name)
 
     def restart_broker(self) -> None:
         self.outage_start = time.monotonic()
@@ -177,10 +158,7 @@ class Run:
         self.outage_end = time.monotonic()
 
     def wait(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.check_workers()
-            time.sleep(0.25)
+        self.pool.wait(seconds)
 
     # ------------------------------------------------------------------ load and follow
     def load(self) -> None:
@@ -276,16 +254,16 @@ class Run:
             if self.visible < expected_outputs and time.monotonic() - final_wait >= 10:
                 self.figures.visibility_stalls += 1
                 self.figures.notes.append(f"{expected_outputs - self.visible} outputs invisible after all were audited")
-            for name in list(self.workers):
-                self.stop(name)
+            self.pool.stop_all()
             self.done.set()
             follower.join(10)
             self.measure()
         finally:
-            for proc in self.workers.values():
-                if proc.poll() is None:
-                    proc.kill()
+            self.pool.kill_leftovers()
             self.broker.stop()
+            self.figures.sigkills = self.pool.sigkills
+            self.figures.unexpected_exits += self.pool.unexpected_exits
+            self.figures.notes += self.pool.notes
         self.figures.seconds = round(time.monotonic() - t0, 1)
         return self.figures
 

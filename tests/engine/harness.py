@@ -10,8 +10,8 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
@@ -227,3 +227,84 @@ def stoppable_broker(tmp_path_factory, purpose: str) -> Iterator[LocalBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+@dataclass
+class WorkerPool:
+    """The worker processes of a fault run, by name (``make chaos``, the commerce fault run): each
+    started from ``command(name)`` with ``env(name)``, its output appended to ``<log_dir>/<name>.log``;
+    SIGKILLed and restarted, stopped, and watched for exits nobody asked for (each one counted in
+    ``unexpected_exits`` with a note, and the worker restarted so the run goes on)."""
+
+    command: Callable[[str], list[str]]
+    env: Callable[[str], dict[str, str]]
+    log_dir: Path
+    cwd: Path = REPO
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    sigkills: int = 0
+    unexpected_exits: int = 0
+    notes: list[str] = field(default_factory=list)
+    _ending: set[str] = field(default_factory=set)  # workers being stopped or killed right now
+
+    def start(self, name: str) -> None:
+        # the child gets its own copy of the file descriptor: ours can close at once
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                self.command(name), cwd=self.cwd, env=self.env(name), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        self._ending.discard(name)
+
+    def kill(self, name: str, before_restart: Callable[[], None] | None = None) -> None:
+        """SIGKILL ``name`` (no chance to commit or close anything), then start it again;
+        ``before_restart`` runs in between (e.g. wipe its state directory)."""
+        self._ending.add(name)
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        self.sigkills += 1
+        if before_restart is not None:
+            before_restart()
+        self.start(name)
+
+    def stop(self, name: str, timeout: float = 120) -> int:
+        """SIGTERM and wait: a worker that does not exit 0 counts as an unexpected exit."""
+        self._ending.add(name)
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+            self.notes.append(f"{name} did not stop within {timeout:g}s of SIGTERM (killed)")
+        if code != 0:
+            self.unexpected_exits += 1
+            self.notes.append(f"{name} stopped with {code}")
+        return code
+
+    def stop_all(self, timeout: float = 120) -> None:
+        for name in list(self.procs):
+            self.stop(name, timeout)
+
+    def check(self) -> None:
+        """Count and restart workers that ended when nobody stopped them."""
+        for name, proc in list(self.procs.items()):
+            if proc.poll() is not None and name not in self._ending:
+                self.unexpected_exits += 1
+                self.notes.append(f"{name} exited by itself with {proc.returncode}")
+                self.start(name)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep ``seconds`` in short steps, checking the workers at each."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.check()
+            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+
+    def kill_leftovers(self) -> None:
+        """The run's ``finally``: whatever still runs is killed (a failed run leaves no process)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
