@@ -54,13 +54,23 @@ def _audit_check(env, app, inputs, exact: bool) -> None:
         assert len(audit) == len(ids)
 
 
-@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
-def test_sigkill_mid_batch_and_restart(env, tmp_path, guarantee):
+@pytest.mark.parametrize(
+    ("guarantee", "max_in_flight"),
+    [
+        ("exactly_once", 1),
+        ("at_least_once", 1),
+        # an async counter, 32 inputs of different keys at once: killed with handlers running and
+        # inputs finished past unfinished ones, nothing may be lost or applied twice
+        pytest.param("exactly_once", 32, id="exactly_once-concurrent"),
+        pytest.param("at_least_once", 32, id="at_least_once-concurrent", marks=pytest.mark.soak),
+    ],
+)
+def test_sigkill_mid_batch_and_restart(env, tmp_path, guarantee, max_in_flight):
     app = env.app()
     env.create_topics(app)
     inputs = load_counter_events(env, app, KEYS, PER_KEY)
     state = tmp_path / "state"
-    slow = {"ENGINE_SLOW_S": "0.002"}
+    slow = {"ENGINE_SLOW_S": "0.002", "ENGINE_MAX_IN_FLIGHT": str(max_in_flight)}
     out_topic = env.topic("counter.total")
     proc = env.start_worker("killme", guarantee, state, **slow)
     try:
