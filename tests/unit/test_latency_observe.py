@@ -4,11 +4,12 @@ a flow that ends by a timer (an order cancelled by its timeout) must reach chore
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prometheus_client import REGISTRY
 
+from processors.kafka_types import ConsumedRecord
 from processors.runtime import App
 from processors.runtime._latency import observe_record, observe_terminal
 from processors.runtime.metrics import AgentMetrics
@@ -63,7 +64,8 @@ def test_a_handled_records_terminal_output_is_observed_from_the_root_time() -> N
     res = driver.send("counter.incremented", {"name": "k", "by": 2}, envelope=root)
     metrics = AgentMetrics("latency-record-agent")
     now = root.flow_root_ms / 1000 + 0.25
-    observe_record(metrics, app.agents["counter"].terminal, _Record(root.flow_root_ms), res.raw, now)
+    record = cast(ConsumedRecord, _Record(root.flow_root_ms))
+    observe_record(metrics, app.agents["counter"].terminal, record, res.raw, now)
     metrics.flush()
     count, total = _flow("latency-record-agent")
     assert count == 1
