@@ -11,7 +11,12 @@
    last sample exceeds the first by more than one second's worth of the offered rate.
 
 Standalone: `python benchmarks/flow.py --bootstrap HOST:PORT [--commit-interval-ms N ...]` (prints
-the result as JSON); `benchmarks/run.py` runs it as its `flow` section.
+the result as JSON); `benchmarks/run.py` runs it as its `flow` section. For an A/B of settings at
+the same offered load, `--rates 80,160` offers fixed rates (orders/s) instead of shares of a
+burst's maximum (no burst, no sustained search) and `--env NAME=VALUE` (repeatable) sets the
+worker's environment, e.g. `--env CHOREO_COMMIT_IDLE_MS=0 --env CHOREO_GROUP_PROTOCOL=classic`;
+`--psp` runs the PSP and the delivery sink as processes (CHOREO_PSP_URL / CHOREO_SINK_URL set, as
+`choreo demo` runs them) instead of the in-process gateway.
 
 Run from `benchmarks/run.py` (section `flow`); the workers are `choreo worker` processes under a
 unique app id, so consumer groups and state never mix with another run's. The contracts' topics are
@@ -240,6 +245,13 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
     }
     if commit_interval_ms is not None:
         env["CHOREO_COMMIT_INTERVAL_MS"] = str(commit_interval_ms)
+    env.update(getattr(plan, "flow_env", None) or {})
+    services = None
+    if getattr(plan, "flow_psp", False):
+        from processors.services.process import start_commerce_services
+
+        services = start_commerce_services(root / f"{app_id}-services")
+        env.update(services.env)
     log_path = root / f"{app_id}-worker.log"
     with open(log_path, "ab") as worker_log:
         proc = subprocess.Popen(
@@ -253,6 +265,9 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
     try:
         wait_for_members(settings, app, 1, timeout=120)
         terminals = Terminals(bootstrap, terminal_topics, since)
+        rates = getattr(plan, "flow_rates", None)
+        if rates:
+            return _fixed_rates(bootstrap, settings, app, created, terminals, rates, plan.flow_seconds, app_id, log)
         burst = plan.flow_burst
         log(f"flow: burst of {burst:,} orders to find the maximum")
         sent = _publish_burst(bootstrap, created.topic, created.partitions, burst, f"{app_id}-max-")
@@ -305,6 +320,36 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if services is not None:
+            services.stop()
+
+
+def _fixed_rates(
+    bootstrap: str, settings: Settings, app: Any, created: Any, terminals: Terminals, rates: list[float],
+    seconds: float, app_id: str, log: Callable[[str], None],
+) -> dict[str, Any]:  # fmt: skip
+    """Offer each of ``rates`` (orders/s) for ``seconds``: the same load for every setting of an
+    A/B, where shares of a burst's maximum would differ with each run's maximum. A warm-up (3 s
+    at 20/s, not reported) goes first: without it the first point timed the worker's first
+    transactions and store opens (its p99 read 1.6-3.2 s at 80/s against 0.8-1.0 s at 160/s)."""
+    _offer(bootstrap, created, terminals, 20.0, 3.0, f"{app_id}-warm-")
+    wait_settled(settings, app, timeout=120)
+    points = []
+    for rate in rates:
+        sent, done, offered = _offer(bootstrap, created, terminals, rate, seconds, f"{app_id}-r{int(rate)}-")
+        wait_settled(settings, app, timeout=120)
+        point = _point(0.0, sent, done, offered, terminals)
+        point.pop("load_pct")
+        point["rate"] = rate
+        samples = backlog_samples(sent, done, min(sent.values()), max(sent.values())) if sent else [0]
+        point["backlog"] = samples
+        point["held"] = bool(sent) and not grows(samples, rate) and len(done) == len(sent)
+        points.append(point)
+        log(
+            f"flow: {rate:,.0f}/s: {len(done)}/{len(sent)} terminal, p50 {point['p50_ms'] or 0:,.0f} ms, "
+            f"p99 {point['p99_ms'] or 0:,.0f} ms, backlog {samples}"
+        )
+    return {"status": "ok", "points": points, "workers": 1, "app": APP_REF}
 
 
 def main() -> None:
@@ -316,6 +361,9 @@ def main() -> None:
     parser.add_argument("--loads", default="0.25,0.5,0.75", help="shares of the maximum")
     parser.add_argument("--sustain-seconds", type=float, default=60.0, help="0: no sustained-capacity search")
     parser.add_argument("--commit-interval-ms", type=int, default=None, help="default: the settings'")
+    parser.add_argument("--rates", default="", help="fixed offered rates, orders/s (no burst, no sustained search)")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the worker (repeatable)")
+    parser.add_argument("--psp", action="store_true", help="the PSP and the sink as processes (CHOREO_PSP_URL)")
     parser.add_argument("--root", type=Path, default=Path("/tmp/choreo-bench-flow"))
     args = parser.parse_args()
     plan = argparse.Namespace(
@@ -324,6 +372,9 @@ def main() -> None:
         flow_loads=[float(x) for x in args.loads.split(",") if x],
         flow_sustain_seconds=args.sustain_seconds,
         commit_interval_ms=args.commit_interval_ms,
+        flow_rates=[float(x) for x in args.rates.split(",") if x],
+        flow_env=dict(item.split("=", 1) for item in args.env),
+        flow_psp=args.psp,
     )
     args.root.mkdir(parents=True, exist_ok=True)
     result = run(args.bootstrap, plan, args.root, lambda line: print(line, file=sys.stderr, flush=True))

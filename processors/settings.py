@@ -105,8 +105,12 @@ class Settings:
     # polls until this much time has passed since its first record (or a size bound is reached), so
     # paced load pays one transaction (exactly_once) or one offset commit (at_least_once) per
     # interval, not per small batch. Adds at most this plus one batch to a hop's latency under
-    # exactly_once (outputs are visible at the commit); 0 commits every poll's batch.
-    commit_interval_ms: int = 100
+    # exactly_once (outputs are visible at the commit); 0 commits every poll's batch. 20, not
+    # Kafka Streams' 100: under a trickle the idle commit never fires and every hop of a flow
+    # waited out the interval (one worker at 80 orders/s: p50 280-410 ms at 100, 200-250 at 20),
+    # while at 50-90% of the flow's maximum 20 and 100 held the same rates (benchmarks/RESULTS.md,
+    # "Flow latency (issue 16, items 3-5)").
+    commit_interval_ms: int = 20
     # ...but commit before the interval is up once no input has come for this long (0: never): an
     # idle agent has nothing to amortise a commit over, so waiting out the interval only adds latency.
     commit_idle_ms: int = 10

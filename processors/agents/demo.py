@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -64,7 +66,10 @@ class DemoOptions:
     seed: int | None = None
     work_dir: Path = Path(".choreo/demo")
     max_wait_s: float | None = None
-    in_flight: int = 32  # orders meant to complete, published and not yet terminal, at most
+    # Orders meant to complete, published and not yet terminal, at most. 8, not 32: the 24 more
+    # open orders mostly queued in the agents (p50 flow time 460-600 ms against 140-240 ms with 8)
+    # for a demo only 3-5 s shorter (benchmarks/RESULTS.md, "Flow latency (issue 16, items 3-5)").
+    in_flight: int = 8
 
 
 @dataclass
@@ -106,11 +111,13 @@ def _run_with_services(
 ) -> dict[str, Any]:
     """The demo against the PSP and the delivery sink at ``services_env`` (real processes): their
     own ledgers are judged beside the topics, so "never charged twice" is the receiver's word."""
-    workers = start_workers(settings, options, run_id, services_env)
+    ports = [_free_port() for _ in range(options.workers)]
+    workers = start_workers(settings, options, run_id, services_env, ports)
     follower = TerminalFollower(settings, since)
     try:
         started = time.monotonic()
         wait_for_members(settings, app, options.workers, timeout=90)
+        wait_for_ready(ports, timeout=90)
         joined_s = time.monotonic() - started
         published = publish_orders(app, settings, options, run_id, progress, follower)
         terminal_at = await_terminal(follower, published.orders, options, progress)
@@ -222,7 +229,11 @@ class Window:
 
 
 def start_workers(
-    settings: Settings, options: DemoOptions, run_id: str, extra_env: Mapping[str, str] | None = None
+    settings: Settings,
+    options: DemoOptions,
+    run_id: str,
+    extra_env: Mapping[str, str] | None = None,
+    metrics_ports: list[int] | None = None,
 ) -> list[subprocess.Popen]:
     options.work_dir.mkdir(parents=True, exist_ok=True)
     procs = []
@@ -235,6 +246,8 @@ def start_workers(
             "CHOREO_COMMERCE_TIMEOUT_S": str(options.timeout_s),
             "CHOREO_STATE_DIR": str(options.work_dir / "state" / f"worker-{index}"),
         }
+        if metrics_ports:  # its /readyz says when every agent is assigned and restored (wait_for_ready)
+            env["CHOREO_METRICS_PORT"] = str(metrics_ports[index])
         if settings.config_file is not None:  # the workers read the file the command read
             env["CHOREO_CONFIG"] = str(Path(settings.config_file).resolve())
         log = open(options.work_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 - owned by the child
@@ -258,6 +271,12 @@ def start_workers(
         )
         log.close()
     return procs
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def stop_workers(procs: list[subprocess.Popen], timeout: float = 60) -> None:
@@ -296,6 +315,26 @@ def wait_for_members(settings: Settings, app: App, members: int, timeout: float)
     raise TimeoutError(
         f"the workers did not join all {len(groups)} agent groups within {timeout:.0f}s; see .choreo/demo/worker-*.log"
     )
+
+
+def wait_for_ready(ports: list[int], timeout: float, host: str = "127.0.0.1") -> None:
+    """Publish only once every worker's ``/readyz`` answers ready (every agent assigned, its stores
+    restored, healthy): a stable group alone still leaves stores restoring, and the first orders
+    would wait for them and count that in their flow time."""
+    deadline = time.monotonic() + timeout
+    pending = list(ports)
+    with httpx.Client(timeout=2.0) as client:
+        while pending and time.monotonic() < deadline:
+            for port in list(pending):
+                try:
+                    if client.get(f"http://{host}:{port}/readyz").status_code == 200:
+                        pending.remove(port)
+                except httpx.HTTPError:
+                    pass  # not listening yet
+            if pending:
+                time.sleep(0.2)
+    if pending:
+        raise TimeoutError(f"workers on metrics ports {pending} not ready within {timeout:.0f}s; see their logs")
 
 
 def publish_orders(

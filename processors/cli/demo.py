@@ -48,7 +48,7 @@ def demo(
     timeout_s: float = typer.Option(8.0, "--timeout", min=1.0, help="Seconds before an unanswered order is cancelled."),
     seed: int | None = typer.Option(None, "--seed", help="Make the generated orders repeatable."),
     in_flight: int = typer.Option(
-        32, "--in-flight", min=1, help="Orders open at once at most: publishing is paced to what the flow completes."
+        8, "--in-flight", min=1, help="Orders open at once at most: publishing is paced to what the flow completes."
     ),
     bootstrap: str | None = LocalBrokerBootstrapOption,
     config: Path | None = ConfigOption,

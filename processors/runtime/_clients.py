@@ -40,6 +40,13 @@ log = logging.getLogger("choreo.worker")
 
 ClientConfig = dict[str, Any]
 
+# fetch.wait.max.ms: how long the broker may park a fetch that finds nothing new. It does not
+# delay a record that arrives meanwhile: the broker answers a parked fetch as soon as data is
+# appended (or, for this read_committed consumer, as soon as a transaction marker moves the last
+# stable offset past it). Measured per hop (benchmarks/hop_probe.py, one event through one agent,
+# exactly_once): the follow-up was readable 2-3 ms after its commit with 10, 100 or 500 ms alike.
+# A shorter wait only makes an idle consumer ask more often (10 cost ~30% of the burst maximum
+# in an earlier run, benchmarks/RESULTS.md): 100 stays.
 _CONSUMER_DEFAULTS: ClientConfig = {
     "auto.offset.reset": "earliest",
     "max.poll.interval.ms": 300000,
@@ -49,6 +56,10 @@ _CONSUMER_DEFAULTS: ClientConfig = {
 # group.consumer.heartbeat.interval.ms) and librdkafka refuses to create a consumer that sets them.
 _CLASSIC_DEFAULTS: ClientConfig = {"session.timeout.ms": 10000, "heartbeat.interval.ms": 1000}
 _CLASSIC_ONLY = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy", "group.protocol.type")
+# linger.ms adds nothing to a hop: every commit flushes the producer first (exactly_once: outputs
+# are readable at the commit; at_least_once: the offsets are committed after the flush), so what
+# lingers is sent at the commit anyway, and between commits the 5 ms let a poll's outputs share
+# requests. Measured per hop: linger 0 against 5 moved the hop's median by less than its noise.
 _PRODUCER_DEFAULTS: ClientConfig = {"linger.ms": 5, "batch.num.messages": 10000}
 # The restore consumer reads to the end of a changelog partition and needs to hear "end" soon: a
 # fetch at the end waits fetch.wait.max.ms on the broker before it answers empty (librdkafka's

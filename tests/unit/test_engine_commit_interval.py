@@ -275,7 +275,7 @@ def test_commit_idle_defaults_on_and_zero_turns_it_off(tmp_path) -> None:
     app = build_app("interval-test")
     spec = app.agents["counter"]
     on = AgentRunner(app, spec, Settings(state_dir=tmp_path), "w1", "exactly_once", threading.Event(), WorkerOptions())
-    assert on.commit_interval_s == 0.1 and on.commit_idle_s == 0.01
+    assert on.commit_interval_s == 0.02 and on.commit_idle_s == 0.01
     off = AgentRunner(app, spec, Settings(state_dir=tmp_path, commit_idle_ms=0), "w1", "exactly_once",
                       threading.Event(), WorkerOptions())  # fmt: skip
     assert off.commit_idle_s is None
