@@ -126,6 +126,22 @@ class IoPlan:
                    events=40_000)  # fmt: skip
 
 
+def parse_variants(text: str) -> list[Variant]:
+    """``sync/1,async/default,async/64`` → variants (``--variants``, e.g. to sweep max_in_flight)."""
+    out = []
+    for name in (part.strip() for part in text.split(",") if part.strip()):
+        handler, _, bound = name.partition("/")
+        if name == SYNC_1.name:
+            out.append(SYNC_1)
+        elif handler == "async" and bound == "default":
+            out.append(ASYNC_DEFAULT)
+        elif handler == "async" and bound.isdigit() and int(bound) >= 1:
+            out.append(ASYNC_256 if bound == "256" else Variant(name, "async", int(bound)))
+        else:
+            raise ValueError(f"a variant is sync/1, async/default or async/N, got {name!r}")
+    return out
+
+
 # ============================================================================ what this engine can run
 def engine_features() -> dict[str, Any]:
     """Whether the engine of this commit runs async handlers (``ctx.call_async`` and a default
@@ -512,7 +528,9 @@ def commerce_flow(bootstrap: str, plan: IoPlan, root: Path, say: Callable[[str],
 
     agent = payments_agent()
     say(f"io: commerce flow with the PSP at {plan.flow_psp_latency_ms:g} ms ({agent['handler']} payments agent)")
-    services = start_commerce_services(root / "io-flow-services", psp_latency_ms=plan.flow_psp_latency_ms)
+    # a ledger of its own: everything on it is this run's
+    services_dir = root / f"io-flow-services-{uuid.uuid4().hex[:6]}"
+    services = start_commerce_services(services_dir, psp_latency_ms=plan.flow_psp_latency_ms)
     flow_plan = argparse.Namespace(
         flow_burst=plan.flow_burst, flow_seconds=plan.flow_seconds, flow_loads=list(plan.flow_loads),
         flow_sustain_seconds=0, commit_interval_ms=None,
@@ -520,7 +538,7 @@ def commerce_flow(bootstrap: str, plan: IoPlan, root: Path, say: Callable[[str],
     try:
         with environ(services.env):
             result = flow_bench.run(bootstrap, flow_plan, root, say)
-        ledger = httpx.get(services.psp.url + "/v1/ledger", params={"order_prefix": "benchflow"}, timeout=60).json()
+        ledger = httpx.get(services.psp.url + "/v1/ledger", timeout=60).json()
     finally:
         services.stop()
     summary = ledger.get("summary", {})
@@ -528,6 +546,7 @@ def commerce_flow(bootstrap: str, plan: IoPlan, root: Path, say: Callable[[str],
         psp_latency_ms=plan.flow_psp_latency_ms,
         payments=agent,
         psp_charges=summary.get("charges"),
+        psp_approved=summary.get("approved"),
         psp_double_charges=len(summary.get("double_charges") or {}),
         psp_refunds_without_charge=len(summary.get("refunds_without_charge") or []),
     )
@@ -606,7 +625,8 @@ def section(result: dict[str, Any], command: str) -> str:
                 f"Commerce flow (`benchmarks/flow.py`, one worker) with the PSP at {fl['psp_latency_ms']:g} ms, "
                 f"{pay.get('handler')} payments agent (max_in_flight {pay.get('max_in_flight') or 1}): maximum "
                 f"{fl.get('max_orders_per_s', 0):,.1f} orders/s (burst of {fl.get('burst_orders', 0):,}); PSP "
-                f"ledger: {fl.get('psp_charges')} charges, {fl.get('psp_double_charges')} double charges, "
+                f"ledger: {fl.get('psp_charges')} charges ({fl.get('psp_approved')} approved), "
+                f"{fl.get('psp_double_charges')} double charges, "
                 f"{fl.get('psp_refunds_without_charge')} refunds without a charge."
             )
             parts.append("")
@@ -634,6 +654,8 @@ def main() -> int:
     parser.add_argument("--no-flow", action="store_true", help="leave out the commerce flow")
     parser.add_argument("--only-flow", action="store_true", help="only the commerce flow with the PSP at 50 ms")
     parser.add_argument("--guarantee", choices=["exactly_once", "at_least_once"])
+    parser.add_argument("--variants", type=parse_variants, help="e.g. sync/1,async/default,async/16,async/256")
+    parser.add_argument("--latencies", help="call latencies in ms, e.g. 20,50,200")
     parser.add_argument("--root", type=Path, default=Path("/tmp/choreo-bench-io"))
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     parser.add_argument("--results-md", type=Path, default=None, help="write the RESULTS.md section here")
@@ -641,6 +663,10 @@ def main() -> int:
     plan = IoPlan.make(args.quick)
     if args.guarantee:
         plan.guarantee = args.guarantee
+    if args.variants:
+        plan.variants = args.variants
+    if args.latencies:
+        plan.latencies_ms = [float(x) for x in args.latencies.split(",") if x.strip()]
     args.root.mkdir(parents=True, exist_ok=True)
     if args.only_flow:
         result: dict[str, Any] = {"status": "flow only", "flow": commerce_flow(args.bootstrap, plan, args.root,

@@ -179,3 +179,12 @@ def test_completions_signal_the_first_and_the_last() -> None:
     assert done.first.is_set() and not done.exhausted.is_set()
     done.done()
     assert done.exhausted.is_set() and len(done.times) == 2 and done.times[0] <= done.times[1]
+
+
+def test_variants_from_the_command_line() -> None:
+    parsed = io_bound.parse_variants("sync/1, async/default,async/16,async/256")
+    assert [v.name for v in parsed] == ["sync/1", "async/default", "async/16", "async/256"]
+    assert parsed[2] == io_bound.Variant("async/16", "async", 16) and parsed[3] is io_bound.ASYNC_256
+    for bad in ("sync/4", "async/0", "async/x", "threads/8"):
+        with pytest.raises(ValueError, match="sync/1, async/default or async/N"):
+            io_bound.parse_variants(bad)
