@@ -273,10 +273,12 @@ def profile_table(profile: Mapping[str, Any], key: str) -> str:
 IO_TARGET = {"latency_ms": 50.0, "max_in_flight": 256, "share": 0.8}
 
 
-def io_window_rate(times: Sequence[float], start: float, end: float) -> tuple[float | None, float]:
+def io_window_rate(
+    times: Sequence[float], start: float, end: float, exhausted: bool = False
+) -> tuple[float | None, float]:
     """Completions per second within ``(start, end]`` and the window's length. When the input ran
-    out first (the last completion before ``end``), the window ends at the last completion."""
-    if times and times[-1] < end:
+    out first (``exhausted``, the last completion before ``end``), the window ends at the last."""
+    if exhausted and times and times[-1] < end:
         end = times[-1]
     window = end - start
     if window <= 0:

@@ -42,9 +42,10 @@ def test_window_rate_counts_the_completions_inside_the_window() -> None:
 
 
 def test_window_rate_ends_at_the_last_completion_when_the_input_ran_out() -> None:
-    rate, window = report.io_window_rate([0.5, 1.0, 1.5, 2.0], 1.0, 5.0)
+    rate, window = report.io_window_rate([0.5, 1.0, 1.5, 2.0], 1.0, 5.0, exhausted=True)
     assert window == 1.0 and rate == 2.0
-    assert report.io_window_rate([0.1, 0.2], 1.0, 5.0) == (None, 0.0)  # ran out in the warm-up
+    assert report.io_window_rate([0.5, 1.0, 1.5, 2.0], 1.0, 5.0) == (0.5, 4.0)  # stopped on time: the full window
+    assert report.io_window_rate([0.1, 0.2], 1.0, 5.0, exhausted=True) == (None, 0.0)  # ran out in the warm-up
     assert report.io_window_rate([], 1.0, 5.0) == (0.0, 4.0)  # nothing at all: 0 events/s, not a crash
 
 
