@@ -109,6 +109,9 @@ class IoPlan:
     partitions: int = 6
     keys: int = 10_000
     batch: int = 500
+    # a poll's batch is cut short past this: a stop would otherwise wait for the rest of a sync
+    # handler's batch (500 records × 50 ms = 25 s) before the next case can start
+    max_batch_s: float = 1.0
     guarantee: str = "exactly_once"
     start_timeout_s: float = 90.0  # worker start to its first completion
     flow: bool = True  # the commerce flow with the PSP at flow_psp_latency_ms
@@ -449,7 +452,7 @@ def run_case(bench: Bench, variant: Variant, latency_ms: float, plan: IoPlan, fe
     )  # fmt: skip
     bench.server.reset()
     worker = Worker(app, settings, agents=[AGENT], worker_id="bench-io", guarantee=plan.guarantee,
-                    options=WorkerOptions(batch_size=plan.batch))  # fmt: skip
+                    options=WorkerOptions(batch_size=plan.batch, max_batch_s=plan.max_batch_s))  # fmt: skip
     started = time.monotonic()
     worker.start()
     try:
@@ -472,6 +475,7 @@ def run_case(bench: Bench, variant: Variant, latency_ms: float, plan: IoPlan, fe
         completed=len(times),
         exhausted=completions.exhausted.is_set(),
         start_to_first_s=round(first - started, 2),
+        load_average=round(os.getloadavg()[0], 1),  # the machine is shared: say how busy it was
         calls=calls["requests"],
         repeated_keys=calls["repeated_keys"],  # a handling called twice with one key: a replay
     )
@@ -626,6 +630,11 @@ def section(result: dict[str, Any], command: str) -> str:
         parts.append(report.io_table(result["rows"]))
         parts.append("")
         parts.append(report.io_target_table(result["target"]))
+        loads = [c["load_average"] for c in result["cases"] if c.get("load_average") is not None]
+        if loads:
+            parts.append("")
+            parts.append(f"Load average (1 min) at the cases' ends: {min(loads):g}–{max(loads):g} on "
+                         f"{os.cpu_count()} cores.")  # fmt: skip
         failed = [c for c in result["cases"] if c.get("error")]
         if failed:
             parts.append("")
