@@ -12,13 +12,15 @@ agent. Everything taken from a record into a message, header or audit field is b
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import inspect
 import logging
 import random
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -33,6 +35,7 @@ from processors.kafka_types import ConsumedRecord, unreadable
 from processors.kafka_types import headers as read_headers
 from processors.partitioner import partition_for
 from processors.runtime import audit, dlq
+from processors.runtime._aio import LoopThread
 from processors.runtime.agent import AgentSpec, Routing
 from processors.runtime.app import App
 from processors.runtime.context import AgentServices, Context
@@ -105,6 +108,31 @@ class HandleResult:
         return self.failure.reason if self.failure else None
 
 
+@dataclass(slots=True)
+class Admitted:
+    """An input that passed every check needing no state (headers, type, hop count, contract,
+    routing): what its handler runs with once the earlier inputs of its key are done."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: InputHeaders
+    timestamp_ms: int
+    received: int
+    envelope: Envelope
+    event_type: str
+    decoded: dict[str, Any]
+    state_key: bytes  # the key its state lives under: the record's key, else its contract's key field
+    seen_at: bytes  # its seen key (keys.seen_key of its idempotency key)
+
+
+# What running a handler came to: its context (success), the failure that dead-letters the input,
+# or an exception the engine did not foresee (an unexpected_error dead letter).
+Outcome = Context | dlq.Failure | Exception
+
+
 class _Dead(Exception):
     def __init__(self, failure: dlq.Failure) -> None:
         self.failure = failure
@@ -130,9 +158,12 @@ class Processor:
         breaker_clock: Callable[[], float] | None = None,
         max_record_bytes: int = dlq.DEFAULT_MAX_RECORD_BYTES,
         dependency_limits: Mapping[str, Mapping[str, str]] | None = None,
+        async_sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         """``dependency_limits``: the settings' ``dependencies`` (the worker passes the settings it
-        was started with, so ``--config`` is honoured); None reads them from the environment."""
+        was started with, so ``--config`` is honoured); None reads them from the environment.
+        ``async_sleep``: the backoff of an ``async def`` handler (default: ``asyncio.sleep``, or
+        ``sleep`` itself when another one is given, as a test driver's clock does)."""
         self.app = app
         self.spec = spec
         self.worker_id = worker_id
@@ -143,6 +174,9 @@ class Processor:
         self.sleep = sleep
         self.monotonic = monotonic
         self.rng = rng
+        self.async_sleep = async_sleep or (asyncio.sleep if sleep is time.sleep else _awaitable(sleep))
+        self.is_async = inspect.iscoroutinefunction(spec.handler)
+        self.loop = LoopThread(f"agent-{spec.name}-io")  # where async handlers run (started on first use)
         self.source = f"/choreo/{app.app_id}/{spec.name}"
         self.produces = frozenset(spec.produces)
         self.consumes = frozenset(spec.consumes)
@@ -178,6 +212,10 @@ class Processor:
             Dependencies(spec.name, self.breakers, dependency_limits),
         )
         self._init_audit()
+
+    def close(self) -> None:
+        """Stop the loop of ``async def`` handlers (the session that ran them ended)."""
+        self.loop.close()
 
     def _breakers(self, clock: Callable[[], float]) -> dict[str, CircuitBreaker]:
         """One breaker per declared dependency, its state changes published as a metric."""
@@ -261,9 +299,58 @@ class Processor:
         timestamp_ms: int,
         received: int,
     ) -> HandleResult:
+        admitted = self._admit(topic, partition, offset, key, value, headers, timestamp_ms, received)
+        if isinstance(admitted, HandleResult):
+            return admitted
+        event = self.start(view, admitted)
+        if isinstance(event, HandleResult):
+            return event
+        return self.finish(view, admitted, self.invoke(view, admitted, event, observe=True))
+
+    # The phases of one input, which the key-ordered executor (:mod:`processors.runtime._concurrency`)
+    # runs apart: admit (no state: headers, type, hops, contract, routing), start (the dedupe check,
+    # against the state as the key's earlier inputs left it), invoke (the handler, with retries; the
+    # one phase that may run off the agent's thread) and finish (its records and store writes).
+    def admit(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: InputHeaders,
+        timestamp_ms: int = 0,
+    ) -> Admitted | HandleResult:
+        """An input ready for its handler, or its final result (ignored or dead-lettered) when a
+        check that needs no state already decides it. Never raises."""
+        received = self.clock_ms()
+        try:
+            return self._admit(topic, partition, offset, key, value, headers, timestamp_ms, received)
+        except Exception as exc:  # noqa: BLE001 - no record may stop the agent: it is dead-lettered
+            return self._unexpected(exc, topic, partition, offset, key, value, headers, received)
+
+    def admit_message(self, message: ConsumedRecord) -> Admitted | HandleResult:
+        """:meth:`admit` of a consumed record (its error already checked)."""
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        try:
+            key, value, timestamp_ms = message.key(), message.value(), message.timestamp()[1]
+        except Exception as exc:  # noqa: BLE001 - the client could not give what a producer wrote
+            return self._unexpected(exc, topic, partition, offset, None, None, None, self.clock_ms())
+        return self.admit(topic, partition, offset, key, value, read_headers(message), timestamp_ms)
+
+    def _admit(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: InputHeaders,
+        timestamp_ms: int,
+        received: int,
+    ) -> Admitted | HandleResult:
         envelope: Envelope | None = None
         event_type: str | None = None
-        seen: bytes | None = None  # set once the input passed dedupe: a dead letter then records it
         try:
             if unreadable(headers):
                 raise _Dead(self._failure(DlqReason.MISSING_HEADER, EnvelopeError("*", _UNREADABLE), 1, received))
@@ -283,43 +370,93 @@ class Processor:
             misrouted = self._misrouted(event_type, topic, partition, key, decoded)
             if misrouted is not None:
                 raise _Dead(self._failure(DlqReason.MISROUTED, MisroutedError(misrouted), 1, received))
-            seen_at = _SEEN + envelope.idempotency_key.encode("utf-8")  # keys.seen_key
-            raw_seen = view.get(seen_at)
-            if raw_seen is not None and _unpack_u64(raw_seen) > received and not _redriven_past(raw_seen, headers):
-                return self._duplicate(envelope, event_type, topic, partition, offset, received, key)
-            seen = seen_at
-            if key is None:
-                key_value = decoded.get(self.registry.get(event_type).key_field)
-                state_key = b"" if key_value is None else str(key_value).encode()
-            else:
-                state_key = key
-            event = _event(
-                event_type,
-                state_key.decode("utf-8", "backslashreplace"),
-                decoded,
-                envelope,
-                topic,
-                partition,
-                offset,
-                timestamp_ms,
-            )
-            handler = self.spec.handler
-            ctx = self._run(
-                lambda c: handler(event, c), view, state_key, envelope, event, None, partition, received, decoded
-            )
-            mark = (seen, _pack_u64(received + self.dedupe_ttl_ms))
-            return self._success(
-                ctx, view, state_key, envelope, event_type, topic, partition, offset, received, key, mark
-            )
         except _Dead as dead:
-            if seen is not None:
-                # Decided on (refused, or the handler failed): a replay or a re-send of the same
-                # input must not be judged again against newer state; a redrive may.
-                expiry = received + self.dedupe_ttl_ms
-                view.put(seen, keys.dead_lettered_seen_value(expiry, _redrive_count(headers)))
             return self._dead(
                 dead.failure, envelope, event_type, topic, partition, offset, key, value, headers, received
             )
+        if key is None:
+            key_value = decoded.get(self.registry.get(event_type).key_field)
+            state_key = b"" if key_value is None else str(key_value).encode()
+        else:
+            state_key = key
+        seen_at = _SEEN + envelope.idempotency_key.encode("utf-8")  # keys.seen_key
+        return Admitted(
+            topic, partition, offset, key, value, headers, timestamp_ms, received, envelope, event_type, decoded,
+            state_key, seen_at,
+        )  # fmt: skip
+
+    def start(self, view: StateView, admitted: Admitted) -> Event | HandleResult:
+        """The event the handler is given, or the input's result when it is a duplicate (its seen
+        key is in the store and not expired, and it is not a redrive past its dead letter)."""
+        a = admitted
+        try:
+            raw_seen = view.get(a.seen_at)
+            if raw_seen is not None and _unpack_u64(raw_seen) > a.received and not _redriven_past(raw_seen, a.headers):
+                return self._duplicate(a.envelope, a.event_type, a.topic, a.partition, a.offset, a.received, a.key)
+            return _event(
+                a.event_type,
+                a.state_key.decode("utf-8", "backslashreplace"),
+                a.decoded,
+                a.envelope,
+                a.topic,
+                a.partition,
+                a.offset,
+                a.timestamp_ms,
+            )
+        except Exception as exc:  # noqa: BLE001 - no record may stop the agent: it is dead-lettered
+            return self._unexpected(exc, a.topic, a.partition, a.offset, a.key, a.value, a.headers, a.received)
+
+    def invoke(self, view: StateView, admitted: Admitted, event: Event, observe: bool = False) -> Outcome:
+        """Run the handler (retrying transient failures): its context, the failure that dead-letters
+        the input, or the unforeseen exception. Safe on any thread; ``observe`` records the
+        handler's latency in the agent's metrics, which only the agent's own thread may do."""
+        a = admitted
+        handler = self.spec.handler
+        try:
+            return self._run(
+                lambda c: handler(event, c), view, a.state_key, a.envelope, event, None, a.partition, a.received,
+                a.decoded, observe,
+            )  # fmt: skip
+        except _Dead as dead:
+            return dead.failure
+        except Exception as exc:  # noqa: BLE001 - judged by finish: an unexpected error of this input
+            return exc
+
+    async def invoke_async(self, view: StateView, admitted: Admitted, event: Event) -> Outcome:
+        """:meth:`invoke` of an ``async def`` handler, on the agent's event loop."""
+        a = admitted
+        handler = self.spec.handler
+        try:
+            return await self._run_async(
+                lambda c: handler(event, c), view, a.state_key, a.envelope, event, a.partition, a.received, a.decoded
+            )
+        except _Dead as dead:
+            return dead.failure
+        except Exception as exc:  # noqa: BLE001 - judged by finish: an unexpected error of this input
+            return exc
+
+    def finish(self, view: StateView, admitted: Admitted, outcome: Outcome) -> HandleResult:
+        """The input's result from its handler's outcome, its store writes staged in ``view``."""
+        a = admitted
+        try:
+            if isinstance(outcome, Context):
+                mark = (a.seen_at, _pack_u64(a.received + self.dedupe_ttl_ms))
+                return self._success(
+                    outcome, view, a.state_key, a.envelope, a.event_type, a.topic, a.partition, a.offset, a.received,
+                    a.key, mark,
+                )  # fmt: skip
+            if isinstance(outcome, dlq.Failure):
+                # Decided on (refused, or the handler failed): a replay or a re-send of the same
+                # input must not be judged again against newer state; a redrive may.
+                expiry = a.received + self.dedupe_ttl_ms
+                view.put(a.seen_at, keys.dead_lettered_seen_value(expiry, _redrive_count(a.headers)))
+                return self._dead(
+                    outcome, a.envelope, a.event_type, a.topic, a.partition, a.offset, a.key, a.value, a.headers,
+                    a.received,
+                )  # fmt: skip
+            raise outcome
+        except Exception as exc:  # noqa: BLE001 - no record may stop the agent: it is dead-lettered
+            return self._unexpected(exc, a.topic, a.partition, a.offset, a.key, a.value, a.headers, a.received)
 
     def refuse(
         self,
@@ -571,7 +708,7 @@ class Processor:
     # ---------------------------------------------------------------- internals
     def _run(
         self,
-        call: Callable[[Context], None],
+        call: Callable[[Context], Any],
         view: StateView,
         state_key: bytes,
         envelope: Envelope,
@@ -580,13 +717,15 @@ class Processor:
         partition: int,
         received: int,
         decoded: dict[str, Any] | None,
+        observe: bool = True,
     ) -> Context:
         """The handler's successful attempt; transient failures retried with backoff, anything
-        else (or retries exhausted) raised as :class:`_Dead` with its reason."""
+        else (or retries exhausted) raised as :class:`_Dead` with its reason. An ``async def``
+        handler called here (in order, one input at a time) runs to its end on the agent's loop."""
         attempts = 0
         first_failure = 0
         start = self.monotonic()
-        metrics = self.metrics
+        metrics = self.metrics if observe else None
         perf = time.perf_counter
         services = self.services
         while True:
@@ -594,25 +733,72 @@ class Processor:
             ctx = Context(services, view, state_key, envelope, event, timer, partition, received)
             t0 = perf()
             try:
-                call(ctx)
+                returned = call(ctx)
+                if returned is not None and inspect.isawaitable(returned):
+                    self.loop.run(returned)
                 ctx.state_change()  # surfaces unserialisable state as InvalidStateError now
                 if metrics is not None:
                     metrics.handler_latency(perf() - t0)
                 return ctx
-            except Reject as exc:  # a refusal is final, whatever the agent declares transient
-                raise self._given_up(exc.reason, exc, attempts, first_failure, decoded) from None
-            except self.transient as exc:
-                now = self.clock_ms()
-                first_failure = first_failure or now
-                delay = self._backoff_or_give_up(exc, attempts, first_failure, now, start, decoded)
-                self._log_retry(exc, envelope, partition, attempts, delay)
-                self.sleep(delay)
-            except InvalidStateError as exc:
-                raise self._given_up(DlqReason.INVALID_STATE, exc, attempts, first_failure, decoded) from None
-            except (ContractError, EmitError, TimerError) as exc:
-                raise self._given_up(DlqReason.INVALID_OUTPUT, exc, attempts, first_failure, decoded) from None
-            except Exception as exc:  # noqa: BLE001 - a handler bug is the event's problem, not the worker's
-                raise self._given_up(DlqReason.HANDLER_ERROR, exc, attempts, first_failure, decoded) from None
+            except Exception as exc:  # noqa: BLE001 - judged by _failed_attempt: retried or dead-lettered
+                delay, first_failure = self._failed_attempt(exc, attempts, first_failure, start, envelope,
+                                                            partition, decoded)  # fmt: skip
+            self.sleep(delay)
+
+    async def _run_async(
+        self,
+        call: Callable[[Context], Any],
+        view: StateView,
+        state_key: bytes,
+        envelope: Envelope,
+        event: Event,
+        partition: int,
+        received: int,
+        decoded: dict[str, Any],
+    ) -> Context:
+        """:meth:`_run` of an ``async def`` handler on the agent's loop (backoffs awaited, so other
+        keys' inputs go on meanwhile)."""
+        attempts = 0
+        first_failure = 0
+        start = self.monotonic()
+        while True:
+            attempts += 1
+            ctx = Context(self.services, view, state_key, envelope, event, None, partition, received)
+            try:
+                await call(ctx)
+                ctx.state_change()
+                return ctx
+            except Exception as exc:  # noqa: BLE001 - judged by _failed_attempt: retried or dead-lettered
+                delay, first_failure = self._failed_attempt(exc, attempts, first_failure, start, envelope,
+                                                            partition, decoded)  # fmt: skip
+            await self.async_sleep(delay)
+
+    def _failed_attempt(
+        self,
+        exc: Exception,
+        attempts: int,
+        first_failure: int,
+        start: float,
+        envelope: Envelope,
+        partition: int,
+        decoded: dict[str, Any] | None,
+    ) -> tuple[float, int]:
+        """A failed attempt's verdict: (the delay before the next one, when the failures began) for a
+        transient failure within the retry budget; else :class:`_Dead` with the reason."""
+        if isinstance(exc, Reject):  # a refusal is final, whatever the agent declares transient
+            raise self._given_up(exc.reason, exc, attempts, first_failure, decoded) from None
+        if isinstance(exc, self.transient):
+            now = self.clock_ms()
+            first_failure = first_failure or now
+            delay = self._backoff_or_give_up(exc, attempts, first_failure, now, start, decoded)
+            self._log_retry(exc, envelope, partition, attempts, delay)
+            return delay, first_failure
+        if isinstance(exc, InvalidStateError):
+            raise self._given_up(DlqReason.INVALID_STATE, exc, attempts, first_failure, decoded) from None
+        if isinstance(exc, (ContractError, EmitError, TimerError)):
+            raise self._given_up(DlqReason.INVALID_OUTPUT, exc, attempts, first_failure, decoded) from None
+        # a handler bug is the event's problem, not the worker's
+        raise self._given_up(DlqReason.HANDLER_ERROR, exc, attempts, first_failure, decoded) from None
 
     def _given_up(
         self, reason: str, exc: BaseException, attempts: int, first_failure: int, decoded: dict[str, Any] | None
@@ -911,6 +1097,13 @@ class Processor:
             headers,
             self.audit_type,
         )
+
+
+def _awaitable(sleep: Callable[[float], None]) -> Callable[[float], Awaitable[None]]:
+    async def asleep(seconds: float) -> None:
+        sleep(seconds)
+
+    return asleep
 
 
 _UNREADABLE = "the Kafka client could not read the record's headers (a header name that is not UTF-8 text)"

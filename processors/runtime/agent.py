@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -11,7 +12,7 @@ from processors.runtime.context import Context
 from processors.runtime.inputs import Event, Timer
 from processors.runtime.retry import BreakerPolicy, RetryPolicy
 
-Handler = Callable[[Event, Context], None]
+Handler = Callable[[Event, Context], None] | Callable[[Event, Context], Awaitable[None]]
 TimerHandler = Callable[[Timer, Context], None]
 
 
@@ -27,6 +28,13 @@ class Routing(StrEnum):
     ANY = "any"  # no check: a stateless agent that takes records wherever they are
 
 
+# Inputs of different keys handled at once by an async (or threads=True) agent, unless declared or
+# set otherwise: enough to keep a 50 ms dependency busy at several thousand inputs a second
+# (benchmarks/io_bound.py measures 1, this and 256), few enough that a stop or a rebalance drains
+# quickly and a slow dependency is not flooded.
+DEFAULT_MAX_IN_FLIGHT = 64
+
+
 @dataclass(frozen=True)
 class AgentSpec:
     """One agent: the event types it consumes and produces, its handler and its failure policy.
@@ -40,6 +48,12 @@ class AgentSpec:
     the produced types that end a flow (an order confirmed or cancelled): emitting one observes the
     flow time (from the flow's root event, ``ce_roottime``) in ``choreo_flow_seconds``; the engine
     itself knows no flow.
+
+    ``max_in_flight`` bounds the inputs of different keys handled at once (inputs of one key are
+    always handled one after another, in offset order): an ``async def`` handler, or a sync one
+    declared with ``threads=True`` (run on a pool of that many threads), may wait on several
+    dependencies' answers at once. None takes :data:`DEFAULT_MAX_IN_FLIGHT` for those and 1 for
+    a plain sync handler; settings may change it per agent (``[agents.<name>] max_in_flight``).
     """
 
     name: str
@@ -55,6 +69,31 @@ class AgentSpec:
     dedupe_ttl_s: float | None = None
     routing: Routing = Routing.CONTRACT
     terminal: frozenset[str] = frozenset()
+    max_in_flight: int | None = None
+    threads: bool = False
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handler)
+
+    def concurrency(self, override: int | None = None) -> int:
+        """How many inputs this agent handles at once: ``override`` (the settings'), else its
+        declaration, else the default for its kind of handler."""
+        limit = override or self.max_in_flight
+        if limit is None:
+            return DEFAULT_MAX_IN_FLIGHT if (self.is_async or self.threads) else 1
+        return limit
+
+    def concurrency_problem(self, limit: int) -> str | None:
+        """Why ``limit`` cannot be this agent's, or None."""
+        if limit < 1:
+            return f"agent {self.name!r}: max_in_flight must be at least 1, got {limit}"
+        if limit > 1 and not (self.is_async or self.threads):
+            return (
+                f"agent {self.name!r}: max_in_flight {limit} needs an async def handler or threads=True "
+                "(a plain sync handler handles one input at a time)"
+            )
+        return None
 
     @staticmethod
     def normalize_dependencies(
@@ -67,4 +106,4 @@ class AgentSpec:
         return {name: BreakerPolicy() for name in deps}
 
 
-__all__ = ["AgentSpec", "Event", "Handler", "Routing", "Timer", "TimerHandler"]
+__all__ = ["DEFAULT_MAX_IN_FLIGHT", "AgentSpec", "Event", "Handler", "Routing", "Timer", "TimerHandler"]

@@ -94,8 +94,12 @@ class App:
         dedupe_ttl_s: float | None = None,
         routing: Routing | str = Routing.CONTRACT,
         terminal: Iterable[str] = (),
+        max_in_flight: int | None = None,
+        threads: bool = False,
     ) -> Callable[[Handler], Handler]:
-        """Decorator declaring an agent; the decorated function is the handler ``(event, ctx)``."""
+        """Decorator declaring an agent; the decorated function is the handler ``(event, ctx)``,
+        a plain function or an ``async def`` (see :class:`AgentSpec` for ``max_in_flight`` and
+        ``threads``)."""
 
         def register(handler: Handler) -> Handler:
             self.add_agent(
@@ -113,6 +117,8 @@ class App:
                     dedupe_ttl_s=dedupe_ttl_s,
                     routing=Routing(routing),
                     terminal=frozenset(terminal),
+                    max_in_flight=max_in_flight,
+                    threads=threads,
                 )
             )
             return handler
@@ -129,6 +135,10 @@ class App:
         if not spec.terminal <= set(spec.produces):
             extra = ", ".join(sorted(spec.terminal - set(spec.produces)))
             raise AppError(f"agent {spec.name!r}: terminal type(s) {extra} not among what it produces")
+        if spec.max_in_flight is not None and (problem := spec.concurrency_problem(spec.max_in_flight)):
+            raise AppError(problem)
+        if spec.threads and spec.is_async:
+            raise AppError(f"agent {spec.name!r}: threads=True is for sync handlers (an async def one runs on a loop)")
         if spec.max_hops is not None and spec.max_hops < 1:
             raise AppError(f"agent {spec.name!r}: max_hops must be at least 1")
         self.agents[spec.name] = spec

@@ -22,7 +22,7 @@ import contextlib
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from processors.contracts import Envelope
 from processors.kafka_types import headers as kafka_headers
 from processors.partitioner import partition_for
 from processors.runtime import audit
+from processors.runtime._concurrency import KeyedExecutor
 from processors.runtime._processor import HandleResult, OutRecord, Processor
 from processors.runtime.app import App
 from processors.runtime.emitter import Emitted
@@ -123,6 +124,60 @@ class AgentDriver:
         tenant: str | None = None,
     ) -> DriverResult:
         """Encode ``value`` by its contract, wrap it in an envelope and hand it to the agent."""
+        return self.send_raw(*self._record_of(event_type, value, key, envelope, idempotency_key, correlation_id,
+                                              hop_count, tenant))  # fmt: skip
+
+    def send_many(
+        self, events: Iterable[tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], str | None]], *,
+        max_in_flight: int | None = None,
+    ) -> list[DriverResult]:  # fmt: skip
+        """Hand ``events`` (event type, value[, key]) to the agent as one poll's records, handled
+        with the worker's key-ordered concurrency (``max_in_flight``: default the agent's): inputs
+        of different keys at once, of one key in order. Returns the results in release order (each
+        partition's offset order), as the worker sends them."""
+        limit = self.spec.concurrency(max_in_flight)
+        view = BatchView(self.store)
+        executor = KeyedExecutor(self.processor, limit, lambda _p: view, threads=self.spec.threads)
+        out: list[DriverResult] = []
+        try:
+            for item in events:
+                event_type, value = item[0], item[1]
+                record = self._record_of(event_type, value, item[2] if len(item) > 2 else None)
+                while not executor.capacity:
+                    out.extend(self._released(executor, view, wait_s=1.0))
+                topic, key, data, headers = record
+                partition = self.partition if self.partition is not None else self.home_partition(topic, key)
+                offset = self._offsets.get(topic, 0)
+                self._offsets[topic] = offset + 1
+                admitted = self.processor.admit(topic, partition, offset, key, data, headers, self.now_ms)
+                executor.submit(topic, partition, offset, admitted)
+                out.extend(self._released(executor, view))
+            while executor.busy:
+                out.extend(self._released(executor, view, wait_s=1.0))
+        finally:
+            executor.close()
+        self.store.apply(view.writes)
+        return out
+
+    def _released(self, executor: KeyedExecutor, view: BatchView, wait_s: float = 0.0) -> list[DriverResult]:
+        executor.collect(wait_s)
+        out = []
+        for released in executor.take_released():
+            out.append(self._record(released.result))
+        return out
+
+    def _record_of(
+        self,
+        event_type: str,
+        value: dict[str, Any],
+        key: str | None = None,
+        envelope: Envelope | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+        hop_count: int = 0,
+        tenant: str | None = None,
+    ) -> tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]:
+        """The record a producer of ours would write for ``value``: (topic, key, value, headers)."""
         contract = self.app.registry.get(event_type)
         env = envelope or self.envelope(
             event_type,
@@ -134,7 +189,7 @@ class AgentDriver:
         if key is None:
             key = str(value.get(contract.key_field)) if value.get(contract.key_field) is not None else None
         data = self.app.codec.encode(event_type, value)
-        return self.send_raw(contract.topic, None if key is None else key.encode(), data, env.to_headers())
+        return contract.topic, None if key is None else key.encode(), data, env.to_headers()
 
     def send_emitted(self, emitted: Emitted) -> DriverResult:
         """Feed an event emitted by this (or another) agent, headers and all."""

@@ -1,0 +1,266 @@
+"""Key-ordered concurrency through the pure driver and the executor itself: inputs of different
+keys at once, of one key strictly in offset order; nothing released past an unfinished input; the
+engine's features (dedupe, retries, DLQ, state) unchanged under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+
+import pytest
+
+from processors.runtime import App, AppError, Reject, RetryPolicy
+from processors.runtime._concurrency import KeyedExecutor
+from processors.runtime.agent import DEFAULT_MAX_IN_FLIGHT
+from processors.runtime.state import BatchView, MemoryStore
+from processors.runtime.testing import AgentDriver
+from tests.engine.app import CONTRACTS, SCHEMAS
+
+
+class Flaky(Exception):
+    pass
+
+
+class Gauge:
+    """How many handlers run at once, at most."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.now -= 1
+
+
+def sequenced_app(gauge: Gauge, *, threads: bool = False, max_in_flight: int | None = None) -> App:
+    """An agent whose inputs carry per-key sequence numbers (``by``): it records any input that
+    comes out of order (``bad``) and emits each number it saw, after a random wait (so inputs
+    finish out of order across keys). ``by`` < 0 fails permanently; a name starting "flaky" fails
+    transiently on its first attempt."""
+    app = App("concurrency-test", contracts_dir=CONTRACTS, schemas_dir=SCHEMAS)
+    attempts: dict[tuple[str, int], int] = {}
+    rng = random.Random(7)
+
+    def body(event, ctx, wait_s: float) -> None:
+        name, by = event.value["name"], event.value["by"]
+        if by < 0:
+            raise Reject("negative", "refused")
+        if name.startswith("flaky"):
+            n = attempts[(name, by)] = attempts.get((name, by), 0) + 1
+            if n == 1:
+                raise Flaky("first attempt fails")
+        state = ctx.state
+        if state.get("last", 0) + 1 != by:
+            state["bad"] = state.get("bad", 0) + 1
+        state["last"] = by
+        ctx.emit("counter.total", name, {"name": name, "total": by, "seq": by})
+
+    retry = RetryPolicy(max_attempts=3, base_delay_s=0.001, max_delay_s=0.002, max_elapsed_s=5.0)
+    if threads:
+
+        @app.agent("seq", consumes=["counter.incremented"], produces=["counter.total"], transient=(Flaky,),
+                   retry=retry, threads=True, max_in_flight=max_in_flight)  # fmt: skip
+        def sync_handler(event, ctx):
+            gauge.enter()
+            try:
+                time.sleep(rng.random() * 0.003)
+                body(event, ctx, 0)
+            finally:
+                gauge.leave()
+
+    else:
+
+        @app.agent("seq", consumes=["counter.incremented"], produces=["counter.total"], transient=(Flaky,),
+                   retry=retry, max_in_flight=max_in_flight)  # fmt: skip
+        async def async_handler(event, ctx):
+            gauge.enter()
+            try:
+                await asyncio.sleep(rng.random() * 0.003)
+                body(event, ctx, 0)
+            finally:
+                gauge.leave()
+
+    return app
+
+
+def interleaved(keys: list[str], per_key: int) -> list[tuple[str, dict, str]]:
+    """Each key's inputs 1..per_key, the keys interleaved (so one poll holds all of them)."""
+    return [("counter.incremented", {"name": k, "by": n}, k) for n in range(1, per_key + 1) for k in keys]
+
+
+def seqs_by_key(results) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for r in results:
+        for e in r.emitted:
+            out.setdefault(e.key, []).append(e.value["seq"])
+    return out
+
+
+@pytest.mark.parametrize("threads", [False, True], ids=["async", "threads"])
+def test_inputs_of_one_key_run_in_order_while_keys_run_at_once(threads):
+    gauge = Gauge()
+    driver = AgentDriver(sequenced_app(gauge, threads=threads), "seq")
+    keys = [f"k{i}" for i in range(12)]
+    results = driver.send_many(interleaved(keys, 15), max_in_flight=8)
+    assert len(results) == 12 * 15
+    assert {r.outcome for r in results} == {"PROCESSED"}
+    for k in keys:
+        assert driver.state(k) == {"last": 15}, k  # never a "bad": no input of a key overtook another
+    assert seqs_by_key(results) == {k: list(range(1, 16)) for k in keys}
+    assert 2 <= gauge.peak <= 8  # concurrent, within the bound
+
+
+def test_results_are_released_in_each_partitions_offset_order():
+    driver = AgentDriver(sequenced_app(Gauge()), "seq", partition=0)  # one partition: one total order
+    events = interleaved([f"k{i}" for i in range(6)], 5)
+    results = driver.send_many(events, max_in_flight=16)
+    offsets = [r.raw.audit["offset"] for r in results if r.raw.audit is not None]
+    assert offsets == sorted(offsets) == list(range(len(events)))
+
+
+def test_a_hot_key_runs_alone_and_the_bound_holds():
+    gauge = Gauge()
+    driver = AgentDriver(sequenced_app(gauge), "seq")
+    results = driver.send_many(interleaved(["hot"], 30), max_in_flight=16)
+    assert gauge.peak == 1
+    assert seqs_by_key(results) == {"hot": list(range(1, 31))}
+
+
+def run_all(executor: KeyedExecutor, view: BatchView) -> list:
+    """Collect until the executor is empty; the released results, their writes applied."""
+    out: list = []
+    deadline = time.monotonic() + 10
+    while True:
+        out.extend(released.result for released in executor.take_released())
+        if not executor.busy or time.monotonic() > deadline:
+            return out
+        executor.collect(0.1)
+
+
+def test_a_duplicate_in_the_same_poll_waits_for_its_first_copy_and_is_dropped():
+    driver = AgentDriver(sequenced_app(Gauge()), "seq")
+    t, k, d, h = driver._record_of("counter.incremented", {"name": "a", "by": 1}, "a", idempotency_key="same")
+    p = driver.home_partition(t, k)
+    view = BatchView(driver.store)
+    executor = KeyedExecutor(driver.processor, 8, lambda _p: view)
+    for offset in (0, 1):
+        executor.submit(t, p, offset, driver.processor.admit(t, p, offset, k, d, h))
+    results = run_all(executor, view)
+    executor.close()
+    assert [r.outcome for r in results] == ["PROCESSED", "DUPLICATE"]
+    assert len(results[0].emitted) == 1 and results[1].emitted == []
+
+
+def test_retries_and_dead_letters_stay_per_input_under_concurrency():
+    driver = AgentDriver(sequenced_app(Gauge()), "seq")
+    events = [
+        ("counter.incremented", {"name": "flaky-1", "by": 1}, "flaky-1"),
+        ("counter.incremented", {"name": "bad", "by": -1}, "bad"),
+        ("counter.incremented", {"name": "ok", "by": 1}, "ok"),
+        ("counter.incremented", {"name": "flaky-1", "by": 2}, "flaky-1"),
+    ]
+    results = driver.send_many(events, max_in_flight=4)
+    by_name: dict[str, list] = {}
+    for r in results:
+        by_name.setdefault((r.raw.key or b"").decode(), []).append(r)
+    assert [r.outcome for r in by_name["flaky-1"]] == ["PROCESSED", "PROCESSED"]
+    assert driver.state("flaky-1") == {"last": 2}
+    [bad] = by_name["bad"]
+    assert bad.outcome == "DEAD_LETTERED" and bad.reason == "negative"
+    assert driver.state("ok") == {"last": 1}
+    assert len(driver.sleeps) == 2  # one backoff per flaky input, recorded by the driver's clock
+
+
+def test_an_async_handler_runs_in_order_through_send_too():
+    driver = AgentDriver(sequenced_app(Gauge()), "seq")
+    for n in (1, 2, 3):
+        r = driver.send("counter.incremented", {"name": "a", "by": n})
+        assert r.outcome == "PROCESSED" and r.emitted[0].value["seq"] == n
+    assert driver.state("a") == {"last": 3}
+
+
+def test_nothing_is_released_past_an_unfinished_input_and_a_drop_says_where_to_resume():
+    app = App("concurrency-test", contracts_dir=CONTRACTS, schemas_dir=SCHEMAS)
+    release_slow = threading.Event()
+
+    @app.agent("gate", consumes=["counter.incremented"], produces=["counter.total"], max_in_flight=4, routing="any")
+    async def gate(event, ctx):
+        if event.value["name"] == "slow":
+            while not release_slow.is_set():
+                await asyncio.sleep(0.005)
+        ctx.emit("counter.total", event.value["name"], {"name": event.value["name"], "total": 1, "seq": 1})
+
+    driver = AgentDriver(app, "gate")
+    view = BatchView(MemoryStore())
+    executor = KeyedExecutor(driver.processor, 4, lambda _p: view)
+    proc = driver.processor
+    for offset, name in enumerate(["slow", "fast-1", "fast-2"]):
+        t, k, d, h = driver._record_of("counter.incremented", {"name": name, "by": 1}, name)
+        executor.submit(t, 0, offset, proc.admit(t, 0, offset, k, d, h))
+    deadline = time.monotonic() + 10
+    finished = 0
+    while finished < 2 and time.monotonic() < deadline:
+        finished += executor.collect(0.05)
+    assert finished == 2  # both fast inputs are done...
+    assert executor.take_released() == []  # ...and wait behind the slow one
+    assert executor.lowest_offsets() == {(t, 0): 0}
+    assert executor.drop() == {(t, 0): 0}  # dropped: handled again from offset 0
+    assert not executor.busy and executor.capacity == 4
+    release_slow.set()
+    executor.close()
+
+
+def test_a_drain_finishes_what_runs_and_releases_in_order():
+    app = App("concurrency-test", contracts_dir=CONTRACTS, schemas_dir=SCHEMAS)
+
+    @app.agent("gate", consumes=["counter.incremented"], produces=["counter.total"], max_in_flight=8, routing="any")
+    async def gate(event, ctx):
+        await asyncio.sleep(0.01)
+        ctx.state["n"] = ctx.state.get("n", 0) + 1
+
+    driver = AgentDriver(app, "gate", partition=0)
+    view = BatchView(MemoryStore())
+    executor = KeyedExecutor(driver.processor, 8, lambda _p: view)
+    for offset, name in enumerate(["a", "b", "a", "c"]):
+        t, k, d, h = driver._record_of("counter.incremented", {"name": name, "by": 1}, name)
+        executor.submit(t, 0, offset, driver.processor.admit(t, 0, offset, k, d, h))
+    assert executor.drain([0], timeout_s=10)  # the second "a" never starts while draining
+    released = executor.take_released()
+    assert [r.offset for r in released] == [0, 1]
+    assert executor.drop([0]) == {(t, 0): 2}
+    executor.close()
+
+
+def test_concurrency_needs_an_async_handler_or_threads():
+    app = App("concurrency-test", contracts_dir=CONTRACTS, schemas_dir=SCHEMAS)
+    with pytest.raises(AppError, match="max_in_flight 4 needs an async def handler or threads=True"):
+
+        @app.agent("plain", consumes=["counter.incremented"], max_in_flight=4)
+        def plain(event, ctx):
+            pass
+
+    @app.agent("a", consumes=["counter.incremented"])
+    async def a(event, ctx):
+        pass
+
+    @app.agent("t", consumes=["counter.incremented"], threads=True)
+    def t(event, ctx):
+        pass
+
+    @app.agent("s", consumes=["counter.incremented"])
+    def s(event, ctx):
+        pass
+
+    assert app.agents["a"].concurrency() == DEFAULT_MAX_IN_FLIGHT
+    assert app.agents["t"].concurrency() == DEFAULT_MAX_IN_FLIGHT
+    assert app.agents["s"].concurrency() == 1
+    assert app.agents["a"].concurrency(7) == 7
