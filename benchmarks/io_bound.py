@@ -456,9 +456,9 @@ def run_case(bench: Bench, variant: Variant, latency_ms: float, plan: IoPlan, fe
     started = time.monotonic()
     worker.start()
     try:
-        if not completions.first.wait(plan.start_timeout_s):
-            errors = "; ".join(repr(e)[:200] for e in worker.errors)
-            return {**case, "error": f"no event handled within {plan.start_timeout_s:.0f} s {errors}".strip()}
+        problem = wait_first(worker, completions, plan.start_timeout_s)
+        if problem:
+            return {**case, "error": problem}
         first = completions.times[0]
         start, end = first + plan.warmup_s, first + plan.warmup_s + plan.window_s
         completions.exhausted.wait(max(0.0, end - time.monotonic()))
@@ -484,6 +484,22 @@ def run_case(bench: Bench, variant: Variant, latency_ms: float, plan: IoPlan, fe
     elif case["calls"] < len(times):
         case["error"] = f"{len(times)} handlings but {case['calls']} calls reached the latency server"
     return case
+
+
+def wait_first(worker: Worker, completions: Completions, timeout_s: float) -> str | None:
+    """Wait for the first completion; what went wrong when none came: the worker failed, or it
+    handled records without running the handler to its end (a worker that does not await an
+    async handler), or nothing at all within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not completions.first.wait(0.5):
+        if worker.errors:
+            return "the worker failed: " + "; ".join(repr(e)[:200] for e in worker.errors)
+        handled = sum(getattr(r, "handled", 0) for r in worker.runners)
+        if handled >= 50:
+            return f"the worker handled {handled} records but no handler completed (async handlers not awaited?)"
+        if time.monotonic() > deadline:
+            return f"no event handled within {timeout_s:.0f} s"
+    return None
 
 
 def measure(bench: Bench, plan: IoPlan, say: Callable[[str], None]) -> list[dict[str, Any]]:
