@@ -637,7 +637,8 @@ def section(result: dict[str, Any], command: str) -> str:
         f"{plan.get('partitions')} partitions, {plan.get('guarantee')}, the workload's agent plus one call per "
         f"event to the latency server (aiohttp, its own process); events/s over a {plan.get('window_s', 0):g} s "
         f"window opening {plan.get('warmup_s', 0):g} s after the first event; engine default max_in_flight "
-        f"{feats.get('default_max_in_flight') or '— (no async handlers on this commit)'}."
+        f"{feats.get('default_max_in_flight') or '—'}"
+        + ("." if feats.get("async_handlers") else " (async handlers cannot run on this commit).")
     )
     parts.append("")
     if result.get("status") != "ok":

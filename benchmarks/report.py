@@ -346,6 +346,11 @@ def io_target(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _fmt_io_rate(value: float | None) -> str:
+    """Events/s: one decimal below 100 (a 200 ms call at one in flight is 5/s at best)."""
+    return "—" if value is None else f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
 def io_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = [
         "| handler | max_in_flight | call latency | events/s | CPU-bound rate (0 ms) | ideal | of the ideal |",
@@ -353,12 +358,12 @@ def io_table(rows: Sequence[Mapping[str, Any]]) -> str:
     ]
     for r in rows:
         handler = "`async def` + `ctx.call_async`" if r.get("handler") == "async" else "`def` + `ctx.call`"
-        rate = _fmt_rate(r.get("events_per_s")) if not r.get("note") else f"— ({str(r['note'])[:80]})"
+        rate = _fmt_io_rate(r.get("events_per_s")) if not r.get("note") else f"— ({str(r['note'])[:80]})"
         share = "—" if r.get("share") is None else f"{r['share']:.2f}×"
         in_flight = "—" if r.get("max_in_flight") is None else str(r["max_in_flight"])
         lines.append(
-            f"| {handler} | {in_flight} | {r['latency_ms']:g} ms | {rate} | {_fmt_rate(r.get('cpu_rate'))} | "
-            f"{_fmt_rate(r.get('ideal'))} | {share} |"
+            f"| {handler} | {in_flight} | {r['latency_ms']:g} ms | {rate} | {_fmt_io_rate(r.get('cpu_rate'))} | "
+            f"{_fmt_io_rate(r.get('ideal'))} | {share} |"
         )
     return "\n".join(lines)
 

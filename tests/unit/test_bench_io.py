@@ -108,7 +108,7 @@ def test_target_is_the_async_row_at_50_ms_and_256_in_flight() -> None:
 def test_table_rows() -> None:
     table = report.io_table(report.io_rows(CASES)).splitlines()
     assert table[0].startswith("| handler | max_in_flight | call latency | events/s |")
-    assert table[2] == "| `def` + `ctx.call` | 1 | 50 ms | 18 | 640 | 20 | 0.90× |"
+    assert table[2] == "| `def` + `ctx.call` | 1 | 50 ms | 18.0 | 640 | 20.0 | 0.90× |"
     assert table[4] == "| `async def` + `ctx.call_async` | 256 | 50 ms | 1,500 | 1,800 | 1,800 | 0.83× |"
 
 
@@ -116,7 +116,7 @@ def test_section_renders_the_tables_and_replaces_only_its_own_section() -> None:
     result = {
         "status": "ok",
         "plan": {"partitions": 6, "guarantee": "exactly_once", "window_s": 8.0, "warmup_s": 2.0},
-        "features": {"default_max_in_flight": 64},
+        "features": {"default_max_in_flight": 64, "async_handlers": True},
         "cases": CASES,
         "rows": report.io_rows(CASES),
         "target": report.io_target(report.io_rows(CASES)),
@@ -134,7 +134,7 @@ def test_section_renders_the_tables_and_replaces_only_its_own_section() -> None:
 def test_section_says_why_nothing_was_measured() -> None:
     text = io_bound.section({"status": "failed", "reason": "RuntimeError('no broker')", "plan": {}}, "cmd")
     assert "Not measured (failed): RuntimeError('no broker')." in text
-    assert "no async handlers on this commit" in text
+    assert "async handlers cannot run on this commit" in text
 
 
 def test_variants_an_engine_cannot_run_are_skipped_with_the_reason() -> None:
