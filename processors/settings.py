@@ -22,6 +22,10 @@ The limits of an agent's external dependencies (timeout, bulkhead, rate limit, r
 * in the environment, ``CHOREO_DEPENDENCY_<NAME>__<LIMIT>`` with the name's dashes written as
   underscores, e.g. ``CHOREO_DEPENDENCY_PAYMENT_GATEWAY__RATE_PER_S=50``.
 
+Per agent, ``[agents.<name>]`` in the file (``max_in_flight = 128``) or
+``CHOREO_AGENT_<NAME>__<SETTING>`` in the environment (``CHOREO_AGENT_PAYMENTS__MAX_IN_FLIGHT=128``)
+change what the agent declares: how many inputs of different keys it handles at once.
+
 Secrets are never printed: :meth:`Settings.redacted` masks any property whose name suggests one.
 """
 
@@ -44,6 +48,8 @@ _PACKAGED_DATA = Path(__file__).resolve().parent / "_data"
 _SECRET_MARKERS = ("password", "secret", "token", "key.pem", "private", "credentials", "sasl.jaas")
 _KAFKA_ENV_PREFIX = "CHOREO_KAFKA_"
 _DEPENDENCY_ENV_PREFIX = "CHOREO_DEPENDENCY_"
+_AGENT_ENV_PREFIX = "CHOREO_AGENT_"
+AGENT_SETTINGS = frozenset({"max_in_flight"})  # what [agents.<name>] may set
 
 
 # Directories of the source tree a wheel carries inside the package, as processors/_data/<name>
@@ -92,6 +98,9 @@ class Settings:
     # Per external dependency (name with dashes as underscores, lower case): limit -> value, over
     # what the agent declares. Parsed and checked by processors.runtime.dependencies.
     dependencies: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # Per agent (name with dashes and dots as underscores, lower case): setting -> value, over what
+    # the agent declares (AGENT_SETTINGS: max_in_flight).
+    agents: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     # How often an agent commits (like Kafka Streams' commit.interval.ms): its work stays open across
     # polls until this much time has passed since its first record (or a size bound is reached), so
     # paced load pays one transaction (exactly_once) or one offset commit (at_least_once) per
@@ -147,6 +156,7 @@ class Settings:
             raise SettingsError(f"config file {path}: {exc}") from exc
         kafka = {str(k): str(v) for k, v in data.pop("kafka", {}).items()}
         dependencies = _dependency_tables(data.pop("dependencies", {}), str(path))
+        agents = _dependency_tables(data.pop("agents", {}), str(path), "agents")
         known = {f for f in self.__dataclass_fields__ if f not in _NOT_SETTABLE}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -157,7 +167,14 @@ class Settings:
         if "bootstrap_servers" in values:
             values["bootstrap_source"] = f"config file {path}"
         merged = _merge_dependencies(self.dependencies, dependencies)
-        return replace(self, kafka={**self.kafka, **kafka}, dependencies=merged, config_file=path, **values)
+        return replace(
+            self,
+            kafka={**self.kafka, **kafka},
+            dependencies=merged,
+            agents=_merge_dependencies(self.agents, agents),
+            config_file=path,
+            **values,
+        )
 
     def _merge_env(self, env: Mapping[str, str]) -> Settings:
         values: dict[str, Any] = {}
@@ -174,14 +191,23 @@ class Settings:
         for key, value in env.items():
             if key.startswith(_KAFKA_ENV_PREFIX) and len(key) > len(_KAFKA_ENV_PREFIX):
                 kafka[key[len(_KAFKA_ENV_PREFIX) :].lower().replace("_", ".")] = value
-        dependencies: dict[str, dict[str, str]] = {}
-        for key, value in env.items():
-            if key.startswith(_DEPENDENCY_ENV_PREFIX) and "__" in key[len(_DEPENDENCY_ENV_PREFIX) :]:
-                name, _, limit = key[len(_DEPENDENCY_ENV_PREFIX) :].partition("__")
-                if name and limit:
-                    dependencies.setdefault(dependency_setting_name(name), {})[limit.lower()] = value
+        dependencies = _named_env_tables(env, _DEPENDENCY_ENV_PREFIX)
         merged = _merge_dependencies(self.dependencies, dependencies)
-        return replace(self, kafka=kafka, dependencies=merged, **values)
+        agents = _merge_dependencies(self.agents, _named_env_tables(env, _AGENT_ENV_PREFIX))
+        return replace(self, kafka=kafka, dependencies=merged, agents=agents, **values)
+
+    def max_in_flight(self, agent: str) -> int | None:
+        """The agent's ``max_in_flight`` from these settings, None when they do not set it."""
+        raw = self.agents.get(dependency_setting_name(agent), {}).get("max_in_flight")
+        if raw is None:
+            return None
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise SettingsError(f"agents.{agent}.max_in_flight: must be a whole number of at least 1, got {raw!r}")
+        return value
 
     def _validate(self) -> None:
         if self.processing_guarantee not in ("at_least_once", "exactly_once"):
@@ -196,6 +222,11 @@ class Settings:
             raise SettingsError("tools_group_id: must not be empty")
         if self.processes < 1:
             raise SettingsError(f"processes: must be 1 or more worker processes, got {self.processes}")
+        for agent, table in self.agents.items():
+            unknown = sorted(set(table) - AGENT_SETTINGS)
+            if unknown:
+                raise SettingsError(f"agents.{agent}: unknown setting(s) {', '.join(unknown)}")
+            self.max_in_flight(agent)
         if self.commit_idle_ms < 0:
             raise SettingsError(f"commit_idle_ms: must be 0 (off) or a positive number, got {self.commit_idle_ms}")
         if self.commit_interval_ms < 0:
@@ -265,7 +296,7 @@ def _is_secret(name: str) -> bool:
 
 
 # kafka and dependencies have their own tables and prefixes
-_NOT_SETTABLE = frozenset({"kafka", "dependencies", "bootstrap_source", "config_file"})
+_NOT_SETTABLE = frozenset({"kafka", "dependencies", "agents", "bootstrap_source", "config_file"})
 _PATH_FIELDS = frozenset({"contracts_dir", "schemas_dir", "state_dir"})
 
 
@@ -275,10 +306,22 @@ def dependency_setting_name(name: str) -> str:
     return name.lower().replace("-", "_").replace(".", "_")
 
 
-def _dependency_tables(data: Any, source: str) -> dict[str, dict[str, str]]:
+def _dependency_tables(data: Any, source: str, table: str = "dependencies") -> dict[str, dict[str, str]]:
+    """A file's ``[<table>.<name>]`` tables (dependencies' limits, agents' settings) by setting name."""
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise SettingsError(f"config file {source}: [dependencies.<name>] must be tables of limits")
+        raise SettingsError(f"config file {source}: [{table}.<name>] must be tables of settings")
     return {dependency_setting_name(str(n)): {str(k): str(v) for k, v in t.items()} for n, t in data.items()}
+
+
+def _named_env_tables(env: Mapping[str, str], prefix: str) -> dict[str, dict[str, str]]:
+    """``<prefix><NAME>__<SETTING>=value`` variables as {name: {setting: value}}."""
+    tables: dict[str, dict[str, str]] = {}
+    for key, value in env.items():
+        if key.startswith(prefix) and "__" in key[len(prefix) :]:
+            name, _, setting = key[len(prefix) :].partition("__")
+            if name and setting:
+                tables.setdefault(dependency_setting_name(name), {})[setting.lower()] = value
+    return tables
 
 
 def _merge_dependencies(

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaException
 from processors.runtime._commit import Batch
 from processors.runtime._processor import HandleResult, Processor
 from processors.runtime.metrics import AgentMetrics
-from processors.runtime.state import KeyValueStore
+from processors.runtime.state import KeyValueStore, keys
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,15 @@ class Housekeeping:
         self._next_purge = 0.0
         self._next_lag = 0.0
 
-    def fire_timers(self, batch: Batch, emit: Callable[[HandleResult], None]) -> None:
-        """Fire the timers due now; their results are sent like any handled input's."""
+    def fire_timers(
+        self,
+        batch: Batch,
+        emit: Callable[[HandleResult], None],
+        key_busy: Callable[[int, bytes], bool] | None = None,
+    ) -> None:
+        """Fire the timers due now; their results are sent like any handled input's. A timer of a
+        key with an input still being handled (``key_busy``: key-ordered concurrency) waits for a
+        later turn: it must see what that input does to the key's state."""
         if self.processor.spec.on_timer is None:
             return
         now = self.processor.clock_ms()
@@ -58,6 +65,8 @@ class Housekeeping:
             if view is None:
                 continue
             for _, timer_key in due:
+                if key_busy is not None and key_busy(p, keys.split_timer_suffix(timer_key[2:])[0]):
+                    continue
                 result = self.processor.fire_timer(view, timer_key, p)
                 if result is not None:
                     self.metrics.timer_fired()

@@ -48,6 +48,7 @@ from processors.runtime import audit
 from processors.runtime._assignment import Assignment
 from processors.runtime._clients import AgentClients, group_protocol
 from processors.runtime._commit import Batch, BatchAborted, CommitSettings, Guarantee, open_committer
+from processors.runtime._concurrency import KeyedExecutor
 from processors.runtime._housekeeping import Housekeeping, HousekeepingOptions
 from processors.runtime._processor import IGNORED, HandleResult, Processor
 from processors.runtime._recovery import BROKER_UNREACHABLE, AgentHealth, TransientFailure
@@ -94,6 +95,10 @@ class WorkerOptions:
     # readers (one that restarts fences it at once). Longer than a batch may take (the commit
     # interval plus max_batch_s plus its commit), or the broker would abort healthy batches.
     transaction_timeout_ms: int = 20_000
+    # A revoke or a stop waits this long for the handlers that run (key-ordered concurrency) to end,
+    # so their work is committed; those still running then are abandoned and handled again, once,
+    # by whoever handles the partition next (a dependency call hands the callee the same key).
+    drain_timeout_s: float = 10.0
     # The watchdog: a blocking client call may take its own timeout plus this, then the agent is
     # given up and replaced (fresh clients); poll and consume have no long timeout of their own.
     call_grace_s: float = 10.0
@@ -153,6 +158,11 @@ class AgentRunner:
         self.open: Batch | None = None  # work handled since the last commit (see _commit_due)
         self._rewind_after_poll: dict[tuple[str, int], int] = {}  # set by a revoke whose commit failed
         self._revoke_failure: BaseException | None = None  # raised by the loop once the poll returns
+        self.max_in_flight = spec.concurrency(settings.max_in_flight(spec.name))
+        problem = spec.concurrency_problem(self.max_in_flight)
+        if problem is not None:
+            raise WorkerError(problem)
+        self.executor: KeyedExecutor | None = None  # set at _open when inputs run concurrently
         self.thread = threading.Thread(target=self._main, name=f"agent-{spec.name}", daemon=True)
 
     @property
@@ -326,6 +336,10 @@ class AgentRunner:
             lambda p: self._open_store(p, standby=True),
             self.spec.name,
         )
+        if self.max_in_flight > 1:
+            self.executor = KeyedExecutor(
+                self.processor, self.max_in_flight, lambda p: self._open_work().view(p), self.spec.threads
+            )
         self.consumer.subscribe(
             self.topics, on_assign=assignment.on_assign, on_revoke=assignment.on_revoke, on_lost=assignment.on_lost
         )
@@ -366,14 +380,17 @@ class AgentRunner:
         # the deadline covers the rebalance callbacks served inside poll (a revoke commits the open
         # work there)
         deadline = opts.commit_timeout_s + opts.call_grace_s
+        if self.executor is not None and not self.executor.capacity:
+            return []  # as many inputs in hand as max_in_flight: the next poll waits for one to end
         with self.watch.watch("poll", timeout + deadline):
             first = self.consumer.poll(timeout)
         if first is None:
             return []
-        if opts.batch_size <= 1 or self.isolating:
+        size = opts.batch_size if self.executor is None else min(opts.batch_size, self.executor.capacity)
+        if size <= 1 or self.isolating:
             return records([first])
         with self.watch.watch("consume", opts.batch_linger_s + deadline):
-            more = self.consumer.consume(opts.batch_size - 1, opts.batch_linger_s)
+            more = self.consumer.consume(size - 1, opts.batch_linger_s)
         return records([first, *more])
 
     def _process(self, msgs: list[ConsumedRecord]) -> None:
@@ -382,13 +399,16 @@ class AgentRunner:
             self.metrics.batch(len(msgs))
         self.single = None
         try:
-            batch.handled += self._handle_records(msgs, batch)
-            self.housekeeping.fire_timers(batch, self._emit)
+            if self.executor is not None and not self.isolating:
+                batch.handled += self._submit_records(msgs, batch)
+            else:
+                batch.handled += self._handle_records(msgs, batch)
+            self.housekeeping.fire_timers(batch, self._emit, self._key_in_flight)
             self.housekeeping.purge(batch)
             self.metrics.flush()
             if not (batch.has_work or self.committer.pending):
                 self.open = None  # nothing to commit: the interval starts with the next work
-            elif self._commit_due(batch, idle=not msgs):
+            elif self._commit_due(batch, idle=not msgs and not (self.executor and self.executor.busy)):
                 self.open = None
                 self._commit(batch, batch.handled)
         except BatchAborted as exc:  # a write refused while the batch ran, or at its commit
@@ -424,8 +444,8 @@ class AgentRunner:
     def _poll_timeout(self) -> float:
         """How long the next poll may wait: not past the open work's commit (so a lone event's
         latency stays within the interval), and not at all while a restore is to be stepped."""
-        if self.restorer.busy:
-            return 0.0
+        if self.restorer.busy or (self.executor is not None and self.executor.busy):
+            return 0.0  # a restore to step, or handlers whose ends _submit_records waits for
         if self.open is None:
             return self.options.poll_timeout_s
         left = self.open.opened + self.commit_interval_s - time.monotonic()
@@ -438,7 +458,9 @@ class AgentRunner:
         while this member still owns the partitions. A failed commit aborts it: the revoked
         partitions' new owner replays from the committed offsets, the ones kept here are rewound
         once the poll returns. Nothing raises inside the client's callback: a failure that ends the
-        session is raised by the loop after the poll."""
+        session is raised by the loop after the poll. Handlers of the revoked partitions that run
+        are waited for first (``drain_timeout_s``); what is left of them is handed back."""
+        self._drain(partitions)
         batch = self._take_open_work()
         if batch is None:
             return
@@ -454,9 +476,8 @@ class AgentRunner:
                 self.committer.abort()
             except Exception as failure:  # noqa: BLE001 - raised by the loop, outside the callback
                 self._revoke_failure = failure
-            self._rewind_after_poll.update(
-                {tp: off for tp, off in batch.first_offsets.items() if tp[1] not in partitions}
-            )
+            back = self._replay_from(batch)
+            self._rewind_after_poll.update({tp: off for tp, off in back.items() if tp[1] not in partitions})
         except Exception as failure:  # noqa: BLE001 - raised by the loop, outside the callback
             self._revoke_failure = failure
 
@@ -474,15 +495,16 @@ class AgentRunner:
             self.open = None
             self.metrics.abort()
             self.committer.abort()
-            back.update({tp: off for tp, off in batch.first_offsets.items() if tp[1] in self.assignment.stores})
+            replay = self._replay_from(batch)
+            back.update({tp: off for tp, off in replay.items() if tp[1] in self.assignment.stores})
             log.warning("partitions lost with open work: it is aborted and replayed", extra={"agent": self.spec.name})
         elif batch is not None and self.restorer.busy and (batch.has_work or self.committer.pending):
             self.open = None
             try:
                 self._commit(batch, batch.handled)
             except BatchAborted as exc:
-                self._aborted(batch, exc)
-                back.update(batch.first_offsets)
+                back.update(self._aborted(batch, exc))
+        self._drop_unowned()
         if not back:
             return msgs
         self._rewind(back)
@@ -497,7 +519,9 @@ class AgentRunner:
         return batch
 
     def _commit_open_work(self) -> None:
-        """On a stop: commit the open work (a failure aborts it: the next owner replays it)."""
+        """On a stop: commit the open work (a failure aborts it: the next owner replays it), once the
+        handlers that run have ended (up to ``drain_timeout_s``)."""
+        self._drain(None)
         batch = self._take_open_work()
         if batch is None:
             return
@@ -543,6 +567,93 @@ class AgentRunner:
         if not_ours:
             self._not_ours(not_ours)
         return handled
+
+    # ------------------------------------------------------------------ key-ordered concurrency
+    # With max_in_flight > 1 the records go through the executor (processors.runtime._concurrency):
+    # admitted here in offset order, handled concurrently across keys, released into the open work
+    # per partition in offset order. The open work (and so every commit) holds released inputs only:
+    # nothing past an unfinished one. What the executor still holds is not in the open work, so an
+    # abort, a lost partition or a revoke also hands it back (_replay_from, _drain, _drop_unowned).
+    def _submit_records(self, msgs: list[ConsumedRecord], batch: Batch) -> int:
+        """Admit each record and hand it to the executor; then take in what ended (waiting for the
+        first end when nothing came and handlers run). Returns how many inputs were released."""
+        executor = self.executor
+        assert executor is not None
+        admit = self.processor.admit_message
+        not_ours: dict[tuple[str, int], int] = {}
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                self._consume_error(err, msg.topic())
+                continue
+            topic, p, off = msg.topic(), msg.partition(), msg.offset()
+            if batch.view(p) is None:  # fetched before its partition was revoked (or paused for a restore)
+                not_ours.setdefault((topic, p), off)
+                continue
+            executor.submit(topic, p, off, admit(msg), msg)
+        if not_ours:
+            self._not_ours(not_ours)
+        wait_s = 0.0
+        if not msgs and executor.busy:
+            # at max_in_flight nothing can be polled until a handler ends; else poll again soon
+            wait_s = self.options.poll_timeout_s if not executor.capacity else self.options.batch_linger_s
+        executor.collect(wait_s)
+        return self._take_released()
+
+    def _take_released(self) -> int:
+        """Send what the executor released and count it into the open work."""
+        executor = self.executor
+        if executor is None:
+            return 0
+        released = executor.take_released()
+        if not released:
+            return 0
+        batch = self._open_work()
+        observe, metrics = self._observe_latency, self.metrics
+        for r in released:
+            batch.consumed(r.topic, r.partition, r.offset)
+            if r.handler_seconds is not None:
+                metrics.handler_latency(r.handler_seconds)
+            observe(r.message, r.result)
+            self._emit(r.result)
+        return len(released)
+
+    def _drain(self, partitions: set[int] | None) -> None:
+        """Before a revoke's or a stop's commit: wait for the running handlers of ``partitions``
+        (None: all) to end, take in what they released, abandon the rest (handled again from the
+        committed offset by whoever handles the partition next)."""
+        executor = self.executor
+        if executor is None or not executor.busy:
+            return
+        if not executor.drain(partitions, self.options.drain_timeout_s):
+            log.warning("handlers still running after the drain timeout are abandoned; their inputs are redone",
+                        extra={"agent": self.spec.name, "drain_timeout_s": self.options.drain_timeout_s})  # fmt: skip
+        self._take_released()
+        executor.drop(partitions)
+
+    def _replay_from(self, batch: Batch) -> dict[tuple[str, int], int]:
+        """Where each partition is handled again after ``batch`` is aborted: its first offset, or
+        the executor's first unreleased one when lower (everything the executor holds is dropped)."""
+        back = dict(batch.first_offsets)
+        if self.executor is not None:
+            for tp, off in self.executor.drop().items():
+                back[tp] = min(off, back.get(tp, off))
+        return back
+
+    def _drop_unowned(self) -> None:
+        """Inputs in the executor of partitions no longer processed here (lost, or revoked while
+        the drain could not reach them) are dropped: their new owner handles them."""
+        executor = self.executor
+        if executor is None or not executor.busy:
+            return
+        stores = self.assignment.stores
+        gone = {p for _, p in executor.lowest_offsets() if p not in stores}
+        if gone:
+            executor.drop(gone)
+
+    def _key_in_flight(self, partition: int, state_key: bytes) -> bool:
+        """Whether an input of the key is in the executor: its due timer waits for it."""
+        return self.executor is not None and self.executor.holds(partition, state_key)
 
     def _observe_latency(self, msg: ConsumedRecord, result: HandleResult) -> None:
         """The record's end-to-end latency (now minus its Kafka timestamp, as Kafka Streams'
@@ -604,19 +715,21 @@ class AgentRunner:
         self.health.recovered()
 
     # ------------------------------------------------------------------ failed batches
-    def _aborted(self, batch: Batch, exc: BatchAborted) -> None:
+    def _aborted(self, batch: Batch, exc: BatchAborted) -> dict[tuple[str, int], int]:
         """A batch that could not be made durable. Transient: replay it (a few times in a row,
         then replace the session). One record refused: replay the batch record by record, and
-        dead-letter the input whose output is refused. Fatal (write denied, unknown topic): stop."""
+        dead-letter the input whose output is refused. Fatal (write denied, unknown topic): stop.
+        Returns where each partition is handled again (already sought there)."""
         self.metrics.abort()
         self.committer.abort()
         exc = self.committer.explain(exc)
-        self._rewind(batch.first_offsets)
+        back = self._replay_from(batch)
+        self._rewind(back)
         if exc.kind is ErrorKind.FATAL:
             raise self._fatal_output(exc) from exc
         if exc.kind is ErrorKind.RECORD:
             self._record_refused(batch, exc)
-            return
+            return back
         self.replays += 1
         cause = BROKER_UNREACHABLE if exc.error is not None and is_unreachable(exc.error) else "batch aborted"
         if "not delivered within" in str(exc):
@@ -624,6 +737,7 @@ class AgentRunner:
         self.health.trouble(cause, str(exc))
         if self.replays >= self.options.max_replays:
             raise TransientFailure(cause, f"{self.replays} batches aborted in a row: {exc}")
+        return back
 
     def _fatal_output(self, exc: BatchAborted) -> BaseException:
         if exc.error is not None:
@@ -746,6 +860,9 @@ class AgentRunner:
             if standby is not None:
                 with self.watch.watch("close", 10 + self.options.call_grace_s):
                     standby.close()
+            if self.executor is not None:
+                self.executor.close()
+            self.processor.close()
             log.info("agent stopped", extra={"agent": self.spec.name, "batches": self.batches})
 
 

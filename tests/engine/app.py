@@ -8,8 +8,11 @@ and the contract directories (integration tests write contracts whose topics are
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import shutil
+import threading
 from pathlib import Path
 
 import yaml
@@ -23,6 +26,24 @@ SCHEMAS = DATA / "schemas"
 
 class FlakyError(Exception):
     """Declared transient by the counter agent."""
+
+
+class ConcurrencyGauge:
+    """How many handlers run at once, and the most there ever were."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.now -= 1
 
 
 def write_contracts(dest: Path, prefix: str, partitions: int = 3, only: list[str] | None = None) -> tuple[Path, Path]:
@@ -51,7 +72,12 @@ def build_app(
     with_pingpong: bool = True,
     audit_topic: str | None = None,
     slow_s: float = 0.0,
+    max_in_flight: int | None = None,
+    gauge: ConcurrencyGauge | None = None,
 ) -> App:
+    """``max_in_flight`` > 1 makes the counter's handler ``async def``: it awaits a random few
+    milliseconds first (so inputs of other keys overtake each other), then does the same work;
+    ``gauge`` counts how many run at once."""
     app = App(app_id, contracts_dir=contracts_dir, schemas_dir=schemas_dir, audit_topic=audit_topic)
 
     def on_timer(timer, ctx):
@@ -60,18 +86,6 @@ def build_app(
         state["seq"] = state.get("seq", 0) + 1
         ctx.emit("counter.total", timer.key, {"name": timer.key, "total": state["n"], "seq": state["seq"]})
 
-    @app.agent(
-        "counter",
-        consumes=["counter.incremented", "counter.reset"],
-        produces=["counter.total"],
-        version="3",
-        transient=(FlakyError, ConnectionError),
-        retry=RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05, max_elapsed_s=2.0),
-        dependencies={
-            "flaky-api": BreakerPolicy(failure_rate_threshold=0.5, window_size=4, min_calls=2, open_seconds=60)
-        },
-        on_timer=on_timer,
-    )
     def counter(event, ctx):
         if event.type == "counter.reset":
             ctx.clear_state()
@@ -105,6 +119,31 @@ def build_app(
             state["email"] = event.value["email"]
         ctx.emit("counter.total", event.key, {"name": event.key, "total": state["n"], "seq": state["seq"]})
 
+    async def counter_async(event, ctx):
+        if gauge is not None:
+            gauge.enter()
+        try:
+            await asyncio.sleep(random.random() * 0.01)
+            counter(event, ctx)
+        finally:
+            if gauge is not None:
+                gauge.leave()
+
+    concurrent = max_in_flight is not None and max_in_flight > 1
+    app.agent(
+        "counter",
+        consumes=["counter.incremented", "counter.reset"],
+        produces=["counter.total"],
+        version="3",
+        transient=(FlakyError, ConnectionError),
+        retry=RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05, max_elapsed_s=2.0),
+        dependencies={
+            "flaky-api": BreakerPolicy(failure_rate_threshold=0.5, window_size=4, min_calls=2, open_seconds=60)
+        },
+        on_timer=on_timer,
+        max_in_flight=max_in_flight if concurrent else None,
+    )(counter_async if concurrent else counter)
+
     if with_pingpong:
 
         @app.agent("ping", consumes=["ping.sent"], produces=["pong.sent"], max_hops=ping_bound)
@@ -124,6 +163,7 @@ app = build_app(
     os.environ.get("ENGINE_SCHEMAS_DIR", str(SCHEMAS)),
     audit_topic=os.environ.get("ENGINE_AUDIT_TOPIC") or None,
     slow_s=float(os.environ.get("ENGINE_SLOW_S", "0")),
+    max_in_flight=int(os.environ.get("ENGINE_MAX_IN_FLIGHT", "0")) or None,
 )
 
 
