@@ -147,14 +147,16 @@ def parse_variants(text: str) -> list[Variant]:
 
 # ============================================================================ what this engine can run
 def engine_features() -> dict[str, Any]:
-    """Whether the engine of this commit runs async handlers (``ctx.call_async`` and a default
-    ``max_in_flight``) and takes ``max_in_flight`` per agent, and that default."""
+    """Whether the engine of this commit runs async handlers (an agent spec that knows it is
+    async, a default ``max_in_flight``), takes ``max_in_flight`` per agent and has
+    ``ctx.call_async``; and the default."""
     from processors.runtime import agent as agent_module
 
     default = getattr(agent_module, "DEFAULT_MAX_IN_FLIGHT", None)
     return {
-        "async_handlers": hasattr(Context, "call_async") and default is not None,
+        "async_handlers": hasattr(agent_module.AgentSpec, "is_async") and default is not None,
         "max_in_flight": "max_in_flight" in inspect.signature(App.agent).parameters,
+        "call_async": hasattr(Context, "call_async"),
         "default_max_in_flight": default,
     }
 
@@ -162,7 +164,7 @@ def engine_features() -> dict[str, Any]:
 def unsupported(variant: Variant, features: dict[str, Any]) -> str | None:
     """Why this engine cannot run ``variant`` (None: it can)."""
     if variant.handler == "async" and not features["async_handlers"]:
-        return "this engine has no async handlers (ctx.call_async)"
+        return "this engine has no async handlers"
     if variant.handler == "async" and variant.max_in_flight is not None and not features["max_in_flight"]:
         return "this engine takes no max_in_flight per agent"
     return None
@@ -366,9 +368,18 @@ def _record(event: Any, ctx: Any) -> None:
 
 
 def build_app(
-    app_id: str, contracts: Path, schemas: Path, variant: Variant, client: LatencyClient, completions: Completions
+    app_id: str,
+    contracts: Path,
+    schemas: Path,
+    variant: Variant,
+    client: LatencyClient,
+    completions: Completions,
+    call_async: bool = True,
 ) -> App:
-    """The workload's agent with one call to the latency server per event, before its work."""
+    """The workload's agent with one call to the latency server per event, before its work. An
+    async handler awaits ``ctx.call_async``, or, on an engine without it (``call_async=False``),
+    the client itself with the input's idempotency key: the engine's concurrency without the
+    dependency's machinery."""
     app = App(app_id, contracts_dir=contracts, schemas_dir=schemas)
     declare: dict[str, Any] = {
         "consumes": [workload.INPUT_TYPE],
@@ -395,8 +406,13 @@ def build_app(
         _record(event, ctx)
         completions.done()
 
+    async def io_direct(event: Any, ctx: Any) -> None:
+        await client.call_async(idempotency_key=event.idempotency_key)
+        _record(event, ctx)
+        completions.done()
+
     # the Handler type of an engine without async handlers says "returns None"
-    app.agent(AGENT, **declare)(cast(Any, io_async))
+    app.agent(AGENT, **declare)(cast(Any, io_async if call_async else io_direct))
     return app
 
 
@@ -436,6 +452,7 @@ def run_case(bench: Bench, variant: Variant, latency_ms: float, plan: IoPlan, fe
         "handler": variant.handler,
         "max_in_flight": in_flight,
         "latency_ms": latency_ms,
+        "call": "ctx.call" if variant.handler == "sync" else "ctx.call_async" if features["call_async"] else "direct",
         "events_per_s": None,
     }
     reason = unsupported(variant, features)
@@ -445,7 +462,7 @@ def run_case(bench: Bench, variant: Variant, latency_ms: float, plan: IoPlan, fe
     client = LatencyClient(bench.server.url, latency_ms, connections=(in_flight or 1) + 4)
     app_id = f"{bench.prefix}-{variant.handler}{in_flight}-{int(latency_ms)}-{uuid.uuid4().hex[:4]}"
     contracts, schemas = bench.contracts
-    app = build_app(app_id, contracts, schemas, variant, client, completions)
+    app = build_app(app_id, contracts, schemas, variant, client, completions, features["call_async"])
     settings = Settings(
         bootstrap_servers=bench.bootstrap, state_dir=bench.workdir / "state" / app_id,
         processing_guarantee=plan.guarantee,

@@ -311,6 +311,7 @@ def io_rows(cases: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             {
                 "variant": c["variant"],
                 "handler": c.get("handler"),
+                "call": c.get("call"),
                 "max_in_flight": c.get("max_in_flight"),
                 "latency_ms": c["latency_ms"],
                 "events_per_s": rate,
@@ -346,6 +347,13 @@ def io_target(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+IO_HANDLERS = {
+    "ctx.call": "`def` + `ctx.call`",
+    "ctx.call_async": "`async def` + `ctx.call_async`",
+    "direct": "`async def` + the client awaited directly (no `ctx.call_async` on this commit)",
+}
+
+
 def _fmt_io_rate(value: float | None) -> str:
     """Events/s: one decimal below 100 (a 200 ms call at one in flight is 5/s at best)."""
     return "—" if value is None else f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
@@ -357,7 +365,9 @@ def io_table(rows: Sequence[Mapping[str, Any]]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        handler = "`async def` + `ctx.call_async`" if r.get("handler") == "async" else "`def` + `ctx.call`"
+        handler = IO_HANDLERS.get(
+            r.get("call") or "", IO_HANDLERS["ctx.call_async" if r.get("handler") == "async" else "ctx.call"]
+        )
         rate = _fmt_io_rate(r.get("events_per_s")) if not r.get("note") else f"— ({str(r['note'])[:80]})"
         share = "—" if r.get("share") is None else f"{r['share']:.2f}×"
         in_flight = "—" if r.get("max_in_flight") is None else str(r["max_in_flight"])

@@ -138,10 +138,10 @@ def test_section_says_why_nothing_was_measured() -> None:
 
 
 def test_variants_an_engine_cannot_run_are_skipped_with_the_reason() -> None:
-    old = {"async_handlers": False, "max_in_flight": False, "default_max_in_flight": None}
+    old = {"async_handlers": False, "max_in_flight": False, "call_async": False, "default_max_in_flight": None}
     assert io_bound.unsupported(io_bound.SYNC_1, old) is None
     assert "no async handlers" in (io_bound.unsupported(io_bound.ASYNC_DEFAULT, old) or "")
-    half = {"async_handlers": True, "max_in_flight": False, "default_max_in_flight": 64}
+    half = {"async_handlers": True, "max_in_flight": False, "call_async": False, "default_max_in_flight": 64}
     assert io_bound.unsupported(io_bound.ASYNC_DEFAULT, half) is None
     assert "no max_in_flight" in (io_bound.unsupported(io_bound.ASYNC_256, half) or "")
     assert io_bound.effective_in_flight(io_bound.ASYNC_DEFAULT, half) == 64
@@ -189,3 +189,45 @@ def test_variants_from_the_command_line() -> None:
     for bad in ("sync/4", "async/0", "async/x", "threads/8"):
         with pytest.raises(ValueError, match="sync/1, async/default or async/N"):
             io_bound.parse_variants(bad)
+
+
+class RecordingClient:
+    """Stands in for the latency server's client in a pure driver run: records the keys."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def call(self, idempotency_key: str = "") -> None:
+        self.keys.append(idempotency_key)
+
+    async def call_async(self, idempotency_key: str = "") -> None:
+        await asyncio.sleep(0)
+        self.keys.append(idempotency_key)
+
+
+@pytest.mark.parametrize(
+    ("variant", "call_async"), [(io_bound.SYNC_1, False), (io_bound.ASYNC_256, False), (io_bound.ASYNC_256, True)]
+)
+def test_the_agent_under_test_calls_once_then_does_the_workloads_work(
+    tmp_path: Path, variant: io_bound.Variant, call_async: bool
+) -> None:
+    from processors.agents.loadgen import OrderGenerator
+    from processors.runtime import Context
+    from processors.runtime.testing import AgentDriver
+
+    if call_async and not hasattr(Context, "call_async"):
+        pytest.skip("no ctx.call_async on this commit")
+    contracts, schemas = io_bound.workload.write_contracts(tmp_path, "t", 6)
+    client = RecordingClient()
+    done = io_bound.Completions(limit=2)
+    app = io_bound.build_app("t", contracts, schemas, variant, client, done, call_async)  # type: ignore[arg-type]
+    driver = AgentDriver(app, io_bound.AGENT)
+    orders = OrderGenerator(seed=3)
+    first, second = orders.next().value, orders.next().value
+    for order in (first, second):
+        result = driver.send("order.created", order, key="cust-1", idempotency_key=order["order_id"])
+        assert result.outcome == "PROCESSED"
+        assert [e.value["order_id"] for e in result.emitted_of("order.confirmed")] == [order["order_id"]]
+    assert driver.state("cust-1") == {"orders": 2, "total_minor": first["total_minor"] + second["total_minor"]}
+    assert len(client.keys) == 2 and len(set(client.keys)) == 2 and all(client.keys)  # one keyed call per event
+    assert done.exhausted.is_set()
