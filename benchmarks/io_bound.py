@@ -113,6 +113,7 @@ class IoPlan:
     # handler's batch (500 records × 50 ms = 25 s) before the next case can start
     max_batch_s: float = 1.0
     guarantee: str = "exactly_once"
+    async_client: str = "httpx"  # the async handler's HTTP client: httpx or aiohttp (see LatencyClient)
     start_timeout_s: float = 90.0  # worker start to its first completion
     flow: bool = True  # the commerce flow with the PSP at flow_psp_latency_ms
     flow_psp_latency_ms: float = 50.0
@@ -287,18 +288,30 @@ def start_latency_server(log_path: Path, timeout: float = 30.0) -> LatencyServer
 
 
 # ============================================================================ the agent under test
+ASYNC_CLIENTS = ("httpx", "aiohttp")
+
+
 class LatencyClient:
     """The dependency's client: a sync ``httpx.Client`` for ``ctx.call`` and, for
-    ``ctx.call_async``, one ``httpx.AsyncClient`` per running event loop, created on first use
-    from that loop (an AsyncClient's connections belong to the loop that opened them; a replaced
-    agent session runs on a new loop)."""
+    ``ctx.call_async``, one ``httpx.AsyncClient`` (or, with ``async_client="aiohttp"``, one
+    ``aiohttp.ClientSession``) per running event loop, created on first use from that loop (its
+    connections belong to the loop that opened them; a replaced agent session runs on a new loop).
 
-    def __init__(self, url: str, latency_ms: float, connections: int) -> None:
+    Why aiohttp as a choice: httpx's AsyncClient costs more per request the more connections it
+    holds (httpcore's pool re-checks every connection when it hands one out; encode/httpx#3215),
+    so at 64–256 in flight it can be the bottleneck instead of the engine."""
+
+    def __init__(self, url: str, latency_ms: float, connections: int, async_client: str = "httpx") -> None:
+        if async_client not in ASYNC_CLIENTS:
+            raise ValueError(f"async_client must be one of {ASYNC_CLIENTS}, got {async_client!r}")
         self.url = url
         self.path = f"/v1/calls?latency_ms={latency_ms:g}"
+        self.connections = connections
+        self.async_client = async_client
         self.limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self._sync: httpx.Client | None = None
         self._async: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
+        self._sessions: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
         self._lock = threading.Lock()
 
     def call(self, idempotency_key: str = "") -> None:
@@ -309,9 +322,25 @@ class LatencyClient:
         self._sync.post(self.path, headers={"Idempotency-Key": idempotency_key}).raise_for_status()
 
     async def call_async(self, idempotency_key: str = "") -> None:
-        client = self._client_for(asyncio.get_running_loop())
-        response = await client.post(self.path, headers={"Idempotency-Key": idempotency_key})
+        loop = asyncio.get_running_loop()
+        headers = {"Idempotency-Key": idempotency_key}
+        if self.async_client == "aiohttp":
+            async with self._session_for(loop).post(self.url + self.path, headers=headers) as answer:
+                answer.raise_for_status()
+                await answer.read()
+            return
+        response = await self._client_for(loop).post(self.path, headers=headers)
         response.raise_for_status()
+
+    def _session_for(self, loop: asyncio.AbstractEventLoop) -> Any:
+        import aiohttp
+
+        entry = self._sessions.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            connector = aiohttp.TCPConnector(limit=self.connections)
+            entry = (loop, aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)))
+            self._sessions[id(loop)] = entry
+        return entry[1]
 
     def _client_for(self, loop: asyncio.AbstractEventLoop) -> httpx.AsyncClient:
         entry = self._async.get(id(loop))
@@ -325,11 +354,20 @@ class LatencyClient:
         (a stopped session's loop is gone: its sockets are closed with it)."""
         if self._sync is not None:
             self._sync.close()
-        for loop, client in self._async.values():
+        for loop, client in [*self._async.values(), *self._sessions.values()]:
+            closed = False
             if loop.is_running() and not loop.is_closed():
                 with contextlib.suppress(Exception):
-                    asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(5)
+                    aclose = client.aclose if isinstance(client, httpx.AsyncClient) else client.close
+                    asyncio.run_coroutine_threadsafe(aclose(), loop).result(5)
+                    closed = True
+            if not closed and not isinstance(client, httpx.AsyncClient):
+                # its loop is gone, and its sockets with it: mark the session closed from a loop of
+                # our own (else aiohttp prints every pooled connection as "unclosed" when collected)
+                with contextlib.suppress(Exception):
+                    asyncio.run(client.close())
         self._async.clear()
+        self._sessions.clear()
 
 
 class Completions:
@@ -453,13 +491,14 @@ def run_case(bench: Bench, variant: Variant, latency_ms: float, plan: IoPlan, fe
         "max_in_flight": in_flight,
         "latency_ms": latency_ms,
         "call": "ctx.call" if variant.handler == "sync" else "ctx.call_async" if features["call_async"] else "direct",
+        "client": "httpx" if variant.handler == "sync" else plan.async_client,
         "events_per_s": None,
     }
     reason = unsupported(variant, features)
     if reason:
         return {**case, "skipped": reason}
     completions = Completions(plan.events)
-    client = LatencyClient(bench.server.url, latency_ms, connections=(in_flight or 1) + 4)
+    client = LatencyClient(bench.server.url, latency_ms, (in_flight or 1) + 4, plan.async_client)
     app_id = f"{bench.prefix}-{variant.handler}{in_flight}-{int(latency_ms)}-{uuid.uuid4().hex[:4]}"
     contracts, schemas = bench.contracts
     app = build_app(app_id, contracts, schemas, variant, client, completions, features["call_async"])
@@ -652,7 +691,9 @@ def section(result: dict[str, Any], command: str) -> str:
     parts.append(
         f"`{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}): one worker, "
         f"{plan.get('partitions')} partitions, {plan.get('guarantee')}, the workload's agent plus one call per "
-        f"event to the latency server (aiohttp, its own process); events/s over a {plan.get('window_s', 0):g} s "
+        f"event to the latency server (aiohttp, its own process), async handlers on "
+        f"{'an `aiohttp.ClientSession`' if plan.get('async_client') == 'aiohttp' else 'an `httpx.AsyncClient`'}, "
+        f"sync ones on an `httpx.Client`; events/s over a {plan.get('window_s', 0):g} s "
         f"window opening {plan.get('warmup_s', 0):g} s after the first event; engine default max_in_flight "
         f"{feats.get('default_max_in_flight') or '—'}"
         + ("." if feats.get("async_handlers") else " (async handlers cannot run on this commit).")
@@ -716,6 +757,7 @@ def main() -> int:
     parser.add_argument("--guarantee", choices=["exactly_once", "at_least_once"])
     parser.add_argument("--variants", type=parse_variants, help="e.g. sync/1,async/default,async/16,async/256")
     parser.add_argument("--latencies", help="call latencies in ms, e.g. 20,50,200")
+    parser.add_argument("--async-client", choices=ASYNC_CLIENTS, help="the async handler's HTTP client (httpx)")
     parser.add_argument("--root", type=Path, default=Path("/tmp/choreo-bench-io"))
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     parser.add_argument("--results-md", type=Path, default=None, help="write the RESULTS.md section here")
@@ -725,6 +767,8 @@ def main() -> int:
         plan.guarantee = args.guarantee
     if args.variants:
         plan.variants = args.variants
+    if args.async_client:
+        plan.async_client = args.async_client
     if args.latencies:
         plan.latencies_ms = [float(x) for x in args.latencies.split(",") if x.strip()]
     args.root.mkdir(parents=True, exist_ok=True)
