@@ -231,3 +231,20 @@ def test_the_agent_under_test_calls_once_then_does_the_workloads_work(
     assert driver.state("cust-1") == {"orders": 2, "total_minor": first["total_minor"] + second["total_minor"]}
     assert len(client.keys) == 2 and len(set(client.keys)) == 2 and all(client.keys)  # one keyed call per event
     assert done.exhausted.is_set()
+
+
+def test_the_async_client_is_httpx_or_aiohttp() -> None:
+    with pytest.raises(ValueError, match="async_client must be one of"):
+        io_bound.LatencyClient("http://127.0.0.1:1", 50, 4, "requests")
+    client = io_bound.LatencyClient("http://127.0.0.1:1", 50, 4, "aiohttp")
+
+    async def which() -> object:
+        loop = asyncio.get_running_loop()
+        session = client._session_for(loop)
+        assert client._session_for(loop) is session
+        return session
+
+    one, two = asyncio.run(which()), asyncio.run(which())
+    assert one is not two  # one session per loop, as the httpx clients
+    client.close()  # both loops are gone: closed without them, no "unclosed" noise
+    assert getattr(one, "closed", False) and getattr(two, "closed", False)
