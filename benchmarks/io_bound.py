@@ -704,6 +704,17 @@ def section(result: dict[str, Any], command: str) -> str:
     else:
         parts.append(report.io_table(result["rows"]))
         parts.append("")
+        notes = []
+        if any(r.get("call") == "direct" for r in result["rows"]):
+            notes.append("\"direct await\": this commit has no `ctx.call_async`; the handler awaits the client itself "
+                         "(the engine's concurrency without the dependency's limits).")  # fmt: skip
+        if any((r.get("share") or 0) > 1.05 for r in result["rows"]):
+            notes.append("A share above 1× means the variant's 0 ms case ran slower than the same variant with a "
+                         "latency: its CPU-bound rate is then no upper bound (a loaded machine, or per-event costs "
+                         "that waiting hides).")  # fmt: skip
+        if notes:
+            parts.append(" ".join(notes))
+            parts.append("")
         parts.append(report.io_target_table(result["target"]))
         loads = [c["load_average"] for c in result["cases"] if c.get("load_average") is not None]
         if loads:

@@ -350,7 +350,7 @@ def io_target(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 IO_HANDLERS = {
     "ctx.call": "`def` + `ctx.call`",
     "ctx.call_async": "`async def` + `ctx.call_async`",
-    "direct": "`async def` + the client awaited directly (no `ctx.call_async` on this commit)",
+    "direct": "`async def` + direct await",  # no ctx.call_async on the commit measured
 }
 
 
