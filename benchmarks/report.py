@@ -312,6 +312,7 @@ def io_rows(cases: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "variant": c["variant"],
                 "handler": c.get("handler"),
                 "call": c.get("call"),
+                "client": c.get("client"),
                 "max_in_flight": c.get("max_in_flight"),
                 "latency_ms": c["latency_ms"],
                 "events_per_s": rate,
@@ -325,17 +326,16 @@ def io_rows(cases: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def io_target(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Issue 14's target: an async handler at 50 ms and 256 in flight reaches ≥ 0.8× the ideal."""
-    row = next(
-        (
-            r
-            for r in rows
-            if r.get("handler") == "async"
-            and r["latency_ms"] == IO_TARGET["latency_ms"]
-            and r.get("max_in_flight") == IO_TARGET["max_in_flight"]
-        ),
-        None,
-    )
+    """Issue 14's target: an async handler at 50 ms and 256 in flight reaches ≥ 0.8× the ideal
+    (the ``async/256`` variant's row when there is one: other 256 rows vary the client)."""
+    candidates = [
+        r
+        for r in rows
+        if r.get("handler") == "async"
+        and r["latency_ms"] == IO_TARGET["latency_ms"]
+        and r.get("max_in_flight") == IO_TARGET["max_in_flight"]
+    ]
+    row = next((r for r in candidates if r["variant"] == "async/256"), candidates[0] if candidates else None)
     share = None if row is None else row.get("share")
     return {
         "target": f"events/s at {IO_TARGET['latency_ms']:g} ms and {IO_TARGET['max_in_flight']} in flight / ideal",
@@ -368,6 +368,8 @@ def io_table(rows: Sequence[Mapping[str, Any]]) -> str:
         handler = IO_HANDLERS.get(
             r.get("call") or "", IO_HANDLERS["ctx.call_async" if r.get("handler") == "async" else "ctx.call"]
         )
+        if r.get("handler") == "async" and r.get("client"):
+            handler += f" ({r['client']})"
         rate = _fmt_io_rate(r.get("events_per_s")) if not r.get("note") else f"— ({str(r['note'])[:80]})"
         share = "—" if r.get("share") is None else f"{r['share']:.2f}×"
         in_flight = "—" if r.get("max_in_flight") is None else str(r["max_in_flight"])

@@ -183,11 +183,12 @@ def test_completions_signal_the_first_and_the_last() -> None:
 
 
 def test_variants_from_the_command_line() -> None:
-    parsed = io_bound.parse_variants("sync/1, async/default,async/16,async/256")
-    assert [v.name for v in parsed] == ["sync/1", "async/default", "async/16", "async/256"]
+    parsed = io_bound.parse_variants("sync/1, async/default,async/16,async/256,async/256 httpx")
+    assert [v.name for v in parsed] == ["sync/1", "async/default", "async/16", "async/256", "async/256 httpx"]
+    assert parsed[4].client == "httpx" and parsed[3].client is None
     assert parsed[2] == io_bound.Variant("async/16", "async", 16) and parsed[3] is io_bound.ASYNC_256
     for bad in ("sync/4", "async/0", "async/x", "threads/8"):
-        with pytest.raises(ValueError, match="sync/1, async/default or async/N"):
+        with pytest.raises(ValueError, match="sync/1, async/default, async/N or"):
             io_bound.parse_variants(bad)
 
 
@@ -248,3 +249,17 @@ def test_the_async_client_is_httpx_or_aiohttp() -> None:
     assert one is not two  # one session per loop, as the httpx clients
     client.close()  # both loops are gone: closed without them, no "unclosed" noise
     assert getattr(one, "closed", False) and getattr(two, "closed", False)
+
+
+def test_target_takes_the_async_256_row_not_the_one_on_another_client() -> None:
+    cases = [
+        case("async/256 httpx", 0, 90.0, 256, client="httpx"),
+        case("async/256 httpx", 50, 50.0, 256, client="httpx"),
+        case("async/256", 0, 1800.0, 256, client="aiohttp"),
+        case("async/256", 50, 1500.0, 256, client="aiohttp"),
+    ]
+    rows = report.io_rows(cases)
+    assert report.io_target(rows)["events_per_s"] == 1500.0
+    table = report.io_table(rows)
+    assert "| `async def` + `ctx.call_async` (httpx) | 256 | 50 ms | 50.0 | 90.0 | 90.0 | 0.56× |" in table
+    assert "| `async def` + `ctx.call_async` (aiohttp) | 256 | 50 ms | 1,500 |" in table
