@@ -80,22 +80,28 @@ class Released:
 
 class _JobView:
     """The state one job sees: its own writes, then the staged writes of finished, unreleased jobs
-    of its partition (an earlier input of the same key among them), then the open work's overlay
-    and the store (``base``). Its own writes are what release hands to the open work."""
+    of its partition (an earlier input of the same key among them), then the partition's current
+    open work and the store (``_Partition.base``). Its own writes are what release hands on.
 
-    __slots__ = ("base", "own", "staged")
+    The base is the partition's, not the one of the job's start: a commit may replace the open work
+    while the job runs, and the key's earlier input may be released into the new one meanwhile
+    (leaving the staged writes). Reads run on the handler's thread while the agent's thread
+    releases, so each is one dict operation: release puts into the base, then unstages."""
 
-    def __init__(self, base: StateView, staged: dict[bytes, bytes | None]) -> None:
-        self.base = base
-        self.staged = staged
+    __slots__ = ("part", "own")
+
+    def __init__(self, part: _Partition) -> None:
+        self.part = part
         self.own: dict[bytes, bytes | None] = {}
 
     def get(self, key: bytes) -> bytes | None:
-        if key in self.own:
-            return self.own[key]
-        if key in self.staged:
-            return self.staged[key]
-        return self.base.get(key)
+        own = self.own.get(key, _MISSING)
+        if own is not _MISSING:
+            return own  # type: ignore[return-value]
+        staged = self.part.staged.get(key, _MISSING)
+        if staged is not _MISSING:
+            return staged  # type: ignore[return-value]
+        return self.part.base.get(key)  # type: ignore[union-attr]
 
     def put(self, key: bytes, value: bytes | None) -> None:
         self.own[key] = value
@@ -103,13 +109,17 @@ class _JobView:
     @property
     def store(self) -> KeyValueStore:
         """The store under it (``ctx.timers()`` lists a key's timers from the store)."""
-        store: KeyValueStore = getattr(self.base, "store", None) or self.base  # type: ignore[assignment]
+        base = self.part.base
+        store: KeyValueStore = getattr(base, "store", None) or base  # type: ignore[assignment]
         return store
 
     @property
     def writes(self) -> dict[bytes, bytes | None]:
         """Every write above the store, the newest winning (``ctx.timers()`` overlays them)."""
-        return {**getattr(self.base, "writes", {}), **self.staged, **self.own}
+        return {**getattr(self.part.base, "writes", {}), **self.part.staged, **self.own}
+
+
+_MISSING = object()
 
 
 @dataclass
@@ -121,6 +131,7 @@ class _Partition:
     staged: dict[bytes, bytes | None] = field(default_factory=dict)
     owner: dict[bytes, Job] = field(default_factory=dict)
     keys: Counter[bytes] = field(default_factory=Counter)  # state keys of its unreleased handled inputs
+    base: StateView | None = None  # the open work's overlay of the partition, as of the last start or release
 
 
 class KeyedExecutor:
@@ -241,7 +252,8 @@ class KeyedExecutor:
         if base is None or part is None:  # not processed here any more: left to whoever owns it
             self.drop({job.partition})
             return
-        view = job.view = _JobView(base, part.staged)
+        part.base = base
+        view = job.view = _JobView(part)
         started = self.processor.start(view, admitted)
         if isinstance(started, HandleResult):
             self._finished(job, started)
@@ -333,6 +345,7 @@ class KeyedExecutor:
         if base is None:  # not processed here any more: left to whoever owns it
             self.drop({tp[1]})
             return
+        part.base = base  # before the puts: a concurrent read that misses the staged write finds it there
         while jobs and jobs[0].phase is _Phase.FINISHED:
             job = jobs.popleft()
             self._count -= 1

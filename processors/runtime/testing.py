@@ -127,11 +127,9 @@ class AgentDriver:
         return self.send_raw(*self._record_of(event_type, value, key, envelope, idempotency_key, correlation_id,
                                               hop_count, tenant))  # fmt: skip
 
-    def send_many(
-        self, events: Iterable[tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], str | None]], *,
-        max_in_flight: int | None = None,
-    ) -> list[DriverResult]:  # fmt: skip
-        """Hand ``events`` (event type, value[, key]) to the agent as one poll's records, handled
+    def send_many(self, events: Iterable[tuple[Any, ...]], *, max_in_flight: int | None = None) -> list[DriverResult]:
+        """Hand ``events`` (event type, value[, key[, a dict of :meth:`send`'s keyword options]]) to
+        the agent as one poll's records, handled
         with the worker's key-ordered concurrency (``max_in_flight``: default the agent's): inputs
         of different keys at once, of one key in order. Returns the results in release order (each
         partition's offset order), as the worker sends them."""
@@ -141,8 +139,8 @@ class AgentDriver:
         out: list[DriverResult] = []
         try:
             for item in events:
-                event_type, value = item[0], item[1]
-                record = self._record_of(event_type, value, item[2] if len(item) > 2 else None)
+                key, options = (item[2] if len(item) > 2 else None), (item[3] if len(item) > 3 else {})
+                record = self._record_of(item[0], item[1], key, **options)
                 while not executor.capacity:
                     out.extend(self._released(executor, view, wait_s=1.0))
                 topic, key, data, headers = record

@@ -24,6 +24,15 @@ from tests.engine.harness import REPO, assert_exact_outputs, make_env, stop_work
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
 GUARANTEES = ["at_least_once", "exactly_once"]
+# (guarantee, max_in_flight): the plain sync counter, and the async one with 16 inputs of different
+# keys at once (key-ordered concurrency must leave dedupe, DLQ decisions, retries, audit and timers
+# as they are); the at_least_once concurrent runs join the soak runs (the suite's 15-minute budget)
+MODES = [
+    ("at_least_once", 1),
+    ("exactly_once", 1),
+    pytest.param("at_least_once", 16, id="at_least_once-concurrent", marks=pytest.mark.soak),
+    pytest.param("exactly_once", 16, id="exactly_once-concurrent"),
+]
 
 
 @pytest.fixture
@@ -71,9 +80,9 @@ def test_restart_with_local_state_restores_only_the_tail(env, tmp_path, guarante
     assert any(o is not None for o in restored["counter"])
 
 
-@pytest.mark.parametrize("guarantee", GUARANTEES)
-def test_duplicates_are_dropped_counted_and_audited(env, guarantee):
-    app = env.app()
+@pytest.mark.parametrize(("guarantee", "max_in_flight"), MODES)
+def test_duplicates_are_dropped_counted_and_audited(env, guarantee, max_in_flight):
+    app = env.app(max_in_flight=max_in_flight)
     with run_agents(app, env.bootstrap, ["counter"], guarantee=guarantee) as running:
         running.publish("counter.incremented", {"name": "a", "by": 1}, idempotency_key="once")
         running.publish("counter.incremented", {"name": "a", "by": 1}, idempotency_key="once")
@@ -86,9 +95,9 @@ def test_duplicates_are_dropped_counted_and_audited(env, guarantee):
     assert dup.value["state_after"] is None and dup.value["emitted_event_ids"] == []
 
 
-@pytest.mark.parametrize("guarantee", GUARANTEES)
-def test_poison_events_go_to_the_dlq_while_the_rest_flows(env, guarantee):
-    app = env.app()
+@pytest.mark.parametrize(("guarantee", "max_in_flight"), MODES)
+def test_poison_events_go_to_the_dlq_while_the_rest_flows(env, guarantee, max_in_flight):
+    app = env.app(max_in_flight=max_in_flight)
     topic = env.topic("counter.incremented")
     good_headers = Envelope.new("counter.incremented", "/t").to_headers()
     with run_agents(app, env.bootstrap, ["counter"], guarantee=guarantee) as running:
@@ -160,9 +169,9 @@ def test_audit_records_carry_changed_fields_with_pii_redacted(env):
     assert second["state_before"] == '{"n":1,"seq":1}' and second["state_after"] == '{"n":3,"seq":2}'
 
 
-@pytest.mark.parametrize("guarantee", GUARANTEES)
-def test_timer_survives_restart_without_local_state_and_fires_once(env, tmp_path, guarantee):
-    app = env.app()
+@pytest.mark.parametrize(("guarantee", "max_in_flight"), MODES)
+def test_timer_survives_restart_without_local_state_and_fires_once(env, tmp_path, guarantee, max_in_flight):
+    app = env.app(max_in_flight=max_in_flight)
     state = tmp_path / "state"
     with run_agents(app, env.bootstrap, ["counter"], guarantee=guarantee, state_dir=state) as running:
         running.publish("counter.incremented", {"name": "t", "by": 1000})  # schedules "nudge" in 1 s
@@ -178,7 +187,8 @@ def test_timer_survives_restart_without_local_state_and_fires_once(env, tmp_path
         assert len(read_topic(env.bootstrap, env.topic("counter.total"), None)) == 1, "the timer fired twice"
 
 
-@pytest.mark.parametrize("guarantee", GUARANTEES)
+# at_least_once (whose outputs are not held to a commit) joins the soak runs: the suite's budget
+@pytest.mark.parametrize("guarantee", [pytest.param("at_least_once", marks=pytest.mark.soak), "exactly_once"])
 def test_a_lone_event_is_handled_without_waiting_out_the_poll_timeout(env, guarantee):
     """A batch is what has arrived once one record is there (plus a few ms of linger): an event on a
     quiet topic is not held until ``batch_size`` records or the poll timeout (5 s here) come along,

@@ -14,7 +14,7 @@ import pytest
 from processors.runtime import App, AppError, Reject, RetryPolicy
 from processors.runtime._concurrency import KeyedExecutor
 from processors.runtime.agent import DEFAULT_MAX_IN_FLIGHT
-from processors.runtime.state import BatchView, MemoryStore
+from processors.runtime.state import BatchView, MemoryStore, keys
 from processors.runtime.testing import AgentDriver
 from tests.engine.app import CONTRACTS, SCHEMAS
 
@@ -264,3 +264,117 @@ def test_concurrency_needs_an_async_handler_or_threads():
     assert app.agents["t"].concurrency() == DEFAULT_MAX_IN_FLIGHT
     assert app.agents["s"].concurrency() == 1
     assert app.agents["a"].concurrency(7) == 7
+
+
+def test_the_loop_guard_and_contracts_judge_inputs_before_they_run_concurrently():
+    driver = AgentDriver(sequenced_app(Gauge()), "seq")
+    events = [
+        ("counter.incremented", {"name": "a", "by": 1}, "a"),
+        ("counter.incremented", {"name": "b", "by": 1}, "b", {"hop_count": 500}),
+        ("counter.incremented", {"name": "a", "by": 2}, "a"),
+    ]
+    results = driver.send_many(events, max_in_flight=8)
+    outcomes = {(r.raw.key, r.outcome, r.reason) for r in results}
+    assert outcomes == {(b"a", "PROCESSED", None), (b"b", "DEAD_LETTERED", "loop")}
+    assert driver.state("a") == {"last": 2}
+
+
+def test_a_dropped_coroutine_is_cancelled():
+    app = App("concurrency-test", contracts_dir=CONTRACTS, schemas_dir=SCHEMAS)
+    started, cancelled = threading.Event(), threading.Event()
+
+    @app.agent("hang", consumes=["counter.incremented"], max_in_flight=2, routing="any")
+    async def hang(event, ctx):
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    driver = AgentDriver(app, "hang", partition=0)
+    view = BatchView(MemoryStore())
+    executor = KeyedExecutor(driver.processor, 2, lambda _p: view)
+    t, k, d, h = driver._record_of("counter.incremented", {"name": "x", "by": 1}, "x")
+    executor.submit(t, 0, 0, driver.processor.admit(t, 0, 0, k, d, h))
+    assert started.wait(10)
+    assert executor.drop([0]) == {(t, 0): 0}
+    assert cancelled.wait(10), "the handler of a dropped input went on running"
+    assert executor.collect(0.2) == 0 and executor.take_released() == []  # its end is ignored
+    executor.close()
+
+
+def test_a_due_timer_waits_while_an_input_of_its_key_is_in_flight():
+    from processors.runtime._commit import Batch
+    from processors.runtime._housekeeping import Housekeeping, HousekeepingOptions
+    from processors.runtime.metrics import AgentMetrics
+
+    app = App("concurrency-test", contracts_dir=CONTRACTS, schemas_dir=SCHEMAS)
+
+    def on_timer(timer, ctx):
+        ctx.state["fired"] = True
+
+    @app.agent("t", consumes=["counter.incremented"], on_timer=on_timer, max_in_flight=2)
+    async def t(event, ctx):
+        pass
+
+    driver = AgentDriver(app, "t", now_ms=1_000_000)
+    store = MemoryStore()
+    for name in ("busy", "free"):
+        store.apply({keys.timer_key(name.encode(), "nudge"): keys.pack_u64(10) + b"{}"})
+    housekeeping = Housekeeping(driver.processor, {0: store}, AgentMetrics("t"), HousekeepingOptions())
+    batch = Batch({0: store})
+    fired: list = []
+    housekeeping.fire_timers(batch, fired.append, lambda p, key: key == b"busy")
+    assert len(fired) == 1
+    view = batch.views[0]
+    assert view.get(keys.state_key(b"free")) is not None
+    assert view.get(keys.state_key(b"busy")) is None  # left due: fired once its key is free
+    assert view.get(keys.timer_key(b"busy", "nudge")) is not None
+
+
+def test_an_input_reads_its_keys_state_from_the_open_work_a_commit_put_there():
+    """A key's earlier input finished but waited behind a slow input of another key; a commit
+    replaced the open work; then it was released into the new one. The key's next input, still
+    running, must read that state (it left the staged writes for the new open work)."""
+    app = App("concurrency-test", contracts_dir=CONTRACTS, schemas_dir=SCHEMAS)
+    gates = {"slow": threading.Event(), "retry": threading.Event()}
+    attempts: dict[int, int] = {}
+
+    @app.agent("gate", consumes=["counter.incremented"], routing="any", max_in_flight=4, transient=(Flaky,),
+               retry=RetryPolicy(max_attempts=3, base_delay_s=0.001, max_delay_s=0.001, max_elapsed_s=30))  # fmt: skip
+    async def gate(event, ctx):
+        name, by = event.value["name"], event.value["by"]
+        if name == "slow":
+            while not gates["slow"].is_set():
+                await asyncio.sleep(0.005)
+        if by == 2 and attempts.setdefault(by, 0) == 0:
+            attempts[by] = 1
+            while not gates["retry"].is_set():
+                await asyncio.sleep(0.005)
+            raise Flaky("once")
+        ctx.state["n"] = ctx.state.get("n", 0) + 1
+
+    driver = AgentDriver(app, "gate", partition=0)
+    store = MemoryStore()
+    views = [BatchView(store)]
+    executor = KeyedExecutor(driver.processor, 4, lambda _p: views[-1])
+    proc = driver.processor
+    for offset, (name, by) in enumerate([("slow", 1), ("a", 1), ("a", 2)]):
+        t, k, d, h = driver._record_of("counter.incremented", {"name": name, "by": by}, name)
+        executor.submit(t, 0, offset, proc.admit(t, 0, offset, k, d, h))
+    deadline = time.monotonic() + 10
+    while not attempts and time.monotonic() < deadline:  # "a" 1 finished, "a" 2 in its first attempt
+        executor.collect(0.05)
+    assert attempts and executor.take_released() == []
+    store.apply(views[-1].writes)  # the commit: the open work written, a new one opened
+    views.append(BatchView(store))
+    gates["slow"].set()
+    while len(executor.take_released() or []) == 0 and time.monotonic() < deadline:
+        executor.collect(0.05)
+    gates["retry"].set()
+    while executor.busy and time.monotonic() < deadline:
+        executor.collect(0.05)
+    executor.take_released()
+    executor.close()
+    assert views[-1].get(keys.state_key(b"a")) == b'{"n":2}'

@@ -85,3 +85,16 @@ def test_startup_wait_is_seconds_from_file_or_environment(tmp_path: Path):
         Settings.load(env={"CHOREO_STARTUP_WAIT_S": "soon"})
     with pytest.raises(SettingsError, match="startup_wait_s: must be 0"):
         Settings.load(env={"CHOREO_STARTUP_WAIT_S": "-1"})
+
+
+def test_an_agents_max_in_flight_comes_from_the_file_or_the_environment(tmp_path):
+    config = tmp_path / "choreo.toml"
+    config.write_text("[agents.order-payments]\nmax_in_flight = 32\n")
+    assert Settings.load(config, env={}).max_in_flight("order-payments") == 32
+    env = {"CHOREO_AGENT_ORDER_PAYMENTS__MAX_IN_FLIGHT": "128"}
+    assert Settings.load(config, env=env).max_in_flight("order-payments") == 128
+    assert Settings.load(env={}).max_in_flight("order-payments") is None
+    with pytest.raises(SettingsError, match="max_in_flight: must be a whole number of at least 1, got '0'"):
+        Settings.load(env={"CHOREO_AGENT_X__MAX_IN_FLIGHT": "0"})
+    with pytest.raises(SettingsError, match="agents.x: unknown setting"):
+        Settings.load(env={"CHOREO_AGENT_X__MAX_INFLIGHT": "3"})
