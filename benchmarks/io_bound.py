@@ -788,7 +788,7 @@ def main() -> int:
         plan.variants = args.variants
     if args.async_client:
         plan.async_client = args.async_client
-    if args.latencies:
+    if args.latencies is not None:  # "" for none: the 0 ms cases alone
         plan.latencies_ms = [float(x) for x in args.latencies.split(",") if x.strip()]
     args.root.mkdir(parents=True, exist_ok=True)
     if args.only_flow:
