@@ -5,4 +5,9 @@
 `processors.agents` is the reference commerce choreography built on the engine's public API.
 """
 
+from processors import _native
+
 __version__ = "0.1.0"
+
+# Before any hot-path module is imported: compiled or pure-Python builds (see processors/_native.py).
+_native.install()

@@ -7,12 +7,19 @@ declined as fraud, an amount above the limit is declined for insufficient funds,
 cards are expired, and `tok_silent` cards never get a decision (the PSP answers "pending"; the
 order's timeout must cancel the order).
 
-Both take the call's idempotency key (``ctx.call`` hands it over): a repeated key returns the
-first answer and never charges twice, which is what makes a replayed handler safe at the PSP.
+Both take the call's idempotency key (``ctx.call`` and ``ctx.call_async`` hand it over): a
+repeated key returns the first answer and never charges twice, which is what makes a replayed
+handler safe at the PSP. Each has sync methods (``authorize``, ``refund``) for a sync handler's
+``ctx.call`` and async ones (``authorize_async``, ``refund_async``) for an async handler's
+``await ctx.call_async``: the HTTP gateway's sync methods go through a pooled keep-alive
+:class:`httpx.Client`, its async ones through one pooled keep-alive :class:`aiohttp.ClientSession`
+per event loop (:class:`~processors.services.client.LoopSessions`; why aiohttp there is in that
+module), with one error mapping for both (:mod:`processors.services.client`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import threading
@@ -24,6 +31,7 @@ from typing import Any, Protocol
 import httpx
 
 from processors.errors import ChoreoError
+from processors.services.client import LoopSessions, post_idempotent, post_idempotent_async, session_factory
 
 PSP_URL_ENV = "CHOREO_PSP_URL"
 PSP_TIMEOUT_ENV = "CHOREO_PSP_TIMEOUT_S"
@@ -63,6 +71,14 @@ class PaymentGateway(Protocol):
 
     def refund(self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = ...) -> None: ...
 
+    async def authorize_async(
+        self, order_id: str, amount_minor: int, card_token: str, currency: str = ..., idempotency_key: str = ...
+    ) -> Authorization | None: ...
+
+    async def refund_async(
+        self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = ...
+    ) -> None: ...
+
 
 def decide(rules: GatewayRules, amount_minor: int, card_token: str) -> Authorization | None:
     """The PSP's decision, None for a card that never gets one. ``payment_id`` is left empty: the
@@ -98,109 +114,130 @@ class SimulatedPaymentGateway:
     ) -> Authorization | None:
         """Authorize and capture ``amount_minor`` for ``order_id``. Returns None when the PSP never
         decides (silent cards); raises GatewayUnavailable on a simulated transient failure."""
-        self._call()
+        failing = self._call()
+        if self.rules.latency_s:
+            time.sleep(self.rules.latency_s)
+        return self._authorized(failing, order_id, amount_minor, card_token, idempotency_key)
+
+    async def authorize_async(
+        self, order_id: str, amount_minor: int, card_token: str, currency: str = "EUR", idempotency_key: str = ""
+    ) -> Authorization | None:
+        """:meth:`authorize` for an async handler: the latency is awaited, never slept."""
+        failing = self._call()
+        if self.rules.latency_s:
+            await asyncio.sleep(self.rules.latency_s)
+        return self._authorized(failing, order_id, amount_minor, card_token, idempotency_key)
+
+    def refund(self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = "") -> None:
+        failing = self._call()
+        if self.rules.latency_s:
+            time.sleep(self.rules.latency_s)
+        self._refunded(failing, order_id, idempotency_key)
+
+    async def refund_async(self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = "") -> None:
+        failing = self._call()
+        if self.rules.latency_s:
+            await asyncio.sleep(self.rules.latency_s)
+        self._refunded(failing, order_id, idempotency_key)
+
+    def _call(self) -> bool:
+        """Count the call; whether it fails (decided before the latency, as a PSP that times out)."""
         with self._lock:
-            if idempotency_key and idempotency_key in self._answers:
-                return self._answers[idempotency_key]
+            self.calls += 1
+            return self._random.random() < self.rules.transient_failure_rate
+
+    def _authorized(
+        self, failing: bool, order_id: str, amount_minor: int, card_token: str, key: str
+    ) -> Authorization | None:
+        if failing:
+            raise GatewayUnavailable("payment gateway timed out (simulated)")
+        with self._lock:
+            if key and key in self._answers:
+                return self._answers[key]
         decision = decide(self.rules, amount_minor, card_token)
         answer = (
             None if decision is None else Authorization(decision.approved, f"pay_{order_id}", decision.decline_reason)
         )
         with self._lock:
+            if key and key in self._answers:  # another thread answered this key meanwhile: its answer stands
+                return self._answers[key]
             if answer is not None and answer.approved:
                 self.charges[order_id] = self.charges.get(order_id, 0) + 1
-            if idempotency_key:
-                self._answers[idempotency_key] = answer
+            if key:
+                self._answers[key] = answer
         return answer
 
-    def refund(self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = "") -> None:
-        self._call()
-        with self._lock:
-            if idempotency_key and idempotency_key in self._answers:
-                return
-            self.refunds[order_id] = self.refunds.get(order_id, 0) + 1
-            if idempotency_key:
-                self._answers[idempotency_key] = None
-
-    def _call(self) -> None:
-        with self._lock:
-            self.calls += 1
-            failing = self._random.random() < self.rules.transient_failure_rate
-        if self.rules.latency_s:
-            time.sleep(self.rules.latency_s)
+    def _refunded(self, failing: bool, order_id: str, key: str) -> None:
         if failing:
             raise GatewayUnavailable("payment gateway timed out (simulated)")
+        with self._lock:
+            if key and key in self._answers:
+                return
+            self.refunds[order_id] = self.refunds.get(order_id, 0) + 1
+            if key:
+                self._answers[key] = None
 
 
 class HttpPaymentGateway:
-    """The PSP service over HTTP: one pooled keep-alive client (thread-safe), a timeout per request.
+    """The PSP service over HTTP: a pooled keep-alive client for the sync methods (thread-safe), one
+    per event loop for the async ones (made on the loop's first call), a timeout per request.
     Errors name the endpoint and the PSP's error code, never the request (it has the card token)."""
 
-    def __init__(self, base_url: str, timeout_s: float = 5.0, max_connections: int = 32) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 5.0, max_connections: int = 64) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        )
+        timeout = httpx.Timeout(timeout_s)
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._client = httpx.Client(base_url=self.base_url, timeout=timeout, limits=limits)
+        self._async = LoopSessions(session_factory(self.base_url, timeout_s, max_connections))
 
     def authorize(
         self, order_id: str, amount_minor: int, card_token: str, currency: str = "EUR", idempotency_key: str = ""
     ) -> Authorization | None:
-        body = {"order_id": order_id, "amount_minor": amount_minor, "currency": currency, "card_token": card_token}
-        status, answer = self._post("/v1/charges", body, idempotency_key)
-        if status == 202:
-            return None
-        return Authorization(answer["status"] == "approved", answer["payment_id"], answer.get("decline_reason"))
+        body = _charge_body(order_id, amount_minor, card_token, currency)
+        return _authorization(*self._post("/v1/charges", body, idempotency_key))
+
+    async def authorize_async(
+        self, order_id: str, amount_minor: int, card_token: str, currency: str = "EUR", idempotency_key: str = ""
+    ) -> Authorization | None:
+        body = _charge_body(order_id, amount_minor, card_token, currency)
+        return _authorization(*await self._post_async("/v1/charges", body, idempotency_key))
 
     def refund(self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = "") -> None:
         self._post("/v1/refunds", {"payment_id": payment_id, "amount_minor": amount_minor}, idempotency_key)
+
+    async def refund_async(self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = "") -> None:
+        await self._post_async("/v1/refunds", {"payment_id": payment_id, "amount_minor": amount_minor}, idempotency_key)
 
     def ledger(self, order_prefix: str = "") -> dict[str, Any]:
         response = self._client.get("/v1/ledger", params={"order_prefix": order_prefix})
         response.raise_for_status()
         return response.json()
 
+    async def aclose(self) -> None:
+        """Close the running loop's async session (the sync client stays open)."""
+        await self._async.aclose()
+
     def close(self) -> None:
+        """Close the sync client and every async one whose loop still runs."""
         self._client.close()
+        self._async.close()
 
     def _post(self, path: str, body: dict[str, Any], key: str) -> tuple[int, dict[str, Any]]:
         return post_idempotent(self._client, path, body, key, GatewayUnavailable, GatewayRejected)
 
-
-def post_idempotent(
-    client: httpx.Client,
-    path: str,
-    body: dict[str, Any],
-    key: str,
-    unavailable: type[Exception],
-    rejected: type[Exception],
-) -> tuple[int, dict[str, Any]]:
-    """POST under an Idempotency-Key, mapped to the caller's errors: no answer, 5xx or 409
-    in progress → ``unavailable`` (retry with the same key); another 4xx → ``rejected``."""
-    if not key:
-        raise rejected(f"{path}: an idempotency key is required (call it through ctx.call)")
-    try:
-        response = client.post(path, json=body, headers={"Idempotency-Key": key})
-    except httpx.TimeoutException:
-        raise unavailable(f"{path}: no answer in time") from None
-    except httpx.TransportError as exc:
-        raise unavailable(f"{path}: {type(exc).__name__}") from None
-    code = _error_code(response)
-    if response.status_code >= 500 or code == "request_in_progress":
-        raise unavailable(f"{path}: {response.status_code} {code}")
-    if response.status_code >= 400:
-        raise rejected(f"{path}: {response.status_code} {code}")
-    return response.status_code, response.json()
+    async def _post_async(self, path: str, body: dict[str, Any], key: str) -> tuple[int, dict[str, Any]]:
+        return await post_idempotent_async(self._async.get(), path, body, key, GatewayUnavailable, GatewayRejected)
 
 
-def _error_code(response: httpx.Response) -> str:
-    if response.status_code < 400:
-        return ""
-    try:
-        return str(response.json()["error"]["code"])[:64]
-    except Exception:  # noqa: BLE001 - a proxy's HTML page: the status says enough
-        return "unreadable error"
+def _charge_body(order_id: str, amount_minor: int, card_token: str, currency: str) -> dict[str, Any]:
+    return {"order_id": order_id, "amount_minor": amount_minor, "currency": currency, "card_token": card_token}
+
+
+def _authorization(status: int, answer: dict[str, Any]) -> Authorization | None:
+    """The PSP's answer to a charge: None for 202 pending (a card that never gets a decision)."""
+    if status == 202:
+        return None
+    return Authorization(answer["status"] == "approved", answer["payment_id"], answer.get("decline_reason"))
 
 
 def payment_gateway(rules: GatewayRules, env: Mapping[str, str] | None = None) -> PaymentGateway:

@@ -54,14 +54,21 @@ def installed_version() -> str:
 
 def _print_version(value: bool) -> None:
     if value:
+        from processors._native import summary
+
         typer.echo(f"{DISTRIBUTION} {installed_version()}")
+        typer.echo(summary())  # which build of the per-record modules runs: compiled or pure Python
         raise typer.Exit(0)
 
 
 @app.callback()
 def _root(
     version: bool = typer.Option(
-        False, "--version", callback=_print_version, is_eager=True, help="Print the installed version and exit."
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the installed version and whether the hot path is compiled, and exit.",
     ),
 ) -> None:
     """choreo-streams: choreographed Kafka stream agents, contracts, tooling and a local broker."""

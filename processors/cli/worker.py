@@ -15,6 +15,7 @@ one metrics port for all.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -141,6 +142,9 @@ def worker(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     configure_logging(settings.log_level)
+    from processors._native import summary
+
+    logging.getLogger("choreo.worker").info(summary())  # compiled or pure-Python hot path, and why
     the_app = load_app(app)
     the_app.configure(settings)
     require_contracts(the_app, settings, "check --app, and contracts_dir in choreo.toml or CHOREO_CONTRACTS_DIR")

@@ -7,10 +7,11 @@ so a retried attempt starts from the same state and a failed one leaves no trace
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -231,14 +232,55 @@ class Context:
         replay hands the callee the same key. A refused or timed-out call raises
         :class:`~processors.runtime.dependencies.DependencyUnavailable` and an open breaker
         :class:`~processors.runtime.retry.CircuitOpenError`; the engine retries both with backoff."""
+        if _on_a_running_loop():
+            _warn_blocking_call(self._services.agent, dependency)
+        return self._services.dependencies.invoke(dependency, self._next_call_key(dependency), fn, args, kwargs)
+
+    def call_async(
+        self, dependency: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+    ) -> Coroutine[Any, Any, T]:
+        """``await ctx.call_async(dependency, fn, ...)``: :meth:`call` for an async ``fn``, from an
+        async handler. The same key (the ordinal counter per dependency is the one ``call`` uses,
+        taken when ``call_async`` is called, not when it is awaited, so calls gathered at once get
+        their ordinals in the order they were made) and the same limits, with waits that never
+        block the loop and a timeout that cancels ``fn`` (it sees :class:`asyncio.CancelledError`)."""
+        return self._services.dependencies.invoke_async(dependency, self._next_call_key(dependency), fn, args, kwargs)
+
+    def _next_call_key(self, dependency: str) -> str:
+        """The idempotency key of this handling's next call to ``dependency`` (its ordinal counted
+        here, shared by ``call`` and ``call_async``)."""
         try:
             counts = self._call_counts
         except AttributeError:
             counts = self._call_counts = {}
         ordinal = counts.get(dependency, 0)
         counts[dependency] = ordinal + 1
-        key = call_key(self.envelope.idempotency_key, self._services.agent, dependency, ordinal)
-        return self._services.dependencies.invoke(dependency, key, fn, args, kwargs)
+        return call_key(self.envelope.idempotency_key, self._services.agent, dependency, ordinal)
+
+
+_warned_blocking: set[tuple[str, str]] = set()
+
+
+def _on_a_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _warn_blocking_call(agent: str, dependency: str) -> None:
+    """A sync ``ctx.call`` from an ``async def`` handler blocks the agent's loop, so no other input
+    of the agent runs while it waits: said once per agent and dependency, not refused (it works,
+    only without concurrency)."""
+    if (agent, dependency) in _warned_blocking:
+        return
+    _warned_blocking.add((agent, dependency))
+    logging.getLogger("choreo.runtime").warning(
+        "ctx.call from an async def handler blocks every other input of the agent while it waits; "
+        "use await ctx.call_async",
+        extra={"agent": agent, "dependency": dependency},
+    )
 
 
 __all__ = ["AgentServices", "Context", "EmitError", "Emitted", "InvalidStateError", "TimerError"]

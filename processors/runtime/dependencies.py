@@ -20,23 +20,33 @@ Limits come from the agent's declaration (a :class:`DependencyPolicy` in ``depen
 then from settings (``[dependencies.<name>]`` in the file, ``CHOREO_DEPENDENCY_<NAME>__<LIMIT>`` in
 the environment), which win. Each configured limit and every call's outcome are Prometheus metrics.
 
-A timeout is enforced by running the call in a thread of the dependency's own pool and waiting at
-most ``timeout_s``: Python cannot stop a blocking call, so a call cut by its timeout still runs to
-its end in that thread and keeps its bulkhead slot until then (which is what bounds the calls a slow
-dependency can pile up). A sync handler uses all of this today; an awaitable ``ctx.call_async``
-would reuse the key, the bucket and the breaker with ``asyncio`` primitives once the engine runs
-async handlers (issue 14 item 1).
+A sync call (``ctx.call``) enforces its timeout by running in a thread of the dependency's own
+pool and waiting at most ``timeout_s``: Python cannot stop a blocking call, so a call cut by its
+timeout still runs to its end in that thread and keeps its bulkhead slot until then (which is what
+bounds the calls a slow dependency can pile up). ``ctx.call`` is safe from many threads at once (a
+``threads=True`` agent): the bucket, the bulkhead and the breaker each guard their state with a lock.
+
+An async call (``await ctx.call_async``) gets the same key (one ordinal counter per dependency is
+shared by both), the same limits and the same metrics with ``asyncio`` means: its timeout cancels
+the call for real (the callee sees :class:`asyncio.CancelledError` and its slot is free at once),
+waits for a token, a slot or a backoff are ``await asyncio.sleep`` and never block the loop, and
+the bulkhead is an :class:`asyncio.Semaphore`. The engine runs an agent session's handlers on one
+event loop and gives a replaced session a new one, so the semaphore is made lazily for each running
+loop, never at import or declaration time; ``max_concurrency`` therefore bounds the async calls of
+one loop (one agent session), and the sync calls of all threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, fields, replace
@@ -71,8 +81,11 @@ def call_key_reference(cause_key: str, agent: str, dependency: str, ordinal: int
 # ---------------------------------------------------------------------- errors
 class DependencyUnavailable(CircuitOpenError):
     """The call did not reach the dependency or did not finish in time (timeout, bulkhead full,
-    rate limit). It derives from :class:`CircuitOpenError` because that is the type the engine
-    always treats as transient: the handler is retried with backoff like under an open circuit."""
+    rate limit): transient, the handler is retried with backoff like under an open circuit.
+
+    It still derives from :class:`CircuitOpenError` only because the engine's transient set names
+    that type alone; once the engine takes :data:`TRANSIENT_CALL_ERRORS` (both types by name) the
+    base class can become :class:`~processors.errors.ChoreoError`."""
 
     reason = "unavailable"
 
@@ -92,6 +105,11 @@ class DependencyBusy(DependencyUnavailable):
 
 class DependencyThrottled(DependencyUnavailable):
     reason = "throttled"
+
+
+# What the engine must always treat as transient, whatever the agent declares: an open circuit and
+# a call refused or cut by its limits.
+TRANSIENT_CALL_ERRORS: tuple[type[BaseException], ...] = (CircuitOpenError, DependencyUnavailable)
 
 
 # ---------------------------------------------------------------------- policy
@@ -221,31 +239,74 @@ class TokenBucket:
 
 
 class Bulkhead:
-    """At most ``size`` calls in flight; a call waits up to ``max_wait_s`` for a slot."""
+    """At most ``size`` calls in flight; a call waits up to ``max_wait_s`` for a slot. Sync calls
+    (from any number of threads) share one :class:`threading.BoundedSemaphore`; async calls share
+    an :class:`asyncio.Semaphore` per running event loop, made on the loop's first call (a
+    semaphore is bound to its loop). ``in_flight`` counts both."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._slots = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
+        self._loop_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
         self.in_flight = 0
 
     def acquire(self, max_wait_s: float) -> bool:
         if not self._slots.acquire(timeout=max_wait_s):
             return False
-        with self._lock:
-            self.in_flight += 1
+        self._count(1)
         return True
 
     def release(self) -> None:
-        with self._lock:
-            self.in_flight -= 1
+        self._count(-1)
         self._slots.release()
+
+    async def acquire_async(self, max_wait_s: float) -> bool:
+        """A slot of the running loop's semaphore, waiting at most ``max_wait_s`` without blocking
+        the loop; False when none came in time."""
+        slots = self._semaphore()
+        if slots.locked():
+            if max_wait_s <= 0:
+                return False
+            try:
+                async with asyncio.timeout(max_wait_s):
+                    await slots.acquire()
+            except TimeoutError:
+                return False
+        else:
+            await slots.acquire()  # free and nobody queued: taken without suspending
+        self._count(1)
+        return True
+
+    def release_async(self) -> None:
+        """Give back the slot :meth:`acquire_async` took, on the same loop."""
+        self._count(-1)
+        self._semaphore().release()
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            slots = self._loop_slots.get(loop)
+            if slots is None:
+                # A semaphore that waited holds its loop, so its entry outlives the loop: drop those
+                # of closed loops (replaced agent sessions) now.
+                for closed in [old for old in self._loop_slots if old.is_closed()]:
+                    del self._loop_slots[closed]
+                slots = self._loop_slots[loop] = asyncio.Semaphore(self.size)
+            return slots
+
+    def _count(self, change: int) -> None:
+        with self._lock:
+            self.in_flight += change
 
 
 # ---------------------------------------------------------------------- metrics
 CALLS = Counter(
     "choreo_dependency_calls_total",
-    "Attempts of calls to an external dependency, by outcome (ok, error, timeout, busy, throttled, open)",
+    "Attempts of calls to an external dependency, by outcome (ok, error, timeout, busy, throttled, open, "
+    "cancelled: an async call whose handler was cancelled)",
     ["agent", "dependency", "outcome"],
 )
 CALL_SECONDS = Histogram(
@@ -277,8 +338,13 @@ def takes_key(fn: Callable[..., Any]) -> bool:
 
 
 # ---------------------------------------------------------------------- one dependency
+OUTCOMES = ("ok", "error", "timeout", "busy", "throttled", "open", "cancelled")
+
+
 class Dependency:
-    """One declared dependency of one agent: its breaker, bucket, bulkhead, timeout and retries."""
+    """One declared dependency of one agent: its breaker, bucket, bulkhead, timeout and retries,
+    for sync calls (:meth:`call`, from any thread) and async ones (:meth:`call_async`, on any
+    running loop). Nothing loop-bound is made before a call runs on its loop."""
 
     def __init__(
         self,
@@ -289,6 +355,7 @@ class Dependency:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[float, float], float] = random.uniform,
+        async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.agent = agent
         self.name = name
@@ -296,57 +363,43 @@ class Dependency:
         self.policy = policy
         self._clock = clock
         self._sleep = sleep
+        self._async_sleep = async_sleep
         self._rng = rng
         self.bucket = TokenBucket(policy.rate_per_s, policy.bucket_size, clock) if policy.rate_per_s else None
         self.bulkhead = Bulkhead(policy.max_concurrency) if policy.max_concurrency else None
         self._pool: ThreadPoolExecutor | None = None
-        self._outcomes = {o: CALLS.labels(agent, name, o) for o in ("ok", "error", "timeout", "busy", "throttled")}
-        self._outcomes["open"] = CALLS.labels(agent, name, "open")
+        self._outcomes = {o: CALLS.labels(agent, name, o) for o in OUTCOMES}
         self._seconds = CALL_SECONDS.labels(agent, name)
         self._in_flight = IN_FLIGHT.labels(agent, name)
         self._retries = RETRIES.labels(agent, name)
         for limit, value in policy.limits().items():
             LIMIT.labels(agent, name, limit).set(value)
 
+    # ------------------------------------------------------------------ sync
     def call(self, key: str | None, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         """``fn(*args, **kwargs)`` (plus ``idempotency_key=key`` when ``fn`` takes it) within the
         limits, retried in place with the same key on a transient failure."""
-        if key is not None and KEY_PARAMETER not in kwargs and takes_key(fn):
-            kwargs = {**kwargs, KEY_PARAMETER: key}
-        retry, started, attempt = self.policy.retry, self._clock(), 1
+        kwargs = self._keyed(key, fn, kwargs)
+        started, attempt = self._clock(), 1
         while True:
             try:
                 return self._attempt(fn, args, kwargs)
             except Exception as exc:
-                if not self._retryable(exc) or attempt >= retry.max_attempts:
-                    raise
-                delay = retry.backoff(attempt, self._rng)
-                if self._clock() - started + delay > retry.max_elapsed_s:
+                delay = self._retry_delay(exc, attempt, started)
+                if delay is None:
                     raise
                 self._retries.inc()
                 self._sleep(delay)
                 attempt += 1
 
-    def _retryable(self, exc: Exception) -> bool:
-        if isinstance(exc, DependencyUnavailable):
-            return True
-        if isinstance(exc, CircuitOpenError):
-            return False  # open: retrying in place would only hammer the breaker
-        return isinstance(exc, self.policy.retry_on)
-
     def _attempt(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         policy = self.policy
-        if self.bucket is not None:
-            wait = self.bucket.reserve(policy.max_wait_s)
-            if wait is None:
-                self._outcomes["throttled"].inc()
-                raise DependencyThrottled(self.name, f"rate limit of {policy.rate_per_s}/s reached", policy.max_wait_s)
-            if wait > 0:
-                self._sleep(wait)
+        wait = self._token_wait()
+        if wait > 0:
+            self._sleep(wait)
         bulkhead = self.bulkhead
         if bulkhead is not None and not bulkhead.acquire(policy.max_wait_s):
-            self._outcomes["busy"].inc()
-            raise DependencyBusy(self.name, f"all {bulkhead.size} concurrent calls in flight", policy.max_wait_s)
+            raise self._busy(bulkhead)
         self._in_flight.inc()
         start = self._clock()
         handed_over: list[bool] = []  # set once a pool thread owns the slot: it releases it at the call's end
@@ -355,14 +408,8 @@ class Dependency:
                 result = self.breaker.call(fn, *args, **kwargs)
             else:
                 result = self.breaker.call(self._within_timeout, policy.timeout_s, handed_over, fn, args, kwargs)
-        except DependencyTimeout:
-            self._outcomes["timeout"].inc()
-            raise
-        except CircuitOpenError:
-            self._outcomes["open"].inc()
-            raise
-        except BaseException:
-            self._outcomes["error"].inc()
+        except BaseException as exc:
+            self._outcomes[_outcome_of(exc)].inc()
             raise
         finally:
             self._seconds.observe(self._clock() - start)
@@ -394,9 +441,122 @@ class Dependency:
             self.bulkhead.release()
 
     def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None:
+        if self._pool is None:  # a race only builds the same pool twice: _pool_for hands out one
             self._pool = _pool_for(self.agent, self.name, self.policy.max_concurrency or DEFAULT_POOL_THREADS)
         return self._pool
+
+    # ------------------------------------------------------------------ async
+    async def call_async(
+        self, key: str | None, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        """:meth:`call` for an async ``fn``, on the running loop: the same key, limits, retries and
+        metrics; every wait is an ``await``, and the timeout cancels the call."""
+        kwargs = self._keyed(key, fn, kwargs)
+        started, attempt = self._clock(), 1
+        while True:
+            try:
+                return await self._attempt_async(fn, args, kwargs)
+            except Exception as exc:
+                delay = self._retry_delay(exc, attempt, started)
+                if delay is None:
+                    raise
+                self._retries.inc()
+                await self._async_sleep(delay)
+                attempt += 1
+
+    async def _attempt_async(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+        policy = self.policy
+        wait = self._token_wait()
+        if wait > 0:
+            await self._async_sleep(wait)
+        bulkhead = self.bulkhead
+        if bulkhead is not None and not await bulkhead.acquire_async(policy.max_wait_s):
+            raise self._busy(bulkhead)
+        self._in_flight.inc()
+        start = self._clock()
+        try:
+            result = await self.breaker.call_async(self._awaited, policy.timeout_s, fn, args, kwargs)
+        except BaseException as exc:
+            self._outcomes[_outcome_of(exc)].inc()
+            raise
+        finally:
+            self._seconds.observe(self._clock() - start)
+            self._in_flight.dec()
+            if bulkhead is not None:
+                bulkhead.release_async()
+        self._outcomes["ok"].inc()
+        return result
+
+    async def _awaited(
+        self, timeout_s: float | None, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        awaitable = fn(*args, **kwargs)
+        if not inspect.isawaitable(awaitable):
+            raise TypeError(
+                f"ctx.call_async({self.name!r}, ...) needs an async function; "
+                f"{getattr(fn, '__qualname__', type(fn).__name__)} returned {type(awaitable).__name__} "
+                "(call a sync function with ctx.call)"
+            )
+        if timeout_s is None:
+            return await awaitable
+        deadline = asyncio.timeout(timeout_s)
+        try:
+            async with deadline:
+                return await awaitable
+        except TimeoutError:
+            if deadline.expired():  # ours: the call was cancelled; a TimeoutError of the callee's own propagates
+                raise DependencyTimeout(self.name, f"no answer within {timeout_s:g}s") from None
+            raise
+
+    # ------------------------------------------------------------------ shared by both
+    def _keyed(self, key: str | None, fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        if key is not None and KEY_PARAMETER not in kwargs and takes_key(fn):
+            return {**kwargs, KEY_PARAMETER: key}
+        return kwargs
+
+    def _retry_delay(self, exc: Exception, attempt: int, started: float) -> float | None:
+        """The backoff before the next in-place attempt, or None to give up and raise ``exc``."""
+        retry = self.policy.retry
+        if not self._retryable(exc) or attempt >= retry.max_attempts:
+            return None
+        delay = retry.backoff(attempt, self._rng)
+        if self._clock() - started + delay > retry.max_elapsed_s:
+            return None
+        return delay
+
+    def _retryable(self, exc: Exception) -> bool:
+        if isinstance(exc, DependencyUnavailable):
+            return True
+        if isinstance(exc, CircuitOpenError):
+            return False  # open: retrying in place would only hammer the breaker
+        return isinstance(exc, self.policy.retry_on)
+
+    def _token_wait(self) -> float:
+        """Seconds to wait for the bucket's token (0.0 without a rate limit); raises
+        :class:`DependencyThrottled` when the wait would exceed ``max_wait_s``."""
+        if self.bucket is None:
+            return 0.0
+        wait = self.bucket.reserve(self.policy.max_wait_s)
+        if wait is None:
+            self._outcomes["throttled"].inc()
+            policy = self.policy
+            raise DependencyThrottled(self.name, f"rate limit of {policy.rate_per_s}/s reached", policy.max_wait_s)
+        return wait
+
+    def _busy(self, bulkhead: Bulkhead) -> DependencyBusy:
+        self._outcomes["busy"].inc()
+        return DependencyBusy(self.name, f"all {bulkhead.size} concurrent calls in flight", self.policy.max_wait_s)
+
+
+def _outcome_of(exc: BaseException) -> str:
+    """The ``outcome`` label of an attempt that reached the breaker and raised ``exc``."""
+    if isinstance(exc, DependencyTimeout):
+        return "timeout"
+    if isinstance(exc, CircuitOpenError):
+        return "open"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return "error"
 
 
 DEFAULT_POOL_THREADS = 32
@@ -425,7 +585,7 @@ def settings_limits() -> Mapping[str, Mapping[str, str]]:
 
 class Dependencies:
     """The external systems one agent declared, each a :class:`Dependency`: what ``ctx.call``
-    goes through. Built once per agent; breakers, buckets and bulkheads are shared by every
+    and ``ctx.call_async`` go through. Built once per agent; breakers, buckets and bulkheads are shared by every
     invocation. ``limits`` (settings by dependency name, see
     :func:`processors.settings.dependency_setting_name`) default to the process's settings."""
 
@@ -438,6 +598,7 @@ class Dependencies:
         limits: Mapping[str, Mapping[str, str]] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[float, float], float] = random.uniform,
+        async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         from processors.settings import dependency_setting_name
 
@@ -449,7 +610,9 @@ class Dependencies:
         for name, breaker in breakers.items():
             policy = policy_with(breaker.policy, limits.get(dependency_setting_name(name)), name)
             breaker.reconfigure(policy)
-            self.calls[name] = Dependency(agent, name, breaker, policy, clock=breaker.clock, sleep=sleep, rng=rng)
+            self.calls[name] = Dependency(
+                agent, name, breaker, policy, clock=breaker.clock, sleep=sleep, rng=rng, async_sleep=async_sleep
+            )
 
     def call(self, dependency: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` within the limits of ``dependency``, without an idempotency key."""
@@ -461,14 +624,28 @@ class Dependencies:
         """The call ``ctx.call`` makes: an open breaker raises :class:`CircuitOpenError` without
         calling ``fn``, a limit a :class:`DependencyUnavailable`, an undeclared dependency
         ``KeyError``."""
+        return self._target(dependency).call(key, fn, args, kwargs)
+
+    def invoke_async(
+        self,
+        dependency: str,
+        key: str | None,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Coroutine[Any, Any, T]:
+        """The call ``ctx.call_async`` makes, to be awaited on the running loop; the same errors as
+        :meth:`invoke` (an undeclared dependency raises ``KeyError`` at once, before any await)."""
+        return self._target(dependency).call_async(key, fn, args, kwargs)
+
+    def _target(self, dependency: str) -> Dependency:
         try:
-            target = self.calls[dependency]
+            return self.calls[dependency]
         except KeyError:
             raise KeyError(
                 f"agent {self.agent!r} calls dependency {dependency!r} it does not declare "
                 f"(declared: {', '.join(self.calls) or 'none'})"
             ) from None
-        return target.call(key, fn, args, kwargs)
 
 
 __all__ = [
@@ -482,6 +659,7 @@ __all__ = [
     "DependencyThrottled",
     "DependencyTimeout",
     "DependencyUnavailable",
+    "TRANSIENT_CALL_ERRORS",
     "TokenBucket",
     "call_key",
     "policy_with",

@@ -8,11 +8,12 @@ with reason ``retries_exhausted``.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -81,7 +82,12 @@ class BreakerPolicy:
 
 class CircuitBreaker:
     """Closed → open on a failure rate above the threshold → half-open after ``open_seconds`` →
-    closed when the single probe succeeds, open again when it fails. Thread-safe."""
+    closed when the single probe succeeds, open again when it fails.
+
+    Thread-safe, and safe to use from an event loop's thread and pool threads at once: every read
+    and change of the window, the state and the probe flag happens under one lock, never held while
+    the call runs (and never around an ``await``), so a ``threads=True`` handler's ``ctx.call`` and
+    an async handler's ``ctx.call_async`` can share one breaker."""
 
     def __init__(
         self,
@@ -128,6 +134,23 @@ class CircuitBreaker:
         self._record(True, probe)
         return result
 
+    async def call_async(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """:meth:`call` for an async ``fn``. A call cancelled from outside (the handler's task
+        cancelled at shutdown or rebalance) is no verdict on the dependency: it is not recorded,
+        and a cancelled probe hands the probe on to the next call instead of blocking the
+        half-open breaker for good. A timeout the caller turns into an exception is recorded."""
+        probe = self._admit()
+        try:
+            result = await fn(*args, **kwargs)
+        except asyncio.CancelledError:
+            self._abandon(probe)
+            raise
+        except BaseException:
+            self._record(False, probe)
+            raise
+        self._record(True, probe)
+        return result
+
     # -------------------------------------------------------------- internals
     def _admit(self) -> bool:
         with self._lock:
@@ -161,6 +184,11 @@ class CircuitBreaker:
                     self._opened_at = self._clock()
                     self._window.clear()
                     self._set(OPEN)
+
+    def _abandon(self, probe: bool) -> None:
+        if probe:
+            with self._lock:
+                self._probing = False
 
     def _maybe_half_open(self) -> None:
         if self._state == OPEN and self._clock() - self._opened_at >= self.policy.open_seconds:

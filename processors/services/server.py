@@ -66,6 +66,11 @@ Route = Callable[[Request], Reply]
 class ServiceServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # The listen backlog. socketserver's default of 5 overflows when an async client opens a few
+    # dozen connections at once: the connections past it stall ~1 s for a SYN retransmit, and some
+    # are reset (the client sees a ReadError and retries). Measured with 24 concurrent charges at
+    # 20 ms latency: 5 → 1.2-1.7 s and 1-3 resets per burst; 128 → 0.4-0.5 s, none.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], routes: dict[tuple[str, str], Route], faults: Faults) -> None:
         self.routes = routes

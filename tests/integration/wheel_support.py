@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,16 +33,24 @@ def source_copy(dest: Path) -> Path:
     return dest
 
 
-def build_wheel(workdir: Path) -> Path:
+def build_wheel(workdir: Path, python: str = sys.executable) -> Path:
+    """The wheel ``python`` builds (with the hot path compiled for that interpreter when it can)."""
     tree = source_copy(workdir / "src")
     out = workdir / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(tree)],
+        [python, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(tree)],
         check=True,
         timeout=INSTALL_TIMEOUT_S,
         env=clean_env(),
     )
     return next(out.glob("choreo_streams-*.whl"))
+
+
+def compiler_available() -> bool:
+    """Whether the C compiler this interpreter builds extensions with is on the machine (then a
+    wheel built here must carry the compiled hot path; setup.py)."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()
+    return bool(compiler) and shutil.which(compiler[0]) is not None
 
 
 def clean_env(bin_dir: Path | None = None, **extra: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from processors.agents.catalog import PLENTY
-from processors.agents.gateway import GatewayRules, SimulatedPaymentGateway
+from processors.agents.gateway import Authorization, GatewayRules, SimulatedPaymentGateway
 from tests.unit.commerce_flow import CommerceFlow, order
 
 
@@ -183,3 +183,40 @@ def test_stock_never_goes_negative_and_refuses_unknown_skus():
     [rejected] = stock.send("stock.reserve.requested", {**ask, "sku": "OOS-02"}, key="OOS-02").emitted
     assert rejected.value["reason"] == "OUT_OF_STOCK" and rejected.value["available"] == 0
     assert stock.state("OOS-02") is None
+
+
+class OverlapGateway(SimulatedPaymentGateway):
+    """Records how many authorizations are awaited at once (the PSP's latency is awaited)."""
+
+    def __init__(self) -> None:
+        super().__init__(GatewayRules(latency_s=0.02))
+        self.inside = self.peak = 0
+
+    async def authorize_async(
+        self, order_id: str, amount_minor: int, card_token: str, currency: str = "EUR", idempotency_key: str = ""
+    ) -> Authorization | None:
+        self.inside += 1
+        self.peak = max(self.peak, self.inside)
+        try:
+            return await super().authorize_async(order_id, amount_minor, card_token, currency, idempotency_key)
+        finally:
+            self.inside -= 1
+
+
+def test_payments_of_different_orders_are_awaited_at_once_and_each_order_is_charged_and_refunded_once():
+    gateway = OverlapGateway()
+    flow = CommerceFlow(gateway=gateway)
+    payments = flow.drivers["payments"]
+    orders = [order(f"ord-{i}") for i in range(12)]
+    cancel = {"reason": "CUSTOMER_REQUEST", "detail": None, "cancelled_at": 0}
+    events = [("order.created", o) for o in orders]
+    events += [("order.cancelled", {**cancel, "order_id": f"ord-{i}"}) for i in range(4)]  # each after its order
+    results = payments.send_many(events, max_in_flight=8)
+    assert [r.outcome for r in results] == ["PROCESSED"] * 16
+    assert 2 <= gateway.peak <= 8  # concurrent, within the bound
+    assert gateway.charges == {f"ord-{i}": 1 for i in range(12)}
+    assert gateway.refunds == {f"ord-{i}": 1 for i in range(4)}
+    refunded = [e.value["order_id"] for r in results for e in r.emitted_of("payment.refunded")]
+    assert sorted(refunded) == [f"ord-{i}" for i in range(4)]
+    assert flow.stored("payments", "ord-0")["status"] == "refunded"
+    assert flow.stored("payments", "ord-11")["status"] == "authorized"

@@ -378,3 +378,18 @@ def test_an_input_reads_its_keys_state_from_the_open_work_a_commit_put_there():
     executor.take_released()
     executor.close()
     assert views[-1].get(keys.state_key(b"a")) == b'{"n":2}'
+
+
+def test_a_blocking_ctx_call_from_an_async_handler_is_named_once(caplog):
+    app = App("concurrency-test", contracts_dir=CONTRACTS, schemas_dir=SCHEMAS)
+
+    @app.agent("blocks", consumes=["counter.incremented"], dependencies=["slow-api"])
+    async def blocks(event, ctx):
+        ctx.call("slow-api", lambda: None)
+
+    driver = AgentDriver(app, "blocks")
+    with caplog.at_level("WARNING", logger="choreo.runtime"):
+        driver.send("counter.incremented", {"name": "a", "by": 1})
+        driver.send("counter.incremented", {"name": "b", "by": 1})
+    warnings = [r for r in caplog.records if "blocks every other input" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].dependency == "slow-api"
