@@ -743,7 +743,8 @@ def section(result: dict[str, Any], command: str) -> str:
             pay = fl.get("payments", {})
             parts.append(
                 f"Commerce flow (`benchmarks/flow.py`, one worker) with the PSP at {fl['psp_latency_ms']:g} ms, "
-                f"{pay.get('handler')} payments agent (max_in_flight {pay.get('max_in_flight') or 1}): maximum "
+                f"{pay.get('handler')} payments agent (max_in_flight "
+                f"{pay.get('max_in_flight') or ('the default' if pay.get('handler') == 'async' else 1)}): maximum "
                 f"{fl.get('max_orders_per_s', 0):,.1f} orders/s (burst of {fl.get('burst_orders', 0):,}); PSP "
                 f"ledger: {fl.get('psp_charges')} charges ({fl.get('psp_approved')} approved), "
                 f"{fl.get('psp_double_charges')} double charges, "
