@@ -267,3 +267,126 @@ def profile_table(profile: Mapping[str, Any], key: str) -> str:
     for row in profile.get(key, []):
         lines.append(f"| `{row['function']}` | {row['share'] * 100:.1f}% |")
     return "\n".join(lines)
+
+
+# ============================================================================ I/O-bound agents (issue 14)
+IO_TARGET = {"latency_ms": 50.0, "max_in_flight": 256, "share": 0.8}
+
+
+def io_window_rate(
+    times: Sequence[float], start: float, end: float, exhausted: bool = False
+) -> tuple[float | None, float]:
+    """Completions per second within ``(start, end]`` and the window's length. When the input ran
+    out first (``exhausted``, the last completion before ``end``), the window ends at the last."""
+    if exhausted and times and times[-1] < end:
+        end = times[-1]
+    window = end - start
+    if window <= 0:
+        return None, 0.0
+    return sum(1 for t in times if start < t <= end) / window, window
+
+
+def io_ideal(max_in_flight: int | None, latency_ms: float, cpu_rate: float | None) -> float | None:
+    """The best an agent can do with a call of ``latency_ms`` per event: ``max_in_flight`` calls
+    at once, each ``latency_ms`` long (``max_in_flight / latency``), but never more than the
+    same variant's CPU-bound rate (its 0 ms calls, same run). None when either is unknown."""
+    if cpu_rate is None or max_in_flight is None:
+        return None
+    if latency_ms <= 0:
+        return cpu_rate
+    return min(max_in_flight / (latency_ms / 1000), cpu_rate)
+
+
+def io_rows(cases: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per case with a call latency > 0: its events/s beside its variant's CPU-bound
+    rate, the ideal and the share of the ideal reached."""
+    cpu = {c["variant"]: c.get("events_per_s") for c in cases if c["latency_ms"] == 0 and not c.get("error")}
+    rows = []
+    for c in cases:
+        if c["latency_ms"] == 0:
+            continue
+        rate = None if c.get("error") else c.get("events_per_s")
+        ideal = io_ideal(c.get("max_in_flight"), c["latency_ms"], cpu.get(c["variant"]))
+        rows.append(
+            {
+                "variant": c["variant"],
+                "handler": c.get("handler"),
+                "call": c.get("call"),
+                "client": c.get("client"),
+                "max_in_flight": c.get("max_in_flight"),
+                "latency_ms": c["latency_ms"],
+                "events_per_s": rate,
+                "cpu_rate": cpu.get(c["variant"]),
+                "ideal": ideal,
+                "share": rate / ideal if rate is not None and ideal else None,
+                "note": c.get("skipped") or c.get("error"),
+            }
+        )
+    return rows
+
+
+def io_target(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Issue 14's target: an async handler at 50 ms and 256 in flight reaches ≥ 0.8× the ideal
+    (the ``async/256`` variant's row when there is one: other 256 rows vary the client)."""
+    candidates = [
+        r
+        for r in rows
+        if r.get("handler") == "async"
+        and r["latency_ms"] == IO_TARGET["latency_ms"]
+        and r.get("max_in_flight") == IO_TARGET["max_in_flight"]
+    ]
+    row = next((r for r in candidates if r["variant"] == "async/256"), candidates[0] if candidates else None)
+    share = None if row is None else row.get("share")
+    return {
+        "target": f"events/s at {IO_TARGET['latency_ms']:g} ms and {IO_TARGET['max_in_flight']} in flight / ideal",
+        "value": share,
+        "events_per_s": None if row is None else row.get("events_per_s"),
+        "ideal": None if row is None else row.get("ideal"),
+        "bound": f"≥ {IO_TARGET['share']:g}×",
+        "met": None if share is None else share >= IO_TARGET["share"],
+    }
+
+
+IO_HANDLERS = {
+    "ctx.call": "`def` + `ctx.call`",
+    "ctx.call_async": "`async def` + `ctx.call_async`",
+    "direct": "`async def` + direct await",  # no ctx.call_async on the commit measured
+}
+
+
+def _fmt_io_rate(value: float | None) -> str:
+    """Events/s: one decimal below 100 (a 200 ms call at one in flight is 5/s at best)."""
+    return "—" if value is None else f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def io_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    lines = [
+        "| handler | max_in_flight | call latency | events/s | CPU-bound rate (0 ms) | ideal | of the ideal |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        handler = IO_HANDLERS.get(
+            r.get("call") or "", IO_HANDLERS["ctx.call_async" if r.get("handler") == "async" else "ctx.call"]
+        )
+        if r.get("handler") == "async" and r.get("client"):
+            handler += f" ({r['client']})"
+        rate = _fmt_io_rate(r.get("events_per_s")) if not r.get("note") else f"— ({str(r['note'])[:80]})"
+        share = "—" if r.get("share") is None else f"{r['share']:.2f}×"
+        in_flight = "—" if r.get("max_in_flight") is None else str(r["max_in_flight"])
+        lines.append(
+            f"| {handler} | {in_flight} | {r['latency_ms']:g} ms | {rate} | {_fmt_io_rate(r.get('cpu_rate'))} | "
+            f"{_fmt_io_rate(r.get('ideal'))} | {share} |"
+        )
+    return "\n".join(lines)
+
+
+def io_target_table(target: Mapping[str, Any]) -> str:
+    met = {True: "yes", False: "**no**", None: "—"}[target["met"]]
+    shown = "—" if target["value"] is None else f"{target['value']:.2f}×"
+    detail = (
+        ""
+        if target["value"] is None
+        else f" ({_fmt_rate(target.get('events_per_s'))} of {_fmt_rate(target.get('ideal'))} events/s)"
+    )
+    row = f"| {target['target']} | {shown}{detail} | {target['bound']} | {met} |"
+    return "\n".join(["| target | value | bound | met |", "|---|---:|---:|---|", row])

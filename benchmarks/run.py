@@ -2,9 +2,10 @@
 
 In one run on the same pre-loaded topics: the hand-written confluent-kafka loop doing the same work
 (the fair baseline, benchmarks/handwritten.py), the peers, a raw passthrough loop (no work, for
-reference); plus growth (keys, partitions) and the full commerce flow.
+reference); plus growth (keys, partitions), the full commerce flow, and I/O-bound agents (one
+dependency call per event, benchmarks/io_bound.py).
 
-    .venv/bin/python benchmarks/run.py [--quick] [--runs R] [--events N] [--only comparison,growth,flow]
+    .venv/bin/python benchmarks/run.py [--quick] [--runs R] [--events N] [--only comparison,growth,flow,io]
 
 Against `KAFKA_BOOTSTRAP_SERVERS` when set, else a local KRaft broker started for the run (and
 stopped after it). Peer venvs are built on first use (`benchmarks/peers/setup.py`). Every system
@@ -37,6 +38,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
+import io_bound  # noqa: E402
 import loadgen  # noqa: E402
 import report  # noqa: E402
 import scaleout  # noqa: E402
@@ -467,7 +469,7 @@ def flow(bootstrap: str, plan: Plan, root: Path, max_rate: float | None) -> dict
 def default_sections(quick: bool) -> str:
     """What `make bench` runs; the quick variant leaves out the scale-out walk (its own ~4 minutes;
     `--only scaleout` runs it alone)."""
-    sections = "comparison,growth,profile,flow,demo"
+    sections = "comparison,growth,profile,flow,demo,io"
     return sections if quick else sections + ",scaleout"
 
 
@@ -500,6 +502,16 @@ def demo(bootstrap: str, plan: Plan, root: Path) -> dict[str, Any]:
         "terminal": summary["terminal"],
         "invariant_violations": len(summary["invariant_violations"]),
     }
+
+
+def io(bootstrap: str, plan: Plan, root: Path, results_md: Path | None) -> dict[str, Any]:
+    """I/O-bound agents (benchmarks/io_bound.py, issue 14): one call per event of 20/50/200 ms at
+    max_in_flight 1, the default and 256 (quick: 50 ms, ~80 s), and in the full run the commerce
+    flow with the PSP at 50 ms; its tables go to a section of their own in RESULTS.md."""
+    result = io_bound.bench(bootstrap, io_bound.IoPlan.make(plan.quick), root / "io", log)
+    if results_md is not None:
+        io_bound.write_section(results_md, result, " ".join(["benchmarks/run.py", *sys.argv[1:]]))
+    return result
 
 
 # ============================================================================ machine
@@ -572,7 +584,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        help="sections to run (default: comparison,growth,profile,flow,demo,scaleout; --quick leaves out the "
+        help="sections to run (default: comparison,growth,profile,flow,demo,io,scaleout; --quick leaves out the "
         "scale-out walk, ~4 minutes on its own, to stay under 10 minutes)",
     )
     parser.add_argument("--out", type=Path, default=OUT)
@@ -633,6 +645,8 @@ def main() -> int:
             if "flow" in sections:
                 ours = ((results.get("comparison") or {}).get("summary") or {}).get("ours/at_least_once") or {}
                 results["flow"] = flow(bootstrap, plan, root, ours.get("events_per_s"))
+            if "io" in sections:
+                results["io"] = io(bootstrap, plan, root, None if args.no_results_md else args.results_md)
             if "scaleout" in sections:
                 results["scaleout"] = scaleout.bench(
                     bootstrap, plan.quick, root, log, None if args.no_results_md else args.results_md
