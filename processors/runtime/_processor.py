@@ -702,6 +702,7 @@ class Processor:
             causation_id=record.get("scheduled_by"),
             tenant=timer.tenant,
             hop_count=timer.hop_count,
+            root_time_ms=_root_time(record.get("root_time_ms")),
         )
         return timer, envelope
 
@@ -1097,6 +1098,14 @@ class Processor:
             headers,
             self.audit_type,
         )
+
+
+def _root_time(value: Any) -> int | None:
+    """A stored timer's flow root time (epoch ms); None (the timer is its flow's root) for a timer
+    stored before it was recorded, or anything that is not a plausible time."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**15:
+        return value
+    return None
 
 
 def _awaitable(sleep: Callable[[float], None]) -> Callable[[float], Awaitable[None]]:

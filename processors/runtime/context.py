@@ -192,6 +192,8 @@ class Context:
                 "hop_count": self.envelope.hop_count,
                 "tenant": self.envelope.tenant,
                 "scheduled_by": self.envelope.id,
+                # the flow's root time, so a flow the timer ends is timed from its start
+                "root_time_ms": self.envelope.flow_root_ms,
             }
         )
         self.timer_writes[keys.timer_key(self._key, name)] = keys.pack_u64(max(0, due)) + record

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from processors.kafka_errors import ErrorKind, KafkaFailure, classify, describe, is_unreachable
 from processors.kafka_types import ConsumedRecord, records
@@ -50,6 +50,7 @@ from processors.runtime._clients import AgentClients, group_protocol
 from processors.runtime._commit import Batch, BatchAborted, CommitSettings, Guarantee, open_committer
 from processors.runtime._concurrency import KeyedExecutor
 from processors.runtime._housekeeping import Housekeeping, HousekeepingOptions
+from processors.runtime._latency import observe_record, observe_terminal
 from processors.runtime._processor import IGNORED, HandleResult, Processor
 from processors.runtime._recovery import BROKER_UNREACHABLE, AgentHealth, TransientFailure
 from processors.runtime._restore import ChangelogRestorer, RestoreOptions
@@ -403,7 +404,7 @@ class AgentRunner:
                 batch.handled += self._submit_records(msgs, batch)
             else:
                 batch.handled += self._handle_records(msgs, batch)
-            self.housekeeping.fire_timers(batch, self._emit, self._key_in_flight)
+            self.housekeeping.fire_timers(batch, self._emit_fired, self._key_in_flight)
             self.housekeeping.purge(batch)
             self.metrics.flush()
             if not (batch.has_work or self.committer.pending):
@@ -656,18 +657,14 @@ class AgentRunner:
         return self.executor is not None and self.executor.holds(partition, state_key)
 
     def _observe_latency(self, msg: ConsumedRecord, result: HandleResult) -> None:
-        """The record's end-to-end latency (now minus its Kafka timestamp, as Kafka Streams'
-        record-e2e-latency) and, for each terminal output the agent declares, the flow time (now
-        minus the flow's root time). Binned per record, published with the batch's metrics."""
-        now = time.time()
-        kind, ts_ms = msg.timestamp()
-        if kind != TIMESTAMP_NOT_AVAILABLE:
-            self.metrics.record_e2e(now - ts_ms / 1000)
-        terminal = self.spec.terminal
-        if terminal and result.emitted:
-            for emitted in result.emitted:
-                if emitted.event_type in terminal:
-                    self.metrics.flow_time(emitted.event_type, now - emitted.envelope.flow_root_ms / 1000)
+        """The record's end-to-end latency and the flow time of its terminal outputs (binned per
+        record, published with the batch's metrics; see :mod:`processors.runtime._latency`)."""
+        observe_record(self.metrics, self.spec.terminal, msg, result, time.time())
+
+    def _emit_fired(self, result: HandleResult) -> None:
+        """A fired timer's result: a flow that its timer ends (a timeout) is timed too, then sent."""
+        observe_terminal(self.metrics, self.spec.terminal, result, time.time())
+        self._emit(result)
 
     def _not_ours(self, first: dict[tuple[str, int], int]) -> None:
         """Records of partitions without an open store. A revoked partition's records belong to its

@@ -17,7 +17,9 @@ clock sequence behind ``ctx.now_dt`` shifted by the one step that no longer runs
 "odd key bytes" step is dead-lettered ``misrouted``, and the hop-count message names its bound.
 Re-recorded when follow-ups began to carry the flow's root time (``ce_roottime``, the envelope's
 ``root_time_ms``): each emitted record gained that one last header and each emitted envelope that
-field; with both removed the recording is identical to the one before.
+field; with both removed the recording is identical to the one before. Re-recorded when timers
+began to keep the flow's root time (``root_time_ms`` in a scheduled timer's record, so a flow a
+timer ends is timed from its start): the timer writes gained that field, nothing else changed.
 
 Everything that varies between runs is fixed: input envelopes carry fixed ids and times, the
 processor's clock is set per step, the wall clock behind ``ctx.now_dt`` and timer envelopes is
