@@ -17,28 +17,11 @@ from processors.runtime.agent import DEFAULT_MAX_IN_FLIGHT
 from processors.runtime.state import BatchView, MemoryStore, keys
 from processors.runtime.testing import AgentDriver
 from tests.engine.app import CONTRACTS, SCHEMAS
+from tests.engine.app import ConcurrencyGauge as Gauge
 
 
 class Flaky(Exception):
     pass
-
-
-class Gauge:
-    """How many handlers run at once, at most."""
-
-    def __init__(self) -> None:
-        self.now = 0
-        self.peak = 0
-        self._lock = threading.Lock()
-
-    def enter(self) -> None:
-        with self._lock:
-            self.now += 1
-            self.peak = max(self.peak, self.now)
-
-    def leave(self) -> None:
-        with self._lock:
-            self.now -= 1
 
 
 def sequenced_app(gauge: Gauge, *, threads: bool = False, max_in_flight: int | None = None) -> App:
