@@ -461,11 +461,19 @@ class AgentRunner:
         once the poll returns. Nothing raises inside the client's callback: a failure that ends the
         session is raised by the loop after the poll. Handlers of the revoked partitions that run
         are waited for first (``drain_timeout_s``); what is left of them is handed back."""
-        self._drain(partitions)
+        drain_failure: Exception | None = None
+        try:
+            self._drain(partitions)
+        except Exception as exc:  # noqa: BLE001 - a send refused while releasing: the open work aborts below
+            drain_failure = exc
         batch = self._take_open_work()
         if batch is None:
+            if drain_failure is not None:
+                self._revoke_failure = drain_failure
             return
         try:
+            if drain_failure is not None:
+                raise drain_failure
             self._commit(batch, batch.handled)
         except BatchAborted as exc:
             self.metrics.abort()
