@@ -40,12 +40,13 @@ from processors.runtime.agent import AgentSpec, Routing
 from processors.runtime.app import App
 from processors.runtime.context import AgentServices, Context
 from processors.runtime.conventions import REDRIVE_COUNT, DlqReason, dlq_topic
+from processors.runtime.dependencies import TRANSIENT_CALL_ERRORS, Dependencies
 from processors.runtime.emitter import Emitted, Emitter
 from processors.runtime.errors import EmitError, InvalidStateError, LoopError, TimerError
 from processors.runtime.inputs import Event, Timer
 from processors.runtime.metrics import AgentMetrics
 from processors.runtime.reject import Reject
-from processors.runtime.retry import CircuitBreaker, CircuitOpenError, Dependencies
+from processors.runtime.retry import CircuitBreaker
 from processors.runtime.state import keys
 from processors.runtime.state.store import StateView
 
@@ -183,7 +184,7 @@ class Processor:
         self.max_hops = spec.max_hops if spec.max_hops is not None else app.max_hops
         ttl = spec.dedupe_ttl_s if spec.dedupe_ttl_s is not None else app.dedupe_ttl_s
         self.dedupe_ttl_ms = int(ttl * 1000)
-        self.transient = tuple(spec.transient) + (CircuitOpenError,)
+        self.transient = tuple(spec.transient) + TRANSIENT_CALL_ERRORS
         self.breakers = self._breakers(breaker_clock or monotonic)
         # Topics whose contracts this agent reads: an event of a type it does not consume on one of
         # them is ignored, anything else is a contract violation.

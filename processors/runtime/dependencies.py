@@ -79,20 +79,17 @@ def call_key_reference(cause_key: str, agent: str, dependency: str, ordinal: int
 
 
 # ---------------------------------------------------------------------- errors
-class DependencyUnavailable(CircuitOpenError):
+class DependencyUnavailable(ChoreoError):
     """The call did not reach the dependency or did not finish in time (timeout, bulkhead full,
-    rate limit): transient, the handler is retried with backoff like under an open circuit.
-
-    It still derives from :class:`CircuitOpenError` only because the engine's transient set names
-    that type alone; once the engine takes :data:`TRANSIENT_CALL_ERRORS` (both types by name) the
-    base class can become :class:`~processors.errors.ChoreoError`."""
+    rate limit): transient, the engine retries the handler with backoff as under an open circuit
+    (it names both types in :data:`TRANSIENT_CALL_ERRORS`)."""
 
     reason = "unavailable"
 
     def __init__(self, dependency: str, detail: str, retry_in_s: float = 0.0) -> None:
         self.dependency = dependency
         self.retry_in_s = retry_in_s
-        ChoreoError.__init__(self, f"dependency {dependency!r}: {detail}")
+        super().__init__(f"dependency {dependency!r}: {detail}")
 
 
 class DependencyTimeout(DependencyUnavailable):

@@ -143,7 +143,7 @@ def test_rate_limited_call_is_refused_as_throttled_and_counted():
     assert dep.call(None, lambda: 1, (), {}) == 1
     with pytest.raises(DependencyThrottled):
         dep.call(None, lambda: 2, (), {})
-    assert isinstance(DependencyThrottled("d", "x"), CircuitOpenError)  # transient for the engine
+    assert isinstance(DependencyThrottled("d", "x"), TRANSIENT_CALL_ERRORS)  # transient for the engine
     sample = REGISTRY.get_sample_value(
         "choreo_dependency_calls_total", {"agent": "agent-t", "dependency": "dep-t", "outcome": "throttled"}
     )
