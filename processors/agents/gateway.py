@@ -7,6 +7,13 @@ declined as fraud, an amount above the limit is declined for insufficient funds,
 cards are expired, and `tok_silent` cards never get a decision (the PSP answers "pending"; the
 order's timeout must cancel the order).
 
+A refund asks for a charge to be refunded, and is answered True when this request refunded it
+(or is a replay of the request that did), False when the charge was refunded already by another
+request: either way the charge is refunded once, which is what a handler replayed along another
+path needs. :meth:`~PaymentGateway.charges_of` looks up what the PSP booked for an order (read-only),
+so a handler that may have lost a charge's answer (a worker killed between the charge and its
+commit, the order then cancelled before its replay) can find the charge and refund it.
+
 Both take the call's idempotency key (``ctx.call`` and ``ctx.call_async`` hand it over): a
 repeated key returns the first answer and never charges twice, which is what makes a replayed
 handler safe at the PSP. Each has sync methods (``authorize``, ``refund``) for a sync handler's
@@ -25,16 +32,25 @@ import random
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import httpx
 
 from processors.errors import ChoreoError
-from processors.services.client import LoopSessions, post_idempotent, post_idempotent_async, session_factory
+from processors.services.client import (
+    LoopSessions,
+    get_json,
+    get_json_async,
+    post_idempotent,
+    post_idempotent_async,
+    session_factory,
+)
 
 PSP_URL_ENV = "CHOREO_PSP_URL"
 PSP_TIMEOUT_ENV = "CHOREO_PSP_TIMEOUT_S"
+# The PSP's answer to a refund of a charge refunded under another key: the charge is refunded.
+ALREADY_REFUNDED = frozenset({"charge_already_refunded"})
 
 
 class GatewayUnavailable(Exception):
@@ -56,6 +72,17 @@ class GatewayRules:
 
 
 @dataclass(frozen=True)
+class Charge:
+    """A charge the PSP booked for an order, as its look-up tells."""
+
+    payment_id: str
+    amount_minor: int
+    currency: str
+    approved: bool
+    refunded: bool
+
+
+@dataclass(frozen=True)
 class Authorization:
     approved: bool
     payment_id: str
@@ -69,7 +96,9 @@ class PaymentGateway(Protocol):
         self, order_id: str, amount_minor: int, card_token: str, currency: str = ..., idempotency_key: str = ...
     ) -> Authorization | None: ...
 
-    def refund(self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = ...) -> None: ...
+    def refund(self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = ...) -> bool: ...
+
+    def charges_of(self, order_id: str) -> list[Charge]: ...
 
     async def authorize_async(
         self, order_id: str, amount_minor: int, card_token: str, currency: str = ..., idempotency_key: str = ...
@@ -77,7 +106,9 @@ class PaymentGateway(Protocol):
 
     async def refund_async(
         self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = ...
-    ) -> None: ...
+    ) -> bool: ...
+
+    async def charges_of_async(self, order_id: str) -> list[Charge]: ...
 
 
 def decide(rules: GatewayRules, amount_minor: int, card_token: str) -> Authorization | None:
@@ -108,6 +139,7 @@ class SimulatedPaymentGateway:
         self._random = random.Random(self.rules.seed)
         self._lock = threading.Lock()
         self._answers: dict[str, Any] = {}
+        self._booked: dict[str, list[Charge]] = {}  # per order, what the look-up answers
 
     def authorize(
         self, order_id: str, amount_minor: int, card_token: str, currency: str = "EUR", idempotency_key: str = ""
@@ -117,7 +149,7 @@ class SimulatedPaymentGateway:
         failing = self._call()
         if self.rules.latency_s:
             time.sleep(self.rules.latency_s)
-        return self._authorized(failing, order_id, amount_minor, card_token, idempotency_key)
+        return self._authorized(failing, order_id, amount_minor, card_token, currency, idempotency_key)
 
     async def authorize_async(
         self, order_id: str, amount_minor: int, card_token: str, currency: str = "EUR", idempotency_key: str = ""
@@ -126,19 +158,35 @@ class SimulatedPaymentGateway:
         failing = self._call()
         if self.rules.latency_s:
             await asyncio.sleep(self.rules.latency_s)
-        return self._authorized(failing, order_id, amount_minor, card_token, idempotency_key)
+        return self._authorized(failing, order_id, amount_minor, card_token, currency, idempotency_key)
 
-    def refund(self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = "") -> None:
+    def refund(self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = "") -> bool:
         failing = self._call()
         if self.rules.latency_s:
             time.sleep(self.rules.latency_s)
-        self._refunded(failing, order_id, idempotency_key)
+        return self._refunded(failing, order_id, payment_id, idempotency_key)
 
-    async def refund_async(self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = "") -> None:
+    async def refund_async(self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = "") -> bool:
         failing = self._call()
         if self.rules.latency_s:
             await asyncio.sleep(self.rules.latency_s)
-        self._refunded(failing, order_id, idempotency_key)
+        return self._refunded(failing, order_id, payment_id, idempotency_key)
+
+    def charges_of(self, order_id: str) -> list[Charge]:
+        if self._call():
+            raise GatewayUnavailable("payment gateway timed out (simulated)")
+        if self.rules.latency_s:
+            time.sleep(self.rules.latency_s)
+        with self._lock:
+            return list(self._booked.get(order_id, ()))
+
+    async def charges_of_async(self, order_id: str) -> list[Charge]:
+        if self._call():
+            raise GatewayUnavailable("payment gateway timed out (simulated)")
+        if self.rules.latency_s:
+            await asyncio.sleep(self.rules.latency_s)
+        with self._lock:
+            return list(self._booked.get(order_id, ()))
 
     def _call(self) -> bool:
         """Count the call; whether it fails (decided before the latency, as a PSP that times out)."""
@@ -147,7 +195,7 @@ class SimulatedPaymentGateway:
             return self._random.random() < self.rules.transient_failure_rate
 
     def _authorized(
-        self, failing: bool, order_id: str, amount_minor: int, card_token: str, key: str
+        self, failing: bool, order_id: str, amount_minor: int, card_token: str, currency: str, key: str
     ) -> Authorization | None:
         if failing:
             raise GatewayUnavailable("payment gateway timed out (simulated)")
@@ -163,19 +211,26 @@ class SimulatedPaymentGateway:
                 return self._answers[key]
             if answer is not None and answer.approved:
                 self.charges[order_id] = self.charges.get(order_id, 0) + 1
+                booked = Charge(answer.payment_id, amount_minor, currency, approved=True, refunded=False)
+                self._booked.setdefault(order_id, []).append(booked)
             if key:
                 self._answers[key] = answer
         return answer
 
-    def _refunded(self, failing: bool, order_id: str, key: str) -> None:
+    def _refunded(self, failing: bool, order_id: str, payment_id: str, key: str) -> bool:
         if failing:
             raise GatewayUnavailable("payment gateway timed out (simulated)")
         with self._lock:
             if key and key in self._answers:
-                return
+                return bool(self._answers[key])
+            booked = self._booked.get(order_id, [])
+            if any(c.payment_id == payment_id and c.refunded for c in booked):
+                return False  # refunded already, by another request: the PSP refuses a second refund
+            self._booked[order_id] = [c if c.payment_id != payment_id else replace(c, refunded=True) for c in booked]
             self.refunds[order_id] = self.refunds.get(order_id, 0) + 1
             if key:
-                self._answers[key] = None
+                self._answers[key] = True
+            return True
 
 
 class HttpPaymentGateway:
@@ -202,11 +257,22 @@ class HttpPaymentGateway:
         body = _charge_body(order_id, amount_minor, card_token, currency)
         return _authorization(*await self._post_async("/v1/charges", body, idempotency_key))
 
-    def refund(self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = "") -> None:
-        self._post("/v1/refunds", {"payment_id": payment_id, "amount_minor": amount_minor}, idempotency_key)
+    def refund(self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = "") -> bool:
+        body = {"payment_id": payment_id, "amount_minor": amount_minor}
+        return _refunded(*self._post("/v1/refunds", body, idempotency_key, ALREADY_REFUNDED))
 
-    async def refund_async(self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = "") -> None:
-        await self._post_async("/v1/refunds", {"payment_id": payment_id, "amount_minor": amount_minor}, idempotency_key)
+    async def refund_async(self, order_id: str, payment_id: str, amount_minor: int, idempotency_key: str = "") -> bool:
+        body = {"payment_id": payment_id, "amount_minor": amount_minor}
+        return _refunded(*await self._post_async("/v1/refunds", body, idempotency_key, ALREADY_REFUNDED))
+
+    def charges_of(self, order_id: str) -> list[Charge]:
+        params = {"order_id": order_id}
+        return _charges(get_json(self._client, "/v1/charges", params, GatewayUnavailable, GatewayRejected))
+
+    async def charges_of_async(self, order_id: str) -> list[Charge]:
+        params = {"order_id": order_id}
+        answer = await get_json_async(self._async.get(), "/v1/charges", params, GatewayUnavailable, GatewayRejected)
+        return _charges(answer)
 
     def ledger(self, order_prefix: str = "") -> dict[str, Any]:
         response = self._client.get("/v1/ledger", params={"order_prefix": order_prefix})
@@ -222,11 +288,16 @@ class HttpPaymentGateway:
         self._client.close()
         self._async.close()
 
-    def _post(self, path: str, body: dict[str, Any], key: str) -> tuple[int, dict[str, Any]]:
-        return post_idempotent(self._client, path, body, key, GatewayUnavailable, GatewayRejected)
+    def _post(
+        self, path: str, body: dict[str, Any], key: str, settled: frozenset[str] = frozenset()
+    ) -> tuple[int, dict[str, Any]]:
+        return post_idempotent(self._client, path, body, key, GatewayUnavailable, GatewayRejected, settled)
 
-    async def _post_async(self, path: str, body: dict[str, Any], key: str) -> tuple[int, dict[str, Any]]:
-        return await post_idempotent_async(self._async.get(), path, body, key, GatewayUnavailable, GatewayRejected)
+    async def _post_async(
+        self, path: str, body: dict[str, Any], key: str, settled: frozenset[str] = frozenset()
+    ) -> tuple[int, dict[str, Any]]:
+        session = self._async.get()
+        return await post_idempotent_async(session, path, body, key, GatewayUnavailable, GatewayRejected, settled)
 
 
 def _charge_body(order_id: str, amount_minor: int, card_token: str, currency: str) -> dict[str, Any]:
@@ -238,6 +309,22 @@ def _authorization(status: int, answer: dict[str, Any]) -> Authorization | None:
     if status == 202:
         return None
     return Authorization(answer["status"] == "approved", answer["payment_id"], answer.get("decline_reason"))
+
+
+def _refunded(status: int, answer: dict[str, Any]) -> bool:
+    """Whether this refund request refunded the charge (False: it was refunded already)."""
+    return status < 400
+
+
+def _charges(answer: dict[str, Any]) -> list[Charge]:
+    """The PSP's look-up answer; a malformed one is the PSP failing, worth a retry."""
+    try:
+        return [
+            Charge(c["payment_id"], c["amount_minor"], c["currency"], c["status"] == "approved", bool(c["refunded"]))
+            for c in answer["charges"]
+        ]
+    except (KeyError, TypeError):
+        raise GatewayUnavailable("/v1/charges: an answer without its charges") from None
 
 
 def payment_gateway(rules: GatewayRules, env: Mapping[str, str] | None = None) -> PaymentGateway:

@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -46,18 +47,25 @@ def post_idempotent(
     key: str,
     unavailable: type[Exception],
     rejected: type[Exception],
+    settled: frozenset[str] = frozenset(),
 ) -> tuple[int, dict[str, Any]]:
-    """POST ``body`` under ``Idempotency-Key: key``; (status, answer) or the caller's error."""
+    """POST ``body`` under ``Idempotency-Key: key``; (status, answer) or the caller's error. A 4xx
+    whose error code is in ``settled`` (what the request asks for holds already, e.g. a charge
+    refunded under another key) is an answer, not an error."""
     _require_key(path, key, rejected)
-    try:
+    with _httpx_errors(path, unavailable):
         response = client.post(path, json=body, headers={"Idempotency-Key": key})
-    except httpx.TimeoutException:
-        raise unavailable(f"{path}: {NO_ANSWER}") from None
-    except httpx.ConnectError:
-        raise unavailable(f"{path}: {NO_CONNECTION}") from None
-    except httpx.TransportError as exc:
-        raise unavailable(f"{path}: {type(exc).__name__}") from None
-    return answer_of(response.status_code, response.content, path, unavailable, rejected)
+    return answer_of(response.status_code, response.content, path, unavailable, rejected, settled)
+
+
+def get_json(
+    client: httpx.Client, path: str, params: dict[str, str], unavailable: type[Exception], rejected: type[Exception]
+) -> dict[str, Any]:
+    """GET a read-only look-up (no key: it has no effect); its answer or the caller's error, as
+    :func:`post_idempotent` maps them."""
+    with _httpx_errors(path, unavailable):
+        response = client.get(path, params=params)
+    return answer_of(response.status_code, response.content, path, unavailable, rejected)[1]
 
 
 # ---------------------------------------------------------------------- async (aiohttp)
@@ -68,21 +76,30 @@ async def post_idempotent_async(
     key: str,
     unavailable: type[Exception],
     rejected: type[Exception],
+    settled: frozenset[str] = frozenset(),
 ) -> tuple[int, dict[str, Any]]:
     """:func:`post_idempotent` on an async session: the same request, the same error mapping. A
     cancellation (``ctx.call_async``'s timeout, a cancelled handler) propagates as it is."""
     _require_key(path, key, rejected)
     headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
-    try:
+    with _aiohttp_errors(path, unavailable):
         async with session.post(path, data=orjson.dumps(body), headers=headers) as response:
             status, raw = response.status, await response.read()
-    except TimeoutError:  # the session's own timeout (aiohttp raises TimeoutError subclasses)
-        raise unavailable(f"{path}: {NO_ANSWER}") from None
-    except aiohttp.ClientConnectorError:
-        raise unavailable(f"{path}: {NO_CONNECTION}") from None
-    except aiohttp.ClientError as exc:
-        raise unavailable(f"{path}: {type(exc).__name__}") from None
-    return answer_of(status, raw, path, unavailable, rejected)
+    return answer_of(status, raw, path, unavailable, rejected, settled)
+
+
+async def get_json_async(
+    session: aiohttp.ClientSession,
+    path: str,
+    params: dict[str, str],
+    unavailable: type[Exception],
+    rejected: type[Exception],
+) -> dict[str, Any]:
+    """:func:`get_json` on an async session."""
+    with _aiohttp_errors(path, unavailable):
+        async with session.get(path, params=params) as response:
+            status, raw = response.status, await response.read()
+    return answer_of(status, raw, path, unavailable, rejected)[1]
 
 
 def session_factory(base_url: str, timeout_s: float, max_connections: int) -> Callable[[], aiohttp.ClientSession]:
@@ -102,13 +119,21 @@ def session_factory(base_url: str, timeout_s: float, max_connections: int) -> Ca
 
 # ---------------------------------------------------------------------- shared
 def answer_of(
-    status: int, raw: bytes, path: str, unavailable: type[Exception], rejected: type[Exception]
+    status: int,
+    raw: bytes,
+    path: str,
+    unavailable: type[Exception],
+    rejected: type[Exception],
+    settled: frozenset[str] = frozenset(),
 ) -> tuple[int, dict[str, Any]]:
-    """(status, JSON answer) of a 2xx; a 5xx or a 409 in progress raises ``unavailable``, another
-    4xx ``rejected``."""
+    """(status, JSON answer) of a 2xx, or of a 4xx whose code is ``settled`` (its answer is then
+    ``{"error": {"code": code}}``); a 5xx or a 409 in progress raises ``unavailable``, another 4xx
+    ``rejected``."""
     code = error_code(status, raw)
     if status >= 500 or code == "request_in_progress":
         raise unavailable(f"{path}: {status} {code}")
+    if status >= 400 and code in settled:
+        return status, {"error": {"code": code}}
     if status >= 400:
         raise rejected(f"{path}: {status} {code}")
     try:
@@ -128,6 +153,32 @@ def error_code(status: int, raw: bytes) -> str:
         return str(orjson.loads(raw)["error"]["code"])[:ERROR_CODE_CHARS]
     except Exception:  # noqa: BLE001 - a proxy's HTML page: the status says enough
         return "unreadable error"
+
+
+@contextmanager
+def _httpx_errors(path: str, unavailable: type[Exception]) -> Iterator[None]:
+    """No answer from an httpx request: ``unavailable``, naming the path and the kind only."""
+    try:
+        yield
+    except httpx.TimeoutException:
+        raise unavailable(f"{path}: {NO_ANSWER}") from None
+    except httpx.ConnectError:
+        raise unavailable(f"{path}: {NO_CONNECTION}") from None
+    except httpx.TransportError as exc:
+        raise unavailable(f"{path}: {type(exc).__name__}") from None
+
+
+@contextmanager
+def _aiohttp_errors(path: str, unavailable: type[Exception]) -> Iterator[None]:
+    """:func:`_httpx_errors` for aiohttp; a cancellation propagates as it is."""
+    try:
+        yield
+    except TimeoutError:  # the session's own timeout (aiohttp raises TimeoutError subclasses)
+        raise unavailable(f"{path}: {NO_ANSWER}") from None
+    except aiohttp.ClientConnectorError:
+        raise unavailable(f"{path}: {NO_CONNECTION}") from None
+    except aiohttp.ClientError as exc:
+        raise unavailable(f"{path}: {type(exc).__name__}") from None
 
 
 def _require_key(path: str, key: str, rejected: type[Exception]) -> None:

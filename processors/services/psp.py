@@ -10,6 +10,10 @@ Endpoints (JSON bodies):
   charge, as at a real PSP: a caller that loses its key charges twice, and the ledger shows it.
 * ``POST /v1/refunds`` (``Idempotency-Key`` required) ``{payment_id, amount_minor}``: 200, or 404
   for no such approved charge, 409 when it was refunded already.
+* ``GET /v1/charges?order_id=O``: the charges booked for exactly that order, each with whether it
+  was refunded (``{charges: [{payment_id, order_id, amount_minor, currency, status, refunded}]}``),
+  the look-up a caller reconciles with when it may have lost a charge's answer (as a search by
+  the order reference at a real PSP). Read-only: no key, no effect.
 * ``GET /v1/ledger[?order_prefix=P]``: charges, refunds and a summary (double charges, refunds
   without a charge, double refunds), for tests and ``choreo verify``.
 * ``POST /v1/admin/faults`` ``{latency_ms, failure_rate, outage_s}``; ``GET /healthz``.
@@ -65,6 +69,9 @@ class PspOptions:
     rules: GatewayRules = GatewayRules()
 
 
+MAX_ORDER_ID_CHARS = 200
+
+
 def _id(prefix: str, key: str) -> str:
     return prefix + hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:24]
 
@@ -73,6 +80,8 @@ def _charge_problem(body: dict[str, Any]) -> str | None:
     for name in ("order_id", "currency", "card_token"):
         if not isinstance(body.get(name), str) or not body[name]:
             return f"{name} must be a non-empty string"
+    if len(body["order_id"]) > MAX_ORDER_ID_CHARS:
+        return f"order_id must be at most {MAX_ORDER_ID_CHARS} characters"
     amount = body.get("amount_minor")
     if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
         return "amount_minor must be a positive integer"
@@ -102,6 +111,7 @@ class PaymentService:
         return {
             ("POST", "/v1/charges"): self.charge,
             ("POST", "/v1/refunds"): self.refund,
+            ("GET", "/v1/charges"): self.charges_of_order,
             ("GET", "/v1/ledger"): self.ledger,
             ("GET", "/healthz"): lambda _r: Reply(200, {"ok": True, "faults": self.faults.describe()}),
             ("POST", "/v1/admin/faults"): admin_faults(self.faults),
@@ -157,6 +167,18 @@ class PaymentService:
             return 200, answer
 
         return self._idempotent(request, _refund_problem(body), effect)
+
+    def charges_of_order(self, request: Request) -> Reply:
+        order_id = parse_qs(request.query).get("order_id", [""])[0]
+        if not order_id or len(order_id) > MAX_ORDER_ID_CHARS:
+            return error(400, "bad_order_id", f"order_id must be 1 to {MAX_ORDER_ID_CHARS} characters")
+        rows = self.db.query(
+            "SELECT c.payment_id, c.order_id, c.amount_minor, c.currency, c.status, "
+            "r.refund_id IS NOT NULL AS refunded FROM charges c LEFT JOIN refunds r ON r.payment_id = c.payment_id "
+            "WHERE c.order_id = ? ORDER BY c.created_ms",
+            (order_id,),
+        )
+        return Reply(200, {"charges": [{**dict(r), "refunded": bool(r["refunded"])} for r in rows]})
 
     def ledger(self, request: Request) -> Reply:
         prefix = parse_qs(request.query).get("order_prefix", [""])[0]

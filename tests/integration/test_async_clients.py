@@ -59,10 +59,11 @@ def test_async_charges_and_refunds_answer_as_the_sync_ones_and_charge_once_per_k
         declined = await gateway.authorize_async("as-2", 20000, CARD, "EUR", idempotency_key="k-as-2")
         assert declined is not None and declined.decline_reason == "INSUFFICIENT_FUNDS"
         assert await gateway.authorize_async("as-3", 100, "tok_silent_1", "EUR", idempotency_key="k-as-3") is None
-        await gateway.refund_async("as-1", first.payment_id, 1200, idempotency_key="k-as-r1")
-        await gateway.refund_async("as-1", first.payment_id, 1200, idempotency_key="k-as-r1")  # a replay
-        with pytest.raises(GatewayRejected, match="409 charge_already_refunded"):
-            await gateway.refund_async("as-1", first.payment_id, 1200, idempotency_key="k-as-r2")
+        assert await gateway.refund_async("as-1", first.payment_id, 1200, idempotency_key="k-as-r1") is True
+        assert await gateway.refund_async("as-1", first.payment_id, 1200, idempotency_key="k-as-r1") is True  # replay
+        assert await gateway.refund_async("as-1", first.payment_id, 1200, idempotency_key="k-as-r2") is False
+        [charge] = await gateway.charges_of_async("as-1")
+        assert charge.payment_id == first.payment_id and charge.refunded
         with pytest.raises(GatewayRejected, match="idempotency key is required"):
             await gateway.authorize_async("as-4", 100, CARD, "EUR")
         await gateway.aclose()

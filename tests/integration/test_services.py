@@ -4,6 +4,7 @@ outages, a restart that keeps the ledger, and no card token or address in their 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from processors.agents.gateway import GatewayRejected, GatewayUnavailable, HttpPaymentGateway
+from processors.agents.gateway import Charge, GatewayRejected, GatewayUnavailable, HttpPaymentGateway
 from processors.agents.notifications import HttpDeliverySink
 from processors.services.process import RunningService, start_service
 
@@ -145,14 +146,49 @@ def test_refunds_once_per_charge(client: httpx.Client, psp: RunningService):
     gateway = HttpPaymentGateway(psp.url)
     auth = gateway.authorize("ref-1", 1200, CARD, "EUR", idempotency_key="key-ref-charge")
     assert auth is not None and auth.approved
-    gateway.refund("ref-1", auth.payment_id, 1200, idempotency_key="key-ref-1")
-    gateway.refund("ref-1", auth.payment_id, 1200, idempotency_key="key-ref-1")  # replay: fine, no second refund
-    with pytest.raises(GatewayRejected, match="409 charge_already_refunded"):
-        gateway.refund("ref-1", auth.payment_id, 1200, idempotency_key="key-ref-2")
+    assert gateway.refund("ref-1", auth.payment_id, 1200, idempotency_key="key-ref-1") is True
+    assert gateway.refund("ref-1", auth.payment_id, 1200, idempotency_key="key-ref-1") is True  # its replay
+    # another request for the same charge: refused by the PSP (409), which the client reads as "refunded already"
+    assert gateway.refund("ref-1", auth.payment_id, 1200, idempotency_key="key-ref-2") is False
+    raw = client.post("/v1/refunds", json={"payment_id": auth.payment_id, "amount_minor": 1200},
+                      headers={"Idempotency-Key": "key-ref-4"})  # fmt: skip
+    assert raw.status_code == 409 and raw.json()["error"]["code"] == "charge_already_refunded"
     with pytest.raises(GatewayRejected, match="404 no_such_charge"):
         gateway.refund("ref-x", "pay_nothing", 100, idempotency_key="key-ref-3")
     summary = ledger(client, "ref-")["summary"]
     assert summary["refunds"] == 1 and summary["double_refunds"] == {} and summary["refunds_without_charge"] == []
+
+
+def test_the_charges_of_an_order_are_looked_up_by_its_exact_id(client: httpx.Client, psp: RunningService):
+    gateway = HttpPaymentGateway(psp.url)
+    first = gateway.authorize("look-1", 1200, CARD, "EUR", idempotency_key="key-look-1")
+    gateway.authorize("look-10", 700, CARD, "EUR", idempotency_key="key-look-10")  # a longer id, same prefix
+    gateway.authorize("look-1", 900000, CARD, "EUR", idempotency_key="key-look-1-big")  # declined: over the limit
+    assert first is not None and first.approved
+    assert gateway.refund("look-1", first.payment_id, 1200, idempotency_key="key-look-r") is True
+    charges = gateway.charges_of("look-1")
+    assert [(c.payment_id, c.amount_minor, c.currency, c.approved, c.refunded) for c in charges] == [
+        (first.payment_id, 1200, "EUR", True, True),
+        (charges[1].payment_id, 900000, "EUR", False, False),
+    ]
+    assert gateway.charges_of("look-nothing") == []
+    assert asyncio.run(_charges_async(psp.url, "look-10"))[0].amount_minor == 700
+    assert client.get("/v1/charges").json()["error"]["code"] == "bad_order_id"
+    assert client.get("/v1/charges", params={"order_id": "x" * 201}).status_code == 400
+    with pytest.raises(GatewayRejected, match="400 bad_order_id"):
+        gateway.charges_of("")
+    replays = ledger(client, "look-")["summary"]["replayed_requests"]
+    gateway.charges_of("look-1")
+    assert ledger(client, "look-")["summary"]["replayed_requests"] == replays  # a look-up is no request of record
+
+
+async def _charges_async(url: str, order_id: str) -> list[Charge]:
+    gateway = HttpPaymentGateway(url)
+    try:
+        return await gateway.charges_of_async(order_id)
+    finally:
+        await gateway.aclose()
+        gateway.close()
 
 
 def test_a_request_without_a_key_or_with_a_bad_body_is_refused(client: httpx.Client):

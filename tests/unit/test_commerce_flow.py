@@ -148,7 +148,59 @@ def test_cancellation_overtaking_its_order_means_no_charge_and_no_reservation():
     assert inventory.send("order.cancelled", cancel).outcome == "PROCESSED"
     assert payments.send("order.created", order()).emitted == []
     assert inventory.send("order.created", order()).emitted == []
-    assert flow.gateway.calls == 0
+    assert flow.gateway.charges == {} and flow.gateway.refunds == {}
+    assert flow.stored("payments", "ord-1")["status"] == "cancelled_before_payment"
+
+
+CANCEL = {"order_id": "ord-1", "reason": "TIMEOUT", "detail": None, "cancelled_at": 0}
+
+
+def _lost_attempts_charge(flow: CommerceFlow) -> str:
+    """What a worker killed between the charge and its commit leaves: a charge at the PSP (under
+    the key the handler's replay would send), nothing in the payments agent's state."""
+    answer = flow.gateway.authorize("ord-1", 5000, "tok_ok", "EUR", idempotency_key="lost-attempt")
+    assert answer is not None and answer.approved
+    return answer.payment_id
+
+
+def test_a_cancellation_overtaking_the_replay_of_a_charged_order_refunds_the_booked_charge_once():
+    flow = CommerceFlow()
+    payments = flow.drivers["payments"]
+    payment_id = _lost_attempts_charge(flow)
+    [refunded] = payments.send("order.cancelled", CANCEL).emitted_of("payment.refunded")
+    assert refunded.value["payment_id"] == payment_id and refunded.value["amount_minor"] == 5000
+    assert refunded.value["reason"] == "TIMEOUT"
+    assert payments.send("order.created", order()).emitted == []  # the replay: never charged again
+    assert flow.gateway.charges == {"ord-1": 1} and flow.gateway.refunds == {"ord-1": 1}
+    assert flow.stored("payments", "ord-1")["status"] == "refunded"
+
+
+def test_a_lost_charge_booked_after_the_cancellation_is_refunded_when_the_order_comes():
+    flow = CommerceFlow()
+    payments = flow.drivers["payments"]
+    assert payments.send("order.cancelled", CANCEL).emitted == []  # nothing booked yet
+    _lost_attempts_charge(flow)  # the PSP booked the lost attempt's charge after the look-up
+    [refunded] = payments.send("order.created", order()).emitted_of("payment.refunded")
+    assert refunded.value["reason"] == "TIMEOUT"
+    assert flow.gateway.charges == {"ord-1": 1} and flow.gateway.refunds == {"ord-1": 1}
+
+
+def test_a_charge_a_lost_attempt_refunded_already_is_announced_and_not_refunded_twice():
+    flow = CommerceFlow()
+    payment_id = _lost_attempts_charge(flow)
+    assert flow.gateway.refund("ord-1", payment_id, 5000, idempotency_key="lost-refund") is True
+    [refunded] = flow.drivers["payments"].send("order.cancelled", CANCEL).emitted_of("payment.refunded")
+    assert refunded.value["payment_id"] == payment_id
+    assert flow.gateway.refunds == {"ord-1": 1}
+
+
+def test_an_invalid_orders_cancellation_needs_no_look_up_at_the_psp():
+    flow = CommerceFlow()
+    payments = flow.drivers["payments"]
+    payments.send("order.created", order(total_delta=1))
+    calls = flow.gateway.calls
+    assert payments.send("order.cancelled", {**CANCEL, "reason": "INVALID"}).emitted == []
+    assert flow.gateway.calls == calls
 
 
 def test_transient_gateway_failures_are_retried_then_dead_lettered_when_exhausted():
