@@ -13,6 +13,7 @@ import pytest
 
 from processors.runtime import App, AppError, Reject, RetryPolicy
 from processors.runtime._concurrency import KeyedExecutor
+from processors.runtime.dependencies import DependencyPolicy
 from processors.runtime.agent import DEFAULT_MAX_IN_FLIGHT
 from processors.runtime.state import BatchView, MemoryStore, keys
 from processors.runtime.testing import AgentDriver
@@ -376,3 +377,32 @@ def test_a_blocking_ctx_call_from_an_async_handler_is_named_once(caplog):
         driver.send("counter.incremented", {"name": "b", "by": 1})
     warnings = [r for r in caplog.records if "blocks every other input" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].dependency == "slow-api"
+
+
+def test_an_open_breaker_stops_the_calls_of_every_input_in_flight():
+    """One breaker per dependency and agent session, shared by the inputs running at once: once the
+    window opens it, the other inputs' calls fail fast (no call reaches the service) and are
+    retried, then dead-lettered with their reason; none is lost or processed twice."""
+    app = App("breaker-test", contracts_dir=CONTRACTS, schemas_dir=SCHEMAS)
+    calls: list[str] = []
+    policy = DependencyPolicy(failure_rate_threshold=0.5, window_size=4, min_calls=4, open_seconds=3600.0)
+    retry = RetryPolicy(max_attempts=3, base_delay_s=0.001, max_delay_s=0.002, max_elapsed_s=5.0)
+
+    @app.agent("caller", consumes=["counter.incremented"], produces=["counter.total"],
+               dependencies={"svc": policy}, transient=(Flaky,), retry=retry, max_in_flight=8)  # fmt: skip
+    async def caller(event, ctx):
+        async def down() -> None:
+            calls.append(event.value["name"])
+            await asyncio.sleep(0.002)
+            raise Flaky("svc: down")
+
+        await ctx.call_async("svc", down)
+        ctx.emit("counter.total", event.value["name"], {"name": event.value["name"], "total": 1, "seq": 1})
+
+    driver = AgentDriver(app, "caller")
+    results = driver.send_many(interleaved([f"k{i}" for i in range(16)], 1), max_in_flight=8)
+    assert [r.outcome for r in results] == ["DEAD_LETTERED"] * 16 and not any(r.emitted for r in results)
+    assert {r.reason for r in results} <= {"retries_exhausted", "circuit_open"}
+    # 16 inputs x 3 attempts would be 48 calls without the breaker; with it, the 4 that opened it
+    # and at most the other inputs already inside a call then (7 more)
+    assert 4 <= len(calls) <= 4 + 7
