@@ -13,8 +13,8 @@ import pytest
 
 from processors.runtime import App, AppError, Reject, RetryPolicy
 from processors.runtime._concurrency import KeyedExecutor
-from processors.runtime.dependencies import DependencyPolicy
 from processors.runtime.agent import DEFAULT_MAX_IN_FLIGHT
+from processors.runtime.dependencies import DependencyPolicy
 from processors.runtime.state import BatchView, MemoryStore, keys
 from processors.runtime.testing import AgentDriver
 from tests.engine.app import CONTRACTS, SCHEMAS
