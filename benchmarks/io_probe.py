@@ -6,20 +6,24 @@ an earlier input of their partition) every 2 ms.
 Why: at 50 ms and 64 in flight the agent reached ~0.5× of 64/latency, i.e. ~32 handlers running on
 average; the split says which part of the loop holds the other slots.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/io_probe.py --bootstrap 127.0.0.1:9303 --in-flight 64 --latency-ms 50
+    .venv/bin/python benchmarks/io_probe.py --bootstrap 127.0.0.1:9303 --in-flight 64 --latency-ms 50
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import io_bound
-from processors.runtime import worker as worker_module
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' modules, as io_bound.py has them
+
+import io_bound  # noqa: E402
+
+from processors.runtime import worker as worker_module  # noqa: E402
 
 TIMED = {"_poll": "poll", "_commit": "commit"}
 

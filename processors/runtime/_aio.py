@@ -109,7 +109,6 @@ class LoopThread:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
 
-
     @staticmethod
     def _close_resources(loop: asyncio.AbstractEventLoop, thread: threading.Thread | None) -> None:
         if thread is threading.current_thread():  # closed from one of its own callbacks: cannot wait

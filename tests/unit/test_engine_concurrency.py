@@ -12,7 +12,7 @@ import time
 import pytest
 
 from processors.runtime import App, AppError, Reject, RetryPolicy
-from processors.runtime._concurrency import KeyedExecutor
+from processors.runtime._concurrency import KeyedExecutor, Released
 from processors.runtime.agent import DEFAULT_MAX_IN_FLIGHT
 from processors.runtime.state import BatchView, MemoryStore, keys
 from processors.runtime.testing import AgentDriver
@@ -413,7 +413,7 @@ def test_finished_inputs_behind_a_slow_head_free_their_slot_up_to_the_held_bound
     assert executor.in_flight() == 8 and executor.capacity == 0
     assert executor.take_released() == []  # nothing released past the unfinished head
     release_slow.set()
-    released = []
+    released: list[Released] = []
     while len(released) < 8 and time.monotonic() < deadline:
         executor.collect(0.05)
         released += executor.take_released()
