@@ -9,6 +9,7 @@ Running: ``choreo worker --app MODULE:APP`` or :class:`Worker`; testing:
 :mod:`processors.runtime.testing` (``AgentDriver``, ``run_agents``).
 """
 
+from processors.runtime._aio import on_loop_close
 from processors.runtime.agent import AgentSpec, Routing
 from processors.runtime.app import App
 from processors.runtime.context import Context
@@ -50,6 +51,7 @@ __all__ = [
     "TimerError",
     "TopicError",
     "Topology",
+    "on_loop_close",
     "TopologyError",
     "Worker",
     "WorkerError",

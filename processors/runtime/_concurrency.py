@@ -40,6 +40,14 @@ from processors.runtime.state.store import KeyValueStore, StateView
 
 InputPartition = tuple[str, int]
 
+# How many inputs the executor may hold in all (running, waiting, finished and not released yet), as
+# a multiple of max_in_flight. Why not max_in_flight itself: a finished input waits for every earlier
+# input of its partition before it is released; counted against max_in_flight, it kept a handler's
+# slot idle behind a slow head (or behind a key's later input waiting for its earlier one), and at
+# 50 ms and 64 in flight only ~32 handlers ran on average (benchmarks/RESULTS.md, issue 14). Finished
+# inputs hold no connection, only their result: bounded by this, not by the dependency's concurrency.
+HELD_PER_SLOT = 4
+
 
 class _Phase(Enum):
     WAITING = 1  # admitted, its lanes not free yet
@@ -161,6 +169,8 @@ class KeyedExecutor:
         self._lanes: dict[tuple[int, bytes], deque[Job]] = {}
         self._parts: dict[InputPartition, _Partition] = {}
         self._count = 0  # jobs admitted and not yet released or dropped
+        self._held_done = 0  # of those, the finished ones (waiting for release)
+        self.max_held = HELD_PER_SLOT * max_in_flight
         self._running = 0
         self._released: list[Released] = []
         self._ready: deque[Job] = deque()  # jobs first in all their lanes, to start
@@ -169,8 +179,11 @@ class KeyedExecutor:
     # ------------------------------------------------------------------ state
     @property
     def capacity(self) -> int:
-        """How many more inputs may be submitted now."""
-        return max(0, self.max_in_flight - self._count)
+        """How many more inputs may be submitted now: up to ``max_in_flight`` unfinished (running
+        or waiting for their key), and up to ``max_held`` in all (finished ones waiting for an
+        earlier input of their partition included)."""
+        unfinished = self._count - self._held_done
+        return max(0, min(self.max_in_flight - unfinished, self.max_held - self._count))
 
     @property
     def busy(self) -> bool:
@@ -209,6 +222,7 @@ class KeyedExecutor:
             job = Job(topic, partition, offset, None, message, admitted, _Phase.FINISHED)
             part.jobs.append(job)
             self._count += 1
+            self._held_done += 1
             self._release(tp, part)
             return
         job = Job(topic, partition, offset, admitted, message)
@@ -311,6 +325,7 @@ class KeyedExecutor:
         """A handled job's result is in: stage its writes, free its lanes, release what can go."""
         job.result = result
         job.phase = _Phase.FINISHED
+        self._held_done += 1
         tp = (job.topic, job.partition)
         part = self._parts[tp]
         view = job.view
@@ -349,6 +364,7 @@ class KeyedExecutor:
         while jobs and jobs[0].phase is _Phase.FINISHED:
             job = jobs.popleft()
             self._count -= 1
+            self._held_done -= 1
             writes: dict[bytes, bytes | None] = {}
             if job.view is not None:
                 writes = job.view.own
@@ -412,7 +428,6 @@ class KeyedExecutor:
                 if job.phase is _Phase.RUNNING:
                     self._running -= 1
                     self._cancel(job)
-                job.phase = _Phase.DROPPED
                 self._drop_job(job, part)
             del self._parts[tp]
         if wanted is None:
@@ -422,12 +437,14 @@ class KeyedExecutor:
         return first
 
     def _drop_job(self, job: Job, part: _Partition) -> None:
-        job.phase = _Phase.DROPPED
+        was, job.phase = job.phase, _Phase.DROPPED
         try:
             part.jobs.remove(job)
         except ValueError:
             return
         self._count -= 1
+        if was is _Phase.FINISHED:
+            self._held_done -= 1
         for lane in job.lanes:
             waiting = self._lanes.get(lane)
             if waiting is not None:

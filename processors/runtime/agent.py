@@ -29,10 +29,14 @@ class Routing(StrEnum):
 
 
 # Inputs of different keys handled at once by an async (or threads=True) agent, unless declared or
-# set otherwise: enough to keep a 50 ms dependency busy at several thousand inputs a second
-# (benchmarks/io_bound.py measures 1, this and 256), few enough that a stop or a rebalance drains
-# quickly and a slow dependency is not flooded.
-DEFAULT_MAX_IN_FLIGHT = 64
+# set otherwise. Chosen by measurement (benchmarks/RESULTS.md, "I/O-bound agents (issue 14)", the
+# sweep of 2026-12-02 14:00 UTC: benchmarks/io_bound.py, one worker, 6 partitions, exactly_once): 128
+# is the knee. At 50 ms it reaches the agent's CPU-bound rate (1,252 events/s, 256 gave 1,301; 64 only
+# 836) and at 200 ms 0.88x of 128/latency; 256 buys nothing more at 20-50 ms (the agent's own CPU is
+# the bound there) while it doubles the connections a dependency sees and what a stop or a rebalance
+# drains. Finished inputs behind a slow one of their partition do not count against it (the
+# executor holds up to 4x as many, _concurrency.HELD_PER_SLOT).
+DEFAULT_MAX_IN_FLIGHT = 128
 
 
 @dataclass(frozen=True)

@@ -382,7 +382,7 @@ class AgentRunner:
         # work there)
         deadline = opts.commit_timeout_s + opts.call_grace_s
         if self.executor is not None and not self.executor.capacity:
-            return []  # as many inputs in hand as max_in_flight: the next poll waits for one to end
+            return []  # max_in_flight handlers running (or max_held inputs in hand): wait for one to end
         with self.watch.watch("poll", timeout + deadline):
             first = self.consumer.poll(timeout)
         if first is None:
@@ -604,7 +604,7 @@ class AgentRunner:
             self._not_ours(not_ours)
         wait_s = 0.0
         if not msgs and executor.busy:
-            # at max_in_flight nothing can be polled until a handler ends; else poll again soon
+            # at capacity nothing can be polled until a handler ends (or a head releases); else poll again soon
             wait_s = self.options.poll_timeout_s if not executor.capacity else self.options.batch_linger_s
         executor.collect(wait_s)
         return self._take_released()

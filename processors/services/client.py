@@ -34,6 +34,8 @@ import aiohttp
 import httpx
 import orjson
 
+from processors.runtime import on_loop_close
+
 ERROR_CODE_CHARS = 64
 NO_ANSWER = "no answer in time"
 NO_CONNECTION = "could not connect"
@@ -192,8 +194,10 @@ class LoopSessions:
     loop-bound is made at import or agent declaration time.
 
     :meth:`aclose` closes the running loop's session, :meth:`close` every one (from outside their
-    loops). The session of a loop that closed without either (the engine stops a session's loop
-    without telling its handlers' clients) is closed when the next loop makes its own: its
+    loops). A session is also registered with :func:`processors.runtime.on_loop_close`: the engine's
+    loop of an agent session awaits its close before it stops, so its transports do not outlive the
+    loop (else: ResourceWarning "unclosed transport"). The session of a loop that closed without any
+    of these (a loop the engine does not run) is closed when the next loop makes its own: its
     connections went with its loop, and closing it keeps it from reporting itself unclosed."""
 
     def __init__(self, factory: Callable[[], aiohttp.ClientSession]) -> None:
@@ -214,6 +218,7 @@ class LoopSessions:
             for old, _s in dead:
                 del self._sessions[old]
             session = self._sessions[loop] = self._factory()
+        on_loop_close(self.aclose)
         for _old, stale in dead:
             _forget(stale)
         return session

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from processors.runtime import App, AppError, Reject, RetryPolicy
-from processors.runtime._concurrency import KeyedExecutor
+from processors.runtime._concurrency import KeyedExecutor, Released
 from processors.runtime.agent import DEFAULT_MAX_IN_FLIGHT
 from processors.runtime.dependencies import DependencyPolicy
 from processors.runtime.state import BatchView, MemoryStore, keys
@@ -406,3 +406,47 @@ def test_an_open_breaker_stops_the_calls_of_every_input_in_flight():
     # 16 inputs x 3 attempts would be 48 calls without the breaker; with it, the 4 that opened it
     # and at most the other inputs already inside a call then (7 more)
     assert 4 <= len(calls) <= 4 + 7
+
+
+def test_finished_inputs_behind_a_slow_head_free_their_slot_up_to_the_held_bound():
+    """A finished input waiting for an earlier one of its partition holds no handler slot: with a
+    slow head and max_in_flight 2 the other slot keeps running inputs, until the executor holds
+    ``max_held`` (HELD_PER_SLOT × max_in_flight) in all; they are released in offset order after it."""
+    app = App("concurrency-test", contracts_dir=CONTRACTS, schemas_dir=SCHEMAS)
+    release_slow = threading.Event()
+
+    @app.agent("gate", consumes=["counter.incremented"], produces=["counter.total"], max_in_flight=2, routing="any")
+    async def gate(event, ctx):
+        if event.value["name"] == "slow":
+            while not release_slow.is_set():
+                await asyncio.sleep(0.005)
+        ctx.emit("counter.total", event.value["name"], {"name": event.value["name"], "total": 1, "seq": 1})
+
+    driver = AgentDriver(app, "gate")
+    view = BatchView(MemoryStore())
+    executor = KeyedExecutor(driver.processor, 2, lambda _p: view)
+    proc = driver.processor
+
+    def submit(offset: int, name: str) -> str:
+        t, k, d, h = driver._record_of("counter.incremented", {"name": name, "by": 1}, name)
+        executor.submit(t, 0, offset, proc.admit(t, 0, offset, k, d, h))
+        return t
+
+    topic = submit(0, "slow")
+    offset, deadline = 1, time.monotonic() + 10
+    while executor.capacity and time.monotonic() < deadline:
+        submit(offset, f"fast-{offset}")
+        while executor.collect(0.05) == 0 and time.monotonic() < deadline:
+            pass  # until this fast one finished: it then waits behind the slow head
+        offset += 1
+    assert executor.max_held == 8 and offset == 8  # 7 fast inputs ran through the second slot
+    assert executor.in_flight() == 8 and executor.capacity == 0
+    assert executor.take_released() == []  # nothing released past the unfinished head
+    release_slow.set()
+    released: list[Released] = []
+    while len(released) < 8 and time.monotonic() < deadline:
+        executor.collect(0.05)
+        released += executor.take_released()
+    assert [(r.topic, r.offset) for r in released] == [(topic, o) for o in range(8)]
+    assert executor.capacity == 2 and not executor.busy
+    executor.close()
