@@ -40,7 +40,9 @@ NATIVE_MODULES = (
     "processors.contracts.ids",
     "processors.contracts.slotted",
     "processors.kafka_types",
+    "processors.runtime._processor",
     "processors.runtime.audit",
+    "processors.runtime.context",
     "processors.runtime.emitter",
     "processors.runtime.state.store",
 )

@@ -597,3 +597,55 @@ def test_rocks_store_round_trip(tmp_path):
         finally:
             store.close()
     assert results[0] == results[1]
+
+
+# ---------------------------------------------------------------------------- processor, context
+# The per-record engine (``_processor`` drives ``context``) is compared as a whole: the golden
+# scenario (tests/unit/engine_golden.py: processed, duplicate, ignored and dead-lettered inputs,
+# retries, timers, PII redaction, tenants, trace context, JSON audit, the bench workloads) is run
+# here on the compiled build and in a child process forced pure, and every step's records, store
+# writes, audit and dead-letter reasons must be byte-identical. A copy under another name (as
+# above) would not do: the Processor builds its context from the ``context`` module it imports.
+_GOLDEN_CHILD = (
+    "import json, sys; from tests.unit.engine_golden import run_scenarios; "
+    "from processors import _native; from processors.runtime import _processor, context; "
+    "assert not _native.is_compiled(_processor) and not _native.is_compiled(context); "
+    "json.dump(run_scenarios(), sys.stdout)"
+)
+
+
+def test_processor_and_context_compiled_produce_what_the_pure_build_does():
+    from processors.runtime import _processor, context
+    from tests.unit.engine_golden import run_scenarios
+
+    for module in (_processor, context):
+        if not _native.is_compiled(module):
+            pytest.skip(f"{module.__name__}: the compiled build is not in use ({_native.summary()})")
+    env = {**os.environ, _native.PURE_ENV: "1"}
+    child = subprocess.run(
+        [sys.executable, "-c", _GOLDEN_CHILD], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
+    pure_steps, compiled_steps = json.loads(child.stdout), run_scenarios()
+    assert [s["label"] for s in compiled_steps] == [s["label"] for s in pure_steps]
+    for want, got in zip(pure_steps, compiled_steps, strict=True):
+        assert got == want, f"{want['label']}: the compiled build differs"
+
+
+def test_compiled_processor_keeps_async_handlers_coroutines():
+    """The worker tells an ``async def`` handler's path by ``inspect``; Cython's coroutines must
+    look like Python's to it and to asyncio, or async agents would run their handlers unawaited."""
+    import asyncio
+    import inspect
+
+    from processors.runtime import _processor, context
+
+    for module in (_processor, context):
+        if not _native.is_compiled(module):
+            pytest.skip(f"{module.__name__}: the compiled build is not in use ({_native.summary()})")
+    assert inspect.iscoroutinefunction(_processor.Processor.invoke_async)
+    assert inspect.iscoroutinefunction(_processor.Processor._run_async)
+    coro = _processor.Processor.invoke_async(None, None, None, None)  # type: ignore[arg-type]
+    try:
+        assert asyncio.iscoroutine(coro) and inspect.isawaitable(coro)
+    finally:
+        coro.close()
