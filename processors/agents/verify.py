@@ -20,6 +20,7 @@ from processors.agents.gateway import PSP_URL_ENV
 from processors.agents.ledger import FlowLedger, receiver_violations
 from processors.agents.notifications import SINK_URL_ENV
 from processors.contracts import ContractError
+from processors.contracts.envelope import CE_IDEMPOTENCYKEY
 from processors.kafka_types import coordinates
 from processors.kafka_types import headers as read_headers
 from processors.runtime import App
@@ -129,7 +130,7 @@ def _ingest(ledger: FlowLedger, app: App, consumers_of: dict[str, list[str]], ms
         ledger.undecodable.append(f"{where}: {decoded}")
         return
     assert event_type is not None
-    ledger.add_event(event_type, decoded, msg.timestamp()[1])
+    ledger.add_event(event_type, decoded, msg.timestamp()[1], header_value(headers, CE_IDEMPOTENCYKEY))
 
 
 def _decode(app: App, event_type: str, value: bytes | None) -> dict | str:

@@ -69,7 +69,7 @@ def test_each_breach_is_named():
         "order ghost: terminal event for an order that was never created",
         "order charged: charged 2 times",
         "order charged: charged but neither confirmed nor refunded",
-        "order free: refunded without an authorized payment",
+        "order free: refunded without an authorized payment, and not cancelled",
         "SKU OOS-01: stock went negative (-1) reserving for order held",
         "order held line 0: cancelled but OOS-01 x1 still held",
         "SKU OOS-01: 1 units held, more than the opening stock 0",
