@@ -8,7 +8,10 @@ The shape is the Confluent Parallel Consumer's, over the engine's phases of one 
   decide (a dead letter, an ignored type) needs no handler: it is finished at once.
 * **Lanes.** A handled input waits until it is first in the lane of its state key and in the lane
   of its seen key (two inputs with one idempotency key are one input delivered twice: the second
-  must see the first's seen key). Then it starts: its dedupe check, then its handler on the
+  must see the first's seen key). A finished input hands its lanes on to the next input of its
+  own topic partition at once (that one reads its staged writes), to an input of another topic
+  (co-partitioned, the same store) only once released (that one reads the open work, and is
+  released in its own offset order). Then it starts: its dedupe check, then its handler on the
   agent's event loop (``async def``) or on a thread of the executor's pool (``threads=True``).
 * **Finish** (the agent's thread, in completion order): its records and store writes, staged in
   the executor, where the next input of the key reads them.
@@ -224,6 +227,7 @@ class KeyedExecutor:
             self._count += 1
             self._held_done += 1
             self._release(tp, part)
+            self._start_ready()
             return
         job = Job(topic, partition, offset, admitted, message)
         job.lanes = ((partition, b"s" + admitted.state_key), (partition, b"i" + admitted.seen_at))
@@ -235,8 +239,12 @@ class KeyedExecutor:
             waiting = self._lanes.get(lane)
             if waiting is None:
                 self._lanes[lane] = deque((job,))
+                continue
+            waiting.append(job)
+            head = waiting[0]
+            if len(waiting) == 2 and head.phase is _Phase.FINISHED and head.topic == topic:
+                waiting.popleft()  # a finished input's writes are staged where this one reads them
             else:
-                waiting.append(job)
                 first = False
         if first:
             self._ready.append(job)
@@ -334,8 +342,18 @@ class KeyedExecutor:
             for key in view.own:
                 part.owner[key] = job
         for lane in job.lanes:
-            self._free(lane, job)
+            self._pass_on(lane, job)
         self._release(tp, part)
+
+    def _pass_on(self, lane: tuple[int, bytes], job: Job) -> None:
+        """Free a finished job's lane for the next input of its key when that one reads the job's
+        staged writes: an input of the same topic partition. An input of another topic (the same
+        partition number: its state is the same store's) reads the open work, not this partition's
+        staging, and is released in its own offset order: it waits until this job is released, and
+        so does the lane while nobody waits in it (see :meth:`submit`)."""
+        waiting = self._lanes.get(lane)
+        if waiting and waiting[0] is job and len(waiting) > 1 and waiting[1].topic == job.topic:
+            self._free(lane, job)
 
     def _free(self, lane: tuple[int, bytes], job: Job) -> None:
         waiting = self._lanes.get(lane)
@@ -373,6 +391,8 @@ class KeyedExecutor:
                     if part.owner.get(key) is job:
                         del part.owner[key]
                         del part.staged[key]
+            for lane in job.lanes:
+                self._free(lane, job)  # a lane it still holds (see _pass_on)
             if job.admitted is not None:
                 keys = part.keys
                 keys[job.admitted.state_key] -= 1

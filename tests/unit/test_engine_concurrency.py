@@ -450,3 +450,49 @@ def test_finished_inputs_behind_a_slow_head_free_their_slot_up_to_the_held_bound
     assert [(r.topic, r.offset) for r in released] == [(topic, o) for o in range(8)]
     assert executor.capacity == 2 and not executor.busy
     executor.close()
+
+
+def test_an_input_of_another_topic_reads_what_an_earlier_input_of_its_key_wrote():
+    """An agent on two co-partitioned topics: one key's input on each, the first finished but held
+    behind a slow input of its own topic. The second (other topic, same key, same store) must not
+    start before the first is released, or it reads the key's state without the first's write and
+    one of the two writes is lost (the fault run's missing notification: an order.cancelled's
+    pending notice overwritten by its order.created)."""
+    app = App("concurrency-test", contracts_dir=CONTRACTS, schemas_dir=SCHEMAS)
+    slow, first_ran = threading.Event(), threading.Event()
+
+    @app.agent("two", consumes=["counter.incremented", "counter.reset"], routing="any", max_in_flight=4)
+    async def two(event, ctx):
+        if event.value["name"] == "slow":
+            while not slow.is_set():
+                await asyncio.sleep(0.002)
+        elif event.type == "counter.incremented":
+            first_ran.set()
+        seen = ctx.state.get("seen", [])
+        ctx.state["seen"] = [*seen, event.type]
+
+    driver = AgentDriver(app, "two", partition=0)
+    views = [BatchView(MemoryStore())]
+    executor = KeyedExecutor(driver.processor, 4, lambda _p: views[-1])
+    proc = driver.processor
+    inputs = [("counter.incremented", {"name": "slow", "by": 1}), ("counter.incremented", {"name": "a", "by": 1})]
+    inputs.append(("counter.reset", {"name": "a"}))
+    offsets: dict[str, int] = {}
+    for event_type, value in inputs:
+        t, k, d, h = driver._record_of(event_type, value, str(value["name"]))
+        offset = offsets[t] = offsets.get(t, -1) + 1
+        executor.submit(t, 0, offset, proc.admit(t, 0, offset, k, d, h))
+    deadline = time.monotonic() + 10
+    while not first_ran.is_set() and time.monotonic() < deadline:
+        executor.collect(0.01)
+    for _ in range(10):  # "a" on counter.incremented finishes, held behind "slow"; the reset waits
+        executor.collect(0.01)
+    slow.set()
+    released = []
+    while executor.busy and time.monotonic() < deadline:
+        executor.collect(0.02)
+        released += executor.take_released()
+    released += executor.take_released()
+    executor.close()
+    assert len(released) == 3
+    assert views[-1].get(keys.state_key(b"a")) == b'{"seen":["counter.incremented","counter.reset"]}'
