@@ -172,11 +172,14 @@ def test_an_async_handler_runs_in_order_through_send_too():
     assert driver.state("a") == {"last": 3}
 
 
-def test_nothing_is_released_past_an_unfinished_input_and_a_drop_says_where_to_resume():
+def gated_executor(max_in_flight: int) -> tuple[AgentDriver, KeyedExecutor, BatchView, threading.Event]:
+    """An executor over an agent whose input named "slow" runs until the event is set (each input
+    emits one record); its open work is one overlay of a memory store."""
     app = App("concurrency-test", contracts_dir=CONTRACTS, schemas_dir=SCHEMAS)
     release_slow = threading.Event()
 
-    @app.agent("gate", consumes=["counter.incremented"], produces=["counter.total"], max_in_flight=4, routing="any")
+    @app.agent("gate", consumes=["counter.incremented"], produces=["counter.total"], max_in_flight=max_in_flight,
+               routing="any")  # fmt: skip
     async def gate(event, ctx):
         if event.value["name"] == "slow":
             while not release_slow.is_set():
@@ -185,7 +188,11 @@ def test_nothing_is_released_past_an_unfinished_input_and_a_drop_says_where_to_r
 
     driver = AgentDriver(app, "gate")
     view = BatchView(MemoryStore())
-    executor = KeyedExecutor(driver.processor, 4, lambda _p: view)
+    return driver, KeyedExecutor(driver.processor, max_in_flight, lambda _p: view), view, release_slow
+
+
+def test_nothing_is_released_past_an_unfinished_input_and_a_drop_says_where_to_resume():
+    driver, executor, view, release_slow = gated_executor(4)
     proc = driver.processor
     for offset, name in enumerate(["slow", "fast-1", "fast-2"]):
         t, k, d, h = driver._record_of("counter.incremented", {"name": name, "by": 1}, name)
@@ -412,19 +419,7 @@ def test_finished_inputs_behind_a_slow_head_free_their_slot_up_to_the_held_bound
     """A finished input waiting for an earlier one of its partition holds no handler slot: with a
     slow head and max_in_flight 2 the other slot keeps running inputs, until the executor holds
     ``max_held`` (HELD_PER_SLOT × max_in_flight) in all; they are released in offset order after it."""
-    app = App("concurrency-test", contracts_dir=CONTRACTS, schemas_dir=SCHEMAS)
-    release_slow = threading.Event()
-
-    @app.agent("gate", consumes=["counter.incremented"], produces=["counter.total"], max_in_flight=2, routing="any")
-    async def gate(event, ctx):
-        if event.value["name"] == "slow":
-            while not release_slow.is_set():
-                await asyncio.sleep(0.005)
-        ctx.emit("counter.total", event.value["name"], {"name": event.value["name"], "total": 1, "seq": 1})
-
-    driver = AgentDriver(app, "gate")
-    view = BatchView(MemoryStore())
-    executor = KeyedExecutor(driver.processor, 2, lambda _p: view)
+    driver, executor, view, release_slow = gated_executor(2)
     proc = driver.processor
 
     def submit(offset: int, name: str) -> str:
