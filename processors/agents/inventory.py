@@ -72,7 +72,8 @@ def _on_line_answer(event: Event, ctx: Context) -> None:
         _emit_released(ctx, state["cancel_reason"])
     elif all(line["answer"] == "reserved" for line in lines):
         state["status"] = RESERVED
-        ctx.emit("inventory.reserved", ctx.key, {"order_id": ctx.key, "items": _held(lines), "reserved_at": ctx.now_ms})
+        value = {"order_id": ctx.key, "items": _held(lines), "reserved_at": ctx.now_ms}
+        ctx.emit("inventory.reserved", ctx.key, value, idempotency_key=_effect_key("inventory.reserved", ctx.key))
     else:
         _release_held(ctx, "OUT_OF_STOCK")
         state["status"] = REJECTED
@@ -86,6 +87,7 @@ def _on_line_answer(event: Event, ctx: Context) -> None:
                 "reason": "OUT_OF_STOCK",
                 "rejected_at": ctx.now_ms,
             },
+            idempotency_key=_effect_key("inventory.rejected", ctx.key),
         )
 
 
@@ -124,6 +126,7 @@ def _release_held(ctx: Context, cancel_reason: str) -> None:
                     "reason": stock_release_reason(cancel_reason),
                     "requested_at": ctx.now_ms,
                 },
+                idempotency_key=_effect_key("stock.release.requested", ctx.key, index),
             )
 
 
@@ -142,7 +145,17 @@ def _emit_released(ctx: Context, cancel_reason: str) -> None:
                 "reason": release_reason(cancel_reason),
                 "released_at": ctx.now_ms,
             },
+            idempotency_key=_effect_key("inventory.released", ctx.key),
         )
+
+
+def _effect_key(event_type: str, order_id: str, *parts: object) -> str:
+    """The idempotency key of an effect that happens once per order (or order line), whichever
+    input leads to it. The default key derives from the input, and which input completes an
+    order's lines depends on the order the answers arrive in: under at_least_once, a killed
+    worker's attempt and its replay can see them in different orders and both emit, and only a key
+    of the effect's own identity lets the stock agent (and the orders agent) drop the second."""
+    return ":".join((event_type, order_id, *map(str, parts)))
 
 
 def _held(lines: list[dict]) -> list[dict]:

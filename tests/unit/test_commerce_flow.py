@@ -272,3 +272,42 @@ def test_payments_of_different_orders_are_awaited_at_once_and_each_order_is_char
     assert sorted(refunded) == [f"ord-{i}" for i in range(4)]
     assert flow.stored("payments", "ord-0")["status"] == "refunded"
     assert flow.stored("payments", "ord-11")["status"] == "authorized"
+
+
+def _answers_in(order_of_answers: list[str]) -> tuple[list, list]:
+    """An order of two lines, the first reservable and the second not, its stock answers handed to
+    a fresh inventory agent in the given order (as a killed worker's attempt and its replay may see
+    them: they are on two topics). Its release requests and its inventory.rejected events."""
+    flow = CommerceFlow()
+    inventory = flow.drivers["inventory"]
+    placed = order(skus=("SKU-0001", "OOS-01"))
+    [line0, line1] = inventory.send("order.created", placed).emitted_of("stock.reserve.requested")
+    answers = {
+        "reserved": ("stock.line.reserved", {**line0.value, "available_after": 10, "reserved_at": 0}),
+        "rejected": (
+            "stock.line.rejected",
+            {**line1.value, "available": 0, "reason": "OUT_OF_STOCK", "rejected_at": 0},
+        ),
+    }
+    for name in order_of_answers:
+        event_type, value = answers[name]
+        value = {k: v for k, v in value.items() if k != "requested_at"}
+        last = inventory.send(event_type, value)
+    return last.emitted_of("stock.release.requested"), last.emitted_of("inventory.rejected")
+
+
+def test_an_order_lines_release_has_one_key_whichever_answer_completes_the_order():
+    releases_a, rejected_a = _answers_in(["reserved", "rejected"])
+    releases_b, rejected_b = _answers_in(["rejected", "reserved"])
+    assert len(releases_a) == len(releases_b) == 1 and len(rejected_a) == len(rejected_b) == 1
+    assert releases_a[0].envelope.idempotency_key == releases_b[0].envelope.idempotency_key
+    assert rejected_a[0].envelope.idempotency_key == rejected_b[0].envelope.idempotency_key
+    # so the stock agent returns the units once, though both attempts asked
+    stock = CommerceFlow().drivers["stock"]
+    before = stock.state("SKU-0001")
+    first = stock.send("stock.release.requested", releases_a[0].value, key="SKU-0001",
+                       envelope=releases_a[0].envelope)  # fmt: skip
+    second = stock.send("stock.release.requested", releases_b[0].value, key="SKU-0001",
+                        envelope=releases_b[0].envelope)  # fmt: skip
+    assert first.outcome == "PROCESSED" and second.outcome == "DUPLICATE"
+    assert before != stock.state("SKU-0001")
