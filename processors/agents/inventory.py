@@ -61,6 +61,9 @@ def _request_lines(event: Event, ctx: Context) -> None:
 def _on_line_answer(event: Event, ctx: Context) -> None:
     state, answer = ctx.state, event.value
     lines = state.get("lines")
+    if not lines and state.get("cancelled") and event.type == "stock.line.reserved":
+        _return_unasked(ctx, answer)
+        return
     if not lines or answer["line_index"] >= len(lines) or lines[answer["line_index"]]["answer"] is not None:
         return  # a line we did not ask for, or already answered
     line = lines[answer["line_index"]]
@@ -89,6 +92,27 @@ def _on_line_answer(event: Event, ctx: Context) -> None:
             },
             idempotency_key=_effect_key("inventory.rejected", ctx.key),
         )
+
+
+def _return_unasked(ctx: Context, answer: dict) -> None:
+    """A reservation for an order cancelled before it came here: a killed worker's attempt asked
+    for it (at_least_once had sent its requests), and its replay saw the cancellation first and
+    never asked. Nothing else would give the units back: ask for their release, under the
+    line's release key (once, whichever path asks)."""
+    index = answer["line_index"]
+    ctx.emit(
+        "stock.release.requested",
+        answer["sku"],
+        {
+            "order_id": ctx.key,
+            "sku": answer["sku"],
+            "qty": answer["qty"],
+            "line_index": index,
+            "reason": stock_release_reason(ctx.state["cancel_reason"]),
+            "requested_at": ctx.now_ms,
+        },
+        idempotency_key=_effect_key("stock.release.requested", ctx.key, index),
+    )
 
 
 def _on_cancelled(event: Event, ctx: Context) -> None:

@@ -311,3 +311,21 @@ def test_an_order_lines_release_has_one_key_whichever_answer_completes_the_order
                         envelope=releases_b[0].envelope)  # fmt: skip
     assert first.outcome == "PROCESSED" and second.outcome == "DUPLICATE"
     assert before != stock.state("SKU-0001")
+
+
+def test_a_reservation_for_an_order_cancelled_before_it_came_is_returned():
+    """at_least_once: a killed worker's attempt asked the stock agent for a line, and its replay
+    saw the order's cancellation first (two topics) and never asked. The answer must give the
+    units back, under the line's release key."""
+    flow = CommerceFlow()
+    inventory = flow.drivers["inventory"]
+    cancel = {"order_id": "ord-1", "reason": "PAYMENT_DECLINED", "detail": None, "cancelled_at": 0}
+    assert inventory.send("order.cancelled", cancel).emitted == []
+    asked = {"order_id": "ord-1", "sku": "SKU-0001", "qty": 2, "line_index": 0, "line_count": 2}
+    [release] = inventory.send("stock.line.reserved", {**asked, "available_after": 10, "reserved_at": 0}).emitted_of(
+        "stock.release.requested"
+    )
+    assert (release.value["sku"], release.value["qty"], release.value["line_index"]) == ("SKU-0001", 2, 0)
+    assert release.envelope.idempotency_key == "stock.release.requested:ord-1:0"
+    rejected = {**asked, "available": 0, "reason": "OUT_OF_STOCK", "rejected_at": 0}
+    assert inventory.send("stock.line.rejected", rejected).emitted == []  # nothing held: nothing to return
