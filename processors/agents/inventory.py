@@ -56,18 +56,39 @@ def _request_lines(event: Event, ctx: Context) -> None:
                 "requested_at": ctx.now_ms,
             },
         )
+    for early in state.pop("early", []):  # answers a killed attempt's requests got before this replay
+        _take_answer(ctx, early["type"], early["line_index"])
 
 
 def _on_line_answer(event: Event, ctx: Context) -> None:
+    if ctx.state.get("lines"):
+        _take_answer(ctx, event.type, event.value["line_index"])
+    else:
+        _answer_before_lines(event, ctx)
+
+
+def _answer_before_lines(event: Event, ctx: Context) -> None:
+    """An answer to a line this state never asked for. Under at_least_once a killed worker's
+    attempt may have sent the requests (they went out before its commit) and its replay seen the
+    answer before the order, or the order's cancellation first. The stock agent drops the replay's
+    requests as duplicates, so the answer is all there will be: kept for the order, or, when the
+    order was cancelled, a reservation is returned."""
     state, answer = ctx.state, event.value
-    lines = state.get("lines")
-    if not lines and state.get("cancelled") and event.type == "stock.line.reserved":
-        _return_unasked(ctx, answer)
+    if state.get("cancelled"):
+        if event.type == "stock.line.reserved":
+            _return_unasked(ctx, answer, state["cancel_reason"])
         return
-    if not lines or answer["line_index"] >= len(lines) or lines[answer["line_index"]]["answer"] is not None:
+    early = {"type": event.type, "sku": answer["sku"], "qty": answer["qty"], "line_index": answer["line_index"]}
+    state.setdefault("early", []).append(early)
+
+
+def _take_answer(ctx: Context, event_type: str, index: int) -> None:
+    state = ctx.state
+    lines = state["lines"]
+    if index >= len(lines) or lines[index]["answer"] is not None:
         return  # a line we did not ask for, or already answered
-    line = lines[answer["line_index"]]
-    line["answer"] = "reserved" if event.type == "stock.line.reserved" else "rejected"
+    line = lines[index]
+    line["answer"] = "reserved" if event_type == "stock.line.reserved" else "rejected"
     if any(line["answer"] is None for line in lines):
         return
     if state.get("cancelled"):
@@ -94,7 +115,7 @@ def _on_line_answer(event: Event, ctx: Context) -> None:
         )
 
 
-def _return_unasked(ctx: Context, answer: dict) -> None:
+def _return_unasked(ctx: Context, answer: dict, cancel_reason: str) -> None:
     """A reservation for an order cancelled before it came here: a killed worker's attempt asked
     for it (at_least_once had sent its requests), and its replay saw the cancellation first and
     never asked. Nothing else would give the units back: ask for their release, under the
@@ -108,7 +129,7 @@ def _return_unasked(ctx: Context, answer: dict) -> None:
             "sku": answer["sku"],
             "qty": answer["qty"],
             "line_index": index,
-            "reason": stock_release_reason(ctx.state["cancel_reason"]),
+            "reason": stock_release_reason(cancel_reason),
             "requested_at": ctx.now_ms,
         },
         idempotency_key=_effect_key("stock.release.requested", ctx.key, index),
@@ -121,6 +142,9 @@ def _on_cancelled(event: Event, ctx: Context) -> None:
         return
     reason = event.value["reason"]
     state.update(cancelled=True, cancel_reason=reason)
+    for early in state.pop("early", []):  # reservations made before the order came: returned
+        if early["type"] == "stock.line.reserved":
+            _return_unasked(ctx, early, reason)
     if state.get("status") == RESERVED:
         _release_held(ctx, reason)
         _emit_released(ctx, reason)

@@ -329,3 +329,29 @@ def test_a_reservation_for_an_order_cancelled_before_it_came_is_returned():
     assert release.envelope.idempotency_key == "stock.release.requested:ord-1:0"
     rejected = {**asked, "available": 0, "reason": "OUT_OF_STOCK", "rejected_at": 0}
     assert inventory.send("stock.line.rejected", rejected).emitted == []  # nothing held: nothing to return
+
+
+def _early_answers(inventory) -> None:
+    """Both lines of order() answered "reserved" before the inventory agent's state has the order
+    (a killed attempt's requests, answered; its replay sees the answers first)."""
+    for index, sku in enumerate(("SKU-0001", "SKU-0002")):
+        asked = {"order_id": "ord-1", "sku": sku, "qty": 2, "line_index": index, "line_count": 2}
+        assert inventory.send("stock.line.reserved", {**asked, "available_after": 10, "reserved_at": 0}).emitted == []
+
+
+def test_answers_that_came_before_their_order_complete_it_when_it_comes():
+    inventory = CommerceFlow().drivers["inventory"]
+    _early_answers(inventory)
+    result = inventory.send("order.created", order())
+    [reserved] = result.emitted_of("inventory.reserved")
+    assert reserved.value["items"] == [{"sku": "SKU-0001", "qty": 2}, {"sku": "SKU-0002", "qty": 2}]
+    assert "early" not in (inventory.state("ord-1") or {})
+
+
+def test_reservations_that_came_before_a_cancelled_order_are_returned_on_the_cancellation():
+    inventory = CommerceFlow().drivers["inventory"]
+    _early_answers(inventory)
+    cancel = {"order_id": "ord-1", "reason": "PAYMENT_DECLINED", "detail": None, "cancelled_at": 0}
+    releases = inventory.send("order.cancelled", cancel).emitted_of("stock.release.requested")
+    assert sorted((r.value["sku"], r.value["line_index"]) for r in releases) == [("SKU-0001", 0), ("SKU-0002", 1)]
+    assert inventory.send("order.created", order()).emitted == []  # cancelled first: never reserved again
