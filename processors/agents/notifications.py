@@ -3,9 +3,11 @@ shipped), never twice, whatever is redelivered.
 
 The recipient comes from `order.created`; an outcome that overtakes its order waits in the state
 until the address is known. With a delivery sink configured (``CHOREO_SINK_URL``, ``choreo sink
-serve``), each notification is delivered there through ``await ctx.call_async`` with the call's
-derived idempotency key before ``notification.sent`` is emitted, so a replayed handler delivers
-under the same key and the sink, not our own state, shows that nothing was sent twice.
+serve``), each notification is delivered there through ``await ctx.call_async`` before
+``notification.sent`` is emitted, both under a key of the notice itself (:func:`notice_key`: the
+order and the kind, not the input that made it due), so a replayed handler delivers under the same
+key, whichever input it sees first, and the sink, not our own state, shows that nothing was sent
+twice.
 """
 
 from __future__ import annotations
@@ -119,8 +121,17 @@ def register(app: App, sink: DeliverySink | None = None) -> None:
     async def notifications(event: Event, ctx: Context) -> None:
         for kind in _due(event, ctx):
             if sink is not None:
-                await ctx.call_async(SINK, sink.deliver_async, ctx.key, kind, "EMAIL", ctx.state["recipient"])
+                recipient, key = ctx.state["recipient"], notice_key("delivery", ctx.key, kind)
+                await ctx.call_async(SINK, sink.deliver_async, ctx.key, kind, "EMAIL", recipient, idempotency_key=key)
             _record_sent(ctx, kind)
+
+
+def notice_key(what: str, order_id: str, kind: str) -> str:
+    """The key of one notice of one kind for one order: whichever input makes it due (the order,
+    or the event of its kind, whichever comes last), the sink and the topic see one notice. Under
+    at_least_once a killed attempt and its replay may see those inputs in different orders, and a
+    key derived from the input would then deliver it twice."""
+    return f"{what}:{order_id}:{kind}"
 
 
 def _due(event: Event, ctx: Context) -> list[str]:
@@ -153,4 +164,5 @@ def _record_sent(ctx: Context, kind: str) -> None:
             "recipient": state["recipient"],
             "sent_at": ctx.now_ms,
         },
+        idempotency_key=notice_key("notification.sent", ctx.key, kind),
     )

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from processors.agents import notifications
 from processors.agents.catalog import PLENTY
 from processors.agents.gateway import Authorization, GatewayRules, SimulatedPaymentGateway
+from processors.runtime import App
+from processors.runtime.testing import AgentDriver
 from tests.unit.commerce_flow import CommerceFlow, order
 
 
@@ -355,3 +358,41 @@ def test_reservations_that_came_before_a_cancelled_order_are_returned_on_the_can
     releases = inventory.send("order.cancelled", cancel).emitted_of("stock.release.requested")
     assert sorted((r.value["sku"], r.value["line_index"]) for r in releases) == [("SKU-0001", 0), ("SKU-0002", 1)]
     assert inventory.send("order.created", order()).emitted == []  # cancelled first: never reserved again
+
+
+class RecordingSink:
+    """A delivery sink that records the key of each delivery (as the sink service keys its ledger)."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def deliver(self, order_id: str, kind: str, channel: str, recipient: str, idempotency_key: str = "") -> None:
+        self.keys.append(idempotency_key)
+
+    async def deliver_async(
+        self, order_id: str, kind: str, channel: str, recipient: str, idempotency_key: str = ""
+    ) -> None:
+        self.keys.append(idempotency_key)
+
+
+def _cancellation_notice(first: str) -> tuple[list[str], list[str]]:
+    """The ORDER_CANCELLED notice of one order, its order and its cancellation handed to a fresh
+    notifications agent in the given order: the sink's keys and the notification.sent keys."""
+    sink = RecordingSink()
+    app = App("notify-test")
+    notifications.register(app, sink=sink)
+    driver = AgentDriver(app, "notifications", now_ms=0)
+    cancel = {"order_id": "ord-1", "reason": "TIMEOUT", "detail": None, "cancelled_at": 0}
+    inputs = [("order.created", order()), ("order.cancelled", cancel)]
+    sent = []
+    for event_type, value in inputs if first == "order" else inputs[::-1]:
+        sent += [e.envelope.idempotency_key for e in driver.send(event_type, value).emitted_of("notification.sent")]
+    return sink.keys, sent
+
+
+def test_a_notice_has_one_key_whichever_input_makes_it_due():
+    """A killed attempt and its replay may see the order and its cancellation in either order
+    (at_least_once sends the first attempt's delivery): the sink must see one notice."""
+    assert _cancellation_notice("order") == _cancellation_notice("cancellation")
+    keys, sent = _cancellation_notice("order")
+    assert len(keys) == len(sent) == 1
