@@ -21,6 +21,7 @@ PRODUCES = (
     "inventory.released",
 )
 PENDING, RESERVED, REJECTED, RELEASED = "PENDING", "RESERVED", "REJECTED", "RELEASED"
+MAX_EARLY_ANSWERS = 100  # answers kept for an order not seen yet (an order has far fewer lines)
 
 
 def register(app: App, max_hops: int) -> None:
@@ -78,8 +79,10 @@ def _answer_before_lines(event: Event, ctx: Context) -> None:
         if event.type == "stock.line.reserved":
             _return_unasked(ctx, answer, state["cancel_reason"])
         return
-    early = {"type": event.type, "sku": answer["sku"], "qty": answer["qty"], "line_index": answer["line_index"]}
-    state.setdefault("early", []).append(early)
+    kept = state.setdefault("early", [])
+    if len(kept) >= MAX_EARLY_ANSWERS or any(k["line_index"] == answer["line_index"] for k in kept):
+        return  # one per line, and bounded: a foreign producer's answers must not grow the state
+    kept.append({"type": event.type, "sku": answer["sku"], "qty": answer["qty"], "line_index": answer["line_index"]})
 
 
 def _take_answer(ctx: Context, event_type: str, index: int) -> None:

@@ -396,3 +396,12 @@ def test_a_notice_has_one_key_whichever_input_makes_it_due():
     assert _cancellation_notice("order") == _cancellation_notice("cancellation")
     keys, sent = _cancellation_notice("order")
     assert len(keys) == len(sent) == 1
+
+
+def test_answers_before_their_order_are_kept_once_per_line_and_bounded():
+    inventory = CommerceFlow().drivers["inventory"]
+    asked = {"order_id": "ord-1", "sku": "SKU-0001", "qty": 1, "line_count": 2, "available_after": 1, "reserved_at": 0}
+    for index in [0, 0, *range(1, 300)]:  # a repeat, then far more lines than any order has
+        inventory.send("stock.line.reserved", {**asked, "line_index": index})
+    kept = (inventory.state("ord-1") or {})["early"]
+    assert len(kept) == 100 and sorted(k["line_index"] for k in kept) == list(range(100))
