@@ -17,7 +17,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager, WriteOptions
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+    WriteBufferManager,
+    WriteOptions,
+)
 
 from processors.errors import ChoreoError
 from processors.runtime.state import keys
@@ -26,6 +35,7 @@ from processors.settings import Settings
 _OFFSET = keys.meta_key("changelog_offset")
 _CLOSED_AT = keys.meta_key("closed_at")
 _RESTORING = keys.meta_key("restoring")
+_NO_ENTRY = b"\xff" * 8  # the floor of an empty time index: above every due time
 
 
 class StoreLockedError(ChoreoError, RuntimeError):
@@ -81,7 +91,22 @@ class StoreMemory:
 
 
 class KeyValueStore:
-    """Primary records plus derived indexes; subclasses give get/range/write primitives."""
+    """Primary records plus derived indexes; subclasses give get/range/write primitives.
+
+    The two time indexes (timers by due time, seen keys by expiry) are queues: entries are added
+    ahead of now and deleted once due, most timers long before (an order that completes cancels its
+    timeout). In RocksDB a deleted entry stays as a tombstone until compaction, and a scan from the
+    start of the index steps over every one of them: 20,000 cancelled timers made each look for due
+    timers cost 3–9 ms, and the worker looks every loop, per partition, so the cost grew with every
+    order handled (benchmarks/RESULTS.md, "Timer scans over tombstones"). Each index therefore keeps
+    a floor, a due time no live entry is below, and scans start there. A scan raises the floor to
+    the earliest entry it found due or, when none was, to the first entry not due yet, so that no
+    look scans before then; :meth:`apply` lowers it for an entry put below it. A store just opened
+    has no floor yet and scans from the start once. So the tombstones between the floor and the
+    next live entry are stepped over once, not on every look."""
+
+    def __init__(self) -> None:
+        self._floors: dict[bytes, bytes] = {}  # index prefix -> packed due time no live entry is below
 
     # primitives ---------------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:  # pragma: no cover - abstract
@@ -127,6 +152,7 @@ class KeyValueStore:
                     idx = keys.SEEN_EXPIRY + value[:8] + key[2:]
                     puts[idx] = b""
                     deletes.discard(idx)
+                    self._lower_floor(keys.SEEN_EXPIRY, value[:8])
             elif prefix == keys.TIMER:
                 old = known[key] if key in known else self.get(key)
                 if old is not None:
@@ -137,6 +163,7 @@ class KeyValueStore:
                     idx = keys.TIMER_DUE + value[:8] + key[2:]
                     puts[idx] = b""
                     deletes.discard(idx)
+                    self._lower_floor(keys.TIMER_DUE, value[:8])
             if value is None:
                 deletes.add(key)
                 puts.pop(key, None)
@@ -150,23 +177,40 @@ class KeyValueStore:
     # queries -------------------------------------------------------------------------------
     def due_timers(self, now_ms: int, limit: int) -> list[tuple[int, bytes]]:
         """(due ms, timer store key) of timers due at ``now_ms``, earliest first."""
-        out = []
-        hi = keys.TIMER_DUE + keys.pack_u64(now_ms + 1)
-        for idx, _ in self.range(keys.TIMER_DUE, hi):
-            out.append((keys.unpack_u64(idx, 2), keys.TIMER + idx[10:]))
-            if len(out) >= limit:
-                break
-        return out
+        return [
+            (keys.unpack_u64(idx, 2), keys.TIMER + idx[10:]) for idx in self._due_entries(keys.TIMER_DUE, now_ms, limit)
+        ]
 
     def expired_seen_keys(self, now_ms: int, limit: int) -> list[bytes]:
         """Seen-key store keys whose TTL ran out at ``now_ms``."""
-        out = []
-        hi = keys.SEEN_EXPIRY + keys.pack_u64(now_ms + 1)
-        for idx, _ in self.range(keys.SEEN_EXPIRY, hi):
-            out.append(keys.SEEN + idx[10:])
+        return [keys.SEEN + idx[10:] for idx in self._due_entries(keys.SEEN_EXPIRY, now_ms, limit)]
+
+    def _due_entries(self, index: bytes, now_ms: int, limit: int) -> list[bytes]:
+        """Entries of a time index due at ``now_ms`` (at most ``limit``, earliest first), scanned from
+        the index's floor. The floor then rises to the earliest entry returned (it stays live until
+        its caller deletes it) or, when none was due, to the first entry not due yet: until then a
+        look needs no scan at all (the worker looks every loop, per partition)."""
+        end = keys.pack_u64(now_ms + 1)
+        floor = self._floors.get(index)
+        if floor is not None and floor >= end:
+            return []
+        out: list[bytes] = []
+        upcoming = _NO_ENTRY
+        for idx, _ in self.range(index if floor is None else index + floor, keys.prefix_end(index)):
+            due = idx[2:10]
+            if due >= end:
+                upcoming = due
+                break
+            out.append(idx)
             if len(out) >= limit:
                 break
+        self._floors[index] = out[0][2:10] if out else upcoming
         return out
+
+    def _lower_floor(self, index: bytes, due: bytes) -> None:
+        floor = self._floors.get(index)
+        if floor is not None and due < floor:
+            self._floors[index] = due
 
     def timers_of(self, key: bytes) -> Iterator[tuple[bytes, bytes]]:
         prefix = keys.TIMER + key + b"\x00"
@@ -180,6 +224,7 @@ class MemoryStore(KeyValueStore):
     """Dict-backed store for the pure test driver (same layout and semantics as RocksDB)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._data: dict[bytes, bytes] = {}
         self._sorted: list[bytes] | None = None
 
@@ -215,6 +260,7 @@ class RocksStore(KeyValueStore):
     def __init__(
         self, path: Path, max_age_ms: int | None = None, lock_wait_s: float = 20.0, memory: StoreMemory | None = None
     ) -> None:
+        super().__init__()
         self.path = Path(path)
         self.memory = memory or StoreMemory.shared()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -259,7 +305,12 @@ class RocksStore(KeyValueStore):
         return self._db.get(key)
 
     def range(self, lo: bytes, hi: bytes) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in self._db.items(from_key=lo):
+        # The upper bound is given to RocksDB, not only checked here: without it the iterator looks
+        # for the first live key at or past ``lo`` before the check sees it, stepping over every
+        # tombstone beyond ``hi`` up to that key (a timer index full of cancelled timers).
+        bounds = ReadOptions()
+        bounds.set_iterate_upper_bound(hi)
+        for key, value in self._db.items(from_key=lo, read_opt=bounds):
             if key >= hi:  # type: ignore[operator] # raw_mode: keys are bytes
                 return
             yield key, value  # type: ignore[misc]
