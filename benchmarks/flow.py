@@ -335,8 +335,8 @@ def _fixed_rates(
     _offer(bootstrap, created, terminals, 20.0, 3.0, f"{app_id}-warm-")
     wait_settled(settings, app, timeout=120)
     points = []
-    for rate in rates:
-        sent, done, offered = _offer(bootstrap, created, terminals, rate, seconds, f"{app_id}-r{int(rate)}-")
+    for i, rate in enumerate(rates):  # the point's index in its run id: a rate given twice is new orders
+        sent, done, offered = _offer(bootstrap, created, terminals, rate, seconds, f"{app_id}-r{i}x{int(rate)}-")
         wait_settled(settings, app, timeout=120)
         point = _point(0.0, sent, done, offered, terminals)
         point.pop("load_pct")
