@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -24,7 +24,8 @@ def test_a_rate_given_twice_publishes_new_orders(monkeypatch):
     monkeypatch.setattr(flow, "_offer", offer)
     monkeypatch.setattr(flow, "wait_settled", lambda *a, **k: True)
     terminals = type("T", (), {"produced": {}})()
-    result = flow._fixed_rates("b", None, None, None, terminals, [130.0, 130.0], 1.0, "app", lambda _: None)
+    unused = cast(Any, None)  # settings, app and the topic: only the stubbed calls above take them
+    result = flow._fixed_rates("b", unused, unused, unused, terminals, [130.0, 130.0], 1.0, "app", lambda _: None)
     points = run_ids[1:]  # the first is the warm-up
     assert len(points) == 2 and len(set(points)) == 2, run_ids
     assert [p["rate"] for p in result["points"]] == [130.0, 130.0]
