@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -415,7 +415,7 @@ class AgentRunner:
         except BatchAborted as exc:  # a write refused while the batch ran, or at its commit
             self.open = None
             self.metrics.flush()
-            self._aborted(batch, exc)
+            self._aborted(batch, exc, in_hand=msgs)
         self.housekeeping.report_lag(self.consumer)
 
     # ------------------------------------------------------------------ commit interval
@@ -640,12 +640,20 @@ class AgentRunner:
         self._take_released()
         executor.drop(partitions)
 
-    def _replay_from(self, batch: Batch) -> dict[tuple[str, int], int]:
+    def _replay_from(self, batch: Batch, in_hand: Sequence[ConsumedRecord] = ()) -> dict[tuple[str, int], int]:
         """Where each partition is handled again after ``batch`` is aborted: its first offset, or
-        the executor's first unreleased one when lower (everything the executor holds is dropped)."""
+        the executor's first unreleased one when lower (everything the executor holds is dropped),
+        or the first of ``in_hand`` (the records polled with the batch) when lower. A write can be
+        refused while the batch runs, before the loop reached the poll's later records: the
+        consumer's position is already past them, so a partition not sought back to them would
+        not be fetched again (its inputs stuck, unnoticed, until the next rebalance)."""
         back = dict(batch.first_offsets)
         if self.executor is not None:
             for tp, off in self.executor.drop().items():
+                back[tp] = min(off, back.get(tp, off))
+        owned = self.assignment.stores.keys() | self.assignment.paused.keys()
+        for tp, off in _first_offsets(in_hand).items():
+            if tp[1] in owned:  # a revoked partition's records are its new owner's (from the committed offset)
                 back[tp] = min(off, back.get(tp, off))
         return back
 
@@ -720,15 +728,18 @@ class AgentRunner:
         self.health.recovered()
 
     # ------------------------------------------------------------------ failed batches
-    def _aborted(self, batch: Batch, exc: BatchAborted) -> dict[tuple[str, int], int]:
+    def _aborted(
+        self, batch: Batch, exc: BatchAborted, in_hand: Sequence[ConsumedRecord] = ()
+    ) -> dict[tuple[str, int], int]:
         """A batch that could not be made durable. Transient: replay it (a few times in a row,
         then replace the session). One record refused: replay the batch record by record, and
         dead-letter the input whose output is refused. Fatal (write denied, unknown topic): stop.
-        Returns where each partition is handled again (already sought there)."""
+        ``in_hand``: the records of the poll the batch aborted in, handled or not: each goes back
+        too. Returns where each partition is handled again (already sought there)."""
         self.metrics.abort()
         self.committer.abort()
         exc = self.committer.explain(exc)
-        back = self._replay_from(batch)
+        back = self._replay_from(batch, in_hand)
         self._rewind(back)
         if exc.kind is ErrorKind.FATAL:
             raise self._fatal_output(exc) from exc

@@ -79,7 +79,9 @@ def test_an_output_the_broker_refuses_dead_letters_its_input_only(env, tmp_path,
     assert code == 0, log.read_text()[-3000:]
     reasons = {r.headers.get("choreo_dlq_reason") for r in dead}
     assert reasons == {"output_refused"}, reasons
-    assert sorted({r.key if isinstance(r.key, str) else r.key.decode() for r in dead}) == sorted(LONG_KEYS)
+    keys = sorted({r.key if isinstance(r.key, str) else r.key.decode() for r in dead})
+    assert set(keys) <= set(LONG_KEYS), "a dead letter's key is not one of the long keys, whole"
+    assert [k[:7] for k in keys] == [k[:7] for k in sorted(LONG_KEYS)], "each long key dead-lettered"
     if guarantee == "exactly_once":
         assert len(dead) == len(LONG_KEYS), "an input was dead-lettered twice"
     outputs = read_topic(env.bootstrap, env.topic("counter.total"), None, app=app, timeout=30)

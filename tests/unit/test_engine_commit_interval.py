@@ -173,6 +173,24 @@ def test_an_abort_rewinds_to_where_the_open_work_began_and_commits_nothing(setup
     assert all(not s.items() for s in runner.assignment.stores.values()), "aborted work reached a store"
 
 
+def test_an_abort_while_the_batch_runs_hands_back_the_records_not_reached(setup) -> None:
+    """A write refused while the poll's first record is handled (the rest not yet reached): every
+    partition of the poll goes back to its first record, or the consumer, already past them, never
+    fetches them again (seen under load: two partitions stuck until the next rebalance)."""
+    runner, committer, consumer, records = setup
+    polled = [records.make(f"k{i}") for i in range(12)]
+    partitions = {m.partition() for m in polled}
+    assert len(partitions) >= 2, "the poll must span partitions"
+    committer.refuse_next_send = True  # the first record's outputs are refused
+    runner._process(polled)
+    assert committer.commits == [] and committer.aborts == 1
+    first: dict[int, int] = {}
+    for m in polled:
+        first.setdefault(m.partition(), m.offset())
+    sought = {p: off for _, p, off in consumer.seeks}
+    assert sought == first, "a partition of the poll was left past records never handled"
+
+
 def test_a_revoke_commits_the_open_work_before_the_partitions_go(setup) -> None:
     runner, committer, _, records = setup
     runner._process([records.make("a"), records.make("b")])
