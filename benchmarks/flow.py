@@ -63,6 +63,8 @@ class Terminals:
     def __init__(self, bootstrap: str, topics: dict[str, str], since: dict[tuple[str, int], int]) -> None:
         self.seen: dict[str, int] = {}
         self.produced: dict[str, int] = {}
+        self.outcome: dict[str, str] = {}  # order id -> its terminal event type
+        self._types = {topic: event_type for event_type, topic in topics.items()}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._consumer = Consumer(
@@ -96,6 +98,7 @@ class Terminals:
                     if order_id not in self.seen:
                         self.seen[order_id] = now
                         self.produced[order_id] = msg.timestamp()[1]
+                        self.outcome[order_id] = self._types.get(msg.topic() or "", "?")
 
     def wait(self, order_ids: set[str], timeout: float) -> dict[str, int]:
         deadline = time.monotonic() + timeout
@@ -155,6 +158,35 @@ def grows(samples: list[int], rate: float) -> bool:
     return samples[-1] - samples[0] > max(rate, 20.0)
 
 
+def tail_breakdown(
+    sent: dict[str, int], done: dict[str, int], outcome: dict[str, str], pct: float = 95.0
+) -> dict[str, Any]:
+    """Where a point's slowest orders (flow time over its ``pct`` percentile) are: per quarter of
+    the publishing window, and per terminal event. A tail piled in the first quarter is what the
+    load before left behind; one spread evenly is stalls that recur; one of cancellations is
+    the compensations' longer path."""
+    flow_ms = {o: done[o] - sent[o] for o in done}
+    if not flow_ms:
+        return {"over_ms": None, "by_quarter": [0, 0, 0, 0], "by_outcome": {}}
+    over = report.percentile(sorted(float(v) for v in flow_ms.values()), pct) or 0.0
+    slow = [o for o, v in flow_ms.items() if v > over]
+    start, end = min(sent.values()), max(sent.values())
+    width = max(end - start, 1)
+    by_quarter = [0, 0, 0, 0]
+    by_outcome: dict[str, int] = {}
+    for o in slow:
+        by_quarter[min(3, (sent[o] - start) * 4 // width)] += 1
+        kind = outcome.get(o, "?")
+        by_outcome[kind] = by_outcome.get(kind, 0) + 1
+    return {"over_ms": over, "by_quarter": by_quarter, "by_outcome": by_outcome}
+
+
+def describe_tail(tail: dict[str, Any]) -> str:
+    """A point's tail in a log line: the slowest 5% per quarter of the window and per outcome."""
+    outcomes = ", ".join(f"{kind} {n}" for kind, n in sorted(tail["by_outcome"].items()))
+    return f"slowest 5% (over {tail['over_ms'] or 0:,.0f} ms) by quarter {tail['by_quarter']}, {outcomes or 'none'}"
+
+
 def _offer(
     bootstrap: str, created: Any, terminals: Terminals, rate: float, seconds: float, run_id: str
 ) -> tuple[dict[str, int], dict[str, int], dict[str, Any]]:
@@ -183,6 +215,7 @@ def _point(share: float, sent: dict[str, int], done: dict[str, int], offered: di
         # to the terminal record's timestamp (when produced, before its commit): the old measure
         "produced_p50_ms": report.percentile(produced_ms, 50),
         "produced_p99_ms": report.percentile(produced_ms, 99),
+        "tail": tail_breakdown(sent, done, terminals.outcome),
     }
 
 
@@ -292,7 +325,7 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
             log(
                 f"flow: {share * 100:.0f}% ({rate:,.0f}/s offered): {len(done)}/{len(sent)} terminal, "
                 f"p50 {point['p50_ms'] or 0:,.0f} ms, p95 {point['p95_ms'] or 0:,.0f} ms, "
-                f"p99 {point['p99_ms'] or 0:,.0f} ms"
+                f"p99 {point['p99_ms'] or 0:,.0f} ms; {describe_tail(point['tail'])}"
             )
         sustained = None
         sustain_s = getattr(plan, "flow_sustain_seconds", None)
@@ -347,7 +380,7 @@ def _fixed_rates(
         points.append(point)
         log(
             f"flow: {rate:,.0f}/s: {len(done)}/{len(sent)} terminal, p50 {point['p50_ms'] or 0:,.0f} ms, "
-            f"p99 {point['p99_ms'] or 0:,.0f} ms, backlog {samples}"
+            f"p99 {point['p99_ms'] or 0:,.0f} ms, backlog {samples}; {describe_tail(point['tail'])}"
         )
     return {"status": "ok", "points": points, "workers": 1, "app": APP_REF}
 
