@@ -6,6 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# pytest-xdist processes for `make test` (each test module runs whole in one of them, with its
+# own session broker): 2 halves the suite on the 2-core CI machine; 0 runs it in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: help venv install broker-jars broker-start broker-stop lint test test-unit test-soak chaos fault-commerce demo bench bench-quick clean
 
@@ -44,7 +47,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: broker-jars
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

@@ -22,6 +22,16 @@ from processors.runtime.topics import wait_for_topics
 from tests.secured_cluster import USERS, SecuredCluster
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A pytest-xdist worker inherits the controller's terminal size as COLUMNS and LINES. rich
+    reads both when a console is made (the CLI makes its consoles at import) and, with both set,
+    never measures again: every table would stay that wide, whatever COLUMNS a test's CliRunner
+    sets, which no fresh `choreo` process does. Without them rich measures at each print."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.pop("COLUMNS", None)
+        os.environ.pop("LINES", None)
+
+
 def _docker_engine_answers() -> bool:
     try:
         import docker  # testcontainers depends on the docker SDK
