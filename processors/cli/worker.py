@@ -17,9 +17,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import signal
 import sys
-import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +27,27 @@ import typer
 
 from processors.contracts.registry import display_path
 from processors.settings import Settings, SettingsError
+from processors.signals import StopSignals
 from processors.tooling.cli_support import BootstrapOption, ConfigOption, fail, operator_errors
 
 MISSING_SHOWN = 3  # event types named in the refusal; the rest are counted
 
 # A stop asked for before the worker command runs (the CLI is still importing): honoured too. The
-# handler is installed here, at import, only when the command line is the worker's.
-_STOPPING = threading.Event()
+# handlers are installed here, at import, only when the command line is the worker's; they take no
+# lock (see processors.signals: a handler that set an event could hang the worker on SIGTERM).
+_COMMAND_LINE_SIGNALS = StopSignals().install() if len(sys.argv) > 1 and sys.argv[1] == "worker" else None
 
 
-def _early_stop(signum: int, frame: object) -> None:
-    _STOPPING.set()
-
-
-if len(sys.argv) > 1 and sys.argv[1] == "worker":
-    signal.signal(signal.SIGTERM, _early_stop)
-    signal.signal(signal.SIGINT, _early_stop)
+@contextmanager
+def _stop_signals() -> Iterator[StopSignals]:
+    """The process's stop signals for this command: those installed at import, kept to the end
+    (a SIGTERM while the interpreter exits must not kill a worker that has committed), or, run
+    in-process (tests, a program embedding the CLI), handlers of its own, given back after."""
+    if _COMMAND_LINE_SIGNALS is not None:
+        yield _COMMAND_LINE_SIGNALS
+        return
+    with StopSignals() as signals:
+        yield signals
 
 
 def load_app(spec: str):  # -> processors.runtime.App
@@ -111,82 +116,71 @@ def worker(
 ) -> None:
     """Run agents: one consumer group per agent; start more workers to share the partitions."""
     # First thing: a stop asked for while the app loads or the broker is awaited is honoured
-    stopping = _STOPPING
-    workers: list = []
+    with _stop_signals() as signals:
+        from processors.contracts import ContractError
+        from processors.kafka_errors import KafkaFailure
+        from processors.runtime import AppError, TopologyError, Worker, WorkerError
+        from processors.runtime._recovery import fatal_line
+        from processors.runtime.logs import configure_logging
+        from processors.runtime.metrics import serve
 
-    def on_signal(signum: int, frame: object) -> None:
-        stopping.set()
-        for w in workers:
-            w.stop()
+        try:
+            settings = Settings.load(
+                config,
+                bootstrap_servers=bootstrap,
+                metrics_port=metrics_port,
+                state_dir=state_dir,
+                processing_guarantee=guarantee,
+                log_level=log_level,
+                processes=processes,
+            )
+        except SettingsError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        configure_logging(settings.log_level)
+        from processors._native import summary
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    from processors.contracts import ContractError
-    from processors.kafka_errors import KafkaFailure
-    from processors.runtime import AppError, TopologyError, Worker, WorkerError
-    from processors.runtime._recovery import fatal_line
-    from processors.runtime.logs import configure_logging
-    from processors.runtime.metrics import serve
+        logging.getLogger("choreo.worker").info(summary())  # compiled or pure-Python hot path, and why
+        the_app = load_app(app)
+        the_app.configure(settings)
+        require_contracts(the_app, settings, "check --app, and contracts_dir in choreo.toml or CHOREO_CONTRACTS_DIR")
+        names = [a.strip() for a in agents.split(",") if a.strip()] if agents else None
+        try:
+            w = Worker(the_app, settings, agents=names, worker_id=worker_id)
+        except (AppError, WorkerError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        if settings.processes > 1:
+            passed = {"--app": app, "--agents": agents, "--guarantee": guarantee, "--config": config}
+            passed |= {"--bootstrap": bootstrap, "--log-level": log_level}
+            raise typer.Exit(_run_processes(settings, w.worker_id, passed, signals))
+        signals.on_signal(lambda _signum: w.stop())
+        from processors.runtime._processes import watch_parent
 
-    try:
-        settings = Settings.load(
-            config,
-            bootstrap_servers=bootstrap,
-            metrics_port=metrics_port,
-            state_dir=state_dir,
-            processing_guarantee=guarantee,
-            log_level=log_level,
-            processes=processes,
-        )
-    except SettingsError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    configure_logging(settings.log_level)
-    from processors._native import summary
-
-    logging.getLogger("choreo.worker").info(summary())  # compiled or pure-Python hot path, and why
-    the_app = load_app(app)
-    the_app.configure(settings)
-    require_contracts(the_app, settings, "check --app, and contracts_dir in choreo.toml or CHOREO_CONTRACTS_DIR")
-    names = [a.strip() for a in agents.split(",") if a.strip()] if agents else None
-    try:
-        w = Worker(the_app, settings, agents=names, worker_id=worker_id)
-    except (AppError, WorkerError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    if settings.processes > 1:
-        passed = {"--app": app, "--agents": agents, "--guarantee": guarantee, "--config": config}
-        passed |= {"--bootstrap": bootstrap, "--log-level": log_level}
-        raise typer.Exit(_run_processes(settings, w.worker_id, passed, workers, stopping))
-    workers.append(w)
-    from processors.runtime._processes import watch_parent
-
-    watch_parent(lambda: on_signal(signal.SIGTERM, None))  # a child of --processes whose parent was killed
-    if stopping.is_set():
-        raise typer.Exit(0)
-    if settings.metrics_port:
-        serve(settings.metrics_port).attach(w.health_state)
-    try:
-        code = w.run()
-    except (AppError, TopologyError, ContractError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    except (WorkerError, KafkaFailure) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    for error in w.errors:
-        typer.echo(f"error: agent stopped: {fatal_line(error)}", err=True)
-    if w.left_behind:
-        # a thread stuck inside the Kafka client would hold the interpreter's exit: end now
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    raise typer.Exit(code)
+        watch_parent(w.stop)  # a child of --processes whose parent was killed
+        if signals.requested:
+            raise typer.Exit(0)
+        if settings.metrics_port:
+            serve(settings.metrics_port).attach(w.health_state)
+        try:
+            code = w.run()
+        except (AppError, TopologyError, ContractError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        except (WorkerError, KafkaFailure) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        for error in w.errors:
+            typer.echo(f"error: agent stopped: {fatal_line(error)}", err=True)
+        if w.left_behind:
+            # a thread stuck inside the Kafka client would hold the interpreter's exit: end now
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        raise typer.Exit(code)
 
 
-def _run_processes(
-    settings: Settings, worker_id: str, passed: dict[str, Any], stoppers: list, stopping: threading.Event
-) -> int:
+def _run_processes(settings: Settings, worker_id: str, passed: dict[str, Any], signals: StopSignals) -> int:
     """``--processes N``: N child workers, started, reported and stopped together; the exit code
     of the whole (0 when all stopped cleanly, 1 when one did not, a fatal child's own code)."""
     from processors.runtime._processes import ProcessGroup
@@ -200,8 +194,8 @@ def _run_processes(
         metrics=bool(settings.metrics_port),
         state_memory_mb=settings.state_memory_mb,
     )
-    stoppers.append(group)  # the signal handler's stop() now forwards SIGTERM to the children
-    if stopping.is_set():
+    signals.on_signal(lambda _signum: group.stop())  # forwards SIGTERM to the children
+    if signals.requested:
         return 0
     endpoints = group.serve(settings.metrics_port) if settings.metrics_port else None
     try:

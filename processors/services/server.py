@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from typing import Any
 import orjson
 
 from processors.services.faults import Faults
+from processors.signals import StopSignals
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_KEY_CHARS = 255
@@ -163,15 +162,8 @@ def admin_faults(faults: Faults) -> Route:
 def serve_forever(server: ServiceServer, name: str, on_stop: Callable[[], None]) -> None:
     """Print the URL (a parent waiting for the port reads this line), serve until SIGTERM/SIGINT,
     then close the ledger."""
-    stopping = threading.Event()
-
-    def stop(_signum: int, _frame: Any) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    signals = StopSignals().install()  # server.shutdown() waits for serve_forever: not from a handler
+    signals.on_signal(lambda _signum: server.shutdown())
     sys.stdout.write(f"{name} listening on {server.url}\n")
     sys.stdout.flush()
     try:

@@ -19,6 +19,7 @@ from rich.text import Text
 from processors.contracts import ContractError
 from processors.kafka_diagnosis import failure_of
 from processors.settings import Settings, SettingsError
+from processors.signals import StopSignals
 from processors.tooling.jsonavro import to_json_text
 from processors.tooling.kafka_io import ToolingError
 from processors.tooling.timeparse import TimeArgError, parse_time_ms
@@ -136,33 +137,35 @@ def operator_errors() -> Iterator[None]:
 
 class StopFlag:
     """Ctrl-C (or SIGTERM) asks a long run to stop at the next record and checkpoint; a second
-    Ctrl-C aborts at once."""
+    Ctrl-C aborts at once. The notice is printed by the signal relay, not the handler: a print
+    from a handler that interrupted a print raises "reentrant call" (see processors.signals)."""
 
     def __init__(
         self, notice: str | None = "stopping after the records in flight are confirmed (Ctrl-C again to abort)"
     ) -> None:
-        self.requested = False
         self.notice = notice
-        self._previous: dict[int, Any] = {}
+        self._signals = StopSignals(interrupt_aborts=True)
+        self._noticed = False
 
     def __call__(self) -> bool:
-        return self.requested
+        return self._signals.requested
 
-    def _handle(self, signum: int, _frame: object) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        if self.notice:
+    @property
+    def requested(self) -> bool:
+        return self._signals.requested
+
+    def _announce(self, signum: int) -> None:
+        if self.notice and not self._noticed:
+            self._noticed = True
             err.print(f"\n{signal.Signals(signum).name}: {self.notice}")
 
     def __enter__(self) -> StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
+        self._signals.install()
+        self._signals.on_signal(self._announce)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        self._signals.uninstall()
 
 
 def print_json(value: Any) -> None:
