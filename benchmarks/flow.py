@@ -42,6 +42,7 @@ import loadgen
 import report
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from cpu_share import CpuMeter, bootstrap_port, describe_cpu, listening_pid
 
 from processors.agents.app import CommerceConfig, build_app
 from processors.agents.demo import wait_for_members
@@ -188,12 +189,17 @@ def describe_tail(tail: dict[str, Any]) -> str:
 
 
 def _offer(
-    bootstrap: str, created: Any, terminals: Terminals, rate: float, seconds: float, run_id: str
-) -> tuple[dict[str, int], dict[str, int], dict[str, Any]]:
-    """Publish at ``rate`` for ``seconds``, then wait for the orders' terminal events."""
+    bootstrap: str, created: Any, terminals: Terminals, rate: float, seconds: float, run_id: str,
+    cpu: CpuMeter | None = None,
+) -> tuple[dict[str, int], dict[str, int], dict[str, Any]]:  # fmt: skip
+    """Publish at ``rate`` for ``seconds``, then wait for the orders' terminal events. With ``cpu``,
+    ``offered["cpu"]`` is what the worker and the broker used while the orders were published."""
     sent: dict[str, int] = {}
     spec = loadgen.LoadSpec(created.topic, 0, created.partitions, key_by="order")
+    before = cpu.snapshot() if cpu is not None else None
     offered = loadgen.paced(bootstrap, spec, rate, seconds, on_sent=sent.__setitem__, mix=OrderMix(), run_id=run_id)
+    if cpu is not None and before is not None:
+        offered["cpu"] = cpu.between(before, cpu.snapshot(), len(sent))
     done = terminals.wait(set(sent), timeout=30 + seconds)
     return sent, done, offered
 
@@ -216,6 +222,7 @@ def _point(share: float, sent: dict[str, int], done: dict[str, int], offered: di
         "produced_p50_ms": report.percentile(produced_ms, 50),
         "produced_p99_ms": report.percentile(produced_ms, 99),
         "tail": tail_breakdown(sent, done, terminals.outcome),
+        "cpu": offered.get("cpu"),
     }
 
 
@@ -295,12 +302,15 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
             stdin=subprocess.DEVNULL,
         )
     terminals = None
+    port = bootstrap_port(bootstrap)
+    meter = CpuMeter({"worker": proc.pid, "broker": listening_pid(port) if port else None})
     try:
         wait_for_members(settings, app, 1, timeout=120)
         terminals = Terminals(bootstrap, terminal_topics, since)
         rates = getattr(plan, "flow_rates", None)
         if rates:
-            return _fixed_rates(bootstrap, settings, app, created, terminals, rates, plan.flow_seconds, app_id, log)
+            return _fixed_rates(bootstrap, settings, app, created, terminals, rates, plan.flow_seconds, app_id, log,
+                                meter)  # fmt: skip
         burst = plan.flow_burst
         log(f"flow: burst of {burst:,} orders to find the maximum")
         sent = _publish_burst(bootstrap, created.topic, created.partitions, burst, f"{app_id}-max-")
@@ -318,14 +328,14 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
         for share in plan.flow_loads:
             rate = max(1.0, share * max_rate)
             run_id = f"{app_id}-{int(share * 100)}-"
-            sent, done, offered = _offer(bootstrap, created, terminals, rate, plan.flow_seconds, run_id)
+            sent, done, offered = _offer(bootstrap, created, terminals, rate, plan.flow_seconds, run_id, meter)
             wait_settled(settings, app, timeout=120)
             point = _point(share, sent, done, offered, terminals)
             points.append(point)
             log(
                 f"flow: {share * 100:.0f}% ({rate:,.0f}/s offered): {len(done)}/{len(sent)} terminal, "
                 f"p50 {point['p50_ms'] or 0:,.0f} ms, p95 {point['p95_ms'] or 0:,.0f} ms, "
-                f"p99 {point['p99_ms'] or 0:,.0f} ms; {describe_tail(point['tail'])}"
+                f"p99 {point['p99_ms'] or 0:,.0f} ms; {describe_tail(point['tail'])}; {describe_cpu(point['cpu'])}"
             )
         sustained = None
         sustain_s = getattr(plan, "flow_sustain_seconds", None)
@@ -359,7 +369,7 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
 
 def _fixed_rates(
     bootstrap: str, settings: Settings, app: Any, created: Any, terminals: Terminals, rates: list[float],
-    seconds: float, app_id: str, log: Callable[[str], None],
+    seconds: float, app_id: str, log: Callable[[str], None], cpu: CpuMeter | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Offer each of ``rates`` (orders/s) for ``seconds``: the same load for every setting of an
     A/B, where shares of a burst's maximum would differ with each run's maximum. A warm-up (3 s
@@ -369,7 +379,7 @@ def _fixed_rates(
     wait_settled(settings, app, timeout=120)
     points = []
     for i, rate in enumerate(rates):  # the point's index in its run id: a rate given twice is new orders
-        sent, done, offered = _offer(bootstrap, created, terminals, rate, seconds, f"{app_id}-r{i}x{int(rate)}-")
+        sent, done, offered = _offer(bootstrap, created, terminals, rate, seconds, f"{app_id}-r{i}x{int(rate)}-", cpu)
         wait_settled(settings, app, timeout=120)
         point = _point(0.0, sent, done, offered, terminals)
         point.pop("load_pct")
@@ -380,7 +390,8 @@ def _fixed_rates(
         points.append(point)
         log(
             f"flow: {rate:,.0f}/s: {len(done)}/{len(sent)} terminal, p50 {point['p50_ms'] or 0:,.0f} ms, "
-            f"p99 {point['p99_ms'] or 0:,.0f} ms, backlog {samples}; {describe_tail(point['tail'])}"
+            f"p99 {point['p99_ms'] or 0:,.0f} ms, backlog {samples}; {describe_tail(point['tail'])}; "
+            f"{describe_cpu(point['cpu'])}"
         )
     return {"status": "ok", "points": points, "workers": 1, "app": APP_REF}
 

@@ -17,7 +17,7 @@ import flow  # noqa: E402
 def test_a_rate_given_twice_publishes_new_orders(monkeypatch):
     run_ids: list[str] = []
 
-    def offer(bootstrap: str, created: Any, terminals: Any, rate: float, seconds: float, run_id: str):
+    def offer(bootstrap: str, created: Any, terminals: Any, rate: float, seconds: float, run_id: str, cpu=None):
         run_ids.append(run_id)
         sent = {f"{run_id}{i}": 1_000 + i for i in range(3)}
         return sent, {o: t + 50 for o, t in sent.items()}, {"events_per_s": rate}

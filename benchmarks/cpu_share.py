@@ -1,0 +1,125 @@
+"""Who used the machine's CPU during a benchmark window: the worker, the broker, and what was left.
+
+On the 2-core benchmark machine the broker runs beside the worker, so a flow point's latency
+depends on how much of the machine the broker takes, not only on the worker's own cost. Paced
+exactly_once load makes the broker pay per transaction (offsets, markers on every partition a
+transaction touched), so its share per order grows as batches shrink. A point therefore reports
+the CPU each process used over its publishing window, per order, and the machine's idle and steal
+shares (steal: CPU the hypervisor gave to other guests; a noisy neighbour stalls every process).
+
+Linux only (``/proc``); elsewhere the figures are None.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROC = Path("/proc")
+TCP_LISTEN = "0A"
+
+
+def listening_pid(port: int, proc: Path = PROC) -> int | None:
+    """The process listening on TCP ``port`` (IPv4 or IPv6), from ``/proc/net/tcp*`` and the
+    processes' socket descriptors; None when not found or not readable."""
+    inodes: set[str] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (proc / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == TCP_LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    if not inodes:
+        return None
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in (entry / "fd").iterdir():
+                if os.readlink(fd) in wanted:
+                    return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+def process_cpu_s(pid: int, proc: Path = PROC) -> float | None:
+    """CPU seconds (user + system, all threads) the process has used so far."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_ticks(proc: Path = PROC) -> list[int] | None:
+    """The machine's cumulative CPU ticks: user nice system idle iowait irq softirq steal ..."""
+    try:
+        return [int(x) for x in (proc / "stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class CpuSnapshot:
+    at: float
+    processes: dict[str, float | None]
+    ticks: list[int] | None
+
+
+class CpuMeter:
+    """CPU of named processes (``{"worker": pid, "broker": pid}``) between two snapshots."""
+
+    def __init__(self, pids: dict[str, int | None], proc: Path = PROC) -> None:
+        self.pids = pids
+        self.proc = proc
+
+    def snapshot(self) -> CpuSnapshot:
+        used = {name: process_cpu_s(pid, self.proc) if pid else None for name, pid in self.pids.items()}
+        return CpuSnapshot(time.monotonic(), used, machine_ticks(self.proc))
+
+    def between(self, start: CpuSnapshot, end: CpuSnapshot, orders: int) -> dict[str, Any]:
+        """Cores each process used on average, its CPU ms per order, the machine's idle and steal
+        shares."""
+        elapsed = max(end.at - start.at, 1e-9)
+        out: dict[str, Any] = {"window_s": round(elapsed, 1)}
+        for name in self.pids:
+            a, b = start.processes.get(name), end.processes.get(name)
+            used = None if a is None or b is None else b - a
+            out[f"{name}_cores"] = None if used is None else round(used / elapsed, 2)
+            out[f"{name}_ms_per_order"] = None if used is None or not orders else round(used * 1000 / orders, 2)
+        out["idle_share"] = out["steal_share"] = None
+        if start.ticks and end.ticks:
+            delta = [b - a for a, b in zip(start.ticks, end.ticks, strict=False)]
+            total = sum(delta[:8]) or 1  # guest time is counted within user already
+            out["idle_share"] = round((delta[3] + delta[4]) / total, 3)
+            out["steal_share"] = round(delta[7] / total, 3) if len(delta) > 7 else None
+        return out
+
+
+def bootstrap_port(bootstrap: str) -> int | None:
+    """The port of the first ``host:port`` of a bootstrap list."""
+    first = bootstrap.split(",")[0].strip()
+    _, sep, port = first.rpartition(":")
+    return int(port) if sep and port.isdigit() else None
+
+
+def describe_cpu(cpu: dict[str, Any] | None) -> str:
+    if not cpu:
+        return "cpu not measured"
+    parts = [
+        f"{name} {cpu[f'{name}_cores']} cores ({cpu[f'{name}_ms_per_order']} ms/order)"
+        for name in ("worker", "broker")
+        if cpu.get(f"{name}_cores") is not None
+    ]
+    if cpu.get("idle_share") is not None:
+        parts.append(f"idle {cpu['idle_share']:.0%}, steal {cpu['steal_share'] or 0:.0%}")
+    return "cpu: " + ", ".join(parts)
