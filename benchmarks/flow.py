@@ -18,6 +18,12 @@ worker's environment, e.g. `--env CHOREO_COMMIT_IDLE_MS=0 --env CHOREO_GROUP_PRO
 `--psp` runs the PSP and the delivery sink as processes (CHOREO_PSP_URL / CHOREO_SINK_URL set, as
 `choreo demo` runs them) instead of the in-process gateway.
 
+Before anything is measured the broker is warmed up (:func:`warm_broker`): bursts of 1,000 orders
+until its JIT compiler threads go quiet (`--warm-orders 0` skips it). Every point reports the CPU
+the worker and the broker used, and the broker's JIT and GC threads apart (`cpu` in its JSON);
+with `--broker-requests`, the requests of each type the broker served per order
+(`broker_requests`, from its JMX: benchmarks/broker_requests.py).
+
 Run from `benchmarks/run.py` (section `flow`); the workers are `choreo worker` processes under a
 unique app id, so consumer groups and state never mix with another run's. The contracts' topics are
 shared by every run on a broker, so each agent's group is started at their current end: a new app
@@ -40,9 +46,10 @@ from typing import Any
 
 import loadgen
 import report
+from broker_requests import BrokerRequests, describe_requests, per_order
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from cpu_share import CpuMeter, bootstrap_port, describe_cpu, listening_pid
+from cpu_share import GC_THREADS, JIT_THREADS, CpuMeter, bootstrap_port, describe_cpu, listening_pid
 
 from processors.agents.app import CommerceConfig, build_app
 from processors.agents.demo import wait_for_members
@@ -190,17 +197,22 @@ def describe_tail(tail: dict[str, Any]) -> str:
 
 def _offer(
     bootstrap: str, created: Any, terminals: Terminals, rate: float, seconds: float, run_id: str,
-    cpu: CpuMeter | None = None,
+    cpu: CpuMeter | None = None, requests: BrokerRequests | None = None,
 ) -> tuple[dict[str, int], dict[str, int], dict[str, Any]]:  # fmt: skip
     """Publish at ``rate`` for ``seconds``, then wait for the orders' terminal events. With ``cpu``,
-    ``offered["cpu"]`` is what the worker and the broker used while the orders were published."""
+    ``offered["cpu"]`` is what the worker and the broker used while the orders were published; with
+    ``requests``, ``offered["broker_requests"]`` the broker's requests per order from the first
+    publish to the last terminal event (read outside the window: a read costs a JVM start)."""
     sent: dict[str, int] = {}
     spec = loadgen.LoadSpec(created.topic, 0, created.partitions, key_by="order")
+    counted = requests.counts() if requests is not None else None
     before = cpu.snapshot() if cpu is not None else None
     offered = loadgen.paced(bootstrap, spec, rate, seconds, on_sent=sent.__setitem__, mix=OrderMix(), run_id=run_id)
     if cpu is not None and before is not None:
         offered["cpu"] = cpu.between(before, cpu.snapshot(), len(sent))
     done = terminals.wait(set(sent), timeout=30 + seconds)
+    if requests is not None:
+        offered["broker_requests"] = per_order(counted, requests.counts(), len(sent))
     return sent, done, offered
 
 
@@ -223,6 +235,7 @@ def _point(share: float, sent: dict[str, int], done: dict[str, int], offered: di
         "produced_p99_ms": report.percentile(produced_ms, 99),
         "tail": tail_breakdown(sent, done, terminals.outcome),
         "cpu": offered.get("cpu"),
+        "broker_requests": offered.get("broker_requests"),
     }
 
 
@@ -303,23 +316,33 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
         )
     terminals = None
     port = bootstrap_port(bootstrap)
-    meter = CpuMeter({"worker": proc.pid, "broker": listening_pid(port) if port else None})
+    meter = CpuMeter(
+        {"worker": proc.pid, "broker": listening_pid(port) if port else None},
+        families={"broker_jit": ("broker", JIT_THREADS), "broker_gc": ("broker", GC_THREADS)},
+    )
     try:
         wait_for_members(settings, app, 1, timeout=120)
         terminals = Terminals(bootstrap, terminal_topics, since)
+        requests = BrokerRequests.attach(meter.pids["broker"]) if getattr(plan, "flow_broker_requests", False) else None
+        warmup = warm_broker(bootstrap, settings, app, created, terminals, meter, app_id, log,
+                             getattr(plan, "flow_warm_orders", WARM_ORDERS))  # fmt: skip
         rates = getattr(plan, "flow_rates", None)
         if rates:
-            return _fixed_rates(bootstrap, settings, app, created, terminals, rates, plan.flow_seconds, app_id, log,
-                                meter)  # fmt: skip
+            fixed = _fixed_rates(bootstrap, settings, app, created, terminals, rates, plan.flow_seconds, app_id, log,
+                                 meter, requests)  # fmt: skip
+            return {**fixed, "broker_warmup": warmup}
         burst = plan.flow_burst
         log(f"flow: burst of {burst:,} orders to find the maximum")
+        before = meter.snapshot()
         sent = _publish_burst(bootstrap, created.topic, created.partitions, burst, f"{app_id}-max-")
         done = terminals.wait(set(sent), timeout=60 + burst / 20)
         if not done:
             return {"status": "failed", "reason": f"no order reached a terminal state; see {log_path}"}
+        burst_cpu = meter.between(before, meter.snapshot(), len(done))
         elapsed = (max(done.values()) - min(sent.values())) / 1000
         max_rate = len(done) / max(elapsed, 1e-3)
-        log(f"flow: maximum {max_rate:,.0f} orders/s ({len(done)}/{burst} terminal in {elapsed:.1f}s)")
+        log(f"flow: maximum {max_rate:,.0f} orders/s ({len(done)}/{burst} terminal in {elapsed:.1f}s); "
+            f"{describe_cpu(burst_cpu)}")  # fmt: skip
         # the orders are terminal, but shipping, notifications and compensations still drain the
         # burst's tail in the same worker: a point measured now would time that backlog
         settled = wait_settled(settings, app, timeout=120 + burst / 20)
@@ -328,7 +351,9 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
         for share in plan.flow_loads:
             rate = max(1.0, share * max_rate)
             run_id = f"{app_id}-{int(share * 100)}-"
-            sent, done, offered = _offer(bootstrap, created, terminals, rate, plan.flow_seconds, run_id, meter)
+            sent, done, offered = _offer(
+                bootstrap, created, terminals, rate, plan.flow_seconds, run_id, meter, requests
+            )
             wait_settled(settings, app, timeout=120)
             point = _point(share, sent, done, offered, terminals)
             points.append(point)
@@ -336,6 +361,7 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
                 f"flow: {share * 100:.0f}% ({rate:,.0f}/s offered): {len(done)}/{len(sent)} terminal, "
                 f"p50 {point['p50_ms'] or 0:,.0f} ms, p95 {point['p95_ms'] or 0:,.0f} ms, "
                 f"p99 {point['p99_ms'] or 0:,.0f} ms; {describe_tail(point['tail'])}; {describe_cpu(point['cpu'])}"
+                + (f"; {describe_requests(point['broker_requests'])}" if requests is not None else "")
             )
         sustained = None
         sustain_s = getattr(plan, "flow_sustain_seconds", None)
@@ -348,6 +374,8 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
             "status": "ok",
             "max_orders_per_s": max_rate,
             "burst_orders": burst,
+            "burst_cpu": burst_cpu,
+            "broker_warmup": warmup,
             "points": points,
             "sustained": sustained,
             "commit_interval_ms": commit_interval_ms,
@@ -367,9 +395,50 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
             services.stop()
 
 
+WARM_ORDERS = 1_000  # orders per warm-up round's burst
+WARM_PACED_RATE = 50.0  # ...then this many orders/s
+WARM_PACED_S = 5.0  # ...for this long
+WARM_ROUNDS = 8
+WARM_JIT_CORES = 0.1  # a broker whose compiler threads use less than this (5% of 2 cores) is warm
+
+
+def warm_broker(
+    bootstrap: str, settings: Settings, app: Any, created: Any, terminals: Terminals, meter: CpuMeter,
+    app_id: str, log: Callable[[str], None], orders: int = WARM_ORDERS,
+) -> dict[str, Any]:  # fmt: skip
+    """Rounds of load, each a burst of ``orders`` orders and then a few seconds paced, until the
+    broker's JIT compiler threads use under ``WARM_JIT_CORES`` over a round (at most
+    ``WARM_ROUNDS``; one round when the broker's threads cannot be read). A fresh broker compiles
+    its hot paths during its first minutes of load, with up to half of this machine's two cores:
+    on one broker the burst maximum read 315 orders/s cold and 418/s warm, and the cold point's
+    whole tail sat in its first quarter. A burst and paced load run different paths (big batches;
+    small transactions and fetches), so a round has both. A broker warmed by the benchmarks before
+    takes one round. ``orders`` 0 skips it."""
+    rounds: list[dict[str, Any]] = []
+    warm = False
+    for i in range(WARM_ROUNDS if orders else 0):
+        before = meter.snapshot()
+        sent = _publish_burst(bootstrap, created.topic, created.partitions, orders, f"{app_id}-warm{i}b-")
+        done = terminals.wait(set(sent), timeout=60 + orders / 20)
+        paced, paced_done, _ = _offer(
+            bootstrap, created, terminals, WARM_PACED_RATE, WARM_PACED_S, f"{app_id}-warm{i}p-"
+        )
+        cpu = meter.between(before, meter.snapshot(), len(done) + len(paced_done))
+        wait_settled(settings, app, timeout=120)
+        rounds.append({"orders": len(sent) + len(paced), "completed": len(done) + len(paced_done), "cpu": cpu})
+        jit = cpu.get("broker_jit_cores")
+        log(f"flow: broker warm-up round {i + 1}: {rounds[-1]['completed']}/{rounds[-1]['orders']} terminal; "
+            f"{describe_cpu(cpu)}")  # fmt: skip
+        if jit is None or jit < WARM_JIT_CORES:
+            warm = jit is not None
+            break
+    return {"warm": warm, "jit_cores_threshold": WARM_JIT_CORES, "rounds": rounds}
+
+
 def _fixed_rates(
     bootstrap: str, settings: Settings, app: Any, created: Any, terminals: Terminals, rates: list[float],
     seconds: float, app_id: str, log: Callable[[str], None], cpu: CpuMeter | None = None,
+    requests: BrokerRequests | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Offer each of ``rates`` (orders/s) for ``seconds``: the same load for every setting of an
     A/B, where shares of a burst's maximum would differ with each run's maximum. A warm-up (3 s
@@ -379,7 +448,8 @@ def _fixed_rates(
     wait_settled(settings, app, timeout=120)
     points = []
     for i, rate in enumerate(rates):  # the point's index in its run id: a rate given twice is new orders
-        sent, done, offered = _offer(bootstrap, created, terminals, rate, seconds, f"{app_id}-r{i}x{int(rate)}-", cpu)
+        run_id = f"{app_id}-r{i}x{int(rate)}-"
+        sent, done, offered = _offer(bootstrap, created, terminals, rate, seconds, run_id, cpu, requests)
         wait_settled(settings, app, timeout=120)
         point = _point(0.0, sent, done, offered, terminals)
         point.pop("load_pct")
@@ -392,6 +462,7 @@ def _fixed_rates(
             f"flow: {rate:,.0f}/s: {len(done)}/{len(sent)} terminal, p50 {point['p50_ms'] or 0:,.0f} ms, "
             f"p99 {point['p99_ms'] or 0:,.0f} ms, backlog {samples}; {describe_tail(point['tail'])}; "
             f"{describe_cpu(point['cpu'])}"
+            + (f"; {describe_requests(point['broker_requests'])}" if requests is not None else "")
         )
     return {"status": "ok", "points": points, "workers": 1, "app": APP_REF}
 
@@ -408,6 +479,10 @@ def main() -> None:
     parser.add_argument("--rates", default="", help="fixed offered rates, orders/s (no burst, no sustained search)")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the worker (repeatable)")
     parser.add_argument("--psp", action="store_true", help="the PSP and the sink as processes (CHOREO_PSP_URL)")
+    parser.add_argument("--broker-requests", action="store_true",
+                        help="count the broker's requests per order (JMX; a local broker, jcmd and java)")  # fmt: skip
+    parser.add_argument("--warm-orders", type=int, default=WARM_ORDERS,
+                        help="orders per broker warm-up round (0: no warm-up)")  # fmt: skip
     parser.add_argument("--root", type=Path, default=Path("/tmp/choreo-bench-flow"))
     args = parser.parse_args()
     plan = argparse.Namespace(
@@ -419,6 +494,8 @@ def main() -> None:
         flow_rates=[float(x) for x in args.rates.split(",") if x],
         flow_env=dict(item.split("=", 1) for item in args.env),
         flow_psp=args.psp,
+        flow_warm_orders=args.warm_orders,
+        flow_broker_requests=args.broker_requests,
     )
     args.root.mkdir(parents=True, exist_ok=True)
     result = run(args.bootstrap, plan, args.root, lambda line: print(line, file=sys.stderr, flush=True))

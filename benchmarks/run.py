@@ -89,6 +89,7 @@ class Plan:
     flow_burst: int = 5_000
     flow_seconds: float = 60.0
     flow_sustain_seconds: float = 60.0  # the window a sustained rate's backlog must not grow over (0: no search)
+    flow_warm_orders: int = 1_000  # per broker warm-up round before the flow's burst (flow.warm_broker)
     demo_orders: int = 300  # the default `choreo demo` (two workers), for its p50 flow time
     timeout_s: float = 600.0
     faust_timeout_s: float = 240.0  # ~30 s of work; a faust run that stalls in a rebalance is cut off sooner
@@ -110,6 +111,7 @@ class Plan:
                 flow_burst=2_000,
                 flow_seconds=15.0,
                 flow_sustain_seconds=20.0,
+                flow_warm_orders=500,
                 timeout_s=240.0,
             )
         # ~30 min on 2 cores (it was ~61 min with 200,000 events per comparison run, 1M events per

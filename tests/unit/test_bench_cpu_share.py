@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,3 +49,37 @@ def test_a_gone_process_and_a_bootstrap_list_read_safely() -> None:
     assert cpu_share.bootstrap_port("127.0.0.1:19092,other:9093") == 19092
     assert cpu_share.bootstrap_port("localhost") is None
     assert cpu_share.describe_cpu(None) == "cpu not measured"
+
+
+def _burn_as(name: str, seconds: float, burnt: threading.Event, release: threading.Event) -> None:
+    """Rename this thread as Linux shows it (the JVM names its compiler threads so), spend
+    ``seconds`` of its own CPU, however loaded the machine, and stay alive until released."""
+    Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(name)
+    deadline = time.thread_time() + seconds
+    while time.thread_time() < deadline:
+        pass
+    burnt.set()
+    release.wait(60)
+
+
+def test_a_thread_family_is_counted_apart_from_the_rest_of_its_process() -> None:
+    families = {"broker_jit": ("broker", cpu_share.JIT_THREADS), "broker_gc": ("broker", cpu_share.GC_THREADS)}
+    meter = cpu_share.CpuMeter({"worker": None, "broker": os.getpid()}, families=families)
+    burnt, release = threading.Event(), threading.Event()
+    start = meter.snapshot()
+    compiler = threading.Thread(target=_burn_as, args=("C2 CompilerThread0", 0.3, burnt, release))
+    compiler.start()
+    try:
+        assert burnt.wait(60)
+        used = cpu_share.thread_cpu_s(os.getpid(), cpu_share.JIT_THREADS)
+        assert used is not None and list(used) == [str(compiler.native_id)]
+        assert sum(used.values()) >= 0.25  # 0.3 s, less a tick of rounding
+        figures = meter.between(start, meter.snapshot(), orders=10)
+    finally:
+        release.set()
+        compiler.join()
+    assert figures["broker_jit_cores"] > 0
+    assert figures["broker_gc_cores"] == 0  # no thread of this process is named like a GC thread
+    assert cpu_share.thread_cpu_s(os.getpid(), ("no such thread",)) == {}
+    assert cpu_share.thread_cpu_s(2**22 + 12345, cpu_share.JIT_THREADS) is None
+    assert f"broker JIT {figures['broker_jit_cores']} cores" in cpu_share.describe_cpu(figures)
