@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,7 @@ class CpuMeter:
         self,
         pids: dict[str, int | None],
         proc: Path = PROC,
-        families: dict[str, tuple[str, tuple[str, ...]]] | None = None,
+        families: Mapping[str, tuple[str, tuple[str, ...]]] | None = None,
     ) -> None:
         self.pids = pids
         self.proc = proc
@@ -141,10 +142,7 @@ class CpuMeter:
             out[f"{name}_cores"] = None if used is None else round(used / elapsed, 2)
             out[f"{name}_ms_per_order"] = None if used is None or not orders else round(used * 1000 / orders, 2)
         for family in self.families:
-            a, b = start.families.get(family), end.families.get(family)
-            # a thread that ended inside the window is not counted (its time is gone with it)
-            used = None if a is None or b is None else sum(s - a.get(tid, 0.0) for tid, s in b.items())
-            out[f"{family}_cores"] = None if used is None else round(used / elapsed, 2)
+            out[f"{family}_cores"] = _family_cores(start.families.get(family), end.families.get(family), elapsed)
         out["idle_share"] = out["steal_share"] = None
         if start.ticks and end.ticks:
             delta = [b - a for a, b in zip(start.ticks, end.ticks, strict=False)]
@@ -152,6 +150,14 @@ class CpuMeter:
             out["idle_share"] = round((delta[3] + delta[4]) / total, 3)
             out["steal_share"] = round(delta[7] / total, 3) if len(delta) > 7 else None
         return out
+
+
+def _family_cores(start: dict[str, float] | None, end: dict[str, float] | None, elapsed: float) -> float | None:
+    """Cores a thread family used between two reads; a thread that ended inside the window is not
+    counted (its time is gone with it)."""
+    if start is None or end is None:
+        return None
+    return round(sum(used - start.get(tid, 0.0) for tid, used in end.items()) / elapsed, 2)
 
 
 def bootstrap_port(bootstrap: str) -> int | None:
