@@ -2,8 +2,9 @@
 
 On the 2-core benchmark machine the broker runs beside the worker, so a flow point's latency
 depends on how much of the machine the broker takes, not only on the worker's own cost. Paced
-exactly_once load makes the broker pay per transaction (offsets, markers on every partition a
-transaction touched), so its share per order grows as batches shrink. A point therefore reports
+exactly_once load makes the broker pay per partition a transaction touches (a ProduceRequest, a
+verification and a marker each: ``broker_requests``), so its share per order grows as batches
+shrink. A point therefore reports
 the CPU each process used over its publishing window, per order, and the machine's idle and steal
 shares (steal: CPU the hypervisor gave to other guests; a noisy neighbour stalls every process).
 

@@ -346,7 +346,11 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
         # the orders are terminal, but shipping, notifications and compensations still drain the
         # burst's tail in the same worker: a point measured now would time that backlog
         settled = wait_settled(settings, app, timeout=120 + burst / 20)
-        log(f"flow: agents caught up with the burst ({'yes' if settled else 'not within the wait'})")
+        # per order with that tail: what a paced order's CPU compares with (the burst's window
+        # above ends at the last terminal event, before shipping and notifications are done)
+        burst_cpu_settled = meter.between(before, meter.snapshot(), len(done))
+        log(f"flow: agents caught up with the burst ({'yes' if settled else 'not within the wait'}); "
+            f"to then: {describe_cpu(burst_cpu_settled)}")  # fmt: skip
         points = []
         for share in plan.flow_loads:
             rate = max(1.0, share * max_rate)
@@ -375,6 +379,7 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
             "max_orders_per_s": max_rate,
             "burst_orders": burst,
             "burst_cpu": burst_cpu,
+            "burst_cpu_settled": burst_cpu_settled,
             "broker_warmup": warmup,
             "points": points,
             "sustained": sustained,
