@@ -18,11 +18,11 @@ worker's environment, e.g. `--env CHOREO_COMMIT_IDLE_MS=0 --env CHOREO_GROUP_PRO
 `--psp` runs the PSP and the delivery sink as processes (CHOREO_PSP_URL / CHOREO_SINK_URL set, as
 `choreo demo` runs them) instead of the in-process gateway.
 
-Before anything is measured the broker is warmed up (:func:`warm_broker`): bursts of 1,000 orders
-until its JIT compiler threads go quiet (`--warm-orders 0` skips it). Every point reports the CPU
-the worker and the broker used, and the broker's JIT and GC threads apart (`cpu` in its JSON);
-with `--broker-requests`, the requests of each type the broker served per order
-(`broker_requests`, from its JMX: benchmarks/broker_requests.py).
+Before anything is measured the broker is warmed up (:func:`warm_broker`): rounds of a 1,000-order
+burst and 5 s at 50 orders/s until its JIT compiler threads go quiet (`--warm-orders 0` skips it).
+Every point reports the CPU the worker and the broker used, and the broker's JIT and GC threads
+apart (`cpu` in its JSON); with `--broker-requests`, the requests of each type the broker served
+per order (`broker_requests`, from its JMX: benchmarks/broker_requests.py).
 
 Run from `benchmarks/run.py` (section `flow`); the workers are `choreo worker` processes under a
 unique app id, so consumer groups and state never mix with another run's. The contracts' topics are
