@@ -95,3 +95,24 @@ def test_the_broker_warm_up_is_bounded_and_says_when_it_could_not_tell(monkeypat
     unreadable = _warm(monkeypatch, [None, None])  # the broker's threads not readable: one round
     assert unreadable["warm"] is False and len(unreadable["rounds"]) == 1
     assert _warm(monkeypatch, [], orders=0) == {"warm": False, "jit_cores_threshold": flow.WARM_JIT_CORES, "rounds": []}
+
+
+def _search(capacity: float) -> tuple[float | None, list[float]]:
+    probed: list[float] = []
+
+    def holds(share: float) -> bool:
+        probed.append(share)
+        return share <= capacity
+
+    return flow.search_shares(holds), probed
+
+
+def test_the_sustained_search_bisects_below_a_start_that_grows():
+    assert _search(0.43) == (0.4, [0.9, 0.4, 0.6, 0.5])  # stepping down took six probes
+    assert _search(0.85) == (0.8, [0.9, 0.4, 0.6, 0.7, 0.8])
+    assert _search(0.05) == (None, [0.9, 0.4, 0.2, 0.1])
+
+
+def test_the_sustained_search_climbs_from_a_start_that_holds_up_to_its_top():
+    assert _search(1.0) == (1.0, [0.9, 1.0, 1.1])
+    assert _search(5.0) == (1.1, [0.9, 1.0, 1.1])
