@@ -4,9 +4,9 @@ On the 2-core benchmark machine the broker runs beside the worker, so a flow poi
 depends on how much of the machine the broker takes, not only on the worker's own cost. Paced
 exactly_once load makes the broker pay per partition a transaction touches (a ProduceRequest, a
 verification and a marker each: ``broker_requests``), so its share per order grows as batches
-shrink. A point therefore reports
-the CPU each process used over its publishing window, per order, and the machine's idle and steal
-shares (steal: CPU the hypervisor gave to other guests; a noisy neighbour stalls every process).
+shrink. A point therefore reports the CPU each process used over its publishing window, per
+order, and the machine's idle and steal shares (steal: CPU the hypervisor gave to other guests; a
+noisy neighbour stalls every process).
 
 The broker is a JVM: for its first minute or so of load its JIT compiler threads take up to half a
 core of the two (measured 0.3-0.58 cores on a fresh broker, falling to ~0.02 once warm), and GC
