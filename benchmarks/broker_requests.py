@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 from pathlib import Path
+
+from processors.localbroker.broker import free_port
 
 READER = Path(__file__).with_name("BrokerRequests.java")
 _PORT = re.compile(r"jmxremote\.(?:rmi\.)?port\s*=\s*(\d+)")
@@ -41,7 +42,7 @@ class BrokerRequests:
             return None
         port = _agent_port(pid)
         if port is None:
-            port = _free_loopback_port()
+            port = free_port()
             started = _jcmd(
                 pid,
                 "ManagementAgent.start",
@@ -118,9 +119,3 @@ def _jcmd(pid: int, *command: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout if out.returncode == 0 else None
-
-
-def _free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -64,6 +64,11 @@ def process_cpu_s(pid: int, proc: Path = PROC) -> float | None:
         stat = (proc / str(pid) / "stat").read_text()
     except OSError:
         return None
+    return _stat_cpu_s(stat)
+
+
+def _stat_cpu_s(stat: str) -> float:
+    """User + system CPU seconds from a ``/proc/.../stat`` line."""
     fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -95,10 +100,9 @@ def thread_cpu_s(pid: int, prefixes: tuple[str, ...], proc: Path = PROC) -> dict
         try:
             if not (task / "comm").read_text().startswith(prefixes):
                 continue
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            used[task.name] = _stat_cpu_s((task / "stat").read_text())
         except OSError:
             continue  # the thread ended between the listing and the read
-        used[task.name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return used
 
 

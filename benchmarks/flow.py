@@ -381,7 +381,7 @@ def run(bootstrap: str, plan: Any, root: Path, log: Callable[[str], None]) -> di
                 f"flow: {share * 100:.0f}% ({rate:,.0f}/s offered): {len(done)}/{len(sent)} terminal, "
                 f"p50 {point['p50_ms'] or 0:,.0f} ms, p95 {point['p95_ms'] or 0:,.0f} ms, "
                 f"p99 {point['p99_ms'] or 0:,.0f} ms; {describe_tail(point['tail'])}; {describe_cpu(point['cpu'])}"
-                + (f"; {describe_requests(point['broker_requests'])}" if requests is not None else "")
+                + _requests_note(point, requests)
             )
         sustained = None
         sustain_s = getattr(plan, "flow_sustain_seconds", None)
@@ -421,6 +421,11 @@ WARM_PACED_RATE = 50.0  # ...then this many orders/s
 WARM_PACED_S = 5.0  # ...for this long
 WARM_ROUNDS = 8
 WARM_JIT_CORES = 0.1  # a broker whose compiler threads use less than this (5% of 2 cores) is warm
+
+
+def _requests_note(point: dict[str, Any], requests: BrokerRequests | None) -> str:
+    """A point's broker requests for its log line; nothing when they were not asked for."""
+    return "" if requests is None else f"; {describe_requests(point['broker_requests'])}"
 
 
 def warm_broker(
@@ -482,8 +487,7 @@ def _fixed_rates(
         log(
             f"flow: {rate:,.0f}/s: {len(done)}/{len(sent)} terminal, p50 {point['p50_ms'] or 0:,.0f} ms, "
             f"p99 {point['p99_ms'] or 0:,.0f} ms, backlog {samples}; {describe_tail(point['tail'])}; "
-            f"{describe_cpu(point['cpu'])}"
-            + (f"; {describe_requests(point['broker_requests'])}" if requests is not None else "")
+            f"{describe_cpu(point['cpu'])}" + _requests_note(point, requests)
         )
     return {"status": "ok", "points": points, "workers": 1, "app": APP_REF}
 
